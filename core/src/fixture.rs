@@ -1,0 +1,175 @@
+//! Checking a model against a reference fixture directory.
+//!
+//! Every model ships a `check_fixture(dir, device)` that runs each case found
+//! in a fixture directory (see `tests/fixtures/<model>/README.md`) and
+//! returns a [`FixtureReport`]; the tests assert that every case passes and
+//! `lsd-tui check-fixture` prints the same report as a table.
+
+use candle_core::{DType, Tensor};
+
+use crate::Result;
+
+/// The outcome of one compared tensor.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// The case name, usually the tensor's key in `cases.safetensors`.
+    pub name: String,
+    /// `max |actual - expected|`.
+    pub max_abs: f64,
+    /// `max |actual - expected| / max(|expected|)`.
+    pub max_rel: f64,
+    /// The absolute tolerance the fixture states for this case.
+    pub atol: f64,
+    /// The relative tolerance, where the fixture states one: a case passes
+    /// when `|a - e| <= atol + rtol * |e|` holds element-wise.
+    pub rtol: f64,
+    /// Whether the case is within tolerance.
+    pub passed: bool,
+    /// Extra detail (e.g. "3 of 20480 parse labels differ at near-ties").
+    pub note: Option<String>,
+}
+
+/// Every case of one fixture directory.
+#[derive(Debug, Clone, Default)]
+pub struct FixtureReport {
+    /// Which model ("stylegan2", "clip", …).
+    pub model: String,
+    /// The compared cases, in the order they ran.
+    pub cases: Vec<CaseResult>,
+    /// Expected inputs or outputs that the directory lacks.
+    pub missing: Vec<String>,
+}
+
+impl FixtureReport {
+    /// An empty report for `model`.
+    pub fn new(model: &str) -> Self {
+        Self { model: model.to_string(), ..Default::default() }
+    }
+
+    /// True when every case passed and nothing expected was missing.
+    pub fn passed(&self) -> bool {
+        self.missing.is_empty() && !self.cases.is_empty() && self.cases.iter().all(|c| c.passed)
+    }
+
+    /// Compares `actual` with `expected` element-wise (in f64) and records
+    /// the case; `|a - e| <= atol + rtol * |e|` must hold everywhere.
+    pub fn compare(
+        &mut self,
+        name: &str,
+        actual: &Tensor,
+        expected: &Tensor,
+        atol: f64,
+        rtol: f64,
+    ) -> Result<&CaseResult> {
+        let result = compare(name, actual, expected, atol, rtol)?;
+        self.cases.push(result);
+        Ok(self.cases.last().expect("just pushed"))
+    }
+
+    /// Records a case computed elsewhere (e.g. a label-agreement count).
+    pub fn push(&mut self, case: CaseResult) {
+        self.cases.push(case);
+    }
+
+    /// Records an expected input or output that is not in the directory.
+    pub fn missing(&mut self, what: impl Into<String>) {
+        self.missing.push(what.into());
+    }
+
+    /// The failed cases.
+    pub fn failures(&self) -> impl Iterator<Item = &CaseResult> {
+        self.cases.iter().filter(|c| !c.passed)
+    }
+
+    /// A plain-text table: one row per case, then the missing entries.
+    pub fn table(&self) -> String {
+        let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+        let mut out = format!(
+            "{:<width$}  {:>10}  {:>10}  {:>9}  {:>9}  result\n",
+            "case", "max abs", "max rel", "atol", "rtol"
+        );
+        for c in &self.cases {
+            out.push_str(&format!(
+                "{:<width$}  {:>10.3e}  {:>10.3e}  {:>9.1e}  {:>9.1e}  {}{}\n",
+                c.name,
+                c.max_abs,
+                c.max_rel,
+                c.atol,
+                c.rtol,
+                if c.passed { "ok" } else { "FAIL" },
+                c.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            ));
+        }
+        for m in &self.missing {
+            out.push_str(&format!("{m:<width$}  missing\n"));
+        }
+        let failed = self.failures().count() + self.missing.len();
+        out.push_str(&format!(
+            "{}: {} cases, {} failed\n",
+            self.model,
+            self.cases.len(),
+            failed
+        ));
+        out
+    }
+}
+
+/// Compares two tensors of the same shape; see [`FixtureReport::compare`].
+pub fn compare(
+    name: &str,
+    actual: &Tensor,
+    expected: &Tensor,
+    atol: f64,
+    rtol: f64,
+) -> Result<CaseResult> {
+    if actual.dims() != expected.dims() {
+        return Ok(CaseResult {
+            name: name.to_string(),
+            max_abs: f64::INFINITY,
+            max_rel: f64::INFINITY,
+            atol,
+            rtol,
+            passed: false,
+            note: Some(format!("shape {:?}, expected {:?}", actual.dims(), expected.dims())),
+        });
+    }
+    let a = actual.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let e = expected.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let mut max_abs = 0f64;
+    let mut max_e = 0f64;
+    let mut passed = true;
+    for (a, e) in a.iter().zip(&e) {
+        let d = (a - e).abs();
+        // NaN compares false: a NaN anywhere fails the case.
+        if !(d <= atol + rtol * e.abs()) {
+            passed = false;
+        }
+        if d.is_nan() || d > max_abs {
+            max_abs = if d.is_nan() { f64::NAN } else { d };
+        }
+        max_e = max_e.max(e.abs());
+    }
+    let max_rel = if max_e > 0.0 { max_abs / max_e } else { max_abs };
+    Ok(CaseResult { name: name.to_string(), max_abs, max_rel, atol, rtol, passed, note: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn compare_detects_errors_and_nan() -> Result<()> {
+        let d = Device::Cpu;
+        let e = Tensor::new(&[1f32, 2., 3.], &d)?;
+        let ok = Tensor::new(&[1f32, 2.00001, 3.], &d)?;
+        let bad = Tensor::new(&[1f32, 2.1, 3.], &d)?;
+        let nan = Tensor::new(&[1f32, f32::NAN, 3.], &d)?;
+        assert!(compare("ok", &ok, &e, 1e-4, 0.0)?.passed);
+        assert!(!compare("bad", &bad, &e, 1e-4, 0.0)?.passed);
+        assert!(!compare("nan", &nan, &e, 1e-4, 0.0)?.passed);
+        let short = Tensor::new(&[1f32, 2.], &d)?;
+        assert!(!compare("shape", &short, &e, 1.0, 0.0)?.passed);
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! lsd-core: the models, weight loaders, image operations, training engine,
+//! recipes and plugin API of lsd-tui.
+//!
+//! Nothing here knows about terminals or networks: a model is built from a
+//! `VarBuilder`, and turning a name into a file on disk happens at the edge
+//! (the `lsd-tui` binary or the `lsd-weights` crate).
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod fixture;
+pub mod models;
+pub mod torch;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! arcface (work in progress).

@@ -1,0 +1,1 @@
+//! bisenet (work in progress).
