@@ -6,6 +6,8 @@
 //! (the `lsd-tui` binary or the `lsd-weights` crate).
 #![deny(missing_docs)]
 
+pub mod demo;
+pub mod engine;
 pub mod error;
 pub mod fixture;
 pub mod models;
