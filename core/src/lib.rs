@@ -10,6 +10,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod fixture;
+pub mod imageops;
 pub mod models;
 pub mod torch;
 
