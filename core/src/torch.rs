@@ -1,34 +1,905 @@
 //! Reading PyTorch checkpoints without executing pickle code.
 //!
-//! STOPGAP: this is a thin wrapper over `candle_core::pickle` (zip files with
-//! contiguous tensors only) with the final signature; the real reader
-//! (legacy format, strided tensors, nested dicts) replaces it.
+//! `torch.load` unpickles, and unpickling can call any Python function the
+//! file names, so a downloaded `.pt` is a program. This module reads the
+//! three containers real checkpoints come in and only ever *interprets* a
+//! fixed whitelist of pickle globals (see [`pickle`]):
+//! - the torch zip format (PyTorch ≥ 1.6): `<dir>/data.pkl` plus one member
+//!   `<dir>/data/<key>` per storage (`_load` in
+//!   [torch/serialization.py](https://github.com/pytorch/pytorch/blob/main/torch/serialization.py));
+//! - the legacy stream format (PyTorch < 1.6, e.g. rosinality's converted
+//!   StyleGAN2 weights, the ArcFace IR-SE50 and BiSeNet face-parsing
+//!   checkpoints), see [`legacy`];
+//! - safetensors.
+//!
+//! The format is chosen by content, not by extension. Tensors are strided
+//! views of storages (`_rebuild_tensor_v2(storage, offset, size, stride)`);
+//! they are materialised contiguously on the CPU whatever their strides
+//! (converted TensorFlow weights are transposed views), and only the storages
+//! that selected tensors use are read.
 
-use std::collections::HashMap;
-use std::path::Path;
+mod legacy;
+mod pickle;
 
-use candle_core::Tensor;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
+use pickle::{Obj, PidStyle, StorageDtype, TensorRef, Unpickled, Value};
 
-/// Loads every tensor of a checkpoint (`.pt`/`.pth` torch zip or legacy
-/// file, or `.safetensors`) onto the CPU, flattening nested dicts with `.`:
-/// rosinality's `{'g_ema': {...}, 'latent_avg': T}` gives
-/// `g_ema.style.1.weight`, …, `latent_avg`.
+/// Name, element type and shape of one tensor of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// Flattened key (`g_ema.style.1.weight`).
+    pub name: String,
+    /// Element type of the tensor as [`load`] returns it.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// What [`convert_to_safetensors`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvertSummary {
+    /// Number of tensors written.
+    pub tensors: usize,
+    /// Number of non-tensor leaves (ints, strings, `argparse.Namespace`, …)
+    /// that were dropped.
+    pub skipped: usize,
+    /// Size of the written file in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the input file, hex.
+    pub source_sha256: String,
+}
+
+/// The container format of a checkpoint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Torch zip archive (`torch.save` since PyTorch 1.6).
+    TorchZip,
+    /// Legacy `torch.save` stream (before PyTorch 1.6).
+    TorchLegacy,
+    /// safetensors.
+    Safetensors,
+}
+
+/// Loads every tensor of a checkpoint (torch zip, legacy torch or
+/// safetensors, told apart by content) onto the CPU, flattening nested
+/// dicts and lists with `.`: rosinality's `{'g_ema': {...}, 'latent_avg': T}`
+/// gives `g_ema.style.1.weight`, …, `latent_avg`. Non-tensor leaves (ints,
+/// strings, `argparse.Namespace`, an OrderedDict's `_metadata`) are skipped.
+/// A tensor at the root of the file is returned under the empty name.
 pub fn load(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let err = |e: candle_core::Error| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() };
-    if path.extension().is_some_and(|e| e == "safetensors") {
-        return candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(err);
-    }
-    match candle_core::pickle::read_all_with_key(path, Some("g_ema")) {
-        Ok(v) if !v.is_empty() => {
-            let mut out: HashMap<String, Tensor> =
-                v.into_iter().map(|(k, t)| (format!("g_ema.{k}"), t)).collect();
-            if let Ok(la) = candle_core::pickle::read_all_with_key(path, None) {
-                out.extend(la);
-            }
-            Ok(out)
+    load_with_key(path, None)
+}
+
+/// Like [`load`], but with `Some(key)` returns only the tensors under `key`
+/// (a dotted path such as `g_ema`), with `key.` stripped from their names; only
+/// their storages are read. Errors if nothing lies under `key`.
+pub fn load_with_key(path: &Path, key: Option<&str>) -> Result<HashMap<String, Tensor>> {
+    Ok(read(path, key)?.0.into_iter().collect())
+}
+
+/// Names, dtypes and shapes of a checkpoint's tensors, in file order,
+/// without reading tensor data (torch formats) — for listing a file.
+pub fn inspect(path: &Path) -> Result<Vec<TensorInfo>> {
+    let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    match detect(path)? {
+        Format::Safetensors => Ok(read(path, None)?
+            .0
+            .into_iter()
+            .map(|(name, t)| TensorInfo { name, dtype: t.dtype(), shape: t.dims().to_vec() })
+            .collect()),
+        Format::TorchZip | Format::TorchLegacy => {
+            let (ckpt, _) = open_torch(path).map_err(err)?;
+            let (entries, _) = flatten(ckpt.object()).map_err(err)?;
+            Ok(entries
+                .into_iter()
+                .map(|(name, t)| TensorInfo {
+                    name,
+                    dtype: candle_dtype(t.storage.dtype),
+                    shape: t.size.iter().map(|&d| d as usize).collect(),
+                })
+                .collect())
         }
-        _ => Ok(candle_core::pickle::read_all(path).map_err(err)?.into_iter().collect()),
+    }
+}
+
+/// Tells the container format from the first bytes of the file (falling
+/// back to the `.safetensors` extension).
+pub fn detect(path: &Path) -> Result<Format> {
+    let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let mut f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(Error::io("reading", path, e)),
+        }
+    }
+    let head = &head[..n];
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(Format::TorchZip);
+    }
+    if legacy::sniff(head) {
+        return Ok(Format::TorchLegacy);
+    }
+    if head.len() > 262 && &head[257..262] == b"ustar" {
+        return Err(err("this is the tar-based torch.save format of PyTorch before 0.4, which \
+                        is not supported; re-save it with a current torch.save"
+            .into()));
+    }
+    let st_header = head.len() > 8 && head[8] == b'{';
+    if st_header || path.extension().is_some_and(|e| e == "safetensors") {
+        return Ok(Format::Safetensors);
+    }
+    Err(err("unknown file format: neither a torch checkpoint (zip or legacy) nor safetensors".into()))
+}
+
+/// SHA-256 of a file's content, as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Converts a checkpoint into a safetensors file holding only its tensors
+/// (flattened names as [`load`] gives them), with metadata `format`,
+/// `source_file` and `source_sha256`. The output is written to a temporary
+/// file in the same directory and renamed into place, so it never exists
+/// half-written.
+pub fn convert_to_safetensors(input: &Path, output: &Path) -> Result<ConvertSummary> {
+    let source_sha256 = sha256_file(input)?;
+    let (tensors, skipped) = read(input, None)?;
+    let source_file = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("source_file".to_string(), source_file),
+        ("source_sha256".to_string(), source_sha256.clone()),
+    ]);
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = output.file_name().ok_or_else(|| Error::Checkpoint {
+        path: output.to_path_buf(),
+        reason: "the output path has no file name".into(),
+    })?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let write = || -> Result<u64> {
+        let werr = |e: safetensors::SafeTensorError| Error::Checkpoint {
+            path: output.to_path_buf(),
+            reason: format!("writing safetensors failed: {e}"),
+        };
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), &tmp)
+            .map_err(werr)?;
+        let f = File::options().append(true).open(&tmp).map_err(|e| Error::io("writing", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("writing", &tmp, e))?;
+        let bytes = f.metadata().map_err(|e| Error::io("writing", &tmp, e))?.len();
+        std::fs::rename(&tmp, output).map_err(|e| Error::io("renaming into", output, e))?;
+        Ok(bytes)
+    };
+    match write() {
+        Ok(bytes) => Ok(ConvertSummary { tensors: tensors.len(), skipped, bytes, source_sha256 }),
+        Err(e) => {
+            // Best effort: the temporary file is garbage now.
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The pickled object of a torch file, and how to get at its storages.
+enum TorchFile {
+    Zip { archive: zip::ZipArchive<File>, prefix: String, object: Unpickled },
+    Legacy(legacy::Legacy),
+}
+
+impl TorchFile {
+    fn object(&self) -> &Unpickled {
+        match self {
+            Self::Zip { object, .. } => object,
+            Self::Legacy(l) => &l.object,
+        }
+    }
+}
+
+/// Reads the tensors (optionally only those under `key`) and counts the
+/// skipped non-tensor leaves. Entries keep file order.
+fn read(path: &Path, key: Option<&str>) -> Result<(Vec<(String, Tensor)>, usize)> {
+    let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    if detect(path)? == Format::Safetensors {
+        let (all, skipped) = read_safetensors(path).map_err(err)?;
+        return Ok((select(all, key).map_err(err)?, skipped));
+    }
+    let (mut file, _) = open_torch(path).map_err(err)?;
+    let (entries, skipped) = flatten(file.object()).map_err(err)?;
+    let entries = select(entries, key).map_err(err)?;
+
+    // Only the storages the selected tensors use are read.
+    let wanted: HashSet<String> = entries.iter().map(|(_, t)| t.storage.key.clone()).collect();
+    let storages = match &mut file {
+        TorchFile::Zip { archive, prefix, .. } => read_zip_storages(archive, prefix, &entries, &wanted),
+        TorchFile::Legacy(l) => {
+            let dtypes = storage_dtypes(&l.object);
+            l.read_storages(path, &dtypes, &wanted)
+        }
+    }
+    .map_err(err)?;
+
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, t) in entries {
+        let bytes = storages
+            .get(&t.storage.key)
+            .ok_or_else(|| err(format!("storage '{}' was not read", t.storage.key)))?;
+        let tensor = materialise(&t, bytes).map_err(|e| err(format!("tensor '{name}': {e}")))?;
+        out.push((name, tensor));
+    }
+    Ok((out, skipped))
+}
+
+/// Keeps the entries under `key` (with the prefix stripped), or all.
+fn select<T>(entries: Vec<(String, T)>, key: Option<&str>) -> std::result::Result<Vec<(String, T)>, String> {
+    let Some(key) = key else { return Ok(entries) };
+    let prefix = format!("{key}.");
+    let mut tops: Vec<String> = Vec::new();
+    for (n, _) in &entries {
+        let top = n.split('.').next().unwrap_or_default().to_string();
+        if !tops.contains(&top) && tops.len() < 20 {
+            tops.push(top);
+        }
+    }
+    let picked: Vec<(String, T)> = entries
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix(&prefix).map(|s| (s.to_string(), t)))
+        .collect();
+    if picked.is_empty() {
+        return Err(format!("no tensors under the key '{key}'; the top-level keys are: {}", tops.join(", ")));
+    }
+    Ok(picked)
+}
+
+/// Opens a torch zip or legacy file and runs its object pickle.
+fn open_torch(path: &Path) -> std::result::Result<(TorchFile, Format), String> {
+    let format = detect(path).map_err(|e| e.to_string())?;
+    match format {
+        Format::TorchLegacy => Ok((TorchFile::Legacy(legacy::read_head(path)?), format)),
+        Format::TorchZip => {
+            let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+            let mut archive = zip::ZipArchive::new(file).map_err(|e| format!("broken zip archive: {e}"))?;
+            let names: Vec<String> = archive.file_names().map(str::to_string).collect();
+            let pkl = names
+                .iter()
+                .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+                .min()
+                .ok_or_else(|| {
+                    if names.iter().any(|n| n.ends_with("constants.pkl")) {
+                        "this is a TorchScript archive (torch.jit.save), not a torch.save \
+                         checkpoint; save the model's state_dict() with torch.save instead"
+                            .to_string()
+                    } else {
+                        "zip archive without a '<dir>/data.pkl' member: not a torch.save checkpoint"
+                            .to_string()
+                    }
+                })?;
+            let prefix = pkl.trim_end_matches("/data.pkl").to_string();
+            if let Ok(mut bo) = archive.by_name(&format!("{prefix}/byteorder")) {
+                let mut s = String::new();
+                let _ = bo.read_to_string(&mut s);
+                if s.trim() == "big" {
+                    return Err("the checkpoint stores big-endian tensors, which are not supported".into());
+                }
+            }
+            let object = {
+                let member = archive.by_name(pkl).map_err(|e| format!("cannot read {pkl}: {e}"))?;
+                let mut input = pickle::Input::new(member, 0);
+                pickle::unpickle(&mut input, PidStyle::Zip).map_err(|e| format!("{pkl}: {e}"))?
+            };
+            Ok((TorchFile::Zip { archive, prefix, object }, format))
+        }
+        Format::Safetensors => Err("not a torch checkpoint".into()),
+    }
+}
+
+/// Reads the zip members of the wanted storages.
+fn read_zip_storages(
+    archive: &mut zip::ZipArchive<File>,
+    prefix: &str,
+    entries: &[(String, TensorRef)],
+    wanted: &HashSet<String>,
+) -> std::result::Result<HashMap<String, Vec<u8>>, String> {
+    let mut out = HashMap::new();
+    for (_, t) in entries {
+        let s = &t.storage;
+        if out.contains_key(&s.key) || !wanted.contains(&s.key) {
+            continue;
+        }
+        let name = format!("{prefix}/data/{}", s.key);
+        let member = archive.by_name(&name).map_err(|e| {
+            format!("storage member '{name}' is missing from the zip archive ({e}); the file is truncated or incompletely written")
+        })?;
+        let size = member.size();
+        let need = s.numel.checked_mul(s.dtype.size() as u64).ok_or("storage size overflows")?;
+        if size < need {
+            return Err(format!("storage member '{name}' has {size} bytes, the tensor needs {need}"));
+        }
+        let mut input = pickle::Input::new(member, 0);
+        let bytes = input.bytes(size).map_err(|e| format!("reading '{name}': {e}"))?;
+        out.insert(s.key.clone(), bytes);
+    }
+    Ok(out)
+}
+
+/// Element type of every storage the object refers to, by key.
+fn storage_dtypes(u: &Unpickled) -> HashMap<String, StorageDtype> {
+    let mut out = HashMap::new();
+    for o in &u.objs {
+        if let Obj::Storage(s) = o {
+            out.entry(s.key.clone()).or_insert(s.dtype);
+        }
+    }
+    out
+}
+
+/// Maximum nesting of containers in a checkpoint.
+const MAX_DEPTH: usize = 100;
+
+/// Flattens the object into `(dotted name, tensor)` in file order, and
+/// counts the skipped non-tensor leaves.
+fn flatten(u: &Unpickled) -> std::result::Result<(Vec<(String, TensorRef)>, usize), String> {
+    struct Walk<'a> {
+        u: &'a Unpickled,
+        expanded: Vec<bool>,
+        out: Vec<(String, TensorRef)>,
+        seen: HashSet<String>,
+        skipped: usize,
+    }
+    impl Walk<'_> {
+        fn join(prefix: &str, k: &str) -> String {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        }
+        fn visit(&mut self, v: &Value, name: String, depth: usize) -> std::result::Result<(), String> {
+            if depth > MAX_DEPTH {
+                return Err(format!("containers nested deeper than {MAX_DEPTH} levels at '{name}'"));
+            }
+            let Value::Obj(i) = v else {
+                self.skipped += 1;
+                return Ok(());
+            };
+            let i = *i;
+            let Some(obj) = self.u.objs.get(i) else { return Err("dangling object".into()) };
+            if let Obj::Tensor(t) = obj {
+                if self.seen.insert(name.clone()) {
+                    self.out.push((name, t.clone()));
+                }
+                return Ok(());
+            }
+            // A container is expanded once: shared or cyclic references
+            // cannot make the walk explode.
+            if std::mem::replace(&mut self.expanded[i], true) {
+                return Ok(());
+            }
+            match obj {
+                Obj::Dict(items) => {
+                    for (k, v) in items {
+                        let k = match k {
+                            Value::Str(s) => s.to_string(),
+                            Value::Int(n) => n.to_string(),
+                            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                            _ => {
+                                self.skipped += 1;
+                                continue;
+                            }
+                        };
+                        self.visit(v, Self::join(&name, &k), depth + 1)?;
+                    }
+                }
+                Obj::List(items) | Obj::Tuple(items) => {
+                    for (n, v) in items.iter().enumerate() {
+                        self.visit(v, Self::join(&name, &n.to_string()), depth + 1)?;
+                    }
+                }
+                _ => self.skipped += 1,
+            }
+            Ok(())
+        }
+    }
+    let mut w = Walk {
+        u,
+        expanded: vec![false; u.objs.len()],
+        out: Vec::new(),
+        seen: HashSet::new(),
+        skipped: 0,
+    };
+    w.visit(&u.root, String::new(), 0)?;
+    Ok((w.out, w.skipped))
+}
+
+/// The dtype [`materialise`] produces for a storage type (candle has no i8
+/// or bool: they widen to i16 and become u8).
+fn candle_dtype(d: StorageDtype) -> DType {
+    match d {
+        StorageDtype::F32 => DType::F32,
+        StorageDtype::F16 => DType::F16,
+        StorageDtype::BF16 => DType::BF16,
+        StorageDtype::F64 => DType::F64,
+        StorageDtype::I64 => DType::I64,
+        StorageDtype::I32 => DType::I32,
+        StorageDtype::I16 | StorageDtype::I8 => DType::I16,
+        StorageDtype::U8 | StorageDtype::Bool => DType::U8,
+    }
+}
+
+/// Copies a strided view out of its storage into a contiguous CPU tensor.
+///
+/// Element `(i_0, …, i_n)` of the view is storage element
+/// `offset + Σ i_k · stride_k` (torch's `as_strided`); any strides are
+/// allowed as long as every addressed element lies inside the storage.
+fn materialise(t: &TensorRef, storage: &[u8]) -> std::result::Result<Tensor, String> {
+    let es = t.storage.dtype.size() as u64;
+    let view_offset = t.storage.view.map_or(0, |(off, _)| off);
+    let base = view_offset.checked_add(t.offset).ok_or("offset overflows")?;
+    let mut numel: u64 = 1;
+    for &d in &t.size {
+        numel = numel.checked_mul(d).ok_or("element count overflows")?;
+    }
+    let shape: Vec<usize> =
+        t.size.iter().map(|&d| usize::try_from(d).map_err(|_| "dimension too large")).collect::<std::result::Result<_, _>>()?;
+    let storage_numel = storage.len() as u64 / es;
+    if numel > 0 {
+        let mut last = base;
+        for (&d, &s) in t.size.iter().zip(&t.stride) {
+            last = (d - 1).checked_mul(s).and_then(|x| x.checked_add(last)).ok_or("strides overflow")?;
+        }
+        if last >= storage_numel {
+            return Err(format!(
+                "view (offset {}, size {:?}, stride {:?}) reaches element {last} of a storage of {storage_numel}",
+                t.offset, t.size, t.stride
+            ));
+        }
+        // Overlapping views (stride 0) could expand a tiny storage into an
+        // enormous tensor; real checkpoints do not hold such tensors.
+        if numel > storage_numel.max(1 << 24) {
+            return Err(format!("view of {numel} elements expands a storage of {storage_numel}"));
+        }
+    }
+    let nbytes = usize::try_from(numel * es).map_err(|_| "tensor too large")?;
+    let es = es as usize;
+    let mut data: Vec<u8> = Vec::new();
+    data.try_reserve_exact(nbytes).map_err(|_| format!("cannot allocate {nbytes} bytes"))?;
+
+    // Row-major strides, to spot views that are already contiguous.
+    let mut contiguous = true;
+    let mut expect = 1u64;
+    for (&d, &s) in t.size.iter().zip(&t.stride).rev() {
+        if d != 1 && s != expect {
+            contiguous = false;
+        }
+        expect = expect.saturating_mul(d);
+    }
+    let start = base as usize * es;
+    if numel == 0 {
+    } else if contiguous {
+        data.extend_from_slice(&storage[start..start + nbytes]);
+    } else {
+        // Odometer over all dimensions but the last; the last is copied
+        // as a run when its stride is 1.
+        let nd = t.size.len();
+        let (inner_n, inner_s) = (t.size[nd - 1] as usize, t.stride[nd - 1] as usize);
+        let outer = numel / t.size[nd - 1];
+        let mut idx = vec![0u64; nd - 1];
+        let mut pos = base as usize;
+        for _ in 0..outer {
+            if inner_s == 1 {
+                data.extend_from_slice(&storage[pos * es..(pos + inner_n) * es]);
+            } else {
+                for j in 0..inner_n {
+                    let p = (pos + j * inner_s) * es;
+                    data.extend_from_slice(&storage[p..p + es]);
+                }
+            }
+            let mut k = nd - 1;
+            while k > 0 {
+                k -= 1;
+                idx[k] += 1;
+                pos += t.stride[k] as usize;
+                if idx[k] < t.size[k] {
+                    break;
+                }
+                pos -= (t.size[k] * t.stride[k]) as usize;
+                idx[k] = 0;
+            }
+        }
+    }
+    to_tensor(data, t.storage.dtype, &shape)
+}
+
+/// Builds a CPU tensor from little-endian bytes of a storage dtype.
+fn to_tensor(data: Vec<u8>, dtype: StorageDtype, shape: &[usize]) -> std::result::Result<Tensor, String> {
+    let data = match dtype {
+        StorageDtype::I8 => data.iter().flat_map(|&b| (b as i8 as i16).to_le_bytes()).collect(),
+        StorageDtype::Bool => data.iter().map(|&b| (b != 0) as u8).collect(),
+        _ => data,
+    };
+    Tensor::from_raw_buffer(&data, candle_dtype(dtype), shape, &Device::Cpu).map_err(|e| e.to_string())
+}
+
+/// Reads every tensor of a safetensors file.
+fn read_safetensors(path: &Path) -> std::result::Result<(Vec<(String, Tensor)>, usize), String> {
+    use safetensors::Dtype as S;
+    let buf = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| format!("bad safetensors file: {e}"))?;
+    let mut out = Vec::new();
+    for (name, view) in st.iter() {
+        let dtype = match view.dtype() {
+            S::F32 => StorageDtype::F32,
+            S::F16 => StorageDtype::F16,
+            S::BF16 => StorageDtype::BF16,
+            S::F64 => StorageDtype::F64,
+            S::I64 => StorageDtype::I64,
+            S::I32 => StorageDtype::I32,
+            S::I16 => StorageDtype::I16,
+            S::I8 => StorageDtype::I8,
+            S::U8 => StorageDtype::U8,
+            S::BOOL => StorageDtype::Bool,
+            other => return Err(format!("tensor '{name}' has unsupported dtype {other:?}")),
+        };
+        let t = to_tensor(view.data().to_vec(), dtype, view.shape()).map_err(|e| format!("tensor '{name}': {e}"))?;
+        out.push((name.to_string(), t));
+    }
+    Ok((out, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn fixture(rel: &str) -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures")).join(rel)
+    }
+
+    /// Raw little-endian bytes of a CPU tensor, for bit-exact comparison.
+    fn raw(t: &Tensor) -> Vec<u8> {
+        use safetensors::View;
+        t.data().into_owned()
+    }
+
+    /// Asserts two tensor maps have the same keys, dtypes, shapes and bits.
+    fn assert_identical(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) {
+        let mut ka: Vec<_> = a.keys().collect();
+        let mut kb: Vec<_> = b.keys().collect();
+        ka.sort();
+        kb.sort();
+        assert_eq!(ka, kb);
+        for (k, ta) in a {
+            let tb = &b[k];
+            assert_eq!(ta.dtype(), tb.dtype(), "{k}");
+            assert_eq!(ta.dims(), tb.dims(), "{k}");
+            assert!(raw(ta) == raw(tb), "tensor '{k}' differs");
+        }
+    }
+
+    #[test]
+    fn stylegan2_zip_and_converted_legacy_agree() {
+        let zip = fixture("stylegan2/generator.pt");
+        let leg = fixture("stylegan2/generator.convert_weight_layout.pt");
+        assert_eq!(detect(&zip).unwrap(), Format::TorchZip);
+        assert_eq!(detect(&leg).unwrap(), Format::TorchLegacy);
+        let a = load(&zip).unwrap();
+        let b = load(&leg).unwrap();
+        assert_identical(&a, &b);
+        assert_eq!(a["latent_avg"].dims(), &[64]);
+        assert!(a.keys().all(|k| !k.contains("_metadata")), "an OrderedDict's _metadata leaked");
+        assert!(a.keys().all(|k| k == "latent_avg" || k.starts_with("g_ema.")));
+        assert!(a.contains_key("g_ema.style.1.weight"));
+        // The converted file really holds non-contiguous views.
+        let (file, _) = open_torch(&leg).unwrap();
+        let (entries, _) = flatten(file.object()).unwrap();
+        let strided = entries.iter().filter(|(_, t)| {
+            let n = t.stride.len();
+            n >= 2 && t.stride[n - 1] != 1
+        });
+        assert!(strided.count() > 0, "expected transposed views in the converted file");
+        // Key selection strips the prefix and only returns that subtree.
+        let g = load_with_key(&leg, Some("g_ema")).unwrap();
+        assert_eq!(g.len(), a.len() - 1);
+        assert!(raw(&g["style.1.weight"]) == raw(&a["g_ema.style.1.weight"]));
+        let e = load_with_key(&leg, Some("g")).unwrap_err().to_string();
+        assert!(e.contains("g_ema") && e.contains("latent_avg"), "{e}");
+    }
+
+    #[test]
+    fn arcface_and_bisenet_zip_equal_legacy() {
+        for model in ["arcface", "bisenet"] {
+            let a = load(&fixture(&format!("{model}/model.pth"))).unwrap();
+            let b = load(&fixture(&format!("{model}/model_legacy.pth"))).unwrap();
+            assert_identical(&a, &b);
+            let nbt: Vec<_> = a.iter().filter(|(k, _)| k.ends_with("num_batches_tracked")).collect();
+            assert!(!nbt.is_empty(), "{model}: no num_batches_tracked");
+            assert!(nbt.iter().all(|(_, t)| t.dtype() == DType::I64 && t.dims().is_empty()));
+            assert!(a.values().filter(|t| t.dtype() == DType::F32).count() > 10);
+            let info = inspect(&fixture(&format!("{model}/model_legacy.pth"))).unwrap();
+            assert_eq!(info.len(), a.len());
+            assert!(info.iter().all(|i| a[&i.name].dims() == i.shape.as_slice() && a[&i.name].dtype() == i.dtype));
+        }
+    }
+
+    #[test]
+    fn clip_safetensors_loads() {
+        let p = fixture("clip/model.safetensors");
+        assert_eq!(detect(&p).unwrap(), Format::Safetensors);
+        let t = load(&p).unwrap();
+        assert!(t.len() > 10);
+        assert!(t.values().any(|t| t.dtype() == DType::F16));
+        let reference = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+        assert_identical(&t, &reference);
+    }
+
+    #[test]
+    fn convert_round_trips_with_provenance() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture("stylegan2/generator.convert_weight_layout.pt");
+        let out = dir.path().join("g.safetensors");
+        let summary = convert_to_safetensors(&src, &out).unwrap();
+        let original = load(&src).unwrap();
+        assert_eq!(summary.tensors, original.len());
+        assert_eq!(summary.source_sha256, sha256_file(&src).unwrap());
+        assert_eq!(summary.source_sha256.len(), 64);
+        assert_eq!(summary.bytes, std::fs::metadata(&out).unwrap().len());
+        assert_identical(&load(&out).unwrap(), &original);
+        let buf = std::fs::read(&out).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&buf).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        assert_eq!(meta["source_sha256"], summary.source_sha256);
+        assert_eq!(meta["source_file"], "generator.convert_weight_layout.pt");
+        // Nothing but the output is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A failed conversion leaves no output behind.
+        let bad = dir.path().join("bad.pt");
+        std::fs::write(&bad, b"PK\x03\x04garbage").unwrap();
+        assert!(convert_to_safetensors(&bad, &dir.path().join("bad.safetensors")).is_err());
+        assert!(!dir.path().join("bad.safetensors").exists());
+    }
+
+    #[test]
+    fn sha256_matches_known_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    /// A minimal pickle writer for hand-built checkpoints.
+    #[derive(Default)]
+    struct P(Vec<u8>);
+    impl P {
+        fn op(&mut self, b: &[u8]) -> &mut Self {
+            self.0.extend_from_slice(b);
+            self
+        }
+        fn s(&mut self, s: &str) -> &mut Self {
+            self.0.push(0x8c);
+            self.0.push(s.len() as u8);
+            self.op(s.as_bytes())
+        }
+        fn int(&mut self, i: i32) -> &mut Self {
+            self.0.push(b'J');
+            self.op(&i.to_le_bytes())
+        }
+        fn global(&mut self, m: &str, n: &str) -> &mut Self {
+            self.op(format!("c{m}\n{n}\n").as_bytes())
+        }
+        fn tuple_of_ints(&mut self, xs: &[i32]) -> &mut Self {
+            self.op(b"(");
+            for &x in xs {
+                self.int(x);
+            }
+            self.op(b"t")
+        }
+        /// `_rebuild_tensor_v2(('storage', FloatStorage, key, 'cpu', numel), off, size, stride, False, OrderedDict())`.
+        fn tensor(&mut self, key: &str, numel: i32, off: i32, size: &[i32], stride: &[i32]) -> &mut Self {
+            self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
+            self.op(b"(").s("storage").global("torch", "FloatStorage").s(key).s("cpu").int(numel).op(b"tQ");
+            self.int(off).tuple_of_ints(size).tuple_of_ints(stride);
+            self.op(b"\x89").global("collections", "OrderedDict").op(b")R").op(b"tR")
+        }
+    }
+
+    /// Writes a torch zip archive with the given pickle and storages.
+    fn write_zip(path: &Path, pkl: &[u8], storages: &[(&str, Vec<u8>)]) {
+        let mut z = zip::ZipWriter::new(File::create(path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        z.start_file("archive/data.pkl", opts).unwrap();
+        z.write_all(pkl).unwrap();
+        for (k, data) in storages {
+            z.start_file(format!("archive/data/{k}"), opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap();
+    }
+
+    fn f32_bytes(xs: impl IntoIterator<Item = f32>) -> Vec<u8> {
+        xs.into_iter().flat_map(f32::to_le_bytes).collect()
+    }
+
+    #[test]
+    fn training_checkpoint_with_non_tensor_leaves_loads() {
+        // {'g': {'w': T[2,3] (transposed view of a 3x2 storage), 'b': T[3] at offset 6},
+        //  'g_optim': {'state': {0: {'step': 5, 'exp_avg': T[2]}},
+        //              'param_groups': [{'lr': 0.002, 'params': [0]}]},
+        //  'args': Namespace(size=256, name='x'), 'iter': 1000, 'name': 'run'}
+        let mut p = P::default();
+        p.op(b"\x80\x02}q\x00(");
+        p.s("g").op(b"}(").s("w").tensor("0", 9, 0, &[2, 3], &[1, 2]);
+        p.s("b").tensor("0", 9, 6, &[3], &[1]).op(b"u");
+        p.s("g_optim").op(b"}(").s("state").op(b"}").int(0).op(b"}(").s("step").int(5);
+        p.s("exp_avg").tensor("1", 2, 0, &[2], &[1]).op(b"us");
+        p.s("param_groups").op(b"]}(").s("lr").op(b"G").op(&0.002f64.to_be_bytes());
+        p.s("params").op(b"]").int(0).op(b"aua").op(b"u");
+        p.s("args").global("argparse", "Namespace").op(b")\x81}(").s("size").int(256).s("name").s("x").op(b"ub");
+        p.s("iter").int(1000).s("name").s("run").op(b"u.");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.pt");
+        write_zip(&path, &p.0, &[("0", f32_bytes((0..9).map(|i| i as f32))), ("1", f32_bytes([7.0, 8.0]))]);
+        let t = load(&path).unwrap();
+        let mut keys: Vec<_> = t.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["g.b", "g.w", "g_optim.state.0.exp_avg"]);
+        // storage [0 1 2 3 4 5 ...] viewed with strides (1, 2): rows [0 2 4], [1 3 5].
+        assert_eq!(t["g.w"].to_vec2::<f32>().unwrap(), [[0., 2., 4.], [1., 3., 5.]]);
+        assert_eq!(t["g.b"].to_vec1::<f32>().unwrap(), [6., 7., 8.]);
+        assert_eq!(t["g_optim.state.0.exp_avg"].to_vec1::<f32>().unwrap(), [7., 8.]);
+        let g = load_with_key(&path, Some("g")).unwrap();
+        assert_eq!(g.len(), 2);
+        let (_, skipped) = read(&path, None).unwrap();
+        assert!(skipped >= 4, "{skipped}");
+    }
+
+    #[test]
+    fn materialises_arbitrary_strides() {
+        // A [2, 3, 4] tensor stored as the permutation (2, 0, 1) of a
+        // contiguous [4, 2, 3] storage starting at element 5.
+        let storage: Vec<u8> = f32_bytes((0..5 + 24).map(|i| i as f32));
+        let t = TensorRef {
+            storage: pickle::StorageRef { key: "0".into(), dtype: StorageDtype::F32, numel: 29, view: None },
+            offset: 5,
+            size: vec![2, 3, 4],
+            stride: vec![3, 1, 6],
+        };
+        let got = materialise(&t, &storage).unwrap().to_vec3::<f32>().unwrap();
+        for i in 0..2 {
+            for j in 0..3 {
+                for k in 0..4 {
+                    assert_eq!(got[i][j][k], (5 + i * 3 + j + k * 6) as f32);
+                }
+            }
+        }
+        // Out-of-bounds views are errors, not panics.
+        let oob = TensorRef { offset: 6, ..t.clone() };
+        assert!(materialise(&oob, &storage).is_err());
+        // Stride-0 expansion beyond any sane size is refused.
+        let bomb = TensorRef { offset: 0, size: vec![1 << 40], stride: vec![0], ..t };
+        assert!(materialise(&bomb, &storage).is_err());
+    }
+
+    #[test]
+    fn malicious_globals_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&[u8], &str); 3] = [
+            (b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.", "os.system"),
+            (b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93X\x01\x00\x00\x001\x85R.", "builtins.eval"),
+            (b"\x80\x02}(X\x01\x00\x00\x00acposix\nsystem\n)Ru.", "posix.system"),
+        ];
+        for (pkl, name) in cases {
+            let path = dir.path().join("evil.pt");
+            write_zip(&path, pkl, &[]);
+            let e = load(&path).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("not a plain state dict"), "{e}");
+            // The same pickle in a legacy stream.
+            let mut leg = Vec::new();
+            leg.extend_from_slice(b"\x80\x02\x8a\x0a");
+            leg.extend_from_slice(&[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
+            leg.extend_from_slice(b".\x80\x02M\xe9\x03.\x80\x02}.");
+            leg.extend_from_slice(pkl);
+            let lp = dir.path().join("evil_legacy.pt");
+            std::fs::write(&lp, &leg).unwrap();
+            let e = load(&lp).unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn truncated_files_error_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in ["stylegan2/generator.convert_weight_layout.pt", "arcface/model.pth", "clip/model.safetensors"] {
+            let full = std::fs::read(fixture(rel)).unwrap();
+            let n = full.len();
+            // Dense in the first 16 KiB (header pickles), sparse after.
+            let mut cuts: Vec<usize> = (0..n.min(16384)).step_by(61).collect();
+            cuts.extend((1..60).map(|i| n * i / 60));
+            cuts.extend([n - 1, n - 8]);
+            let path = dir.path().join("cut");
+            for cut in cuts {
+                std::fs::write(&path, &full[..cut]).unwrap();
+                assert!(load(&path).is_err(), "{rel} truncated at {cut} loaded");
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_headers_never_panic() {
+        let full = std::fs::read(fixture("arcface/model_legacy.pth")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flip");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            let mut buf = full.clone();
+            for _ in 0..3 {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let at = (state >> 33) as usize % 8192;
+                buf[at] ^= (state >> 20) as u8 | 1;
+            }
+            std::fs::write(&path, &buf).unwrap();
+            let _ = load(&path);
+        }
+    }
+
+    #[test]
+    fn zip_missing_a_storage_is_a_clear_error() {
+        let src = fixture("stylegan2/generator.pt");
+        let mut archive = zip::ZipArchive::new(File::open(&src).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial.pt");
+        let mut z = zip::ZipWriter::new(File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for i in 0..archive.len() {
+            let mut f = archive.by_index(i).unwrap();
+            let name = f.name().to_string();
+            if name == "generator/data/3" {
+                continue;
+            }
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).unwrap();
+            z.start_file(name, opts).unwrap();
+            z.write_all(&buf).unwrap();
+        }
+        z.finish().unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("generator/data/3") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn unknown_content_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pt");
+        std::fs::write(&path, b"hello world, not a checkpoint").unwrap();
+        assert!(load(&path).is_err());
+        std::fs::write(&path, b"").unwrap();
+        assert!(load(&path).is_err());
+        assert!(load(&dir.path().join("absent.pt")).is_err());
     }
 }

@@ -1,0 +1,139 @@
+//! The legacy (pre-PyTorch-1.6, `_use_new_zipfile_serialization=False`)
+//! `torch.save` container: a plain stream of pickles followed by raw storage
+//! bytes.
+//!
+//! Layout, as written by `_legacy_save` and read by `_legacy_load` in
+//! `torch/serialization.py`
+//! (<https://github.com/pytorch/pytorch/blob/main/torch/serialization.py>):
+//! 1. pickle: the magic number `0x1950a86a20f9469cfc6c`;
+//! 2. pickle: the protocol version `1001`;
+//! 3. pickle: a `sys_info` dict (`little_endian`, `type_sizes`, …);
+//! 4. pickle: the object itself, whose persistent ids are
+//!    `('storage', StorageType, root_key, location, numel, view_metadata)`;
+//! 5. pickle: the list of storage keys, in the order their data follows;
+//! 6. per key: an 8-byte little-endian element count, then
+//!    `count * element_size` raw little-endian bytes
+//!    (`_set_from_file` / `THPStorage_readFileRaw`).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, Seek};
+use std::path::Path;
+
+use super::pickle::{self, Input, Obj, PidStyle, StorageDtype, Unpickled, Value};
+
+/// `torch.serialization.MAGIC_NUMBER`, little-endian as pickle's LONG1 has it.
+const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+/// `torch.serialization.PROTOCOL_VERSION`.
+const PROTOCOL_VERSION: i64 = 1001;
+
+/// The parsed head of a legacy file: the object and where each storage's
+/// data lies.
+pub(crate) struct Legacy {
+    pub object: Unpickled,
+    /// Storage keys in file order.
+    keys: Vec<String>,
+    /// Byte offset of the first storage record.
+    data_start: u64,
+    file_len: u64,
+}
+
+/// Does the file start like a legacy checkpoint (a protocol-2+ pickle
+/// holding a LONG1 of 10 bytes)?
+pub(crate) fn sniff(head: &[u8]) -> bool {
+    head.len() >= 4 && head[0] == 0x80 && (2..=5).contains(&head[1]) && head[2] == 0x8a && head[3] == 10
+}
+
+/// Reads the pickles at the start of a legacy file (not the tensor data).
+pub(crate) fn read_head(path: &Path) -> Result<Legacy, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let file_len = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+    let mut input = Input::new(BufReader::new(file), 0);
+
+    let magic = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    match &magic.root {
+        Value::BigInt(b) if b[..] == MAGIC => {}
+        _ => return Err("not a torch checkpoint: the legacy magic number is wrong".into()),
+    }
+    let version = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    match version.root {
+        Value::Int(PROTOCOL_VERSION) => {}
+        _ => return Err("unsupported legacy torch protocol version (expected 1001)".into()),
+    }
+    let sys_info = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    if let Some(Obj::Dict(items)) = sys_info.obj(&sys_info.root) {
+        let big = items.iter().any(|(k, v)| {
+            matches!((k, v), (Value::Str(k), Value::Bool(false)) if &**k == "little_endian")
+        });
+        if big {
+            return Err("the file was written on a big-endian machine, which is not supported; \
+                        re-save it on a little-endian one"
+                .into());
+        }
+    }
+    let object = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    let keys_pickle = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    let keys = match keys_pickle.obj(&keys_pickle.root) {
+        Some(Obj::List(items)) => items
+            .iter()
+            .map(|k| match k {
+                Value::Str(s) => Ok(s.to_string()),
+                Value::Int(i) => Ok(i.to_string()),
+                _ => Err("storage key list holds a non-string".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err("the storage key list after the object is missing".into()),
+    };
+    Ok(Legacy { object, keys, data_start: input.pos(), file_len })
+}
+
+impl Legacy {
+    /// Reads the raw bytes of the storages named in `wanted`, skipping the
+    /// others. `dtypes` gives each key's element type (from the object's
+    /// persistent ids).
+    pub(crate) fn read_storages(
+        &self,
+        path: &Path,
+        dtypes: &HashMap<String, StorageDtype>,
+        wanted: &HashSet<String>,
+    ) -> Result<HashMap<String, Vec<u8>>, String> {
+        let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        let mut reader = BufReader::new(file);
+        reader.seek(std::io::SeekFrom::Start(self.data_start)).map_err(|e| format!("cannot seek: {e}"))?;
+        let mut input = Input::new(reader, self.data_start);
+        let mut out = HashMap::new();
+        for key in &self.keys {
+            if out.len() == wanted.len() {
+                break;
+            }
+            let dtype = dtypes
+                .get(key)
+                .ok_or_else(|| format!("storage '{key}' is listed but no tensor refers to it"))?;
+            let at = input.pos();
+            let count = u64::from_le_bytes(input.array()?);
+            let nbytes = count
+                .checked_mul(dtype.size() as u64)
+                .filter(|n| input.pos().checked_add(*n).is_some_and(|end| end <= self.file_len))
+                .ok_or_else(|| {
+                    format!(
+                        "truncated: storage '{key}' at byte {at} claims {count} elements of {} \
+                         bytes, past the end of the file ({} bytes)",
+                        dtype.size(),
+                        self.file_len
+                    )
+                })?;
+            if wanted.contains(key) {
+                let bytes = input.bytes(nbytes)?;
+                out.insert(key.clone(), bytes);
+            } else {
+                let skip = i64::try_from(nbytes).map_err(|_| "storage too large")?;
+                input.inner_mut().seek_relative(skip).map_err(|e| format!("cannot seek: {e}"))?;
+                input.advance(nbytes);
+            }
+        }
+        if let Some(missing) = wanted.iter().find(|k| !out.contains_key(*k)) {
+            return Err(format!("storage '{missing}' is not in the file's storage list"));
+        }
+        Ok(out)
+    }
+}
