@@ -242,13 +242,24 @@ fn read(path: &Path, key: Option<&str>) -> Result<(Vec<(String, Tensor)>, usize)
     }
     .map_err(err)?;
 
+    // Each storage is dropped after its last tensor, to keep the peak
+    // memory near one copy of the weights.
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for (_, t) in &entries {
+        *uses.entry(t.storage.key.as_str()).or_default() += 1;
+    }
+    let mut storages = storages;
     let mut out = Vec::with_capacity(entries.len());
-    for (name, t) in entries {
-        let bytes = storages
-            .get(&t.storage.key)
-            .ok_or_else(|| err(format!("storage '{}' was not read", t.storage.key)))?;
-        let tensor = materialise(&t, bytes).map_err(|e| err(format!("tensor '{name}': {e}")))?;
-        out.push((name, tensor));
+    for (name, t) in &entries {
+        let key = t.storage.key.as_str();
+        let bytes = storages.get(key).ok_or_else(|| err(format!("storage '{key}' was not read")))?;
+        let tensor = materialise(t, bytes).map_err(|e| err(format!("tensor '{name}': {e}")))?;
+        out.push((name.clone(), tensor));
+        let left = uses.get_mut(key).expect("every entry's storage was counted");
+        *left -= 1;
+        if *left == 0 {
+            storages.remove(key);
+        }
     }
     Ok((out, skipped))
 }
@@ -720,12 +731,31 @@ mod tests {
             }
             self.op(b"t")
         }
-        /// `_rebuild_tensor_v2(('storage', FloatStorage, key, 'cpu', numel), off, size, stride, False, OrderedDict())`.
-        fn tensor(&mut self, key: &str, numel: i32, off: i32, size: &[i32], stride: &[i32]) -> &mut Self {
+        /// `('storage', <ty>Storage, key, location, numel[, view])`, the
+        /// view only in legacy files (`Some(None)` pickles `None`).
+        fn pid(&mut self, ty: &str, key: &str, loc: &str, numel: i32, view: Option<Option<(&str, i32, i32)>>) {
+            self.op(b"(").s("storage").global("torch", &format!("{ty}Storage")).s(key).s(loc).int(numel);
+            match view {
+                None => {}
+                Some(None) => {
+                    self.op(b"N");
+                }
+                Some(Some((k, off, n))) => {
+                    self.s(k).int(off).int(n).op(b"\x87");
+                }
+            }
+            self.op(b"tQ");
+        }
+        /// `_rebuild_tensor_v2(<storage>, off, size, stride, False, OrderedDict())`.
+        fn tensor_of(&mut self, storage: impl FnOnce(&mut Self), off: i32, size: &[i32], stride: &[i32]) -> &mut Self {
             self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
-            self.op(b"(").s("storage").global("torch", "FloatStorage").s(key).s("cpu").int(numel).op(b"tQ");
+            storage(self);
             self.int(off).tuple_of_ints(size).tuple_of_ints(stride);
             self.op(b"\x89").global("collections", "OrderedDict").op(b")R").op(b"tR")
+        }
+        /// A float32 tensor of a zip-format storage.
+        fn tensor(&mut self, key: &str, numel: i32, off: i32, size: &[i32], stride: &[i32]) -> &mut Self {
+            self.tensor_of(|p| p.pid("Float", key, "cpu", numel, None), off, size, stride)
         }
     }
 
@@ -901,5 +931,67 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         assert!(load(&path).is_err());
         assert!(load(&dir.path().join("absent.pt")).is_err());
+    }
+
+    #[test]
+    fn legacy_views_dtypes_and_storage_order() {
+        let mut p = P::default();
+        p.op(b"\x80\x02}(");
+        p.s("h").tensor_of(|p| p.pid("Half", "k1", "cpu", 4, Some(None)), 1, &[2], &[1]);
+        p.s("v").tensor_of(|p| p.pid("Float", "k2", "cuda:0", 6, Some(Some(("k2v", 2, 3)))), 1, &[2], &[1]);
+        p.s("m").tensor_of(|p| p.pid("Bool", "k3", "cpu", 3, Some(None)), 0, &[3], &[1]);
+        p.s("c").tensor_of(|p| p.pid("Char", "k4", "cpu", 2, Some(None)), 0, &[2], &[1]);
+        p.s("p").global("torch._utils", "_rebuild_parameter").op(b"(");
+        p.tensor_of(|p| p.pid("Float", "k2", "cuda:0", 6, Some(None)), 0, &[2, 3], &[1, 2]);
+        p.op(b"\x88").global("collections", "OrderedDict").op(b")RtR");
+        p.s("n").int(3).op(b"u.");
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x80\x02\x8a\x0a");
+        f.extend_from_slice(&[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
+        f.extend_from_slice(b".\x80\x02M\xe9\x03.\x80\x02}(X\x0d\x00\x00\x00little_endian\x88u.");
+        f.extend_from_slice(&p.0);
+        // Storage data follows in the order of this list, not of first use.
+        let mut keys = P::default();
+        keys.op(b"\x80\x02](").s("k3").s("k1").s("k4").s("k2").op(b"e.");
+        f.extend_from_slice(&keys.0);
+        let record = |f: &mut Vec<u8>, n: u64, bytes: &[u8]| {
+            f.extend_from_slice(&n.to_le_bytes());
+            f.extend_from_slice(bytes);
+        };
+        record(&mut f, 3, &[0, 2, 1]);
+        record(&mut f, 4, &[0x00, 0x3c, 0x00, 0x40, 0x00, 0x42, 0x00, 0x44]);
+        record(&mut f, 2, &[(-3i8) as u8, 5]);
+        record(&mut f, 6, &f32_bytes((0..6).map(|i| i as f32)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("legacy.pt");
+        std::fs::write(&path, &f).unwrap();
+        assert_eq!(detect(&path).unwrap(), Format::TorchLegacy);
+        let t = load(&path).unwrap();
+        assert_eq!(t.len(), 5);
+        assert_eq!(t["h"].dtype(), DType::F16);
+        assert_eq!(t["h"].to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), [2., 3.]);
+        assert_eq!(t["v"].to_vec1::<f32>().unwrap(), [3., 4.]);
+        assert_eq!(t["m"].to_vec1::<u8>().unwrap(), [0, 1, 1]);
+        assert_eq!(t["c"].dtype(), DType::I16);
+        assert_eq!(t["c"].to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), [-3., 5.]);
+        assert_eq!(t["p"].to_vec2::<f32>().unwrap(), [[0., 2., 4.], [1., 3., 5.]]);
+        // A storage record claiming more data than the file holds.
+        let mut bad = f.clone();
+        let at = bad.len() - 24 - 8;
+        bad[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("k2"), "{e}");
+    }
+
+    #[test]
+    fn zip_files_agree_with_candles_reader() {
+        // An independent reader of contiguous zip checkpoints as an oracle.
+        for rel in ["arcface/model.pth", "bisenet/model.pth"] {
+            let ours = load(&fixture(rel)).unwrap();
+            let theirs: HashMap<String, Tensor> =
+                candle_core::pickle::read_all(fixture(rel)).unwrap().into_iter().collect();
+            assert_identical(&ours, &theirs);
+        }
     }
 }

@@ -38,10 +38,14 @@ pub(crate) struct Legacy {
     file_len: u64,
 }
 
-/// Does the file start like a legacy checkpoint (a protocol-2+ pickle
-/// holding a LONG1 of 10 bytes)?
+/// Does the file start with the legacy magic number (a pickled int,
+/// optionally after a protocol-4 FRAME)?
 pub(crate) fn sniff(head: &[u8]) -> bool {
-    head.len() >= 4 && head[0] == 0x80 && (2..=5).contains(&head[1]) && head[2] == 0x8a && head[3] == 10
+    if head.len() < 2 || head[0] != 0x80 || !(2..=5).contains(&head[1]) {
+        return false;
+    }
+    let rest = if head.get(2) == Some(&0x95) { head.get(11..).unwrap_or(&[]) } else { &head[2..] };
+    rest.len() >= 12 && rest[0] == 0x8a && rest[1] == 10 && rest[2..12] == MAGIC
 }
 
 /// Reads the pickles at the start of a legacy file (not the tensor data).
