@@ -3,13 +3,13 @@
 //! `torch.load` unpickles, and unpickling can call any Python function the
 //! file names, so a downloaded `.pt` is a program. This module reads the
 //! three containers real checkpoints come in and only ever *interprets* a
-//! fixed whitelist of pickle globals (see [`pickle`]):
+//! fixed whitelist of pickle globals (module `pickle`):
 //! - the torch zip format (PyTorch ≥ 1.6): `<dir>/data.pkl` plus one member
 //!   `<dir>/data/<key>` per storage (`_load` in
 //!   [torch/serialization.py](https://github.com/pytorch/pytorch/blob/main/torch/serialization.py));
 //! - the legacy stream format (PyTorch < 1.6, e.g. rosinality's converted
 //!   StyleGAN2 weights, the ArcFace IR-SE50 and BiSeNet face-parsing
-//!   checkpoints), see [`legacy`];
+//!   checkpoints), see module `legacy`;
 //! - safetensors.
 //!
 //! The format is chosen by content, not by extension. Tensors are strided

@@ -274,7 +274,7 @@ fn rejected_global(module: &str, name: &str) -> String {
 
 /// Upper bound on stack + memo + arena size, against memory blow-ups from
 /// hostile input that is still linear in size but with a large constant.
-const MAX_ITEMS: usize = 1 << 26;
+const MAX_ITEMS: usize = 1 << 24;
 
 
 struct Machine<'a, R> {
@@ -415,14 +415,19 @@ impl<R: Read> Machine<'_, R> {
         self.push(v)
     }
 
-    fn tuple_items(&self, v: &Value) -> Result<Vec<Value>, String> {
-        match v {
+    /// A copy of a tuple's (or list's) items. Copies count against
+    /// [`MAX_ITEMS`] so that re-using one huge memoised list as an argument
+    /// many times cannot make the run quadratic.
+    fn tuple_items(&mut self, v: &Value) -> Result<Vec<Value>, String> {
+        let items = match v {
             Value::Obj(i) => match self.objs.get(*i) {
-                Some(Obj::Tuple(t) | Obj::List(t)) => Ok(t.clone()),
-                _ => Err(format!("expected a tuple, found {}", describe(v))),
+                Some(Obj::Tuple(t) | Obj::List(t)) => t.clone(),
+                _ => return Err(format!("expected a tuple, found {}", describe(v))),
             },
-            _ => Err(format!("expected a tuple, found {}", describe(v))),
-        }
+            _ => return Err(format!("expected a tuple, found {}", describe(v))),
+        };
+        self.bump(items.len())?;
+        Ok(items)
     }
 
     fn set_items(&mut self, target: &Value, items: Vec<Value>) -> Result<(), String> {
@@ -785,7 +790,7 @@ impl<R: Read> Machine<'_, R> {
             _ => return Err(format!("tensor storage is {}, not a storage", describe(&a[0]))),
         };
         let offset = Self::nonneg(a.get(1), "storage offset")?;
-        let dims = |v: &Value, what: &str| -> Result<Vec<u64>, String> {
+        let mut dims = |v: &Value, what: &str| -> Result<Vec<u64>, String> {
             self.tuple_items(v)?.iter().map(|d| Self::nonneg(Some(d), what)).collect()
         };
         let size = dims(&a[2], "a size")?;
