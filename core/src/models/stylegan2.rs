@@ -514,8 +514,11 @@ mod tests {
         let gen = tiny_f64()?;
         let dev = Device::Cpu;
         let n = gen.config().n_latent() * gen.config().style_dim;
-        let latent = Tensor::randn(0f64, 1.0, (1, gen.config().n_latent(), 8), &dev)?;
-        let r = Tensor::randn(0f64, 1.0, (1, 3, 8, 8), &dev)?;
+        let mut draw = crate::demo::SeededWeights::new(9);
+        draw.normal("latent", &[1, gen.config().n_latent(), 8], 0.0, 1.0)?;
+        draw.normal("r", &[1, 3, 8, 8], 0.0, 1.0)?;
+        let latent = draw.tensors()["latent"].to_dtype(DType::F64)?;
+        let r = draw.tensors()["r"].to_dtype(DType::F64)?;
         let loss_of = |l: &Tensor| -> Result<Tensor> {
             Ok((gen.synthesis(l, Noise::Stored, false)?.image * &r)?.sum_all()?)
         };
