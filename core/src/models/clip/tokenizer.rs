@@ -130,10 +130,10 @@ impl ClipTokenizer {
 
     /// `[bos, …, eos]` ids of `text`, cut to the context length with `eos` last.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| Error::Tokenize {
-            text: text.to_string(),
-            reason: e.to_string(),
-        })?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Tokenize { text: text.to_string(), reason: e.to_string() })?;
         let mut ids = enc.get_ids().to_vec();
         if ids.len() > self.context_length {
             ids.truncate(self.context_length - 1);
@@ -143,7 +143,12 @@ impl ClipTokenizer {
     }
 
     /// Token ids of `texts` as one padded batch on `device`.
-    pub fn encode_batch(&self, texts: &[&str], padding: Padding, device: &Device) -> Result<TokenBatch> {
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        padding: Padding,
+        device: &Device,
+    ) -> Result<TokenBatch> {
         let seqs = texts.iter().map(|t| self.encode(t)).collect::<Result<Vec<_>>>()?;
         let t = match padding {
             Padding::Longest => seqs.iter().map(Vec::len).max().unwrap_or(0),

@@ -119,7 +119,11 @@ struct Mlp {
 
 impl Mlp {
     fn new(dim: usize, hidden: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: linear(dim, hidden, vb.pp("fc1"))?, fc2: linear(hidden, dim, vb.pp("fc2"))?, act })
+        Ok(Self {
+            fc1: linear(dim, hidden, vb.pp("fc1"))?,
+            fc2: linear(hidden, dim, vb.pp("fc2"))?,
+            act,
+        })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -174,7 +178,8 @@ struct Encoder {
 impl Encoder {
     fn new(s: &EncoderShape, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("layers");
-        let layers = (0..s.layers).map(|i| EncoderLayer::new(s, vb.pp(i))).collect::<Result<_>>()?;
+        let layers =
+            (0..s.layers).map(|i| EncoderLayer::new(s, vb.pp(i))).collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 
@@ -189,8 +194,9 @@ impl Encoder {
 
 /// `[T, T]` additive causal mask: position i sees only j ≤ i.
 fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> =
-        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     Ok(Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?)
 }
 
@@ -234,7 +240,11 @@ impl ClipTextTransformer {
             token_embedding: Embedding::new(token, cfg.hidden_size),
             position_embedding,
             encoder: Encoder::new(&shape, vb.pp("encoder"))?,
-            final_layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            final_layer_norm: LayerNorm::new(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
             eos_token_id: cfg.eos_token_id,
         })
     }
@@ -286,7 +296,8 @@ impl ClipTextTransformer {
         let xs = self.encoder.forward(&xs, Some(&mask))?;
         let last_hidden_state = self.final_layer_norm.forward(&xs)?;
         let eos_index = self.eos_index(input_ids)?;
-        let rows: Vec<u32> = eos_index.iter().enumerate().map(|(i, &j)| (i * t + j) as u32).collect();
+        let rows: Vec<u32> =
+            eos_index.iter().enumerate().map(|(i, &j)| (i * t + j) as u32).collect();
         let rows = Tensor::from_vec(rows, b, input_ids.device())?;
         let d = last_hidden_state.dim(2)?;
         let pooled = last_hidden_state.reshape((b * t, d))?.index_select(&rows, 0)?;
@@ -363,7 +374,10 @@ impl ClipVisionTransformer {
         if (h, w) != (self.image_size, self.image_size) {
             return Err(Error::BadShape {
                 name: "pixel_values".into(),
-                expected: format!("[B, C, {0}, {0}]; resize with clip::preprocess first", self.image_size),
+                expected: format!(
+                    "[B, C, {0}, {0}]; resize with clip::preprocess first",
+                    self.image_size
+                ),
                 got: pixel_values.dims().to_vec(),
             });
         }
