@@ -536,6 +536,16 @@ mod tests {
         assert_eq!((cfg.vision_config.hidden_size, cfg.vision_config.intermediate_size), (64, 256));
         assert_eq!(cfg.text_config.eos_token_id, 49407);
         assert_eq!(cfg.vision_config.hidden_act, Activation::QuickGelu);
+        // Everything but the head counts (not stored in weights) is inferred.
+        let weights = candle_core::safetensors::load(
+            Path::new(FIXTURE).join("model.safetensors"),
+            &Device::Cpu,
+        )?;
+        let mut inferred = Config::from_tensors(&weights)?;
+        inferred.text_config.num_attention_heads = 4;
+        inferred.vision_config.num_attention_heads = 4;
+        inferred.logit_scale_init_value = cfg.logit_scale_init_value;
+        assert_eq!(inferred, cfg);
         Ok(())
     }
 
