@@ -61,6 +61,15 @@ pub enum Error {
         /// What is missing or wrong.
         reason: String,
     },
+
+    /// A tokenizer could not encode a text.
+    #[error("could not tokenize '{text}': {reason}")]
+    Tokenize {
+        /// The text.
+        text: String,
+        /// The tokenizer's error.
+        reason: String,
+    },
 }
 
 /// The result type of lsd-core.
