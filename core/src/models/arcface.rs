@@ -587,6 +587,23 @@ mod tests {
     }
 
     #[test]
+    fn inconsistent_layouts_are_rejected() -> Result<()> {
+        let cfg = Config::demo();
+        let shapes: HashMap<String, Vec<usize>> = cfg.tensor_shapes().into_iter().collect();
+        assert_eq!(Config::from_shapes(&shapes)?, cfg);
+        let mut no_shortcut = shapes.clone();
+        no_shortcut.retain(|k, _| !k.starts_with("body.1.shortcut_layer"));
+        assert!(Config::from_shapes(&no_shortcut).is_err(), "a width change needs a shortcut conv");
+        let mut bad_linear = shapes.clone();
+        bad_linear.insert("output_layer.3.weight".into(), vec![128, 64 * 50]);
+        assert!(Config::from_shapes(&bad_linear).is_err(), "64 · 50 is not 64 · s²");
+        let mut no_body = shapes;
+        no_body.retain(|k, _| !k.starts_with("body."));
+        assert!(Config::from_shapes(&no_body).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn demo_is_deterministic_and_finite() -> Result<()> {
         let dev = Device::Cpu;
         let xs = Tensor::rand(-1f32, 1f32, (2, 3, 112, 112), &dev)?;

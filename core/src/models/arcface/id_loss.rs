@@ -94,3 +94,28 @@ impl IdLoss {
         id_loss_from_embeddings(&y_feats, &y_hat_feats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A 512² image is first mean-pooled 2x2 to 256², so it crops like its
+    /// pooled copy; a 256² image is cropped as is.
+    #[test]
+    fn larger_images_are_pooled_to_256_first() -> Result<()> {
+        let dev = Device::Cpu;
+        let big = Tensor::rand(-1f32, 1f32, (1, 3, 512, 512), &dev)?;
+        let pooled = big.avg_pool2d(2)?;
+        let a = styleclip_preprocess(&big, 112)?;
+        let b = styleclip_preprocess(&pooled, 112)?;
+        assert_eq!(a.dims(), &[1, 3, 112, 112]);
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        // Output cell 0 averages crop rows 0..2 (188/112): image rows 35, 36.
+        let x = Tensor::arange(0f32, 256., &dev)?.reshape((1, 1, 256, 1))?.broadcast_as((1, 3, 256, 256))?;
+        let first = styleclip_preprocess(&x.contiguous()?, 112)?.get(0)?.get(0)?.get(0)?.get(0)?;
+        assert_eq!(first.to_scalar::<f32>()?, 35.5);
+        Ok(())
+    }
+}
