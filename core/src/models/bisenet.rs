@@ -43,8 +43,25 @@ pub use fixture::check_fixture;
 /// The 19 class names in label order, as upstream's `face_dataset.py`
 /// (`atts`, enumerated from 1) with 0 = background.
 pub const CLASS_NAMES: [&str; 19] = [
-    "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear",
-    "ear_r", "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
+    "background",
+    "skin",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "eye_g",
+    "l_ear",
+    "r_ear",
+    "ear_r",
+    "nose",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "neck",
+    "neck_l",
+    "cloth",
+    "hair",
+    "hat",
 ];
 
 /// LELSD's names (`FaceSegmentation.part_to_mask_idx`) where they differ
@@ -239,8 +256,9 @@ impl Config {
         for k in 0..4 {
             let layer = format!("cp.resnet.layer{}", k + 1);
             resnet_widths[k] = dim(&format!("{layer}.0.conv1.weight"), 0)?;
-            resnet_blocks[k] =
-                (0..).take_while(|i| tensors.contains_key(&format!("{layer}.{i}.conv1.weight"))).count();
+            resnet_blocks[k] = (0..)
+                .take_while(|i| tensors.contains_key(&format!("{layer}.{i}.conv1.weight")))
+                .count();
         }
         let cfg = Self {
             resnet_widths,
@@ -311,7 +329,11 @@ impl Config {
             ("conv_out32", cp, self.aux_out_mid),
         ] {
             conv_bn(&mut out, &format!("{head}.conv"), mid, c_in, 3);
-            out.push((format!("{head}.conv_out.weight"), vec![self.n_classes, mid, 1, 1], DType::F32));
+            out.push((
+                format!("{head}.conv_out.weight"),
+                vec![self.n_classes, mid, 1, 1],
+                DType::F32,
+            ));
         }
         out
     }
@@ -628,7 +650,11 @@ mod tests {
         // needs the full torch reader (see `fixture_passes_including_legacy_checkpoint`).
         let failed: Vec<_> =
             report.failures().filter(|c| c.name != fixture::LEGACY_CASE).map(|c| &c.name).collect();
-        assert!(failed.is_empty() && report.missing.is_empty(), "failed: {failed:?}\n{}", report.table());
+        assert!(
+            failed.is_empty() && report.missing.is_empty(),
+            "failed: {failed:?}\n{}",
+            report.table()
+        );
         assert!(report.cases.len() > 15, "{}", report.table());
         Ok(())
     }
@@ -638,6 +664,29 @@ mod tests {
     fn fixture_passes_including_legacy_checkpoint() -> Result<()> {
         let report = check_fixture(Path::new(FIXTURE), &Device::Cpu)?;
         assert!(report.passed(), "{}", report.table());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_fixture_files_and_cases_are_reported() -> Result<()> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let report = check_fixture(dir.path(), &Device::Cpu)?;
+        assert!(!report.passed());
+        assert_eq!(report.missing, vec!["model.pth", "cases.safetensors"]);
+        // A cases file holding only the rect input: every other tensor is missing.
+        std::fs::copy(Path::new(FIXTURE).join("model.pth"), dir.path().join("model.pth"))
+            .map_err(|e| Error::io("copying", dir.path(), e))?;
+        let cases = candle_core::safetensors::load(
+            Path::new(FIXTURE).join("cases.safetensors"),
+            &Device::Cpu,
+        )?;
+        let only = HashMap::from([("rect_input".to_string(), cases["rect_input"].clone())]);
+        candle_core::safetensors::save(&only, dir.path().join("cases.safetensors"))?;
+        let report = check_fixture(dir.path(), &Device::Cpu)?;
+        assert!(!report.passed());
+        assert!(report.missing.iter().any(|m| m == "rect_logits"), "{:?}", report.missing);
+        assert!(report.missing.iter().any(|m| m == "grad_hair_objective_wrt_input"));
+        assert!(!report.missing.iter().any(|m| m == "rect_input"));
         Ok(())
     }
 
@@ -734,6 +783,27 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn generator_images_are_rescaled_resized_and_normalised() -> Result<()> {
+        let dev = Device::Cpu;
+        // -1, 0 and 1 become 0, 0.5 and 1 before normalisation.
+        let xs =
+            Tensor::new(&[-1f32, 0., 1.], &dev)?.reshape((1, 3, 1, 1))?.repeat((1, 1, 4, 6))?;
+        let out = preprocess_generator_image(&xs, (8, 12))?;
+        assert_eq!(out.dims(), &[1, 3, 8, 12]);
+        let v = out.mean((2, 3))?.flatten_all()?.to_vec1::<f32>()?;
+        for (c, (got, x01)) in v.iter().zip([0f32, 0.5, 1.0]).enumerate() {
+            let want = (x01 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            assert!((got - want).abs() < 1e-5, "channel {c}: {got} vs {want}");
+        }
+        // Differentiable: every input pixel receives gradient.
+        let var = Var::from_tensor(&xs)?;
+        let grads = preprocess_generator_image(var.as_tensor(), (8, 12))?.sum_all()?.backward()?;
+        let g = grads.get(&var).expect("input takes part").flatten_all()?.to_vec1::<f32>()?;
+        assert!(g.iter().all(|v| *v > 0.0), "{g:?}");
+        Ok(())
+    }
+
     /// d/dx sum(prob_hair * R) against central differences, in f64, at a
     /// size whose height and width leave different remainders under the
     /// strided convolutions (the case candle's conv backward gets wrong).
@@ -741,7 +811,8 @@ mod tests {
     fn gradient_matches_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
         let cfg = Config::demo();
-        let vb = VarBuilder::from_tensors(demo_weights(&cfg, 11)?.tensors().clone(), DType::F64, &dev);
+        let vb =
+            VarBuilder::from_tensors(demo_weights(&cfg, 11)?.tensors().clone(), DType::F64, &dev);
         let net = BiSeNet::new(&cfg, vb)?;
         let (h, w) = (33, 32);
         let xs = Tensor::randn(0f64, 1., (1, 3, h, w), &dev)?;
@@ -752,7 +823,8 @@ mod tests {
         };
         let var = Var::from_tensor(&xs)?;
         let grads = objective(var.as_tensor())?.backward()?;
-        let grad = grads.get(&var).expect("the input takes part").flatten_all()?.to_vec1::<f64>()?;
+        let grad =
+            grads.get(&var).expect("the input takes part").flatten_all()?.to_vec1::<f64>()?;
         let base = xs.flatten_all()?.to_vec1::<f64>()?;
         let eps = 1e-5;
         for idx in [0, 5 * w + 7, h * w + 3 * w + 31, 2 * h * w + 32 * w + 31, 2 * h * w + 16 * w] {

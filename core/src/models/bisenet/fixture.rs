@@ -128,7 +128,13 @@ impl MainCase {
     }
 
     fn run(self, net: &BiSeNet, report: &mut FixtureReport) -> Result<()> {
-        report.compare("input", &normalize(&self.image_rgb01)?, &self.input, NORMALIZE_ATOL, 0.0)?;
+        report.compare(
+            "input",
+            &normalize(&self.image_rgb01)?,
+            &self.input,
+            NORMALIZE_ATOL,
+            0.0,
+        )?;
         // The stored input, not ours, so that each stage is checked on its own.
         let input = Var::from_tensor(&self.input)?;
         let trace = net.forward_trace(input.as_tensor())?;
@@ -145,20 +151,45 @@ impl MainCase {
             report.compare(name, actual, expected, LOGITS_ATOL, 0.0)?;
         }
         report.compare("logits", &trace.logits, &self.logits, LOGITS_ATOL, 0.0)?;
-        report.push(compare_parse("parsing", &trace.logits, &self.logits, &self.parsing, LOGITS_ATOL)?);
+        report.push(compare_parse(
+            "parsing",
+            &trace.logits,
+            &self.logits,
+            &self.parsing,
+            LOGITS_ATOL,
+        )?);
 
         let probs = probabilities(&trace.logits)?;
         for (name, expected) in &self.probs {
-            let class = class_index(name.trim_start_matches("prob_")).expect("fixture names are classes");
-            report.compare(name, &probs.narrow(1, class, 1)?.squeeze(1)?, expected, PROB_ATOL, 0.0)?;
+            let class =
+                class_index(name.trim_start_matches("prob_")).expect("fixture names are classes");
+            report.compare(
+                name,
+                &probs.narrow(1, class, 1)?.squeeze(1)?,
+                expected,
+                PROB_ATOL,
+                0.0,
+            )?;
         }
         let hair = soft_mask(&probs, &[class_index("hair").expect("hair is a class")])?;
         let objective = (hair * &self.r)?.sum_all()?;
-        report.compare("hair_objective", &objective.reshape(1)?, &self.objective, OBJECTIVE_ATOL, 0.0)?;
+        report.compare(
+            "hair_objective",
+            &objective.reshape(1)?,
+            &self.objective,
+            OBJECTIVE_ATOL,
+            0.0,
+        )?;
         let grads = objective.backward()?;
         match grads.get(&input) {
             Some(grad) => {
-                report.compare("grad_hair_objective_wrt_input", grad, &self.grad, GRAD_ATOL, 0.0)?;
+                report.compare(
+                    "grad_hair_objective_wrt_input",
+                    grad,
+                    &self.grad,
+                    GRAD_ATOL,
+                    0.0,
+                )?;
             }
             None => report.push(failed_case(
                 "grad_hair_objective_wrt_input",
@@ -185,10 +216,22 @@ impl RectCase {
     }
 
     fn run(self, net: &BiSeNet, report: &mut FixtureReport) -> Result<()> {
-        report.compare("rect_input", &normalize(&self.image_rgb01)?, &self.input, NORMALIZE_ATOL, 0.0)?;
+        report.compare(
+            "rect_input",
+            &normalize(&self.image_rgb01)?,
+            &self.input,
+            NORMALIZE_ATOL,
+            0.0,
+        )?;
         let logits = net.forward(&self.input)?;
         report.compare("rect_logits", &logits, &self.logits, RECT_LOGITS_ATOL, 0.0)?;
-        report.push(compare_parse("rect_parsing", &logits, &self.logits, &self.parsing, RECT_LOGITS_ATOL)?);
+        report.push(compare_parse(
+            "rect_parsing",
+            &logits,
+            &self.logits,
+            &self.parsing,
+            RECT_LOGITS_ATOL,
+        )?);
         Ok(())
     }
 }
@@ -213,7 +256,8 @@ fn compare_parse(
             format!("{} labels, reference has {}", ours.len(), theirs.len()),
         ));
     }
-    let (mut compared, mut differ, mut near_ties, mut near_tie_differ) = (0usize, 0usize, 0usize, 0usize);
+    let (mut compared, mut differ, mut near_ties, mut near_tie_differ) =
+        (0usize, 0usize, 0usize, 0usize);
     for ((o, t), m) in ours.iter().zip(&theirs).zip(&margins) {
         if *m > atol {
             compared += 1;
@@ -258,7 +302,11 @@ fn top2_margins(logits: &Tensor) -> Result<Vec<f64>> {
 
 /// Loads the legacy-format checkpoint and requires it to hold exactly the
 /// tensors of `model.pth`.
-fn check_legacy(path: &Path, state: &HashMap<String, Tensor>, report: &mut FixtureReport) -> Result<()> {
+fn check_legacy(
+    path: &Path,
+    state: &HashMap<String, Tensor>,
+    report: &mut FixtureReport,
+) -> Result<()> {
     let legacy = match crate::torch::load(path) {
         Ok(t) => t,
         Err(e) => {

@@ -26,7 +26,12 @@ use crate::Result;
 /// gradient. In that case the input is padded explicitly and cropped to the
 /// part the windows actually read, so that both remainders are zero. The
 /// forward values are identical either way.
-pub(super) fn conv2d(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub(super) fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
     let k = weight.dim(2)?;
     let rem = |n: usize| (n + 2 * padding - k) % stride;
@@ -164,7 +169,12 @@ pub(super) struct Resnet18 {
 impl Resnet18 {
     /// `widths`: the stem/`layer1` width, then `layer2..4`; `blocks`: blocks
     /// per layer (2 each for ResNet-18).
-    pub(super) fn new(vb: VarBuilder, widths: [usize; 4], blocks: [usize; 4], eps: f64) -> Result<Self> {
+    pub(super) fn new(
+        vb: VarBuilder,
+        widths: [usize; 4],
+        blocks: [usize; 4],
+        eps: f64,
+    ) -> Result<Self> {
         let stem = ConvBn::new(vb.pp("conv1"), vb.pp("bn1"), (3, widths[0], 7), 2, 3, eps)?;
         let mut layers = Vec::with_capacity(4);
         let mut c_in = widths[0];
