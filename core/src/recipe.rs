@@ -1,0 +1,859 @@
+//! Recipes: one YAML file = one repeatable edit.
+//!
+//! Parsing has two steps, as in ripgrep's `LowArgs → HiArgs`: serde reads the
+//! text into a plain [`RawRecipe`] (`deny_unknown_fields`, so a typo is an
+//! error, not a silently ignored key), then [`Recipe::parse`] checks every
+//! value and returns a [`RecipeError`] that names the file, the line and
+//! column, the key, what was expected and what to do.
+//!
+//! What α means. A direction `u` is normalised after every optimiser step
+//! according to [`Norm`]. The default, `norm: layer`, gives each trained
+//! layer's 512-vector unit length, so `x_edit = G(w + α·u)` moves every
+//! edited layer's style by exactly `α` in W — the same scale as classic
+//! W-space editing, whichever layers are trained. (LELSD's reference code
+//! normalises over the batch axis instead of the latent axis; that couples
+//! the step size to the batch and is not offered.) `norm: total` gives the
+//! whole W+ direction unit Frobenius norm, so α is the distance travelled in
+//! W+ and each layer moves by about `α/√layers`; `norm: none` leaves `u` free
+//! (α is then only a scale).
+
+pub mod locate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// An error in a recipe, located in its file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeError {
+    /// The recipe file (or `<recipe>` for text without a file).
+    pub file: PathBuf,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// The key path, e.g. `terms[1].weight` (empty for syntax errors).
+    pub key: String,
+    /// What is wrong, what was expected and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for RecipeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": '{}': {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for RecipeError {}
+
+/// Which weights a network uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum WeightsRef {
+    /// The tiny seeded demo network (no files).
+    Demo,
+    /// A name from the weights manifest (`lsd-tui weights list`).
+    Named(String),
+    /// A file on disk.
+    Path(PathBuf),
+}
+
+impl From<String> for WeightsRef {
+    fn from(s: String) -> Self {
+        let looks_like_path = s.contains('/')
+            || s.contains('\\')
+            || [".pt", ".pth", ".pkl", ".safetensors", ".bin"].iter().any(|e| s.ends_with(e));
+        if s == "demo" {
+            Self::Demo
+        } else if looks_like_path {
+            Self::Path(PathBuf::from(s))
+        } else {
+            Self::Named(s)
+        }
+    }
+}
+
+impl From<WeightsRef> for String {
+    fn from(w: WeightsRef) -> Self {
+        match w {
+            WeightsRef::Demo => "demo".into(),
+            WeightsRef::Named(n) => n,
+            WeightsRef::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl WeightsRef {
+    /// True for the demo network.
+    pub fn is_demo(&self) -> bool {
+        matches!(self, Self::Demo)
+    }
+}
+
+fn demo() -> WeightsRef {
+    WeightsRef::Demo
+}
+
+/// The weights of the four networks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    /// StyleGAN2 generator.
+    #[serde(default = "demo")]
+    pub generator: WeightsRef,
+    /// CLIP ViT-B/32.
+    #[serde(default = "demo")]
+    pub clip: WeightsRef,
+    /// ArcFace IR-SE50.
+    #[serde(default = "demo")]
+    pub arcface: WeightsRef,
+    /// BiSeNet face parsing.
+    #[serde(default = "demo")]
+    pub bisenet: WeightsRef,
+}
+
+impl Default for Models {
+    fn default() -> Self {
+        Self { generator: demo(), clip: demo(), arcface: demo(), bisenet: demo() }
+    }
+}
+
+impl Models {
+    /// `(network, weights)` pairs, for plugins and metadata.
+    pub fn entries(&self) -> [(&'static str, &WeightsRef); 4] {
+        [
+            ("generator", &self.generator),
+            ("clip", &self.clip),
+            ("arcface", &self.arcface),
+            ("bisenet", &self.bisenet),
+        ]
+    }
+
+    /// True when any network is a demo network.
+    pub fn any_demo(&self) -> bool {
+        self.entries().iter().any(|(_, w)| w.is_demo())
+    }
+}
+
+/// What the optimiser trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// W+ direction(s) `u`, `x_edit = G(w + α·u)` (the report's method).
+    #[default]
+    Direction,
+    /// StyleCLIP's per-image latent optimisation: `w` itself is trained.
+    Latent,
+}
+
+/// How a direction is normalised after each step; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// Every trained layer's vector has unit length: α is the step in W.
+    #[default]
+    Layer,
+    /// The whole direction has unit Frobenius norm: α is the step in W+.
+    Total,
+    /// No constraint.
+    None,
+}
+
+/// The edit strength during training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawAlpha {
+    /// One fixed α.
+    Fixed(f32),
+    /// α drawn uniformly from `[min, max]` per sample, rejecting `|α| < min_abs`.
+    Range {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+        /// Smallest |α| accepted (0 by default).
+        #[serde(default)]
+        min_abs: f32,
+    },
+}
+
+/// The optimiser family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam (Kingma & Ba).
+    #[default]
+    Adam,
+    /// Adam with decoupled weight decay.
+    Adamw,
+    /// SGD with momentum.
+    Sgd,
+}
+
+/// The learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", tag = "kind", deny_unknown_fields)]
+pub enum Schedule {
+    /// The same rate throughout.
+    #[default]
+    Constant,
+    /// Cosine decay from `lr` to `lr·final_ratio` after a linear warm-up.
+    Cosine {
+        /// Warm-up steps (linear from 0).
+        #[serde(default)]
+        warmup: usize,
+        /// The final rate as a fraction of `lr`.
+        #[serde(default)]
+        final_ratio: f32,
+    },
+    /// Multiply the rate by `gamma` every `every` steps.
+    Step {
+        /// Period in steps.
+        every: usize,
+        /// Factor.
+        gamma: f32,
+    },
+}
+
+fn default_lr() -> f32 {
+    0.1
+}
+fn default_betas() -> [f32; 2] {
+    [0.9, 0.999]
+}
+fn default_momentum() -> f32 {
+    0.9
+}
+
+/// Optimiser settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Optimizer {
+    /// Adam, AdamW or SGD.
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    /// The base learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f32,
+    /// Adam's β₁, β₂.
+    #[serde(default = "default_betas")]
+    pub betas: [f32; 2],
+    /// Decoupled (AdamW) or L2 (SGD) weight decay.
+    #[serde(default)]
+    pub weight_decay: f32,
+    /// SGD momentum.
+    #[serde(default = "default_momentum")]
+    pub momentum: f32,
+    /// The learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adam,
+            lr: default_lr(),
+            betas: default_betas(),
+            weight_decay: 0.0,
+            momentum: default_momentum(),
+            schedule: Schedule::Constant,
+        }
+    }
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// One loss term as written in the recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTerm {
+    /// A plugin name (`clip`, `identity`, `segmentation`, …) or a path to a
+    /// plugin library.
+    pub plugin: String,
+    /// λ, the term's weight in the total loss.
+    #[serde(default = "one")]
+    pub weight: f32,
+    /// The plugin's own parameters (passed to it as YAML text).
+    #[serde(default)]
+    pub params: Option<yaml_serde::Value>,
+}
+
+/// Preview settings as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreview {
+    /// Render previews every N steps (0: only at the end).
+    #[serde(default = "default_preview_every")]
+    pub every: usize,
+    /// The α values of the edited columns.
+    #[serde(default)]
+    pub alphas: Option<Vec<f32>>,
+    /// Seeds of the preview images (default: the first training seed).
+    #[serde(default)]
+    pub seeds: Option<Vec<u64>>,
+}
+
+fn default_preview_every() -> usize {
+    10
+}
+
+/// Noise inputs of the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseMode {
+    /// The checkpoint's stored noise buffers (fixed images for a latent).
+    #[default]
+    Stored,
+    /// Fresh noise drawn from the recipe seed, fixed for the whole run.
+    Seeded,
+    /// No noise.
+    Zero,
+}
+
+/// The recipe exactly as serde reads it: types are checked, values are not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecipe {
+    /// A display name (default: the file stem).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The text prompt the edit should match.
+    pub prompt: String,
+    /// The weights of each network.
+    #[serde(default)]
+    pub models: Models,
+    /// Truncation ψ towards the average latent (1 = none).
+    #[serde(default = "one")]
+    pub truncation: f32,
+    /// Generator noise.
+    #[serde(default)]
+    pub noise: NoiseMode,
+    /// `direction` or `latent`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// K, the number of directions trained together.
+    #[serde(default = "one_usize")]
+    pub directions: usize,
+    /// LELSD's diversity (correlation) weight, for K > 1.
+    #[serde(default)]
+    pub diversity: f32,
+    /// W+ layers the direction may change (default: all).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// How the direction is normalised.
+    #[serde(default)]
+    pub norm: Norm,
+    /// The edit strength: a number, or `{min, max, min_abs}`.
+    #[serde(default = "default_alpha")]
+    pub alpha: RawAlpha,
+    /// Training seeds: one seed trains a local direction, several a global one.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Latents per step. With `resample: true` they are drawn afresh each step.
+    #[serde(default = "one_usize")]
+    pub batch: usize,
+    /// Draw a new batch of latents every step (global directions).
+    #[serde(default)]
+    pub resample: bool,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// The seed of every random draw of the run.
+    #[serde(default)]
+    pub seed: u64,
+    /// The optimiser.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// The loss terms.
+    pub terms: Vec<RawTerm>,
+    /// Preview images.
+    #[serde(default)]
+    pub preview: Option<RawPreview>,
+    /// Write a checkpoint every N steps (0: only at the end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// The run folder.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn one_usize() -> usize {
+    1
+}
+fn default_alpha() -> RawAlpha {
+    RawAlpha::Fixed(3.0)
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn default_checkpoint_every() -> usize {
+    50
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// The edit strength, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Alpha {
+    /// One α for every sample.
+    Fixed(f32),
+    /// Uniform in `[min, max]` with `|α| >= min_abs`.
+    Range {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+        /// Smallest |α| accepted.
+        min_abs: f32,
+    },
+}
+
+impl Alpha {
+    /// A representative α for previews and metrics: the fixed value, or
+    /// the bound of largest magnitude.
+    pub fn typical(&self) -> f32 {
+        match *self {
+            Alpha::Fixed(a) => a,
+            Alpha::Range { min, max, .. } => {
+                if max.abs() >= min.abs() {
+                    max
+                } else {
+                    min
+                }
+            }
+        }
+    }
+}
+
+/// A loss term, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Term {
+    /// Plugin name or library path.
+    pub plugin: String,
+    /// λ.
+    pub weight: f32,
+    /// The plugin's parameters as YAML text (`{}` when none).
+    pub params: String,
+    /// The 1-based line where the params start in the recipe, so a plugin's
+    /// own line numbers can be mapped back to the file.
+    pub params_line: usize,
+}
+
+/// Preview settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    /// Every N steps (0: at the end only).
+    pub every: usize,
+    /// α values of the edited columns.
+    pub alphas: Vec<f32>,
+    /// Preview seeds.
+    pub seeds: Vec<u64>,
+}
+
+/// A checked recipe, ready to run.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// Display name.
+    pub name: String,
+    /// The file it came from (or `<recipe>`).
+    pub file: PathBuf,
+    /// The raw form, which is what `recipe.yaml` in a run folder holds.
+    pub raw: RawRecipe,
+    /// The edit strength.
+    pub alpha: Alpha,
+    /// Trained W+ layers (sorted, unique); `None` = all.
+    pub layers: Option<Vec<usize>>,
+    /// The loss terms.
+    pub terms: Vec<Term>,
+    /// Preview settings.
+    pub preview: Preview,
+    /// The run folder.
+    pub output: PathBuf,
+    text: String,
+}
+
+const MAX_STEPS: usize = 10_000_000;
+
+impl Recipe {
+    /// Reads and checks a recipe file.
+    pub fn load(path: &Path) -> Result<Self, RecipeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RecipeError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the recipe: {e}; check the path and its permissions"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks recipe text; `file` is used in messages and for the default name.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, RecipeError> {
+        let raw: RawRecipe = yaml_serde::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
+        let ctx = Ctx { text, file };
+        ctx.check(raw)
+    }
+
+    /// The 1-based `(line, column)` of a key path (e.g. `models.clip`), for
+    /// errors found after parsing (a missing weight, a plugin's own error).
+    pub fn locate(&self, key: &str) -> (usize, usize) {
+        locate::locate(&self.text, &locate::parse_path(key)).unwrap_or((0, 0))
+    }
+
+    /// An error located at `key`.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> RecipeError {
+        Ctx { text: &self.text, file: &self.file }.error(key, message)
+    }
+
+    /// The recipe text as given.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The resolved recipe as YAML (what a run folder keeps).
+    pub fn to_yaml(&self) -> String {
+        yaml_serde::to_string(&self.raw).unwrap_or_else(|e| format!("# could not serialise: {e}\n"))
+    }
+
+    /// A stable hash of the resolved recipe (hex SHA-256 of [`Recipe::to_yaml`]).
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.to_yaml().as_bytes()))
+    }
+
+    /// True when any network is a demo network.
+    pub fn uses_demo(&self) -> bool {
+        self.raw.models.any_demo()
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> RecipeError {
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let msg = e.to_string();
+    // yaml_serde prefixes the key path ("terms[0]: unknown field ...").
+    let (key, detail) = match msg.split_once(": ") {
+        Some((k, rest)) if !k.contains(' ') || k.contains('[') || k.contains('.') => {
+            (k.to_string(), rest.to_string())
+        }
+        _ => (String::new(), msg.clone()),
+    };
+    let detail = detail.split(" at line ").next().unwrap_or(&detail).to_string();
+    let hint = if detail.contains("unknown field") {
+        "; remove it or fix its spelling (keys are case-sensitive)"
+    } else if detail.contains("missing field") {
+        "; add it (see examples/recipes/ for a complete recipe)"
+    } else if detail.contains("invalid type") || detail.contains("invalid value") {
+        "; fix the value's type"
+    } else if detail.contains("did not match any variant") {
+        "; expected a number (alpha: 3) or a range (alpha: {min: -3, max: 3, min_abs: 1})"
+    } else if key.is_empty() {
+        "; the file is not valid YAML there"
+    } else {
+        ""
+    };
+    let _ = text;
+    RecipeError { file: file.to_path_buf(), line, column, key, message: format!("{detail}{hint}") }
+}
+
+impl Ctx<'_> {
+    fn error(&self, key: &str, message: impl Into<String>) -> RecipeError {
+        let (line, column) = locate::locate(self.text, &locate::parse_path(key)).unwrap_or((0, 0));
+        RecipeError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn check(&self, raw: RawRecipe) -> Result<Recipe, RecipeError> {
+        if raw.prompt.trim().is_empty() {
+            return Err(self.error("prompt", "the prompt is empty; write the edit in words, e.g. 'a photo of a person with gray hair'"));
+        }
+        if !(raw.truncation.is_finite() && raw.truncation > 0.0 && raw.truncation <= 1.0) {
+            return Err(self.error("truncation", format!("expected ψ in (0, 1], got {}; 0.7 is usual, 1 disables truncation", raw.truncation)));
+        }
+        if raw.directions == 0 || raw.directions > 64 {
+            return Err(self.error("directions", format!("expected 1 to 64 directions, got {}", raw.directions)));
+        }
+        if raw.mode == Mode::Latent && raw.directions != 1 {
+            return Err(self.error("directions", "mode 'latent' trains the latent itself: set directions: 1 or use mode: direction"));
+        }
+        if !(raw.diversity.is_finite() && raw.diversity >= 0.0) {
+            return Err(self.error("diversity", format!("expected a weight >= 0, got {}", raw.diversity)));
+        }
+        if raw.steps == 0 || raw.steps > MAX_STEPS {
+            return Err(self.error("steps", format!("expected 1 to {MAX_STEPS} steps, got {}", raw.steps)));
+        }
+        if raw.batch == 0 || raw.batch > 1024 {
+            return Err(self.error("batch", format!("expected a batch of 1 to 1024, got {}", raw.batch)));
+        }
+        if raw.seeds.is_empty() {
+            return Err(self.error("seeds", "give at least one training seed, e.g. seeds: [0]"));
+        }
+        if !raw.resample && raw.batch > raw.seeds.len() {
+            return Err(self.error("batch", format!(
+                "batch {} is larger than the {} training seed(s); list more seeds or set resample: true to draw latents each step",
+                raw.batch, raw.seeds.len()
+            )));
+        }
+        if raw.mode == Mode::Latent && raw.resample {
+            return Err(self.error("resample", "mode 'latent' optimises fixed latents; remove resample: true"));
+        }
+        let alpha = self.check_alpha(&raw.alpha)?;
+        let layers = self.check_layers(raw.layers.as_deref())?;
+        self.check_optimizer(&raw.optimizer)?;
+        if raw.terms.is_empty() {
+            return Err(self.error("terms", "no loss terms; add at least one, e.g. '- plugin: clip'"));
+        }
+        let terms = raw
+            .terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.check_term(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (name, w) in raw.models.entries() {
+            if let WeightsRef::Path(p) = w {
+                let p = self.relative(p);
+                if let Err(e) = std::fs::File::open(&p) {
+                    return Err(self.error(&format!("models.{name}"), format!(
+                        "cannot read weights '{}': {e}; check the path, or use a manifest name (lsd-tui weights list) or 'demo'",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        let preview = self.check_preview(raw.preview.as_ref(), &raw, alpha)?;
+        let name = raw.name.clone().unwrap_or_else(|| {
+            self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into())
+        });
+        if name.is_empty() || name.contains(['/', '\\']) {
+            return Err(self.error("name", "expected a non-empty name without slashes (it names the run folder)"));
+        }
+        let device = raw.device.as_str();
+        let device_ok = device == "cpu"
+            || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok())
+            || device == "cuda";
+        if !device_ok {
+            return Err(self.error("device", format!("unknown device '{device}'; expected 'cpu' or 'cuda:N'")));
+        }
+        let output = raw.output.clone().map(|p| self.relative(&p)).unwrap_or_else(|| PathBuf::from("runs").join(&name));
+        Ok(Recipe {
+            name,
+            file: self.file.to_path_buf(),
+            alpha,
+            layers,
+            terms,
+            preview,
+            output,
+            raw,
+            text: self.text.to_string(),
+        })
+    }
+
+    /// Paths in a recipe are relative to the recipe's folder.
+    fn relative(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && self.file.exists() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    fn check_alpha(&self, a: &RawAlpha) -> Result<Alpha, RecipeError> {
+        match *a {
+            RawAlpha::Fixed(v) => {
+                if !v.is_finite() || v == 0.0 {
+                    return Err(self.error("alpha", format!("expected a finite, non-zero α, got {v}")));
+                }
+                Ok(Alpha::Fixed(v))
+            }
+            RawAlpha::Range { min, max, min_abs } => {
+                if !(min.is_finite() && max.is_finite() && min_abs.is_finite()) {
+                    return Err(self.error("alpha", "α bounds must be finite numbers"));
+                }
+                if min >= max {
+                    return Err(self.error("alpha.max", format!("expected max > min, got min {min}, max {max}")));
+                }
+                if min_abs < 0.0 {
+                    return Err(self.error("alpha.min_abs", format!("expected min_abs >= 0, got {min_abs}")));
+                }
+                if min_abs >= min.abs().max(max.abs()) {
+                    return Err(self.error("alpha.min_abs", format!(
+                        "min_abs {min_abs} excludes the whole range [{min}, {max}]; lower it"
+                    )));
+                }
+                Ok(Alpha::Range { min, max, min_abs })
+            }
+        }
+    }
+
+    fn check_layers(&self, layers: Option<&[usize]>) -> Result<Option<Vec<usize>>, RecipeError> {
+        let Some(layers) = layers else { return Ok(None) };
+        if layers.is_empty() {
+            return Err(self.error("layers", "the layer list is empty; remove 'layers' to train all layers"));
+        }
+        // 18 is n_latent at 1024²; the generator checks the real bound at run time.
+        if let Some(&bad) = layers.iter().find(|&&l| l >= 32) {
+            return Err(self.error("layers", format!("layer {bad} does not exist; W+ has at most 18 layers (0..=17) at 1024²")));
+        }
+        let mut sorted = layers.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        Ok(Some(sorted))
+    }
+
+    fn check_optimizer(&self, o: &Optimizer) -> Result<(), RecipeError> {
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(self.error("optimizer.lr", format!("expected a learning rate > 0, got {}", o.lr)));
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(self.error("optimizer.betas", format!("expected two betas in [0, 1), got {:?}", o.betas)));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(self.error("optimizer.weight_decay", "expected weight_decay >= 0"));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return Err(self.error("optimizer.momentum", format!("expected momentum in [0, 1), got {}", o.momentum)));
+        }
+        match o.schedule {
+            Schedule::Step { every: 0, .. } => Err(self.error("optimizer.schedule", "a step schedule needs every >= 1")),
+            Schedule::Step { gamma, .. } if !(gamma > 0.0 && gamma <= 1.0) => {
+                Err(self.error("optimizer.schedule", format!("expected gamma in (0, 1], got {gamma}")))
+            }
+            Schedule::Cosine { final_ratio, .. } if !(0.0..=1.0).contains(&final_ratio) => {
+                Err(self.error("optimizer.schedule", format!("expected final_ratio in [0, 1], got {final_ratio}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_term(&self, i: usize, t: &RawTerm) -> Result<Term, RecipeError> {
+        let key = format!("terms[{i}]");
+        if t.plugin.trim().is_empty() {
+            return Err(self.error(&format!("{key}.plugin"), "empty plugin name; use clip, identity, segmentation or a library path"));
+        }
+        if !t.weight.is_finite() || t.weight < 0.0 {
+            return Err(self.error(&format!("{key}.weight"), format!("expected a weight λ >= 0, got {}", t.weight)));
+        }
+        let params = match &t.params {
+            None | Some(yaml_serde::Value::Null) => "{}\n".to_string(),
+            Some(v @ yaml_serde::Value::Mapping(_)) => yaml_serde::to_string(v).unwrap_or_default(),
+            Some(_) => {
+                return Err(self.error(&format!("{key}.params"), "expected a mapping of the plugin's parameters (see lsd-tui plugins)"))
+            }
+        };
+        let params_line = self.locate_line(&format!("{key}.params")).map(|l| l + 1).unwrap_or(0);
+        Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params, params_line })
+    }
+
+    fn locate_line(&self, key: &str) -> Option<usize> {
+        let path = locate::parse_path(key);
+        let (line, _) = locate::locate(self.text, &path)?;
+        // Only accept an exact hit on the last key.
+        let last = match path.last() {
+            Some(locate::Seg::Key(k)) => k.clone(),
+            _ => return Some(line),
+        };
+        let text_line = self.text.lines().nth(line - 1)?;
+        text_line.contains(&format!("{last}:")).then_some(line)
+    }
+
+    fn check_preview(&self, p: Option<&RawPreview>, raw: &RawRecipe, alpha: Alpha) -> Result<Preview, RecipeError> {
+        let typical = alpha.typical();
+        let default_alphas = vec![-typical, 0.0, typical];
+        let Some(p) = p else {
+            return Ok(Preview { every: default_preview_every(), alphas: default_alphas, seeds: vec![raw.seeds[0]] });
+        };
+        let alphas = p.alphas.clone().unwrap_or(default_alphas);
+        if alphas.is_empty() || alphas.len() > 16 {
+            return Err(self.error("preview.alphas", format!("expected 1 to 16 α values, got {}", alphas.len())));
+        }
+        if alphas.iter().any(|a| !a.is_finite()) {
+            return Err(self.error("preview.alphas", "α values must be finite numbers"));
+        }
+        let seeds = p.seeds.clone().unwrap_or_else(|| vec![raw.seeds[0]]);
+        if seeds.is_empty() || seeds.len() > 8 {
+            return Err(self.error("preview.seeds", format!("expected 1 to 8 preview seeds, got {}", seeds.len())));
+        }
+        Ok(Preview { every: p.every, alphas, seeds })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+prompt: a photo of a person with gray hair
+steps: 10
+alpha: 3
+terms:
+  - plugin: clip
+  - plugin: segmentation
+    weight: 0.1
+    params:
+      classes: [hair]
+";
+
+    #[test]
+    fn parses_a_minimal_recipe_with_defaults() {
+        let r = Recipe::parse(GOOD, Path::new("gray.yaml")).expect("valid");
+        assert_eq!(r.name, "gray");
+        assert_eq!(r.alpha, Alpha::Fixed(3.0));
+        assert_eq!(r.preview.alphas, vec![-3.0, 0.0, 3.0]);
+        assert_eq!(r.terms.len(), 2);
+        assert_eq!(r.terms[0].weight, 1.0);
+        assert!(r.terms[1].params.contains("hair"));
+        assert_eq!(r.terms[1].params_line, 9);
+        assert!(r.uses_demo());
+        assert_eq!(r.output, PathBuf::from("runs/gray"));
+    }
+
+    #[test]
+    fn hash_is_stable_and_sensitive() {
+        let a = Recipe::parse(GOOD, Path::new("a.yaml")).unwrap();
+        let b = Recipe::parse(GOOD, Path::new("a.yaml")).unwrap();
+        let c = Recipe::parse(&GOOD.replace("steps: 10", "steps: 11"), Path::new("a.yaml")).unwrap();
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn resolved_yaml_round_trips() {
+        let a = Recipe::parse(GOOD, Path::new("a.yaml")).unwrap();
+        let b = Recipe::parse(&a.to_yaml(), Path::new("a.yaml")).unwrap();
+        assert_eq!(a.raw, b.raw);
+    }
+
+    #[test]
+    fn weights_refs_classify() {
+        assert_eq!(WeightsRef::from("demo".to_string()), WeightsRef::Demo);
+        assert_eq!(WeightsRef::from("clip-vit-b32".to_string()), WeightsRef::Named("clip-vit-b32".into()));
+        assert!(matches!(WeightsRef::from("w/g.pt".to_string()), WeightsRef::Path(_)));
+        assert!(matches!(WeightsRef::from("g.safetensors".to_string()), WeightsRef::Path(_)));
+    }
+}
