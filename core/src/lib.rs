@@ -12,6 +12,7 @@ pub mod error;
 pub mod fixture;
 pub mod imageops;
 pub mod models;
+pub mod plugin;
 pub mod torch;
 
 pub use error::{Error, Result};
