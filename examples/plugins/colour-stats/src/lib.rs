@@ -81,17 +81,17 @@ impl Plugin for ColourStats {
     }
 
     fn new(params: Params, _context: &InitContext) -> Result<Self> {
-        let bad = |field: &str, value: f64, want: &str| {
-            Error::Config(format!("colour-stats: '{field}' is {value}, it must be {want}"))
-        };
-        if !(params.mean_weight >= 0.0) {
-            return Err(bad("mean_weight", params.mean_weight, "≥ 0"));
-        }
-        if !(params.std_weight >= 0.0) {
-            return Err(bad("std_weight", params.std_weight, "≥ 0"));
-        }
-        if !(params.epsilon > 0.0) {
-            return Err(bad("epsilon", params.epsilon, "> 0"));
+        // Written as "is it in range" rather than "is it out of range" so
+        // that NaN is rejected too.
+        let checks = [
+            ("mean_weight", params.mean_weight, params.mean_weight >= 0.0, "≥ 0"),
+            ("std_weight", params.std_weight, params.std_weight >= 0.0, "≥ 0"),
+            ("epsilon", params.epsilon, params.epsilon > 0.0, "> 0"),
+        ];
+        for (field, value, in_range, want) in checks {
+            if !in_range {
+                return Err(Error::Config(format!("colour-stats: '{field}' is {value}, it must be {want}")));
+            }
         }
         Ok(Self { params })
     }
