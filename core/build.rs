@@ -57,7 +57,9 @@ fn main() {
     }
     let mut candle = None;
     for lock in candidates {
-        let Ok(text) = fs::read_to_string(&lock) else { continue };
+        let Ok(text) = fs::read_to_string(&lock) else {
+            continue;
+        };
         if let Some(v) = candle_version(&text, &own_name, &own_version) {
             println!("cargo:rerun-if-changed={}", lock.display());
             candle = Some(v);

@@ -234,8 +234,13 @@ mod tests {
         for params in ["", "features: true\nscale: 0.5"] {
             let term = probe(params)?;
             let batch = tiny_batch(11, term.needs().features)?;
-            let report =
-                check_plugin_gradients(&probe_path(), params, &term, &batch, &GradCheck::default())?;
+            let report = check_plugin_gradients(
+                &probe_path(),
+                params,
+                &term,
+                &batch,
+                &GradCheck::default(),
+            )?;
             assert!(report.passed(), "params {params:?}\n{}", report.table());
         }
         Ok(())
@@ -261,7 +266,8 @@ mod tests {
     #[test]
     fn bad_params_are_reported_by_the_plugin_with_field_and_line() -> Result<()> {
         let lib = PluginLibrary::open(probe_path())?;
-        let err = lib.instantiate("scale: 1.0\nfeatres: true", &InitContext::default()).unwrap_err();
+        let err =
+            lib.instantiate("scale: 1.0\nfeatres: true", &InitContext::default()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::PluginCall { call: "init", panicked: false, .. }), "{msg}");
         assert!(msg.contains("featres") && msg.contains("line 2"), "{msg}");
@@ -295,7 +301,8 @@ mod tests {
         let healthy = lib.instantiate("", &InitContext::default())?;
         assert!(healthy.evaluate(&batch)?.value.is_finite());
 
-        let err = lib.instantiate("mode: error", &InitContext::default())?.evaluate(&batch).unwrap_err();
+        let err =
+            lib.instantiate("mode: error", &InitContext::default())?.evaluate(&batch).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::PluginCall { panicked: false, .. }), "{msg}");
         assert!(msg.contains("probe: asked to fail"), "{msg}");
@@ -317,11 +324,17 @@ mod tests {
         assert_eq!(package, "lsd-plugin-test-bad-fingerprint");
         let host = Fingerprint::host();
         // Both values side by side.
-        assert!(msg.contains(&host.rustc) && msg.contains("rustc 0.0.0 (wrong 1970-01-01)"), "{msg}");
+        assert!(
+            msg.contains(&host.rustc) && msg.contains("rustc 0.0.0 (wrong 1970-01-01)"),
+            "{msg}"
+        );
         assert!(msg.contains(&host.candle) && msg.contains("0.0.0-wrong"), "{msg}");
         assert!(fields.iter().any(|[f, h, p]| f == "rustc" && h != p));
         // The command to rebuild it.
-        assert!(rebuild.contains("cargo") && rebuild.contains("tests/plugins/bad-fingerprint"), "{rebuild}");
+        assert!(
+            rebuild.contains("cargo") && rebuild.contains("tests/plugins/bad-fingerprint"),
+            "{rebuild}"
+        );
         assert!(msg.contains(rebuild.as_str()));
         // None of its functions ran: it counts every call in an exported static.
         // SAFETY: the test library exports this symbol as a `static AtomicUsize`.
@@ -340,7 +353,10 @@ mod tests {
         let err = PluginLibrary::open(&plugins()["lsd-plugin-test-not-a-plugin"]).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::PluginLoad { .. }), "{msg}");
-        assert!(msg.contains("not an lsd-tui plugin") && msg.contains("lsd_plugin_declaration"), "{msg}");
+        assert!(
+            msg.contains("not an lsd-tui plugin") && msg.contains("lsd_plugin_declaration"),
+            "{msg}"
+        );
 
         let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "tempdir", e))?;
         let missing = dir.path().join("liblsd_plugin_nothing.so");
@@ -348,7 +364,8 @@ mod tests {
         assert!(msg.contains("no such file") && msg.contains("liblsd_plugin_nothing.so"), "{msg}");
 
         let garbage = dir.path().join("liblsd_plugin_garbage.so");
-        std::fs::write(&garbage, b"this is not a library").map_err(|e| Error::io("writing", &garbage, e))?;
+        std::fs::write(&garbage, b"this is not a library")
+            .map_err(|e| Error::io("writing", &garbage, e))?;
         let msg = PluginLibrary::open(&garbage).unwrap_err().to_string();
         assert!(msg.contains("cannot load it as a dynamic library"), "{msg}");
         Ok(())

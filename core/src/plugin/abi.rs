@@ -245,8 +245,11 @@ pub struct VTable {
     /// Sends what the term needs (JSON `Needs`) through `sink.text`.
     pub needs: unsafe extern "C" fn(term: *const c_void, sink: *const Sink) -> Status,
     /// Computes the loss and its gradients and sends them through `sink`.
-    pub evaluate:
-        unsafe extern "C" fn(term: *const c_void, batch: *const FfiBatch, sink: *const Sink) -> Status,
+    pub evaluate: unsafe extern "C" fn(
+        term: *const c_void,
+        batch: *const FfiBatch,
+        sink: *const Sink,
+    ) -> Status,
     /// Drops the term.
     pub drop_term: unsafe extern "C" fn(term: *mut c_void),
 }

@@ -22,8 +22,8 @@ use std::sync::Once;
 use candle_core::{Device, Tensor};
 
 use super::abi::{
-    slice, FfiBatch, FfiTensor, RStr, Sink, Status, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W,
-    SLOT_X_EDIT, STATUS_ERROR, STATUS_OK, STATUS_PANIC,
+    slice, FfiBatch, FfiTensor, RStr, Sink, Status, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT,
+    STATUS_ERROR, STATUS_OK, STATUS_PANIC,
 };
 use super::api::{to_host, EditBatch, FeatureMaps, InitContext, Plugin};
 use super::grad::differentiate;
@@ -306,7 +306,8 @@ macro_rules! export_plugin {
     ($plugin:ty) => {
         /// The plugin declaration read by the lsd-tui host.
         #[unsafe(no_mangle)]
-        pub extern "C" fn lsd_plugin_declaration() -> *const $crate::plugin::abi::PluginDeclaration {
+        pub extern "C" fn lsd_plugin_declaration() -> *const $crate::plugin::abi::PluginDeclaration
+        {
             static DECLARATION: $crate::plugin::abi::PluginDeclaration =
                 $crate::plugin::abi::PluginDeclaration::new::<$plugin>(
                     env!("CARGO_PKG_NAME"),

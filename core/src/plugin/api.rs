@@ -153,7 +153,11 @@ impl EditBatch {
             }
             for (j, (a, b)) in f.x.iter().zip(&f.x_edit).enumerate() {
                 if a.dims() != b.dims() || a.dims().first() != Some(&n) {
-                    return Err(bad(&format!("features.x_edit[{j}]"), format!("{:?}", a.dims()), b));
+                    return Err(bad(
+                        &format!("features.x_edit[{j}]"),
+                        format!("{:?}", a.dims()),
+                        b,
+                    ));
                 }
             }
         }
@@ -319,7 +323,9 @@ pub trait Plugin: LossTerm + Sized + 'static {
 pub fn parse_params<P: DeserializeOwned>(plugin: &str, yaml: &str) -> Result<P> {
     let text = if yaml.trim().is_empty() { "{}" } else { yaml };
     yaml_serde::from_str(text).map_err(|e| {
-        Error::Config(format!("parameters of plugin '{plugin}': {e}; run `lsd-tui plugins` to list them"))
+        Error::Config(format!(
+            "parameters of plugin '{plugin}': {e}; run `lsd-tui plugins` to list them"
+        ))
     })
 }
 

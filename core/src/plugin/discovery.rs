@@ -50,9 +50,9 @@ pub fn search_dirs_from(plugin_path: Option<OsString>, exe_dir: Option<PathBuf>)
 
 /// Whether a file name follows the plugin naming convention.
 pub fn is_plugin_file_name(name: &str) -> bool {
-    name.strip_prefix(DLL_PREFIX)
-        .and_then(|n| n.strip_suffix(DLL_SUFFIX))
-        .is_some_and(|stem| stem.starts_with(FILE_STEM_PREFIX) && stem.len() > FILE_STEM_PREFIX.len())
+    name.strip_prefix(DLL_PREFIX).and_then(|n| n.strip_suffix(DLL_SUFFIX)).is_some_and(|stem| {
+        stem.starts_with(FILE_STEM_PREFIX) && stem.len() > FILE_STEM_PREFIX.len()
+    })
 }
 
 /// The plugin library files in `dirs`, in directory order, then by name.
@@ -60,7 +60,9 @@ pub fn is_plugin_file_name(name: &str) -> bool {
 pub fn candidate_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -104,7 +106,9 @@ pub fn list(dirs: &[PathBuf]) -> Vec<Found> {
             .map(|lib| Listed { info: lib.info().clone(), fingerprint: lib.fingerprint().clone() });
         let shadowed_by = status.as_ref().ok().and_then(|l| {
             found.iter().find_map(|f| match &f.status {
-                Ok(o) if o.info.name == l.info.name && f.shadowed_by.is_none() => Some(f.path.clone()),
+                Ok(o) if o.info.name == l.info.name && f.shadowed_by.is_none() => {
+                    Some(f.path.clone())
+                }
                 _ => None,
             })
         });
@@ -125,8 +129,8 @@ pub fn resolve(name_or_path: &str, extra_dirs: &[PathBuf]) -> Result<PluginLibra
 
 /// [`resolve`] over an explicit list of directories.
 pub fn resolve_in(name_or_path: &str, dirs: &[PathBuf]) -> Result<PluginLibrary> {
-    let looks_like_path = name_or_path.contains(std::path::is_separator)
-        || name_or_path.ends_with(DLL_SUFFIX);
+    let looks_like_path =
+        name_or_path.contains(std::path::is_separator) || name_or_path.ends_with(DLL_SUFFIX);
     if looks_like_path {
         return PluginLibrary::open(name_or_path);
     }

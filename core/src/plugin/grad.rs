@@ -91,7 +91,9 @@ pub fn differentiate(term: &dyn LossTerm, batch: &EditBatch) -> Result<TermOutpu
         grad_x_edit: get(&x_edit),
         grad_w: get(&w),
         grad_u: get(&u),
-        grad_features_edit: features.map(|(_, fe)| fe.iter().map(get).collect()).unwrap_or_default(),
+        grad_features_edit: features
+            .map(|(_, fe)| fe.iter().map(get).collect())
+            .unwrap_or_default(),
     })
 }
 

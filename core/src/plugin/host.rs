@@ -65,7 +65,13 @@ impl Fingerprint {
 
     /// `(field, self, other)` for each field, in display order.
     pub fn fields(&self, other: &Self) -> Vec<(&'static str, String, String)> {
-        let show = |s: &str| if s.is_empty() { "(none)".to_string() } else { s.to_string() };
+        let show = |s: &str| {
+            if s.is_empty() {
+                "(none)".to_string()
+            } else {
+                s.to_string()
+            }
+        };
         vec![
             ("api", self.api_version.to_string(), other.api_version.to_string()),
             ("rustc", self.rustc.clone(), other.rustc.clone()),
@@ -99,11 +105,12 @@ fn rebuild_command(host: &Fingerprint, plugin: &Fingerprint, manifest_dir: &str)
     // `rustc 1.85.0 (hash date)` → `+1.85.0`; nightlies and betas are named
     // differently by rustup, so for them we say which compiler in words.
     let release = host.rustc.split_whitespace().nth(1).unwrap_or("");
-    let toolchain = if !release.is_empty() && release.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        format!(" +{release}")
-    } else {
-        String::new()
-    };
+    let toolchain =
+        if !release.is_empty() && release.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            format!(" +{release}")
+        } else {
+            String::new()
+        };
     let profile = if cfg!(debug_assertions) { "" } else { " --release" };
     let features = if host.features.is_empty() {
         String::new()
@@ -223,7 +230,8 @@ impl PluginLibrary {
         let fail = |reason: String| Error::PluginLoad { path: path.to_path_buf(), reason };
         if !path.exists() {
             return Err(fail(
-                "no such file; check the path, or run `lsd-tui plugins` to see what was found".into(),
+                "no such file; check the path, or run `lsd-tui plugins` to see what was found"
+                    .into(),
             ));
         }
         // SAFETY: see the doc comment: the user chose to load this file.
@@ -484,7 +492,8 @@ impl LoadedTerm {
     pub fn evaluate(&self, batch: &EditBatch) -> Result<TermOutput> {
         batch.validate()?;
         let host = |t: &Tensor| to_host(t);
-        let (x, x_edit, w, u) = (host(&batch.x)?, host(&batch.x_edit)?, host(&batch.w)?, host(&batch.u)?);
+        let (x, x_edit, w, u) =
+            (host(&batch.x)?, host(&batch.x_edit)?, host(&batch.w)?, host(&batch.u)?);
         let (fx, fe) = match (&batch.features, self.needs.features) {
             (Some(f), true) => (
                 f.x.iter().map(host).collect::<Result<Vec<_>>>()?,
@@ -553,7 +562,8 @@ impl LoadedTerm {
                 SLOT_W => (&mut out.grad_w, &batch.w, "w".to_string()),
                 SLOT_U => (&mut out.grad_u, &batch.u, "u".to_string()),
                 SLOT_FEATURE_EDIT if (index as usize) < n_features => {
-                    let maps = &batch.features.as_ref().expect("n_features > 0 implies features").x_edit;
+                    let maps =
+                        &batch.features.as_ref().expect("n_features > 0 implies features").x_edit;
                     let j = index as usize;
                     (&mut out.grad_features_edit[j], &maps[j], format!("features.x_edit[{j}]"))
                 }

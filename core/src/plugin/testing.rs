@@ -54,7 +54,8 @@ pub fn build_plugins(manifest: impl AsRef<Path>, packages: &[&str]) -> Result<Ve
     let cached = |cache: &Vec<(PathBuf, String, PathBuf)>, p: &str| {
         cache.iter().find(|(m, n, _)| *m == manifest && n == p).map(|(_, _, l)| l.clone())
     };
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| cached(&cache, p).is_none()).collect();
+    let missing: Vec<&str> =
+        packages.iter().copied().filter(|p| cached(&cache, p).is_none()).collect();
     if !missing.is_empty() {
         for (p, lib) in cargo_build(&manifest, &missing)? {
             cache.push((manifest.clone(), p, lib));
@@ -98,7 +99,10 @@ fn build_layout() -> Option<(PathBuf, String, Option<String>)> {
 fn cargo_build(manifest: &Path, packages: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--manifest-path").arg(manifest).arg("--message-format=json-render-diagnostics");
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--message-format=json-render-diagnostics");
     for p in packages {
         cmd.arg("-p").arg(p);
     }
@@ -129,8 +133,12 @@ fn cargo_build(manifest: &Path, packages: &[&str]) -> Result<Vec<(String, PathBu
     }
     let mut found = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(m) = serde_json::from_str::<Message>(line) else { continue };
-        if m.reason != "compiler-artifact" || !m.target.is_some_and(|t| t.kind.iter().any(|k| k == "cdylib")) {
+        let Ok(m) = serde_json::from_str::<Message>(line) else {
+            continue;
+        };
+        if m.reason != "compiler-artifact"
+            || !m.target.is_some_and(|t| t.kind.iter().any(|k| k == "cdylib"))
+        {
             continue;
         }
         // `path+file:///…#name@0.1.0` (cargo ≥ 1.77) or `name 0.1.0 (path+file:///…)`.
@@ -166,10 +174,12 @@ pub fn tiny_batch(seed: u64, features: bool) -> Result<EditBatch> {
         s.normal(name, shape, 0.0, 0.5)?;
     }
     let t = |n: &str| s.tensors()[n].clone();
-    let mut batch = EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![0.7, -1.3], "a smiling face")?;
+    let mut batch =
+        EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![0.7, -1.3], "a smiling face")?;
     batch.direction = vec![1, 0];
     if features {
-        batch.features = Some(FeatureMaps { x: vec![t("fx0"), t("fx1")], x_edit: vec![t("fe0"), t("fe1")] });
+        batch.features =
+            Some(FeatureMaps { x: vec![t("fx0"), t("fx1")], x_edit: vec![t("fe0"), t("fe1")] });
     }
     batch.validate()?;
     Ok(batch)
@@ -229,7 +239,8 @@ pub fn finite_differences(term: &dyn LossTerm, batch: &EditBatch, eps: f64) -> R
     let mut maps = Vec::new();
     for j in 0..n_maps {
         let get = move |b: &EditBatch| b.features.as_ref().expect("has features").x_edit[j].clone();
-        let set = move |b: &mut EditBatch, t| b.features.as_mut().expect("has features").x_edit[j] = t;
+        let set =
+            move |b: &mut EditBatch, t| b.features.as_mut().expect("has features").x_edit[j] = t;
         maps.push(Some(numeric(term, batch, eps, &get, &set)?));
     }
     Ok(TermOutput {
@@ -263,7 +274,14 @@ pub struct GradCheck {
 
 impl Default for GradCheck {
     fn default() -> Self {
-        Self { rtol: 1e-5, atol: 1e-6, fd_dtype: DType::F64, fd_eps: 1e-6, fd_rtol: 1e-4, fd_atol: 1e-5 }
+        Self {
+            rtol: 1e-5,
+            atol: 1e-6,
+            fd_dtype: DType::F64,
+            fd_eps: 1e-6,
+            fd_rtol: 1e-4,
+            fd_atol: 1e-5,
+        }
     }
 }
 
@@ -361,8 +379,10 @@ pub fn compare_outputs(
         )));
     }
     let maps = batch.features.as_ref().map(|f| f.x_edit.as_slice()).unwrap_or(&[]);
-    for (j, (g, r)) in got.grad_features_edit.iter().zip(&reference.grad_features_edit).enumerate() {
-        let input = maps.get(j).ok_or_else(|| Error::Config("feature gradient without a map".into()))?;
+    for (j, (g, r)) in got.grad_features_edit.iter().zip(&reference.grad_features_edit).enumerate()
+    {
+        let input =
+            maps.get(j).ok_or_else(|| Error::Config("feature gradient without a map".into()))?;
         pairs.push((format!("features.x_edit[{j}]"), g, r, input));
     }
     for (input_name, g, r, input) in pairs {
@@ -411,7 +431,15 @@ pub fn check_plugin_gradients(
     let fd_batch = batch_to(batch, check.fd_dtype, &Device::Cpu)?;
     let numeric = finite_differences(term, &fd_batch, check.fd_eps)?;
     let mut rows = Vec::new();
-    compare_outputs(&from_plugin, &in_process, &batch32, "in-process", check.rtol, check.atol, &mut rows)?;
+    compare_outputs(
+        &from_plugin,
+        &in_process,
+        &batch32,
+        "in-process",
+        check.rtol,
+        check.atol,
+        &mut rows,
+    )?;
     compare_outputs(
         &from_plugin,
         &numeric,
@@ -482,7 +510,10 @@ impl LossTerm for ProbeTerm {
         let latent = b.w_edit()?.sqr()?.mul(&((&b.w * 0.5)? + 1.0)?)?.mean_all()?;
         let mut total = (image + latent)?;
         if self.params.features {
-            let f = b.features.as_ref().ok_or_else(|| Error::Config("probe: no feature maps".into()))?;
+            let f = b
+                .features
+                .as_ref()
+                .ok_or_else(|| Error::Config("probe: no feature maps".into()))?;
             for (fx, fe) in f.x.iter().zip(&f.x_edit) {
                 total = (total + fe.sqr()?.mul(fx)?.mean_all()?)?;
             }
@@ -519,8 +550,11 @@ impl Plugin for ProbeTerm {
 /// `lsd-plugin-test-probe`, `lsd-plugin-test-bad-fingerprint`,
 /// `lsd-plugin-test-not-a-plugin`.
 pub fn workspace_test_plugins() -> Result<HashMap<&'static str, PathBuf>> {
-    const NAMES: [&str; 3] =
-        ["lsd-plugin-test-probe", "lsd-plugin-test-bad-fingerprint", "lsd-plugin-test-not-a-plugin"];
+    const NAMES: [&str; 3] = [
+        "lsd-plugin-test-probe",
+        "lsd-plugin-test-bad-fingerprint",
+        "lsd-plugin-test-not-a-plugin",
+    ];
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
     let paths = build_plugins(manifest, &NAMES)?;
     Ok(NAMES.into_iter().zip(paths).collect())
