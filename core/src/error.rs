@@ -102,7 +102,12 @@ pub enum Error {
 
 /// The message of [`Error::PluginMismatch`]: host and plugin values side by
 /// side, differing rows marked, then the rebuild command.
-fn plugin_mismatch(path: &std::path::Path, package: &str, fields: &[[String; 3]], rebuild: &str) -> String {
+fn plugin_mismatch(
+    path: &std::path::Path,
+    package: &str,
+    fields: &[[String; 3]],
+    rebuild: &str,
+) -> String {
     let w0 = fields.iter().map(|r| r[0].len()).max().unwrap_or(0).max(5);
     let w1 = fields.iter().map(|r| r[1].len()).max().unwrap_or(0).max(4);
     let mut s = format!(
