@@ -70,6 +70,66 @@ pub enum Error {
         /// The tokenizer's error.
         reason: String,
     },
+
+    /// A file could not be used as a plugin library (missing, not loadable,
+    /// not a plugin).
+    #[error("plugin '{path}': {reason}")]
+    PluginLoad {
+        /// The library file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+
+    /// A plugin was built with a different toolchain, lsd-core, Candle or
+    /// feature set than the host; it was not called.
+    #[error("{}", plugin_mismatch(path, package, fields, rebuild))]
+    PluginMismatch {
+        /// The library file.
+        path: PathBuf,
+        /// The plugin's cargo package.
+        package: String,
+        /// `[field, host value, plugin value]` for every fingerprint field.
+        fields: Vec<[String; 3]>,
+        /// The command that rebuilds the plugin to match.
+        rebuild: String,
+    },
+
+    /// A plugin returned an error, or panicked, in one of its calls.
+    #[error("plugin '{plugin}' {} in {call}: {reason}", if *panicked { "panicked" } else { "failed" })]
+    PluginCall {
+        /// The plugin's name.
+        plugin: String,
+        /// Which call: `describe`, `init`, `needs`, `loss`.
+        call: &'static str,
+        /// Its message.
+        reason: String,
+        /// Whether it was a panic (caught inside the plugin).
+        panicked: bool,
+    },
+}
+
+/// The message of [`Error::PluginMismatch`]: host and plugin values side by
+/// side, differing rows marked, then the rebuild command.
+fn plugin_mismatch(
+    path: &std::path::Path,
+    package: &str,
+    fields: &[[String; 3]],
+    rebuild: &str,
+) -> String {
+    let w0 = fields.iter().map(|r| r[0].len()).max().unwrap_or(0).max(5);
+    let w1 = fields.iter().map(|r| r[1].len()).max().unwrap_or(0).max(4);
+    let mut s = format!(
+        "plugin '{}' (package '{package}') was built for a different lsd-core ABI and was not loaded\n",
+        path.display()
+    );
+    s.push_str(&format!("      {:w0$}  {:w1$}  plugin\n", "field", "host"));
+    for [name, host, plugin] in fields {
+        let mark = if host == plugin { " " } else { "≠" };
+        s.push_str(&format!("    {mark} {name:w0$}  {host:w1$}  {plugin}\n"));
+    }
+    s.push_str(&format!("rebuild it with:\n    {rebuild}"));
+    s
 }
 
 /// The result type of lsd-core.

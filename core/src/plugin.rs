@@ -1,0 +1,420 @@
+//! Loss plugins: the API a plugin author writes against, and the host that
+//! loads plugin libraries (`cdylib`s, via `libloading`) and evaluates them.
+//!
+//! # For plugin authors
+//!
+//! A plugin is ordinary Candle code: a type implementing [`LossTerm`]
+//! (`loss(&self, &EditBatch) -> Result<Tensor>`, a scalar) and [`Plugin`]
+//! (name, version, description, typed parameters, constructor), exported
+//! with one line, `lsd_core::export_plugin!(MyTerm);`. The batch gives the
+//! original images `x` (constants), the edited images `x_edit`, the latents
+//! `w`, the directions `u`, `α`, the prompt, and — when [`LossTerm::needs`]
+//! asks at load time — the generator's feature maps of `x` and `x_edit`.
+//! `examples/plugins/colour-stats` is a complete example with a walkthrough.
+//!
+//! # Design of the boundary
+//!
+//! A `cdylib` links its own copy of every crate it uses: its own std, its
+//! own lsd-core and its own Candle, with their own statics. Candle's tensor
+//! ids come from a global counter (`candle-core/src/tensor.rs`, `TensorId`)
+//! and gradients are stored by id (`GradStore`), so a tensor created by the
+//! plugin's Candle could carry an id that the host's Candle has also handed
+//! out; if plugin tensors joined the host's autograd graph, the backward
+//! pass could silently mix up gradients. Rust has no stable ABI either, so
+//! even passing a `Tensor` by value is undefined behaviour unless both
+//! sides agree on every layout. The design therefore never lets a Rust
+//! value cross:
+//!
+//! 1. **One C symbol, checked first.** A plugin exports
+//!    `lsd_plugin_declaration()`, returning a pointer to a `static`
+//!    `#[repr(C)]` [`abi::PluginDeclaration`]. Its first fields — magic
+//!    bytes, the ABI [`Fingerprint`] (API version, rustc version, lsd-core
+//!    version, Candle version, lsd-core features), the plugin's package name
+//!    and manifest directory — have a layout frozen for all versions. The
+//!    host reads them, and refuses the library unless every fingerprint
+//!    field equals its own, printing both side by side with the `cargo
+//!    build` command that rebuilds the plugin. No other function of the
+//!    plugin is called before that check. The fingerprint is computed at
+//!    compile time of each side: `export_plugin!` expands in the plugin crate
+//!    but reads constants of the plugin's own copy of lsd-core, which
+//!    `core/build.rs` fills from `$RUSTC --version` and the lock file (see
+//!    there for how the Candle version is found, and why).
+//! 2. **Plain data only.** After the check, the host calls the function
+//!    pointers of the declaration's [`abi::VTable`]. Inputs are borrowed
+//!    `#[repr(C)]` views ([`abi::FfiTensor`]: `*const f32`, length, dims) of
+//!    host-owned `f32` buffers, valid for the call. Outputs go back through
+//!    host callbacks ([`abi::Sink`]) that copy them into host memory before
+//!    returning, so memory never changes owner and no allocator crosses.
+//!    Parameters travel as YAML text, the load context and the metadata as
+//!    JSON text.
+//! 3. **Gradients computed inside, chained outside.** The adapter that
+//!    `export_plugin!` generates rebuilds the batch as the plugin's own
+//!    tensors on the plugin's device, with `x_edit`, `w`, `u` and the
+//!    feature maps of `x_edit` as fresh leaf `Var`s, runs the author's
+//!    `loss`, runs `backward` inside the plugin, and returns the value and
+//!    the gradient with respect to each input it was given
+//!    ([`TermOutput`]; `None` where the loss does not depend on an input).
+//!    The host turns them into constant tensors and chains all terms through
+//!    the generator with one vector–Jacobian surrogate
+//!    `Σ_i λ_i (⟨g_x,i, x_edit⟩ + ⟨g_w,i, w⟩ + ⟨g_u,i, u⟩ + Σ_j ⟨g_f,ij, f_j⟩)`
+//!    ([`surrogate`]), whose backward in the host graph is exactly
+//!    `Σ_i λ_i ∂ℓ_i/∂θ`. In-process terms go through the same
+//!    [`differentiate`], so both paths compute the same thing.
+//! 4. **Panics stay inside.** Every adapter function runs the author's code
+//!    under `catch_unwind` and returns a status; a panic becomes
+//!    [`Error::PluginCall`](crate::Error::PluginCall) with `panicked: true`
+//!    and the panic message and location (recorded by a panic hook in the
+//!    plugin's own std, which keeps the host's terminal clean). A term that
+//!    panicked is poisoned and refuses further calls. A library without the
+//!    symbol, with the wrong magic, or that cannot be loaded, is an
+//!    [`Error::PluginLoad`](crate::Error::PluginLoad).
+//! 5. **Lifetimes.** A [`PluginLibrary`] and every [`LoadedTerm`] built from
+//!    it hold an `Arc` of the loaded library; the term is dropped by the
+//!    plugin (`drop_term`) before the last `Arc` goes. On top of that the
+//!    library is opened with `RTLD_NODELETE` (pinned on Windows) so its code
+//!    is never unmapped: the plugin's Candle starts worker threads (rayon,
+//!    gemm) that outlive any handle and run the plugin's code.
+//!
+//! # Invariants
+//!
+//! - The host calls nothing but `lsd_plugin_declaration` before the
+//!   fingerprint matched; the frozen prefix of the declaration never
+//!   changes, and [`abi::API_VERSION`] is bumped on any other change to the
+//!   ABI types or the JSON texts.
+//! - No `Tensor`, `Var`, `String`, `Vec`, `Box` or trait object crosses the
+//!   boundary; only `#[repr(C)]` structs of pointers, lengths, integers and
+//!   `extern "C"` function pointers.
+//! - Plugin tensors never enter the host graph and host tensors never enter
+//!   the plugin graph: every input is copied into fresh plugin leaves, every
+//!   gradient is copied into fresh host tensors with no history.
+//! - No `extern "C"` function unwinds: the adapter catches panics, and the
+//!   host's callbacks catch theirs.
+//! - Borrowed buffers are valid only during the call that lends them, and
+//!   sink callbacks are only called on the calling thread, before the call
+//!   returns.
+//! - Everything built from a library keeps the library loaded.
+//!
+//! The price is two copies per step (device → host → plugin device and
+//! back) of the images and feature maps; the benchmark measures it.
+//!
+//! # Discovery
+//!
+//! [`discovery`]: libraries named `<prefix>lsd_plugin_*<suffix>` in the
+//! directories of `LSD_PLUGIN_PATH` and next to the executable, or any
+//! path a recipe names; [`discovery::list`] and [`discovery::check`] back
+//! `lsd-tui plugins` and `lsd-tui plugins check PATH`.
+//!
+//! # Testing plugins
+//!
+//! [`testing`] builds a plugin crate from inside a test and compares the
+//! gradients through the loaded library with the in-process gradients and
+//! finite differences ([`testing::check_plugin_gradients`]).
+
+pub mod abi;
+mod adapter;
+mod api;
+pub mod discovery;
+mod grad;
+mod host;
+pub mod testing;
+
+pub use api::{
+    device_name, parse_device, parse_params, EditBatch, FeatureMaps, InitContext, LossTerm, Needs,
+    ParamInfo, Plugin, PluginInfo,
+};
+pub use grad::{differentiate, surrogate, TermOutput};
+pub use host::{Fingerprint, LoadedTerm, PluginLibrary};
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    use candle_core::{DType, Device, Tensor, Var};
+
+    use super::testing::{
+        batch_to, check_plugin_gradients, compare_outputs, finite_differences, tiny_batch,
+        workspace_test_plugins, GradCheck, ProbeTerm,
+    };
+    use super::*;
+    use crate::{Error, Result};
+
+    fn plugins() -> &'static HashMap<&'static str, PathBuf> {
+        static PATHS: OnceLock<HashMap<&'static str, PathBuf>> = OnceLock::new();
+        PATHS.get_or_init(|| workspace_test_plugins().expect("the test plugins build"))
+    }
+
+    fn probe_path() -> PathBuf {
+        plugins()["lsd-plugin-test-probe"].clone()
+    }
+
+    fn probe(params: &str) -> Result<ProbeTerm> {
+        ProbeTerm::from_yaml(params, &InitContext::default())
+    }
+
+    #[test]
+    fn fingerprint_is_filled_in_at_compile_time() {
+        let f = Fingerprint::host();
+        assert!(f.rustc.starts_with("rustc "), "{f}");
+        // Keep in step with the workspace's candle-core.
+        assert!(f.candle.starts_with("0.11."), "{f}");
+        assert_eq!(f.lsd_core, env!("CARGO_PKG_VERSION"));
+        assert_eq!(f.features, if cfg!(feature = "cuda") { "cuda" } else { "" });
+        assert!(f.accepts(&f.clone()));
+        let unknown = Fingerprint { candle: "unknown".into(), ..f.clone() };
+        assert!(!unknown.accepts(&unknown.clone()));
+    }
+
+    #[test]
+    fn params_errors_name_the_field_and_position() {
+        let err = probe("scale: 2.0\nsacle: 3.0\n").unwrap_err().to_string();
+        assert!(err.contains("sacle") && err.contains("test-probe"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = probe("mode: sideways").unwrap_err().to_string();
+        assert!(err.contains("sideways") && err.contains("line 1"), "{err}");
+        assert!(probe("").is_ok());
+    }
+
+    #[test]
+    fn in_process_gradients_match_finite_differences() -> Result<()> {
+        let term = probe("features: true")?;
+        let batch = batch_to(&tiny_batch(3, true)?, DType::F64, &Device::Cpu)?;
+        let analytic = differentiate(&term, &batch)?;
+        let numeric = finite_differences(&term, &batch, 1e-6)?;
+        let mut rows = Vec::new();
+        compare_outputs(&analytic, &numeric, &batch, "finite differences", 1e-6, 1e-8, &mut rows)?;
+        let report = testing::GradReport { rows };
+        assert!(report.passed(), "{}", report.table());
+        assert!(analytic.grad_x_edit.is_some() && analytic.grad_w.is_some());
+        assert!(analytic.grad_u.is_some() && analytic.grad_features_edit.len() == 2);
+        Ok(())
+    }
+
+    /// The surrogate chains term gradients through a host graph exactly:
+    /// `x_edit = tanh(A · w_edit)` stands in for the generator, and the
+    /// direction's gradient via `differentiate` + `surrogate` must equal the
+    /// gradient of the loss computed end to end in one graph.
+    #[test]
+    fn surrogate_backward_equals_end_to_end_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let base = batch_to(&tiny_batch(5, false)?, DType::F64, &dev)?;
+        let u = Var::from_tensor(&base.u)?;
+        let a = Tensor::randn(0f64, 0.3, (6, 48), &dev)?;
+        let generate = |u: &Tensor| -> Result<EditBatch> {
+            let mut b = base.clone();
+            b.u = u.clone();
+            let w_edit = b.w_edit()?.reshape((2, 6))?;
+            b.x_edit = w_edit.matmul(&a)?.tanh()?.reshape((2, 3, 4, 4))?;
+            Ok(b)
+        };
+        let terms = [(probe("scale: 1.0")?, 0.7), (probe("scale: -2.5")?, 0.2)];
+
+        let b = generate(u.as_tensor())?;
+        let mut direct = Tensor::zeros((), DType::F64, &dev)?;
+        for (t, lambda) in &terms {
+            direct = (direct + (t.loss(&b)? * *lambda)?)?;
+        }
+        let g_direct = direct.backward()?.get(u.as_tensor()).expect("u has a gradient").clone();
+
+        let b = generate(u.as_tensor())?;
+        let outs = terms.iter().map(|(t, _)| differentiate(t, &b)).collect::<Result<Vec<_>>>()?;
+        let weights: Vec<f64> = terms.iter().map(|(_, l)| *l).collect();
+        let s = surrogate(&outs, &weights, &b)?;
+        let g_chain = s.backward()?.get(u.as_tensor()).expect("u has a gradient").clone();
+
+        let diff = (g_direct - &g_chain)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        let scale = g_chain.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        assert!(scale > 1e-3 && diff <= 1e-12 * scale.max(1.0), "diff {diff:e}, scale {scale:e}");
+        Ok(())
+    }
+
+    #[test]
+    fn loaded_probe_gradients_match_in_process_and_finite_differences() -> Result<()> {
+        for params in ["", "features: true\nscale: 0.5"] {
+            let term = probe(params)?;
+            let batch = tiny_batch(11, term.needs().features)?;
+            let report = check_plugin_gradients(
+                &probe_path(),
+                params,
+                &term,
+                &batch,
+                &GradCheck::default(),
+            )?;
+            assert!(report.passed(), "params {params:?}\n{}", report.table());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn loaded_plugin_describes_itself() -> Result<()> {
+        let lib = PluginLibrary::open(probe_path())?;
+        assert_eq!(lib.info().name, "test-probe");
+        assert_eq!(lib.info().version, "0.0.1");
+        assert_eq!(lib.package(), "lsd-plugin-test-probe");
+        let names: Vec<&str> = lib.info().params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["scale", "features", "mode"]);
+        assert_eq!(lib.fingerprint(), &Fingerprint::host());
+        let term = lib.instantiate("features: true", &InitContext::default())?;
+        assert!(term.needs().features);
+        // A term that needs feature maps refuses a batch without them.
+        let err = term.evaluate(&tiny_batch(1, false)?).unwrap_err().to_string();
+        assert!(err.contains("feature maps"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_params_are_reported_by_the_plugin_with_field_and_line() -> Result<()> {
+        let lib = PluginLibrary::open(probe_path())?;
+        let err =
+            lib.instantiate("scale: 1.0\nfeatres: true", &InitContext::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::PluginCall { call: "init", panicked: false, .. }), "{msg}");
+        assert!(msg.contains("featres") && msg.contains("line 2"), "{msg}");
+        Ok(())
+    }
+
+    #[test]
+    fn term_outlives_its_library_handle() -> Result<()> {
+        let term = {
+            let lib = PluginLibrary::open(probe_path())?;
+            lib.instantiate("", &InitContext::default())?
+        };
+        let out = term.evaluate(&tiny_batch(2, false)?)?;
+        assert!(out.value.is_finite() && out.grad_x_edit.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn a_panic_in_loss_is_an_error_and_the_host_survives() -> Result<()> {
+        let lib = PluginLibrary::open(probe_path())?;
+        let batch = tiny_batch(4, false)?;
+        let panicking = lib.instantiate("mode: panic", &InitContext::default())?;
+        let err = panicking.evaluate(&batch).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::PluginCall { call: "loss", panicked: true, .. }), "{msg}");
+        assert!(msg.contains("probe: asked to panic") && msg.contains("testing.rs"), "{msg}");
+        // Poisoned from now on, and says so.
+        let again = panicking.evaluate(&batch).unwrap_err().to_string();
+        assert!(again.contains("panicked in an earlier call"), "{again}");
+        // Other terms of the same library still work.
+        let healthy = lib.instantiate("", &InitContext::default())?;
+        assert!(healthy.evaluate(&batch)?.value.is_finite());
+
+        let err =
+            lib.instantiate("mode: error", &InitContext::default())?.evaluate(&batch).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::PluginCall { panicked: false, .. }), "{msg}");
+        assert!(msg.contains("probe: asked to fail"), "{msg}");
+
+        let msg = lib.instantiate("mode: non_scalar", &InitContext::default())?.evaluate(&batch);
+        let msg = msg.unwrap_err().to_string();
+        assert!(msg.contains("scalar"), "{msg}");
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_fingerprint_is_refused_before_any_call() {
+        let path = &plugins()["lsd-plugin-test-bad-fingerprint"];
+        let err = PluginLibrary::open(path).unwrap_err();
+        let msg = err.to_string();
+        let Error::PluginMismatch { fields, rebuild, package, .. } = &err else {
+            panic!("expected a mismatch, got: {msg}");
+        };
+        assert_eq!(package, "lsd-plugin-test-bad-fingerprint");
+        let host = Fingerprint::host();
+        // Both values side by side.
+        assert!(
+            msg.contains(&host.rustc) && msg.contains("rustc 0.0.0 (wrong 1970-01-01)"),
+            "{msg}"
+        );
+        assert!(msg.contains(&host.candle) && msg.contains("0.0.0-wrong"), "{msg}");
+        assert!(fields.iter().any(|[f, h, p]| f == "rustc" && h != p));
+        // The command to rebuild it.
+        assert!(
+            rebuild.contains("cargo") && rebuild.contains("tests/plugins/bad-fingerprint"),
+            "{rebuild}"
+        );
+        assert!(msg.contains(rebuild.as_str()));
+        // None of its functions ran: it counts every call in an exported static.
+        // SAFETY: the test library exports this symbol as a `static AtomicUsize`.
+        let calls = unsafe {
+            let lib = libloading::Library::new(path).expect("loads");
+            let counter = lib
+                .get::<*const std::sync::atomic::AtomicUsize>(b"LSD_TEST_VTABLE_CALLS")
+                .expect("the counter symbol");
+            (**counter).load(std::sync::atomic::Ordering::SeqCst)
+        };
+        assert_eq!(calls, 0, "the host called into a plugin it had refused");
+    }
+
+    #[test]
+    fn non_plugins_and_missing_files_are_clear_errors() -> Result<()> {
+        let err = PluginLibrary::open(&plugins()["lsd-plugin-test-not-a-plugin"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::PluginLoad { .. }), "{msg}");
+        assert!(
+            msg.contains("not an lsd-tui plugin") && msg.contains("lsd_plugin_declaration"),
+            "{msg}"
+        );
+
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "tempdir", e))?;
+        let missing = dir.path().join("liblsd_plugin_nothing.so");
+        let msg = PluginLibrary::open(&missing).unwrap_err().to_string();
+        assert!(msg.contains("no such file") && msg.contains("liblsd_plugin_nothing.so"), "{msg}");
+
+        let garbage = dir.path().join("liblsd_plugin_garbage.so");
+        std::fs::write(&garbage, b"this is not a library")
+            .map_err(|e| Error::io("writing", &garbage, e))?;
+        let msg = PluginLibrary::open(&garbage).unwrap_err().to_string();
+        assert!(msg.contains("cannot load it as a dynamic library"), "{msg}");
+        Ok(())
+    }
+
+    #[test]
+    fn discovery_lists_and_resolves_by_name() -> Result<()> {
+        use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "tempdir", e))?;
+        let copy = |src: &PathBuf, stem: &str| -> Result<PathBuf> {
+            let dst = dir.path().join(format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}"));
+            std::fs::copy(src, &dst).map_err(|e| Error::io("copying", src, e))?;
+            Ok(dst)
+        };
+        let good = copy(&probe_path(), "lsd_plugin_probe_copy")?;
+        copy(&plugins()["lsd-plugin-test-bad-fingerprint"], "lsd_plugin_bad")?;
+        copy(&probe_path(), "not_following_the_convention")?;
+        let dirs = vec![dir.path().to_path_buf()];
+
+        let found = discovery::list(&dirs);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        let ok: Vec<_> = found.iter().filter_map(|f| f.status.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].info.name, "test-probe");
+        assert!(found.iter().any(|f| matches!(f.status, Err(Error::PluginMismatch { .. }))));
+
+        assert_eq!(discovery::resolve_in("test-probe", &dirs)?.path(), good);
+        assert_eq!(discovery::resolve_in(good.to_str().expect("utf-8"), &[])?.path(), good);
+        let msg = discovery::resolve_in("no-such-term", &dirs).unwrap_err().to_string();
+        assert!(msg.contains("no-such-term") && msg.contains("LSD_PLUGIN_PATH"), "{msg}");
+        assert!(msg.contains("lsd_plugin_bad"), "{msg}");
+
+        let report = discovery::check(&good)?;
+        assert!(report.smoke_value.is_finite());
+        assert_eq!(report.smoke_gradients, ["x_edit", "w", "u"]);
+        Ok(())
+    }
+
+    #[test]
+    fn search_dirs_come_from_the_variable_then_the_executable() {
+        let sep = if cfg!(windows) { ";" } else { ":" };
+        let var = format!("/a{sep}{sep}/b{sep}/a");
+        let dirs = discovery::search_dirs_from(Some(var.into()), Some("/exe".into()));
+        assert_eq!(dirs, [PathBuf::from("/a"), "/b".into(), "/exe".into()]);
+        assert!(discovery::is_plugin_file_name(&format!(
+            "{}lsd_plugin_clip{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        )));
+        assert!(!discovery::is_plugin_file_name("libfoo.so.txt"));
+    }
+}

@@ -1,0 +1,306 @@
+//! The C-ABI types that cross the plugin boundary.
+//!
+//! Everything here is `#[repr(C)]` plain data: pointers to bytes and `f32`s,
+//! lengths, integers and `extern "C"` function pointers. No Rust type whose
+//! layout depends on the compiler (`String`, `Vec`, `Tensor`, trait objects)
+//! ever crosses. Memory is never freed on the other side: inputs are
+//! borrowed for the duration of a call, and outputs are copied into the
+//! host's memory through the [`Sink`] callbacks while the call runs.
+//!
+//! The layout of [`PluginDeclaration`] up to and including `manifest_dir` is
+//! frozen for all API versions, so a host can always read a plugin's
+//! fingerprint (and say how to rebuild it) before it trusts anything else.
+//! Everything after it may change with [`API_VERSION`].
+
+use std::ffi::c_void;
+
+use super::adapter;
+use super::api::Plugin;
+
+/// The name of the one symbol every plugin exports.
+pub const DECLARATION_SYMBOL: &str = "lsd_plugin_declaration";
+
+/// The first bytes of every [`PluginDeclaration`]: tells a plugin's
+/// declaration from an unrelated symbol that happens to share its name.
+pub const MAGIC: [u8; 8] = *b"LSDPLUG\0";
+
+/// The version of the boundary: the layout of everything after the frozen
+/// prefix of [`PluginDeclaration`], of [`VTable`], [`FfiBatch`], [`Sink`],
+/// and the meaning of the JSON texts. Bump it on any change to those.
+pub const API_VERSION: u32 = 1;
+
+/// `rustc --version` of the compiler that built this copy of lsd-core.
+pub const RUSTC_VERSION: &str = env!("LSD_RUSTC_VERSION");
+
+/// The version of this copy of lsd-core.
+pub const LSD_CORE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The candle-core version this copy of lsd-core was built against, read
+/// from the lock file by `core/build.rs` (`unknown` if it found none).
+pub const CANDLE_VERSION: &str = env!("LSD_CANDLE_VERSION");
+
+/// The lsd-core cargo features enabled in this build, comma-separated.
+pub const FEATURES: &str = if cfg!(feature = "cuda") { "cuda" } else { "" };
+
+/// A borrowed UTF-8 string: pointer and length, no terminator.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RStr {
+    /// First byte.
+    pub ptr: *const u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl RStr {
+    /// Borrows a `'static` string; usable in a `static` initialiser.
+    pub const fn new(s: &'static str) -> Self {
+        Self { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// Borrows any string. The result must not outlive `s`.
+    pub fn borrow(s: &str) -> Self {
+        Self { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// The text, with invalid UTF-8 replaced.
+    ///
+    /// # Safety
+    /// `ptr` must point to `len` readable bytes that stay valid and
+    /// unchanged for the duration of the call (or `len` must be 0).
+    pub unsafe fn to_string_lossy(&self) -> String {
+        if self.len == 0 || self.ptr.is_null() {
+            return String::new();
+        }
+        // SAFETY: the caller guarantees `len` readable bytes at `ptr`.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// The ABI fingerprint as it sits in a declaration. See
+/// [`super::Fingerprint`] for the owned, comparable form.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FfiFingerprint {
+    /// [`API_VERSION`] of the plugin's lsd-core.
+    pub api_version: u32,
+    /// [`RUSTC_VERSION`].
+    pub rustc: RStr,
+    /// [`LSD_CORE_VERSION`].
+    pub lsd_core: RStr,
+    /// [`CANDLE_VERSION`].
+    pub candle: RStr,
+    /// [`FEATURES`].
+    pub features: RStr,
+}
+
+impl FfiFingerprint {
+    /// The fingerprint of the copy of lsd-core this is compiled into. In a
+    /// plugin, `export_plugin!` evaluates it in the plugin's crate, so it
+    /// describes what the plugin was built with.
+    pub const fn current() -> Self {
+        Self {
+            api_version: API_VERSION,
+            rustc: RStr::new(RUSTC_VERSION),
+            lsd_core: RStr::new(LSD_CORE_VERSION),
+            candle: RStr::new(CANDLE_VERSION),
+            features: RStr::new(FEATURES),
+        }
+    }
+}
+
+/// Status codes of the [`VTable`] functions.
+pub type Status = i32;
+/// The call succeeded.
+pub const STATUS_OK: Status = 0;
+/// The call failed; the message was sent through [`Sink::text`].
+pub const STATUS_ERROR: Status = 1;
+/// The plugin panicked; the panic message was sent through [`Sink::text`].
+pub const STATUS_PANIC: Status = 2;
+
+/// Which gradient a [`Sink::tensor`] call carries.
+pub type Slot = u32;
+/// Gradient with respect to `x_edit`.
+pub const SLOT_X_EDIT: Slot = 0;
+/// Gradient with respect to `w`.
+pub const SLOT_W: Slot = 1;
+/// Gradient with respect to `u`.
+pub const SLOT_U: Slot = 2;
+/// Gradient with respect to the `index`-th feature map of `x_edit`.
+pub const SLOT_FEATURE_EDIT: Slot = 3;
+
+/// A borrowed dense row-major `f32` tensor.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FfiTensor {
+    /// The elements, row-major.
+    pub data: *const f32,
+    /// Number of elements (the product of `dims`).
+    pub len: usize,
+    /// The dimensions.
+    pub dims: *const usize,
+    /// Number of dimensions.
+    pub rank: usize,
+}
+
+impl FfiTensor {
+    /// Borrows `data` with shape `dims`. The result must not outlive either.
+    pub fn borrow(data: &[f32], dims: &[usize]) -> Self {
+        Self { data: data.as_ptr(), len: data.len(), dims: dims.as_ptr(), rank: dims.len() }
+    }
+
+    /// The elements and the dimensions.
+    ///
+    /// # Safety
+    /// `data` must point to `len` readable `f32`s and `dims` to `rank`
+    /// readable `usize`s (either may dangle when its length is 0), valid for
+    /// `'a`.
+    pub unsafe fn parts<'a>(&self) -> (&'a [f32], &'a [usize]) {
+        // SAFETY: forwarded to the caller.
+        unsafe { (slice(self.data, self.len), slice(self.dims, self.rank)) }
+    }
+}
+
+/// A slice from a pointer and a length, accepting a null or dangling
+/// pointer when the length is 0.
+///
+/// # Safety
+/// When `len > 0`, `ptr` must point to `len` readable, initialised `T`s
+/// valid for `'a`.
+pub unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if len == 0 || ptr.is_null() {
+        &[]
+    } else {
+        // SAFETY: forwarded to the caller.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+/// The batch as the host lends it to a plugin for one `evaluate` call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FfiBatch {
+    /// Original images `[N, 3, H, W]`.
+    pub x: FfiTensor,
+    /// Edited images `[N, 3, H, W]`.
+    pub x_edit: FfiTensor,
+    /// Latents `[N, L, D]`.
+    pub w: FfiTensor,
+    /// Directions `[K, L, D]`.
+    pub u: FfiTensor,
+    /// `α` per sample (`N` values).
+    pub alpha: *const f32,
+    /// Length of `alpha`.
+    pub n_alpha: usize,
+    /// Row of `u` that edited each sample (`N` values).
+    pub direction: *const u32,
+    /// Length of `direction`.
+    pub n_direction: usize,
+    /// The text prompt.
+    pub prompt: RStr,
+    /// 1 when the feature maps below are present, 0 otherwise.
+    pub has_features: u32,
+    /// Feature maps of `x`.
+    pub features_x: *const FfiTensor,
+    /// Length of `features_x`.
+    pub n_features_x: usize,
+    /// Feature maps of `x_edit`.
+    pub features_edit: *const FfiTensor,
+    /// Length of `features_edit`.
+    pub n_features_edit: usize,
+}
+
+/// Host callbacks through which a plugin returns everything it produces.
+/// The plugin calls them only on the calling thread, before the call
+/// returns; the host copies what it receives, so the plugin keeps ownership
+/// of its memory and frees it itself.
+#[repr(C)]
+pub struct Sink {
+    /// Opaque host state, passed back to each callback.
+    pub ctx: *mut c_void,
+    /// A text: a JSON answer, or the message of an error or panic.
+    pub text: unsafe extern "C" fn(ctx: *mut c_void, text: RStr),
+    /// The loss value.
+    pub value: unsafe extern "C" fn(ctx: *mut c_void, value: f64),
+    /// A gradient, in `slot` (a `SLOT_*` constant) at `index`.
+    pub tensor: unsafe extern "C" fn(ctx: *mut c_void, slot: Slot, index: u32, t: FfiTensor),
+}
+
+/// The plugin's functions. The host reads this only after the fingerprint
+/// matched. `term` is the opaque handle `init` returned.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VTable {
+    /// Sends the parameter list as JSON (`Vec<ParamInfo>`) through `sink.text`.
+    pub describe: unsafe extern "C" fn(sink: *const Sink) -> Status,
+    /// Parses `params` (YAML) and `context` (JSON `InitContext`), builds the
+    /// term, and stores its handle in `*term`.
+    pub init: unsafe extern "C" fn(
+        params: RStr,
+        context: RStr,
+        term: *mut *mut c_void,
+        sink: *const Sink,
+    ) -> Status,
+    /// Sends what the term needs (JSON `Needs`) through `sink.text`.
+    pub needs: unsafe extern "C" fn(term: *const c_void, sink: *const Sink) -> Status,
+    /// Computes the loss and its gradients and sends them through `sink`.
+    pub evaluate: unsafe extern "C" fn(
+        term: *const c_void,
+        batch: *const FfiBatch,
+        sink: *const Sink,
+    ) -> Status,
+    /// Drops the term.
+    pub drop_term: unsafe extern "C" fn(term: *mut c_void),
+}
+
+/// What `lsd_plugin_declaration` points to: a `static` in the plugin.
+#[repr(C)]
+pub struct PluginDeclaration {
+    // ---- frozen prefix: never changes, whatever the API version ----
+    /// Always [`MAGIC`].
+    pub magic: [u8; 8],
+    /// What the plugin was built with.
+    pub fingerprint: FfiFingerprint,
+    /// The plugin's cargo package name (for the rebuild command).
+    pub package: RStr,
+    /// The directory of the plugin's `Cargo.toml` when it was built.
+    pub manifest_dir: RStr,
+    // ---- read only after the fingerprint matched ----
+    /// The plugin's name, as recipes refer to it.
+    pub name: RStr,
+    /// The plugin's version.
+    pub version: RStr,
+    /// One line on what the term does.
+    pub description: RStr,
+    /// The plugin's functions.
+    pub vtable: VTable,
+}
+
+// SAFETY: a declaration is immutable and its pointers refer to `'static`
+// strings and functions, so sharing it between threads is sound.
+unsafe impl Sync for PluginDeclaration {}
+
+impl PluginDeclaration {
+    /// The declaration of plugin `T`, with the fingerprint of the lsd-core
+    /// it is compiled with. `export_plugin!` calls this in the plugin crate
+    /// with that crate's `CARGO_PKG_NAME` and `CARGO_MANIFEST_DIR`.
+    pub const fn new<T: Plugin>(package: &'static str, manifest_dir: &'static str) -> Self {
+        Self {
+            magic: MAGIC,
+            fingerprint: FfiFingerprint::current(),
+            package: RStr::new(package),
+            manifest_dir: RStr::new(manifest_dir),
+            name: RStr::new(T::NAME),
+            version: RStr::new(T::VERSION),
+            description: RStr::new(T::DESCRIPTION),
+            vtable: VTable {
+                describe: adapter::describe::<T>,
+                init: adapter::init::<T>,
+                needs: adapter::needs::<T>,
+                evaluate: adapter::evaluate::<T>,
+                drop_term: adapter::drop_term::<T>,
+            },
+        }
+    }
+}
