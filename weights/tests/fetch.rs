@@ -82,7 +82,8 @@ impl Hub {
 fn serve(conn: TcpStream, state: &Mutex<HubState>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
+    // The client's connection probe opens and closes without a request.
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
         return;
     }
     let mut parts = line.split_whitespace();
