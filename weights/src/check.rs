@@ -24,19 +24,26 @@ pub struct CheckReport {
     pub layout: LayoutStatus,
     /// Which manifest entry the file was identified as, if any.
     pub identified_as: Option<String>,
+    /// A path that matches nothing in the manifest: there was nothing to
+    /// verify it against, which is not a pass.
+    pub unknown: bool,
 }
 
 impl CheckReport {
     /// Whether the file is present, verified (or unpinned) and loads into
     /// the expected layout.
     pub fn passed(&self) -> bool {
-        self.checksum.as_ref().is_some_and(ChecksumStatus::passed) && self.layout.passed()
+        !self.unknown && self.checksum.as_ref().is_some_and(ChecksumStatus::passed) && self.layout.passed()
     }
 }
 
 impl std::fmt::Display for CheckReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let verdict = if self.passed() { "ok" } else { "FAILED" };
+        let verdict = match (self.unknown, self.passed()) {
+            (true, _) => "UNKNOWN (not in the manifest: nothing to verify it against)",
+            (false, true) => "ok",
+            (false, false) => "FAILED",
+        };
         write!(f, "{}: {verdict} ({})", self.label, self.path.display())?;
         if let Some(id) = &self.identified_as {
             write!(f, "\n  identified as {id}")?;
@@ -66,6 +73,7 @@ pub fn check_file(
             checksum: None,
             layout: LayoutStatus::NotChecked,
             identified_as: None,
+            unknown: false,
         });
     }
     let checksum = match spec {
@@ -76,7 +84,7 @@ pub fn check_file(
         }
     };
     let layout = layout.map_or(LayoutStatus::NotChecked, |l| l.check_file(path, prefix));
-    Ok(CheckReport { label, path: path.to_path_buf(), checksum: Some(checksum), layout, identified_as: None })
+    Ok(CheckReport { label, path: path.to_path_buf(), checksum: Some(checksum), layout, identified_as: None, unknown: false })
 }
 
 fn spec_layout(spec: &FileSpec) -> Result<Option<Layout>> {
@@ -124,11 +132,13 @@ impl Store {
                 checksum: Some(ChecksumStatus::Ok { sha256 }),
                 layout,
                 identified_as: Some(format!("{}/{} ({}) by its sha256", entry.name, spec.file, entry.repo)),
+                unknown: false,
             });
         }
         let Some((entry, spec)) = files().find(|(_, f)| f.local_name() == name) else {
             let mut r = check_file(path, None, None, "", progress)?;
             r.identified_as = Some("nothing in the manifest (no matching sha256 or file name)".into());
+            r.unknown = true;
             return Ok(r);
         };
         let layout = spec_layout(spec)?;

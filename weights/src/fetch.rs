@@ -180,6 +180,13 @@ impl Store {
                 stamp(&dest, &status)?;
                 return Ok(report(Outcome::AlreadyPresent, status));
             }
+            if opts.offline {
+                return Err(Error::Verification {
+                    path: dest.clone(),
+                    problem: status.to_string(),
+                    action: format!("; kept it (offline): run `lsd-tui weights fetch {}` with network access to replace it", entry.name),
+                });
+            }
             remove(&dest)?;
             let note = format!("{}: {status}; deleted it, downloading again", dest.display());
             progress.event(Event::Note(&note));

@@ -158,6 +158,9 @@ fn resolve_list_and_check_a_store() {
     assert!(r.passed() && r.identified_as.as_deref().unwrap().contains("sha256"), "{r}");
     let r = store.check_path(&dest, &mut Silent).unwrap();
     assert!(!r.passed() && r.identified_as.as_deref().unwrap().contains("file name"), "{r}");
+    // A file the manifest does not know is not a pass.
+    let r = store.check_path(&fixture("arcface/config.json"), &mut Silent).unwrap();
+    assert!(r.unknown && !r.passed(), "{r}");
 }
 
 #[test]

@@ -309,6 +309,11 @@ fn a_bad_local_file_is_replaced() {
             notes.push(n.to_string())
         }
     };
+    // Offline, a bad file is reported and kept.
+    let offline = FetchOptions { offline: true, ..hub.opts() };
+    let err = store.fetch_file(entry, &entry.files[0], &offline, &mut Silent).unwrap_err();
+    assert!(matches!(err, Error::Verification { .. }) && err.to_string().contains("kept"), "{err}");
+    assert!(dest.exists());
     let rep = store.fetch_file(entry, &entry.files[0], &hub.opts(), &mut progress).unwrap();
     assert_eq!(rep.outcome, Outcome::Downloaded { resumed_from: 0 });
     assert_eq!(std::fs::read(&dest).unwrap(), model);
