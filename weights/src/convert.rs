@@ -2,10 +2,6 @@
 //! to safetensors, with the conversion itself done by lsd-core
 //! (`lsd_core::torch::convert_to_safetensors`), then a reload of the output
 //! to confirm every input tensor arrived with its shape.
-//!
-//! COMPILE GATE: the lsd-core function is built with the `core-convert`
-//! feature of this crate. Until lsd-core has it, the feature stays off and
-//! [`convert`] reports that conversion is not built in.
 
 use std::path::{Path, PathBuf};
 
@@ -55,7 +51,6 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
     run(input, output, &fail)
 }
 
-#[cfg(feature = "core-convert")]
 fn run(input: &Path, output: &Path, fail: &dyn Fn(String) -> Error) -> Result<ConvertSummary> {
     let details = lsd_core::torch::convert_to_safetensors(input, output).map_err(|e| fail(e.to_string()))?;
     let details = format!("{details:?}");
@@ -68,13 +63,4 @@ fn run(input: &Path, output: &Path, fail: &dyn Fn(String) -> Error) -> Result<Co
     }
     let bytes = std::fs::metadata(output).map_err(|e| Error::io("reading", output, e))?.len();
     Ok(ConvertSummary { input: input.to_path_buf(), output: output.to_path_buf(), tensors: got.len(), bytes, details })
-}
-
-#[cfg(not(feature = "core-convert"))]
-fn run(_input: &Path, _output: &Path, fail: &dyn Fn(String) -> Error) -> Result<ConvertSummary> {
-    Err(fail(
-        "this build has no converter: lsd_core::torch::convert_to_safetensors is not in lsd-core yet \
-         (lsd-weights feature `core-convert` turns it on once it is)"
-            .into(),
-    ))
 }

@@ -170,9 +170,7 @@ fn convert_reports_clearly() {
     let err = lsd_weights::convert(&input, &dir.path().join("out.bin")).unwrap_err().to_string();
     assert!(err.contains(".safetensors"), "{err}");
     let out = dir.path().join("out.safetensors");
-    match lsd_weights::convert(&input, &out) {
-        Ok(s) => assert!(s.tensors > 100, "{s}"),
-        // Until lsd-core has the converter (feature `core-convert`).
-        Err(e) => assert!(e.to_string().contains("convert_to_safetensors"), "{e}"),
-    }
+    let s = lsd_weights::convert(&input, &out).expect("arcface converts");
+    assert!(s.tensors > 100, "{s}");
+    assert!(s.details.contains("source_sha256"), "{s}");
 }
