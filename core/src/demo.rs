@@ -17,6 +17,11 @@ use crate::Result;
 /// The label every view of a demo model carries.
 pub const DEMO_LABEL: &str = "DEMO MODEL (random weights)";
 
+/// The seed every demo network is drawn from, so that the host (previews,
+/// `apply`, experiments) and every plugin build the same demo networks.
+/// It is independent of a recipe's own seed, which only drives training.
+pub const DEMO_MODEL_SEED: u64 = 2022;
+
 /// Draws named tensors from one seeded stream, for building demo weights
 /// under the real checkpoint key names.
 ///
