@@ -1,6 +1,124 @@
-//! lsd-tui: the command-line front end (work in progress).
+//! lsd-tui: find text-driven edit directions in a StyleGAN2 latent space,
+//! and watch them being trained live in the terminal.
+//!
+//! `main` stays small: it installs error reporting, parses the command line
+//! and hands each subcommand to its module.
 
-fn main() -> color_eyre::Result<()> {
-    color_eyre::install()?;
+mod cmd_bench;
+mod cmd_experiments;
+mod cmd_fixture;
+mod cmd_plugins;
+mod cmd_run;
+mod cmd_weights;
+mod tui;
+
+use clap::{Parser, Subcommand};
+use color_eyre::eyre::{bail, Result};
+
+/// Find text-driven edit directions in a StyleGAN2 latent space (CLIP
+/// supervised, ArcFace identity and face-segmentation regularised).
+#[derive(Debug, Parser)]
+#[command(name = "lsd-tui", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train the demo recipe on the demo models (no downloads), in the TUI.
+    Demo(cmd_run::DemoArgs),
+    /// Train a direction from a recipe (TUI on a terminal, else headless).
+    Run(cmd_run::RunArgs),
+    /// Apply a saved direction to other images over an α sweep.
+    Apply(cmd_run::ApplyArgs),
+    /// Prompt × image CLIP similarity table (report Fig. 5).
+    Similarity(cmd_experiments::SimilarityArgs),
+    /// Generalisation of local directions to unseen images (report Fig. 8).
+    Generalize(cmd_experiments::GeneralizeArgs),
+    /// Regulariser ablation grid (report Fig. 9).
+    Ablation(cmd_experiments::AblationArgs),
+    /// Merge sharded experiment folders.
+    Merge(cmd_experiments::MergeArgs),
+    /// List, fetch, check and convert model weights.
+    Weights(WeightsCli),
+    /// List loss plugins, or check one library.
+    Plugins(cmd_plugins::PluginsArgs),
+    /// Run a reference fixture directory against our implementation.
+    CheckFixture(cmd_fixture::CheckFixtureArgs),
+    /// Benchmarks (not tests): generator and training-step timings.
+    Bench(cmd_bench::BenchArgs),
+}
+
+/// `lsd-tui weights …`
+#[derive(Debug, clap::Args)]
+struct WeightsCli {
+    /// Never touch the network: fail at once with what is missing.
+    #[arg(long, global = true)]
+    offline: bool,
+    #[command(subcommand)]
+    command: WeightsSub,
+}
+
+#[derive(Debug, Subcommand)]
+enum WeightsSub {
+    /// Every known weight: present or missing, where, size, verified or not.
+    List,
+    /// Download (resumable) and verify weights by manifest name.
+    Fetch {
+        /// Manifest names (see `weights list`).
+        names: Vec<String>,
+        /// Fetch every entry.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Verify checksums and that files load into the expected architecture.
+    Check {
+        /// Manifest names or file paths (default: everything downloaded).
+        targets: Vec<String>,
+    },
+    /// Convert a torch checkpoint (zip or legacy) to safetensors.
+    Convert {
+        /// The `.pt`/`.pth` file.
+        input: std::path::PathBuf,
+        /// The `.safetensors` file to write.
+        output: std::path::PathBuf,
+    },
+}
+
+fn weights(cli: WeightsCli) -> Result<()> {
+    let command = match cli.command {
+        WeightsSub::List => cmd_weights::WeightsCommand::List,
+        WeightsSub::Fetch { names, all } => {
+            if names.is_empty() && !all {
+                bail!("name the weights to fetch (see 'lsd-tui weights list'), or pass --all");
+            }
+            cmd_weights::WeightsCommand::Fetch { names, all }
+        }
+        WeightsSub::Check { targets } => cmd_weights::WeightsCommand::Check { targets },
+        WeightsSub::Convert { input, output } => cmd_weights::WeightsCommand::Convert { input, output },
+    };
+    let ok = cmd_weights::run(&cmd_weights::WeightsArgs { command, offline: cli.offline })?;
+    if !ok {
+        std::process::exit(1);
+    }
     Ok(())
+}
+
+fn main() -> Result<()> {
+    color_eyre::install()?;
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => cmd_run::demo(args),
+        Command::Run(args) => cmd_run::run(args),
+        Command::Apply(args) => cmd_run::apply(args),
+        Command::Similarity(args) => cmd_experiments::similarity(args),
+        Command::Generalize(args) => cmd_experiments::generalize(args),
+        Command::Ablation(args) => cmd_experiments::ablation(args),
+        Command::Merge(args) => cmd_experiments::merge(args),
+        Command::Weights(args) => weights(args),
+        Command::Plugins(args) => cmd_plugins::run(args),
+        Command::CheckFixture(args) => cmd_fixture::run(args),
+        Command::Bench(args) => cmd_bench::run(args),
+    }
 }
