@@ -1,12 +1,90 @@
-//! `lsd-tui plugins` (being written).
+//! `lsd-tui plugins [check PATH]`: what loss plugins are found, with their
+//! fingerprints and parameters, and a full validation of one library.
 
-use color_eyre::eyre::{bail, Result};
+use std::path::PathBuf;
+
+use color_eyre::eyre::{Result, WrapErr};
+use lsd_core::plugin::discovery;
 
 /// `lsd-tui plugins` arguments.
 #[derive(Debug, clap::Args)]
-pub struct PluginsArgs {}
+pub struct PluginsArgs {
+    #[command(subcommand)]
+    command: Option<PluginsCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PluginsCommand {
+    /// Open one library, check its fingerprint, and run it once on a tiny
+    /// batch with demo weights.
+    Check {
+        /// The plugin library (`liblsd_plugin_*.so`).
+        path: PathBuf,
+    },
+}
 
 /// Lists or checks plugins.
-pub fn run(_a: PluginsArgs) -> Result<()> {
-    bail!("'plugins' is not available in this build yet")
+pub fn run(args: PluginsArgs) -> Result<()> {
+    match args.command {
+        None => list(),
+        Some(PluginsCommand::Check { path }) => check(path),
+    }
+}
+
+fn list() -> Result<()> {
+    let dirs = discovery::search_dirs();
+    println!("host: {}", lsd_core::plugin::Fingerprint::host());
+    println!(
+        "searched: {}",
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let found = discovery::list(&dirs);
+    if found.is_empty() {
+        println!(
+            "no plugins found; build them with 'cargo build --release' or add their directory to {}",
+            discovery::PLUGIN_PATH_VAR
+        );
+        return Ok(());
+    }
+    let mut broken = 0;
+    for f in &found {
+        println!();
+        match &f.status {
+            Ok(l) => {
+                println!("{} {}  {}", l.info.name, l.info.version, f.path.display());
+                println!("  {}", l.info.description);
+                if let Some(by) = &f.shadowed_by {
+                    println!("  shadowed by {} (same name, found first)", by.display());
+                }
+                for p in &l.info.params {
+                    println!("  {:<14} {:<28} default {:<10} {}", p.name, p.ty, p.default, p.help);
+                }
+            }
+            Err(e) => {
+                broken += 1;
+                println!("{}: unusable", f.path.display());
+                for line in e.to_string().lines() {
+                    println!("  {line}");
+                }
+            }
+        }
+    }
+    if broken > 0 {
+        println!("\n{broken} librar{} could not be used", if broken == 1 { "y" } else { "ies" });
+    }
+    Ok(())
+}
+
+fn check(path: PathBuf) -> Result<()> {
+    let report = discovery::check(&path).wrap_err_with(|| format!("checking plugin '{}'", path.display()))?;
+    let l = &report.listed;
+    println!("{} {}: ok", l.info.name, l.info.version);
+    println!("  {}", l.info.description);
+    println!("  fingerprint: {}", l.fingerprint);
+    println!(
+        "  smoke test: loss {:.6}, gradients for {}",
+        report.smoke_value,
+        report.smoke_gradients.join(", ")
+    );
+    Ok(())
 }

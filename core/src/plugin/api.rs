@@ -230,14 +230,25 @@ pub struct InitContext {
     pub seed: u64,
 }
 
+/// The networks a host names in every context: `generator`, `clip`,
+/// `arcface`, `bisenet`.
+pub const NETWORKS: [&str; 4] = ["generator", "clip", "arcface", "bisenet"];
+
 impl Default for InitContext {
+    /// The CPU, every network of [`NETWORKS`] on its demo weights, and the
+    /// shared demo seed (so a plugin builds the same demo networks as the
+    /// host).
     fn default() -> Self {
-        Self { device: "cpu".into(), weights: BTreeMap::new(), seed: 0 }
+        Self {
+            device: "cpu".into(),
+            weights: NETWORKS.iter().map(|n| (n.to_string(), None)).collect(),
+            seed: crate::demo::DEMO_MODEL_SEED,
+        }
     }
 }
 
 impl InitContext {
-    /// A context for `device` with no weights and seed 0.
+    /// A context for `device` with demo weights (see [`InitContext::default`]).
     pub fn on(device: &Device) -> Self {
         Self { device: device_name(device), ..Self::default() }
     }
