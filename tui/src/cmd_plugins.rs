@@ -20,6 +20,9 @@ enum PluginsCommand {
     Check {
         /// The plugin library (`liblsd_plugin_*.so`).
         path: PathBuf,
+        /// Also run it on this device (`cuda:0`) and compare with the CPU.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -27,7 +30,7 @@ enum PluginsCommand {
 pub fn run(args: PluginsArgs) -> Result<()> {
     match args.command {
         None => list(),
-        Some(PluginsCommand::Check { path }) => check(path),
+        Some(PluginsCommand::Check { path, device }) => check(path, &device),
     }
 }
 
@@ -75,8 +78,8 @@ fn list() -> Result<()> {
     Ok(())
 }
 
-fn check(path: PathBuf) -> Result<()> {
-    let report = discovery::check(&path).wrap_err_with(|| format!("checking plugin '{}'", path.display()))?;
+fn check(path: PathBuf, device: &str) -> Result<()> {
+    let report = discovery::check_on(&path, device).wrap_err_with(|| format!("checking plugin '{}'", path.display()))?;
     let l = &report.listed;
     println!("{} {}: ok", l.info.name, l.info.version);
     println!("  {}", l.info.description);
@@ -86,5 +89,23 @@ fn check(path: PathBuf) -> Result<()> {
         report.smoke_value,
         report.smoke_gradients.join(", ")
     );
+    if let Some(p) = &report.parity {
+        // f32 on both sides; a different reduction order on the device
+        // accounts for differences of a few ulps of the gradient's scale.
+        let tol = 1e-4 * p.grad_scale.max(1e-6);
+        let ok = p.value_diff <= 1e-4 && p.grad_diff <= tol;
+        println!(
+            "  {} vs cpu: value diff {:.3e}, max gradient diff {:.3e} (scale {:.3e}, tolerance {:.3e}): {}",
+            p.device,
+            p.value_diff,
+            p.grad_diff,
+            p.grad_scale,
+            tol,
+            if ok { "ok" } else { "FAIL" }
+        );
+        if !ok {
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }

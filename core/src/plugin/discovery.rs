@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::api::{EditBatch, FeatureMaps, InitContext, PluginInfo};
-use super::host::{Fingerprint, PluginLibrary};
+use super::host::{Fingerprint, PluginLibrary, TermOutput};
 use crate::{Error, Result};
 
 /// The environment variable with extra plugin directories, separated like
@@ -165,6 +165,22 @@ pub struct CheckReport {
     /// Which gradients the smoke test returned (`x_edit`, `w`, `u`,
     /// `features`).
     pub smoke_gradients: Vec<String>,
+    /// When checked on another device too: that device's agreement with
+    /// the CPU run.
+    pub parity: Option<DeviceParity>,
+}
+
+/// How a plugin's value and gradients on a device compare with the CPU.
+#[derive(Debug, Clone)]
+pub struct DeviceParity {
+    /// The device (`cuda:0`).
+    pub device: String,
+    /// `|value_device − value_cpu|`.
+    pub value_diff: f64,
+    /// Max abs difference over every gradient entry.
+    pub grad_diff: f64,
+    /// Max abs value over the CPU gradients (the scale of `grad_diff`).
+    pub grad_scale: f64,
 }
 
 /// Validates one library: opens it (fingerprint check), reads its
@@ -172,10 +188,24 @@ pub struct CheckReport {
 /// the CPU and evaluates it on a tiny random batch, checking that the value
 /// is finite and the gradients have the inputs' shapes and are finite.
 pub fn check(path: &Path) -> Result<CheckReport> {
+    check_on(path, "cpu")
+}
+
+/// [`check`], and when `device` is not the CPU, the same smoke test with the
+/// plugin computing on `device`, compared with the CPU run
+/// ([`CheckReport::parity`]).
+pub fn check_on(path: &Path, device: &str) -> Result<CheckReport> {
     let lib = PluginLibrary::open(path)?;
     let term = lib.instantiate("", &InitContext::default())?;
     let batch = smoke_batch(term.needs().features)?;
     let out = term.evaluate(&batch)?;
+    let parity = if device == "cpu" {
+        None
+    } else {
+        let ctx = InitContext { device: device.to_string(), ..InitContext::default() };
+        let on_device = lib.instantiate("", &ctx)?.evaluate(&batch)?;
+        Some(parity(device, &out, &on_device)?)
+    };
     let fail = |reason: String| Error::PluginCall {
         plugin: lib.info().name.clone(),
         call: "loss",
@@ -204,6 +234,38 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         listed: Listed { info: lib.info().clone(), fingerprint: lib.fingerprint().clone() },
         smoke_value: out.value,
         smoke_gradients: names,
+        parity,
+    })
+}
+
+fn gradients(out: &TermOutput) -> Vec<&Option<Tensor>> {
+    let mut g = vec![&out.grad_x_edit, &out.grad_w, &out.grad_u];
+    g.extend(out.grad_features_edit.iter());
+    g
+}
+
+fn parity(device: &str, cpu: &TermOutput, other: &TermOutput) -> Result<DeviceParity> {
+    let mut grad_diff = 0f64;
+    let mut grad_scale = 0f64;
+    for (a, b) in gradients(cpu).into_iter().zip(gradients(other)) {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let b = b.to_device(a.device())?;
+                let max = |t: &Tensor| -> Result<f64> {
+                    Ok(t.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+                };
+                grad_diff = grad_diff.max(max(&(a - &b)?)?);
+                grad_scale = grad_scale.max(max(a)?);
+            }
+            (None, None) => {}
+            _ => grad_diff = f64::INFINITY,
+        }
+    }
+    Ok(DeviceParity {
+        device: device.to_string(),
+        value_diff: (cpu.value - other.value).abs(),
+        grad_diff,
+        grad_scale,
     })
 }
 
