@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::api::{EditBatch, FeatureMaps, InitContext, PluginInfo};
-use super::host::{Fingerprint, PluginLibrary, TermOutput};
+use super::grad::TermOutput;
+use super::host::{Fingerprint, PluginLibrary};
 use crate::{Error, Result};
 
 /// The environment variable with extra plugin directories, separated like
