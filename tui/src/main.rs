@@ -108,6 +108,20 @@ fn weights(cli: WeightsCli) -> Result<()> {
 fn main() -> Result<()> {
     color_eyre::install()?;
     let cli = Cli::parse();
+    match dispatch(cli) {
+        // `lsd-tui weights list | head` closes the pipe early: not an error.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &color_eyre::Report) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => cmd_run::demo(args),
         Command::Run(args) => cmd_run::run(args),
