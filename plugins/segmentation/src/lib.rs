@@ -114,7 +114,7 @@ impl<'de> Deserialize<'de> for FacePart {
         let name = String::deserialize(deserializer)?;
         bisenet::class_index(&name).map(FacePart).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "`classes`: unknown face part '{name}'; use one of: {}",
+                "unknown face part '{name}' in `classes`; use one of: {}",
                 valid_class_names()
             ))
         })
