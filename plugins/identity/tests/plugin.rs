@@ -121,3 +121,24 @@ fn bad_params_name_the_field_and_position() -> Result<()> {
     assert!(msg.contains("/no/such/model_ir_se50.pth"), "{msg}");
     Ok(())
 }
+
+/// What `lsd-tui plugins check PATH` runs: default parameters, demo
+/// weights, a 16×16 smoke batch. Prints the listing the README shows.
+#[test]
+fn passes_the_plugin_check() -> Result<()> {
+    let report = lsd_core::plugin::discovery::check(&library())?;
+    let info = &report.listed.info;
+    println!("{} {} — {}", info.name, info.version, info.description);
+    for p in &info.params {
+        println!("    {:<8} {:<30} default {:<7} {}", p.name, p.ty, p.default, p.help);
+    }
+    println!("built with: {}", report.listed.fingerprint);
+    println!(
+        "smoke test: loss {:.6}, gradients for {}",
+        report.smoke_value,
+        report.smoke_gradients.join(", ")
+    );
+    assert!(report.smoke_value.is_finite());
+    assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
+    Ok(())
+}
