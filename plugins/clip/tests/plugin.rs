@@ -21,7 +21,13 @@ fn library() -> PathBuf {
 /// The networks have f32 weights, so finite differences are taken in f32
 /// with a step large enough for f32 rounding.
 fn f32_check() -> GradCheck {
-    GradCheck { fd_dtype: DType::F32, fd_eps: 1e-2, fd_rtol: 5e-3, fd_atol: 1e-5, ..GradCheck::default() }
+    GradCheck {
+        fd_dtype: DType::F32,
+        fd_eps: 1e-2,
+        fd_rtol: 5e-3,
+        fd_atol: 1e-5,
+        ..GradCheck::default()
+    }
 }
 
 /// Two `side × side` samples with one direction, from `seed`.
@@ -170,10 +176,13 @@ fn bad_params_name_the_field_and_position() -> Result<()> {
     let msg = lib.instantiate("image: /no/such/ref.png", &ctx).unwrap_err().to_string();
     assert!(msg.contains("`image: /no/such/ref.png`"), "{msg}");
     let msg = lib
-        .instantiate("", &InitContext {
-            weights: [("clip".to_string(), Some(PathBuf::from("/no/such/clip")))].into(),
-            ..InitContext::default()
-        })
+        .instantiate(
+            "",
+            &InitContext {
+                weights: [("clip".to_string(), Some(PathBuf::from("/no/such/clip")))].into(),
+                ..InitContext::default()
+            },
+        )
         .unwrap_err()
         .to_string();
     assert!(msg.contains("/no/such/clip"), "{msg}");

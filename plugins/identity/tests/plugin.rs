@@ -75,7 +75,15 @@ fn loaded_matches_in_process_and_id_loss_on_32px_images() -> Result<()> {
     let loaded = lib.instantiate("", &InitContext::default())?.evaluate(&batch)?;
     let term = IdentityTerm::from_yaml("", &InitContext::default())?;
     let mut rows = Vec::new();
-    compare_outputs(&loaded, &differentiate(&term, &batch)?, &batch, "in-process", 1e-5, 1e-7, &mut rows)?;
+    compare_outputs(
+        &loaded,
+        &differentiate(&term, &batch)?,
+        &batch,
+        "in-process",
+        1e-5,
+        1e-7,
+        &mut rows,
+    )?;
     let report = GradReport { rows };
     println!("{}", report.table());
     assert!(report.passed(), "{}", report.table());
