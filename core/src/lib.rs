@@ -13,6 +13,7 @@ pub mod fixture;
 pub mod imageops;
 pub mod models;
 pub mod recipe;
+pub mod render;
 pub mod plugin;
 pub mod torch;
 
