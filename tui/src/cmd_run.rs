@@ -241,7 +241,10 @@ fn start(mut recipe: Recipe, opts: &Options) -> Result<()> {
             }
             Ok(())
         }
-        Outcome::Failed(_) => std::process::exit(1),
+        Outcome::Failed(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1)
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use lsd_core::engine::{EngineHandle, RunSummary};
 pub enum Outcome {
     /// Finished (or stopped early, with outputs written).
     Finished(RunSummary),
-    /// Failed; the message was printed.
+    /// Failed, with the engine's message (not yet printed).
     Failed(String),
 }
 
@@ -114,7 +114,6 @@ pub fn follow(handle: EngineHandle, bar: bool) -> Result<Outcome> {
                 if let Some(pb) = &pb {
                     pb.abandon();
                 }
-                eprintln!("error: {error}");
                 failed = Some(error);
             }
         }
@@ -142,7 +141,8 @@ pub fn strips(output: &std::path::Path) -> Vec<PathBuf> {
 /// whatever viuer finds); failures are ignored — the file is on disk.
 pub fn show_inline(path: &std::path::Path) {
     let conf = viuer::Config { width: Some(80), absolute_offset: false, ..Default::default() };
-    if let Err(e) = viuer::print_from_file(path, &conf) {
+    let shown = image::open(path).map_err(|e| e.to_string()).and_then(|img| viuer::print(&img, &conf).map(|_| ()).map_err(|e| e.to_string()));
+    if let Err(e) = shown {
         eprintln!("(could not show {} inline: {e})", path.display());
     }
 }
