@@ -155,12 +155,13 @@ struct Nets {
 fn nets() -> Result<Nets> {
     let clip = scaled(clip::Config::vit_b_32().parameter_shapes(), 1)?.tensors().clone();
     let arcface = arcface::demo_weights(&arcface::Config::ir_se50(), 2)?.tensors().clone();
-    let shapes = bisenet::Config::face_parsing_19()
-        .state_dict_shapes()
-        .into_iter()
-        .filter(|(_, _, d)| *d != DType::I64)
-        .map(|(n, s, _)| (n, s));
-    let bisenet = scaled(shapes, 3)?.tensors().clone();
+    let all = bisenet::Config::face_parsing_19().state_dict_shapes();
+    let floats = all.iter().filter(|(_, _, d)| *d != DType::I64).map(|(n, s, _)| (n.clone(), s.clone()));
+    let mut seg = scaled(floats, 3)?;
+    for (n, s, _) in all.iter().filter(|(_, _, d)| *d == DType::I64) {
+        seg.insert(n, Tensor::zeros(s.as_slice(), DType::I64, &Device::Cpu)?);
+    }
+    let bisenet = seg.tensors().clone();
     Ok(Nets { clip, arcface, bisenet })
 }
 
