@@ -15,7 +15,34 @@
 //! the step size to the batch and is not offered.) `norm: total` gives the
 //! whole W+ direction unit Frobenius norm, so α is the distance travelled in
 //! W+ and each layer moves by about `α/√layers`; `norm: none` leaves `u` free
-//! (α is then only a scale).
+//! (α is then only a scale). The constraint is applied once when `u` is
+//! drawn (N(0, 1) from the recipe's seed, masked to the trained layers) and
+//! after every optimiser step; the optimiser's moment estimates are not
+//! projected. Untrained layers of `u` stay exactly zero.
+//!
+//! # The schema
+//!
+//! `tests/recipes/valid/full.yaml` shows every key with its default;
+//! `examples/recipes/` holds the demo recipe and the report's cases. In
+//! short: `prompt` and `steps` and `terms` are required; `models` names the
+//! weights of `generator`, `clip`, `arcface`, `bisenet` (`demo` — the
+//! default —, a manifest name such as `stylegan2-ffhq-1024`, or a path
+//! relative to the recipe); `mode` is `direction` (K = `directions`
+//! directions, LELSD's `diversity` term for K ≥ 2, optional `layers`) or
+//! `latent` (StyleCLIP's per-image latent optimisation: every training
+//! seed's latent is optimised, `batch`, `alpha` and `norm` do not apply,
+//! `latent_l2` weighs `‖w − w₀‖²`); `alpha` is a number or `{min, max,
+//! min_abs}`; `seeds` (one seed: a local direction) with `batch` latents
+//! per step, or `resample: true` for `batch` fresh latents every step (a
+//! global direction); `optimizer` (`adam`, `adamw`, `sgd`; `lr`, `betas`,
+//! `weight_decay`, `momentum`, `schedule`); `preview` (`every`, `alphas`,
+//! `seeds`); `checkpoint_every`; `output`; `device`.
+//!
+//! Each term's `params` are handed to its plugin exactly as written (cut
+//! out of the file), so the plugin's own `line N column M` maps to the
+//! recipe by [`Term::params_line`]. `lsd-tui run RECIPE --models demo`
+//! runs any recipe on the demo networks (the report's cases name real
+//! weights by manifest name; the demo recipe leaves `models` out).
 
 pub mod locate;
 
@@ -349,6 +376,10 @@ pub struct RawRecipe {
     /// LELSD's diversity (correlation) weight, for K > 1.
     #[serde(default)]
     pub diversity: f32,
+    /// `mode: latent` only: weight of StyleCLIP's `‖w − w₀‖²` (summed over
+    /// W+, averaged over the images; StyleCLIP uses 0.008).
+    #[serde(default)]
+    pub latent_l2: f32,
     /// W+ layers the direction may change (default: all).
     #[serde(default)]
     pub layers: Option<Vec<usize>>,
@@ -361,7 +392,10 @@ pub struct RawRecipe {
     /// Training seeds: one seed trains a local direction, several a global one.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
-    /// Latents per step. With `resample: true` they are drawn afresh each step.
+    /// Latents per step. With `resample: true` they are drawn afresh each
+    /// step; otherwise `batch` of the training seeds are drawn per step (all
+    /// of them when equal). Not used in `mode: latent`, which optimises every
+    /// training seed each step.
     #[serde(default = "one_usize")]
     pub batch: usize,
     /// Draw a new batch of latents every step (global directions).
@@ -450,8 +484,16 @@ pub struct Term {
     /// The plugin's parameters as YAML text (`{}` when none).
     pub params: String,
     /// The 1-based line where the params start in the recipe, so a plugin's
-    /// own line numbers can be mapped back to the file.
+    /// own line numbers can be mapped back to the file: the plugin's line
+    /// `n` is the recipe's line `params_line + n - 1` (0 when unknown).
     pub params_line: usize,
+    /// Characters before the params text on its first line (flow style,
+    /// `params: {classes: [hat]}`), so the plugin's column `m` on its line 1
+    /// is the recipe's column `params_column + m`.
+    pub params_column: usize,
+    /// The indentation removed from the params block's lines 2…, so the
+    /// plugin's column `m` there is the recipe's `params_indent + m`.
+    pub params_indent: usize,
 }
 
 /// Preview settings, checked.
@@ -536,6 +578,21 @@ impl Recipe {
         hex::encode(sha2::Sha256::digest(self.to_yaml().as_bytes()))
     }
 
+    /// A hash of the settings that decide the trained direction (the
+    /// resolved recipe without `output`, `device`, `preview` and
+    /// `checkpoint_every`): a checkpoint only resumes a run with the same.
+    pub fn training_hash(&self) -> String {
+        use sha2::Digest;
+        let mut raw = self.raw.clone();
+        raw.output = None;
+        raw.device = default_device();
+        raw.preview = None;
+        raw.checkpoint_every = 0;
+        raw.name = None;
+        let text = yaml_serde::to_string(&raw).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    }
+
     /// True when any network is a demo network.
     pub fn uses_demo(&self) -> bool {
         self.raw.models.any_demo()
@@ -558,10 +615,49 @@ fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> RecipeError {
         _ => (String::new(), msg.clone()),
     };
     let detail = detail.split(" at line ").next().unwrap_or(&detail).to_string();
+    let (mut line, mut column, mut key) = (line, column, key);
+    let quoted = |d: &str| -> Option<String> {
+        let a = d.find('`')?;
+        let b = d[a + 1..].find('`')?;
+        Some(d[a + 1..a + 1 + b].to_string())
+    };
+    if detail.contains("unknown field") {
+        // Name the misspelt key itself: `optimizer.lrr`, not `optimizer`.
+        if let Some(field) = quoted(&detail) {
+            key = if key.is_empty() { field } else { format!("{key}.{field}") };
+        }
+    } else if detail.contains("duplicate field") {
+        // serde reports the mapping; point at the second occurrence.
+        if let Some(field) = quoted(&detail) {
+            let hits: Vec<(usize, usize)> = text
+                .lines()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let t = l.trim_start();
+                    let t = t.strip_prefix("- ").unwrap_or(t);
+                    t.strip_prefix(field.as_str()).filter(|r| r.trim_start().starts_with(':')).map(|_| (i + 1, l.len() - l.trim_start().len() + 1))
+                })
+                .collect();
+            if let Some(&(l, c)) = hits.get(1) {
+                (line, column) = (l, c);
+            }
+            key = if key.is_empty() { field } else { format!("{key}.{field}") };
+        }
+    } else if detail.contains("untagged enum RawAlpha") {
+        // Untagged enums lose the path and position: it can only be `alpha`.
+        key = "alpha".into();
+        if let Some(at) = locate::locate(text, &locate::parse_path("alpha")) {
+            (line, column) = at;
+        }
+    }
     let hint = if detail.contains("unknown field") {
         "; remove it or fix its spelling (keys are case-sensitive)"
     } else if detail.contains("missing field") {
         "; add it (see examples/recipes/ for a complete recipe)"
+    } else if detail.contains("duplicate field") {
+        "; a key may appear only once: remove one of them"
+    } else if detail.contains("unknown variant") {
+        "; use one of the values listed"
     } else if detail.contains("invalid type") || detail.contains("invalid value") {
         "; fix the value's type"
     } else if detail.contains("did not match any variant") {
@@ -571,7 +667,6 @@ fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> RecipeError {
     } else {
         ""
     };
-    let _ = text;
     RecipeError { file: file.to_path_buf(), line, column, key, message: format!("{detail}{hint}") }
 }
 
@@ -612,11 +707,20 @@ impl Ctx<'_> {
         if raw.seeds.is_empty() {
             return Err(self.error("seeds", "give at least one training seed, e.g. seeds: [0]"));
         }
-        if !raw.resample && raw.batch > raw.seeds.len() {
+        if raw.mode == Mode::Direction && !raw.resample && raw.batch > raw.seeds.len() {
             return Err(self.error("batch", format!(
                 "batch {} is larger than the {} training seed(s); list more seeds or set resample: true to draw latents each step",
                 raw.batch, raw.seeds.len()
             )));
+        }
+        if !(raw.latent_l2.is_finite() && raw.latent_l2 >= 0.0) {
+            return Err(self.error("latent_l2", format!("expected a weight >= 0, got {}", raw.latent_l2)));
+        }
+        if raw.mode == Mode::Direction && raw.latent_l2 != 0.0 {
+            return Err(self.error("latent_l2", "latent_l2 applies to mode: latent only (a direction's size is fixed by its norm); remove it"));
+        }
+        if raw.diversity > 0.0 && raw.directions < 2 {
+            return Err(self.error("diversity", "the diversity term needs two or more directions; set directions: 2 or more, or remove diversity"));
         }
         if raw.mode == Mode::Latent && raw.resample {
             return Err(self.error("resample", "mode 'latent' optimises fixed latents; remove resample: true"));
@@ -759,15 +863,29 @@ impl Ctx<'_> {
         if !t.weight.is_finite() || t.weight < 0.0 {
             return Err(self.error(&format!("{key}.weight"), format!("expected a weight λ >= 0, got {}", t.weight)));
         }
-        let params = match &t.params {
-            None | Some(yaml_serde::Value::Null) => "{}\n".to_string(),
-            Some(v @ yaml_serde::Value::Mapping(_)) => yaml_serde::to_string(v).unwrap_or_default(),
+        let value = match &t.params {
+            None | Some(yaml_serde::Value::Null) => None,
+            Some(v @ yaml_serde::Value::Mapping(_)) => Some(v),
             Some(_) => {
                 return Err(self.error(&format!("{key}.params"), "expected a mapping of the plugin's parameters (see lsd-tui plugins)"))
             }
         };
+        let Some(value) = value else {
+            return Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params: "{}\n".into(), params_line: 0, params_column: 0, params_indent: 0 });
+        };
+        // The plugin gets the params exactly as written (so its line numbers
+        // map to the file); if that text cannot be cut out cleanly, a
+        // re-serialised copy (positions then only approximate).
+        if let Some(line) = self.locate_line(&format!("{key}.params")) {
+            if let Some((text, first, column, indent)) = params_source(self.text, line) {
+                if yaml_serde::from_str::<yaml_serde::Value>(&text).ok().as_ref() == Some(value) {
+                    return Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params: text, params_line: first, params_column: column, params_indent: indent });
+                }
+            }
+        }
+        let params = yaml_serde::to_string(value).unwrap_or_default();
         let params_line = self.locate_line(&format!("{key}.params")).map(|l| l + 1).unwrap_or(0);
-        Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params, params_line })
+        Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params, params_line, params_column: 0, params_indent: 0 })
     }
 
     fn locate_line(&self, key: &str) -> Option<usize> {
@@ -784,7 +902,11 @@ impl Ctx<'_> {
 
     fn check_preview(&self, p: Option<&RawPreview>, raw: &RawRecipe, alpha: Alpha) -> Result<Preview, RecipeError> {
         let typical = alpha.typical();
-        let default_alphas = vec![-typical, 0.0, typical];
+        // Latent mode: α interpolates from w₀ (0) to the optimised latent (1).
+        let default_alphas = match raw.mode {
+            Mode::Direction => vec![-typical, 0.0, typical],
+            Mode::Latent => vec![0.5, 1.0],
+        };
         let Some(p) = p else {
             return Ok(Preview { every: default_preview_every(), alphas: default_alphas, seeds: vec![raw.seeds[0]] });
         };
@@ -799,8 +921,100 @@ impl Ctx<'_> {
         if seeds.is_empty() || seeds.len() > 8 {
             return Err(self.error("preview.seeds", format!("expected 1 to 8 preview seeds, got {}", seeds.len())));
         }
+        if raw.mode == Mode::Latent {
+            if let Some(s) = seeds.iter().find(|s| !raw.seeds.contains(s)) {
+                return Err(self.error("preview.seeds", format!(
+                    "seed {s} is not a training seed; mode 'latent' optimises only the training seeds' latents, so preview those"
+                )));
+            }
+        }
         Ok(Preview { every: p.every, alphas, seeds })
     }
+}
+
+/// Cuts the value of the `params:` key on 1-based `line` out of `text`:
+/// `(text, first line, column offset of line 1, indentation removed from
+/// the other lines)`. Flow style (`params: {a: 1}`) starts on the key's
+/// line; block style on the next line, with the common indentation removed.
+/// Blank and comment lines are kept so that line numbers map one to one.
+fn params_source(text: &str, line: usize) -> Option<(String, usize, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key_line = *lines.get(line - 1)?;
+    let key_indent = key_line.len() - key_line.trim_start().len();
+    let after = key_line.find("params:")? + "params:".len();
+    let rest = &key_line[after..];
+    let rest_trim = rest.trim_start();
+    let inline = !rest_trim.is_empty() && !rest_trim.starts_with('#');
+    // The block: following lines indented deeper than the key (blank and
+    // comment lines included).
+    let mut end = line; // index of the first line after the block
+    while end < lines.len() {
+        let l = lines[end];
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') || l.len() - t.len() > key_indent {
+            end += 1;
+        } else {
+            break;
+        }
+    }
+    // Trailing blank/comment lines belong to no one.
+    while end > line && {
+        let t = lines[end - 1].trim_start();
+        t.is_empty() || t.starts_with('#')
+    } {
+        end -= 1;
+    }
+    let block = &lines[line..end];
+    let indent = block
+        .iter()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let dedent = |l: &&str| -> String { if l.len() >= indent { l[indent..].to_string() } else { l.trim_start().to_string() } };
+    if inline {
+        let column = after + (rest.len() - rest_trim.len());
+        let mut out = vec![rest_trim.to_string()];
+        out.extend(block.iter().map(dedent));
+        Some((out.join("\n") + "\n", line, column, indent))
+    } else {
+        if block.is_empty() {
+            return None;
+        }
+        let out: Vec<String> = block.iter().map(dedent).collect();
+        Some((out.join("\n") + "\n", line + 1, indent, indent))
+    }
+}
+
+/// Parses a seed list as the command line writes it: `3`, `1,2,5`,
+/// `0..10` (end excluded, as in Rust), `0..=9`, or a mix (`0..3,7`).
+pub fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    let bad = |part: &str, why: &str| format!("'{part}' in seeds '{text}': {why}; write seeds as 3, 1,2,5 or 0..10");
+    for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(bad(part, "empty entry"));
+        }
+        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad(part, "not a whole number >= 0"));
+        if let Some((a, b)) = part.split_once("..") {
+            let (b, inclusive) = match b.strip_prefix('=') {
+                Some(b) => (b, true),
+                None => (b, false),
+            };
+            let (a, b) = (num(a)?, num(b)?);
+            let end = if inclusive { b.checked_add(1).ok_or_else(|| bad(part, "too large"))? } else { b };
+            if end <= a {
+                return Err(bad(part, "the range is empty"));
+            }
+            if end - a > 1_000_000 {
+                return Err(bad(part, "more than a million seeds"));
+            }
+            out.extend(a..end);
+        } else {
+            out.push(num(part)?);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -855,5 +1069,118 @@ terms:
         assert_eq!(WeightsRef::from("clip-vit-b32".to_string()), WeightsRef::Named("clip-vit-b32".into()));
         assert!(matches!(WeightsRef::from("w/g.pt".to_string()), WeightsRef::Path(_)));
         assert!(matches!(WeightsRef::from("g.safetensors".to_string()), WeightsRef::Path(_)));
+    }
+
+    /// An expectation line of a file in `tests/recipes/invalid/`:
+    /// `# expect: LINE:COL KEY | substring | substring …` (`-` for no key),
+    /// and `# needs: plugins|binary` when only the binary can check it.
+    pub(crate) struct Expect {
+        pub line: usize,
+        pub column: usize,
+        pub key: String,
+        pub contains: Vec<String>,
+        pub needs: Option<String>,
+    }
+
+    pub(crate) fn read_expect(text: &str) -> Expect {
+        let first = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("an '# expect:' first line");
+        let mut parts = first.split(" | ");
+        let head = parts.next().expect("position and key");
+        let (pos, key) = head.split_once(' ').expect("'L:C KEY'");
+        let (l, c) = pos.split_once(':').expect("L:C");
+        let needs = text.lines().nth(1).and_then(|l| l.strip_prefix("# needs: ")).map(str::to_string);
+        Expect {
+            line: l.parse().expect("a line"),
+            column: c.parse().expect("a column"),
+            key: if key == "-" { String::new() } else { key.to_string() },
+            contains: parts.map(str::to_string).collect(),
+            needs,
+        }
+    }
+
+    fn recipes_dir(kind: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/recipes").join(kind)
+    }
+
+    fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("the recipes folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn invalid_recipes_are_located_and_explained() {
+        let files = yaml_files(&recipes_dir("invalid"));
+        assert!(files.len() >= 30, "only {} invalid recipes", files.len());
+        let mut failures = Vec::new();
+        let mut checked = 0;
+        for path in &files {
+            let text = std::fs::read_to_string(path).expect("readable");
+            let want = read_expect(&text);
+            if want.needs.is_some() {
+                continue; // tui/tests/run.rs checks these through the binary.
+            }
+            checked += 1;
+            let got = std::panic::catch_unwind(|| Recipe::load(path));
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match got {
+                Err(_) => failures.push(format!("{name}: PANICKED")),
+                Ok(Ok(_)) => failures.push(format!("{name}: accepted")),
+                Ok(Err(e)) => {
+                    let shown = e.to_string();
+                    let ok = e.line == want.line
+                        && e.column == want.column
+                        && e.key == want.key
+                        && shown.contains(&name)
+                        && want.contains.iter().all(|c| shown.contains(c.as_str()));
+                    if !ok {
+                        failures.push(format!(
+                            "{name}: got {}:{} '{}' {shown:?}; want {}:{} '{}' containing {:?}",
+                            e.line, e.column, e.key, want.line, want.column, want.key, want.contains
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(checked >= 30, "only {checked} checked here");
+        assert!(failures.is_empty(), "{} of {checked} failed:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn valid_recipes_and_examples_parse() {
+        let mut files = yaml_files(&recipes_dir("valid"));
+        files.extend(yaml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/recipes")));
+        assert!(files.len() >= 5);
+        for path in files {
+            if let Err(e) = Recipe::load(&path) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn params_keep_their_text_and_position() {
+        let text = "prompt: p\nsteps: 1\nterms:\n  - plugin: seg\n    params:\n      # comment\n      classes: [hair]\n\n      size: 64\n  - plugin: clip\n    params: {resize: bilinear}\n";
+        let r = Recipe::parse(text, Path::new("p.yaml")).expect("valid");
+        assert_eq!(r.terms[0].params, "# comment\nclasses: [hair]\n\nsize: 64\n");
+        assert_eq!((r.terms[0].params_line, r.terms[0].params_indent), (6, 6));
+        assert_eq!(r.terms[1].params, "{resize: bilinear}\n");
+        assert_eq!((r.terms[1].params_line, r.terms[1].params_column), (11, 12));
+    }
+
+    #[test]
+    fn seeds_parse() {
+        assert_eq!(parse_seeds("3"), Ok(vec![3]));
+        assert_eq!(parse_seeds("1, 2,5"), Ok(vec![1, 2, 5]));
+        assert_eq!(parse_seeds("0..3,7"), Ok(vec![0, 1, 2, 7]));
+        assert_eq!(parse_seeds("2..=4"), Ok(vec![2, 3, 4]));
+        for bad in ["", "a", "3..3", "1,,2", "-1", "0..99999999"] {
+            let e = parse_seeds(bad).expect_err(bad);
+            assert!(e.contains("0..10"), "{e}");
+        }
     }
 }
