@@ -1,0 +1,1 @@
+//! TUI tests: layout snapshots, the sixel stream, half blocks, the loop.
