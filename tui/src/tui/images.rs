@@ -69,6 +69,10 @@ pub fn protocol_name(picker: Option<&Picker>) -> &'static str {
 }
 
 /// Where the preview tiles go inside the preview pane.
+///
+/// Each seed's tiles (original, then one per α) sit on one line with a label
+/// line above; when the pane is tall and narrow (80×24), a seed's tiles wrap
+/// onto several lines, each with its own labels, if that makes them larger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TileGrid {
     /// The pane's inner area.
@@ -81,50 +85,79 @@ pub struct TileGrid {
     pub rows: usize,
     /// Original plus one per α (columns).
     pub cols: usize,
+    /// Lines each seed's tiles take.
+    pub wrap: usize,
 }
 
 impl TileGrid {
     /// Lays out `rows × cols` tiles of images with aspect `aspect`
-    /// (width / height) in `area`, one label line above them. `None` when
-    /// the area is too small for a recognisable tile.
+    /// (width / height) in `area`. `None` when the area is too small for a
+    /// recognisable tile.
     pub fn new(area: Rect, rows: usize, cols: usize, aspect: f64, font: FontSize) -> Option<Self> {
         if rows == 0 || cols == 0 || area.height < 3 {
             return None;
         }
         let gutter: u16 = if rows > 1 { 6 } else { 0 };
-        let gaps = cols as u16 - 1;
-        let avail_w = area.width.checked_sub(gutter + gaps)?;
-        let avail_h = area.height - 1;
-        let max_w = avail_w / cols as u16;
-        let max_h = avail_h / rows as u16;
         let (fw, fh) = (f64::from(font.width.max(1)), f64::from(font.height.max(1)));
-        // The widest tile whose image, kept in proportion, fits max_h rows.
-        let w_for_h = (f64::from(max_h) * fh * aspect / fw).floor() as u16;
-        let w = max_w.min(w_for_h);
-        let h = ((f64::from(w) * fw / (aspect * fh)).ceil() as u16).min(max_h);
-        if w < 4 || h < 2 {
-            return None;
+        let mut best: Option<Self> = None;
+        for wrap in 1..=cols {
+            let per_line = cols.div_ceil(wrap) as u16;
+            let lines = (rows * wrap) as u16;
+            // One label line on top, or one above every line once wrapped.
+            let label_lines = if wrap == 1 { 1 } else { lines };
+            let (Some(avail_w), Some(avail_h)) =
+                (area.width.checked_sub(gutter + per_line - 1), area.height.checked_sub(label_lines))
+            else {
+                continue;
+            };
+            let (max_w, max_h) = (avail_w / per_line, avail_h / lines);
+            // The widest tile whose image, kept in proportion, fits max_h rows.
+            let w_for_h = (f64::from(max_h) * fh * aspect / fw).floor() as u16;
+            let w = max_w.min(w_for_h);
+            let h = ((f64::from(w) * fw / (aspect * fh)).ceil() as u16).min(max_h);
+            if w < 4 || h < 2 {
+                continue;
+            }
+            if best.is_none_or(|b| w > b.tile.width) {
+                best = Some(Self { area, gutter, tile: Size::new(w, h), rows, cols, wrap });
+            }
         }
-        Some(Self { area, gutter, tile: Size::new(w, h), rows, cols })
+        best
     }
 
-    /// The label line's area above column `col`.
-    pub fn label(&self, col: usize) -> Rect {
-        let t = self.tile_rect(0, col);
-        Rect::new(t.x, self.area.y, t.width, 1)
+    fn per_line(&self) -> usize {
+        self.cols.div_ceil(self.wrap)
+    }
+
+    /// True when every tile line has its own labels (wrapped layout).
+    pub fn labels_every_line(&self) -> bool {
+        self.wrap > 1
+    }
+
+    /// The label line's area above tile (`row`, `col`).
+    pub fn label(&self, row: usize, col: usize) -> Rect {
+        let t = self.tile_rect(row, col);
+        Rect::new(t.x, t.y - 1, t.width, 1)
     }
 
     /// The area of tile (`row`, `col`).
     pub fn tile_rect(&self, row: usize, col: usize) -> Rect {
-        let x = self.area.x + self.gutter + col as u16 * (self.tile.width + 1);
-        let y = self.area.y + 1 + row as u16 * self.tile.height;
+        let line = (row * self.wrap + col / self.per_line()) as u16;
+        let pos = (col % self.per_line()) as u16;
+        let x = self.area.x + self.gutter + pos * (self.tile.width + 1);
+        let y = if self.wrap == 1 {
+            self.area.y + 1 + line * self.tile.height
+        } else {
+            self.area.y + 1 + line * (self.tile.height + 1)
+        };
         Rect::new(x, y, self.tile.width, self.tile.height)
     }
 
     /// The gutter area of row `row`.
     pub fn gutter_rect(&self, row: usize) -> Rect {
-        let t = self.tile_rect(row, 0);
-        Rect::new(self.area.x, t.y, self.gutter, t.height)
+        let first = self.tile_rect(row, 0);
+        let last = self.tile_rect(row, self.cols - 1);
+        Rect::new(self.area.x, first.y, self.gutter, last.bottom() - first.y)
     }
 }
 
@@ -228,8 +261,18 @@ mod tests {
         let g = TileGrid::new(area, 2, 4, 1.0, FontSize::new(10, 20)).expect("room for tiles");
         // A square image at a 1:2 cell takes twice as many columns as rows.
         assert!((i32::from(g.tile.width) - 2 * i32::from(g.tile.height)).abs() <= 1, "{g:?}");
-        let last = g.tile_rect(1, 3);
-        assert!(last.right() <= area.right() && last.bottom() <= area.bottom(), "{last:?} in {area:?}");
+        for r in 0..2 {
+            for c in 0..4 {
+                let t = g.tile_rect(r, c);
+                assert!(t.right() <= area.right() && t.bottom() <= area.bottom(), "{t:?} in {area:?}");
+            }
+        }
+        // A tall, narrow pane wraps one seed's four tiles onto two lines.
+        let tall = TileGrid::new(Rect::new(0, 0, 38, 14), 1, 4, 1.0, FontSize::new(10, 20)).expect("room");
+        assert_eq!(tall.wrap, 2, "{tall:?}");
+        assert!(tall.tile.width > 8, "{tall:?}");
+        let t = tall.tile_rect(0, 3);
+        assert!(t.bottom() <= 14 && t.right() <= 38, "{t:?}");
         assert!(TileGrid::new(Rect::new(0, 0, 10, 3), 1, 4, 1.0, FontSize::new(10, 20)).is_none());
     }
 }

@@ -190,20 +190,23 @@ impl App {
         frame.render_widget(block, area);
         let points: Vec<&Point> = if self.whole_run { self.history.whole_run().collect() } else { self.history.window().collect() };
         let names = self.series_names();
-        let [values_line, chart_area] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
         // The newest values, as numbers: a chart hides small differences.
         let mut spans = Vec::new();
         if let Some(s) = &self.last {
             for (i, name) in names.iter().enumerate() {
                 let v = if i < s.terms.len() { s.terms[i] } else { s.total };
                 spans.push(Span::styled(format!("{name} "), Style::new().fg(series_colour(i, names.len()))));
-                spans.push(Span::raw(format!("{}  ", fmt_value(v))));
+                spans.push(Span::raw(format!("{} ", fmt_value(v))));
             }
             spans.push(Span::raw(format!("|∇| {}", fmt_value(s.grad_norm))).dark_gray());
         } else {
             spans.push(Span::raw("no steps yet").dark_gray());
         }
-        frame.render_widget(Paragraph::new(Line::from(spans)), values_line);
+        let width: usize = spans.iter().map(Span::width).sum();
+        let values_h = if width > inner.width as usize { 2 } else { 1 };
+        let values = Paragraph::new(Line::from(spans)).wrap(Wrap { trim: true });
+        let [values_line, chart_area] = Layout::vertical([Constraint::Length(values_h), Constraint::Min(1)]).areas(inner);
+        frame.render_widget(values, values_line);
         if points.is_empty() {
             return;
         }
@@ -292,12 +295,15 @@ impl App {
             frame.render_widget(Paragraph::new("too small for previews").dark_gray(), inner);
             return;
         };
-        for c in 0..grid.cols {
-            let text = if c == 0 { "original".to_string() } else { format!("α {}", fmt_alpha(current.alphas[c - 1])) };
-            let short = if c == 0 { "orig".to_string() } else { fmt_alpha(current.alphas[c - 1]) };
-            let r = grid.label(c);
-            let t = if text.chars().count() <= r.width as usize { text } else { short };
-            frame.render_widget(Paragraph::new(t).alignment(Alignment::Center).bold(), r);
+        let label_rows = if grid.labels_every_line() { grid.rows } else { 1 };
+        for r in 0..label_rows {
+            for c in 0..grid.cols {
+                let text = if c == 0 { "original".to_string() } else { format!("α {}", fmt_alpha(current.alphas[c - 1])) };
+                let short = if c == 0 { "orig".to_string() } else { fmt_alpha(current.alphas[c - 1]) };
+                let rect = grid.label(r, c);
+                let t = if text.chars().count() <= rect.width as usize { text } else { short };
+                frame.render_widget(Paragraph::new(t).alignment(Alignment::Center).bold(), rect);
+            }
         }
         for (r, row) in current.rows.iter().enumerate() {
             if grid.gutter > 0 {
