@@ -368,6 +368,11 @@ impl App {
         if ctrl_c {
             return self.quit();
         }
+        if key.code == KeyCode::Char('l') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            // Repaint every cell: images lost by a tmux re-attach come back.
+            self.full_redraw = true;
+            return Action::Continue;
+        }
         match key.code {
             KeyCode::Char(' ') => self.toggle_pause(),
             KeyCode::Char('s') => self.save_now(),

@@ -391,6 +391,7 @@ impl App {
             ("w", "loss window: last steps / whole run"),
             ("q, Esc", "quit (asks to save when unsaved)"),
             ("Ctrl-C", "quit, like q"),
+            ("Ctrl-L", "repaint the screen and images"),
             ("?", "this help"),
         ];
         let mut lines: Vec<Line> = rows
