@@ -20,7 +20,8 @@ use super::images::protocol_name;
 /// The smallest screen the app draws on.
 pub const MIN_SIZE: (u16, u16) = (60, 16);
 
-/// Colours of the term curves, in term order; the total is white.
+/// Colours of the term curves, in term order; the total takes the
+/// terminal's own foreground, so it shows on dark and light backgrounds.
 const TERM_COLOURS: [Color; 6] = [Color::Cyan, Color::Yellow, Color::Magenta, Color::Green, Color::Blue, Color::Red];
 
 /// The panes of one screen.
@@ -434,7 +435,7 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 
 fn series_colour(i: usize, n: usize) -> Color {
     if i + 1 == n {
-        Color::White
+        Color::Reset
     } else {
         TERM_COLOURS[i % TERM_COLOURS.len()]
     }
