@@ -119,7 +119,7 @@ pub fn run(handle: EngineHandle, opts: &TuiOptions) -> Result<TuiOutcome> {
     let EngineHandle { events, control, thread: _thread } = handle;
     let mut app = App::new(control, picker, opts.stop_timeout);
     let mut gpu = GpuMemory::new();
-    let mut input = CrosstermInput;
+    let mut input = ThreadedInput::start();
     let outcome = run_loop(&mut terminal, &mut app, &events, &mut input, &signals, &mut gpu);
     drop(guard);
     outcome
@@ -140,14 +140,37 @@ pub trait Input {
     fn poll(&mut self, timeout: Duration) -> Result<Option<TermEvent>>;
 }
 
-struct CrosstermInput;
+/// Terminal events read on their own thread.
+///
+/// crossterm's reader spins forever on a hung-up terminal (an SSH drop
+/// makes `read` return nothing, which its loop never leaves), so it must not
+/// run on the thread that has to notice the hang-up and save the run.
+struct ThreadedInput {
+    rx: Receiver<std::io::Result<TermEvent>>,
+}
 
-impl Input for CrosstermInput {
+impl ThreadedInput {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = std::thread::Builder::new().name("lsd-tui-input".into()).spawn(move || loop {
+            let ev = term_event::read();
+            let failed = ev.is_err();
+            if tx.send(ev).is_err() || failed {
+                return;
+            }
+        });
+        Self { rx }
+    }
+}
+
+impl Input for ThreadedInput {
     fn poll(&mut self, timeout: Duration) -> Result<Option<TermEvent>> {
-        if term_event::poll(timeout)? {
-            Ok(Some(term_event::read()?))
-        } else {
-            Ok(None)
+        match self.rx.recv_timeout(timeout) {
+            Ok(ev) => Ok(Some(ev?)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(color_eyre::eyre::eyre!("the terminal's input closed"))
+            }
         }
     }
 }
@@ -276,19 +299,32 @@ where
         if terminal_gone {
             continue;
         }
-        let size = terminal.size()?;
-        app.sync_images(Rect::new(0, 0, size.width, size.height));
         let due = last_draw.is_none_or(|t| t.elapsed() >= FRAME);
         if due && (app.dirty || app.full_redraw) {
-            if app.full_redraw {
-                terminal.clear()?;
-                app.full_redraw = false;
+            if draw(terminal, app).is_err() {
+                // The terminal went away (a hang-up that sent no signal to
+                // this process): save and leave as after SIGHUP.
+                terminal_gone = true;
+                if let Action::Exit(o) = app.update(Event::Signal("SIGHUP")) {
+                    return Ok(o);
+                }
             }
-            terminal.draw(|f| app.render(f))?;
-            app.dirty = false;
             last_draw = Some(Instant::now());
         }
     }
+}
+
+/// Lays the images out for the current size, then draws one frame.
+fn draw<B: Backend>(terminal: &mut Terminal<B>, app: &mut App) -> std::result::Result<(), B::Error> {
+    let size = terminal.size()?;
+    app.sync_images(Rect::new(0, 0, size.width, size.height));
+    if app.full_redraw {
+        terminal.clear()?;
+        app.full_redraw = false;
+    }
+    terminal.draw(|f| app.render(f))?;
+    app.dirty = false;
+    Ok(())
 }
 
 /// GPU memory from `nvidia-smi`, read every few seconds on its own thread
