@@ -12,7 +12,10 @@ pub mod error;
 pub mod fixture;
 pub mod imageops;
 pub mod models;
+pub mod optim;
+pub mod outputs;
 pub mod recipe;
+pub mod render;
 pub mod plugin;
 pub mod torch;
 
