@@ -15,7 +15,34 @@
 //! the step size to the batch and is not offered.) `norm: total` gives the
 //! whole W+ direction unit Frobenius norm, so α is the distance travelled in
 //! W+ and each layer moves by about `α/√layers`; `norm: none` leaves `u` free
-//! (α is then only a scale).
+//! (α is then only a scale). The constraint is applied once when `u` is
+//! drawn (N(0, 1) from the recipe's seed, masked to the trained layers) and
+//! after every optimiser step; the optimiser's moment estimates are not
+//! projected. Untrained layers of `u` stay exactly zero.
+//!
+//! # The schema
+//!
+//! `tests/recipes/valid/full.yaml` shows every key with its default;
+//! `examples/recipes/` holds the demo recipe and the report's cases. In
+//! short: `prompt` and `steps` and `terms` are required; `models` names the
+//! weights of `generator`, `clip`, `arcface`, `bisenet` (`demo` — the
+//! default —, a manifest name such as `stylegan2-ffhq-1024`, or a path
+//! relative to the recipe); `mode` is `direction` (K = `directions`
+//! directions, LELSD's `diversity` term for K ≥ 2, optional `layers`) or
+//! `latent` (StyleCLIP's per-image latent optimisation: every training
+//! seed's latent is optimised, `batch`, `alpha` and `norm` do not apply,
+//! `latent_l2` weighs `‖w − w₀‖²`); `alpha` is a number or `{min, max,
+//! min_abs}`; `seeds` (one seed: a local direction) with `batch` latents
+//! per step, or `resample: true` for `batch` fresh latents every step (a
+//! global direction); `optimizer` (`adam`, `adamw`, `sgd`; `lr`, `betas`,
+//! `weight_decay`, `momentum`, `schedule`); `preview` (`every`, `alphas`,
+//! `seeds`); `checkpoint_every`; `output`; `device`.
+//!
+//! Each term's `params` are handed to its plugin exactly as written (cut
+//! out of the file), so the plugin's own `line N column M` maps to the
+//! recipe by [`Term::params_line`]. `lsd-tui run RECIPE --models demo`
+//! runs any recipe on the demo networks (the report's cases name real
+//! weights by manifest name; the demo recipe leaves `models` out).
 
 pub mod locate;
 
@@ -365,7 +392,10 @@ pub struct RawRecipe {
     /// Training seeds: one seed trains a local direction, several a global one.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
-    /// Latents per step. With `resample: true` they are drawn afresh each step.
+    /// Latents per step. With `resample: true` they are drawn afresh each
+    /// step; otherwise `batch` of the training seeds are drawn per step (all
+    /// of them when equal). Not used in `mode: latent`, which optimises every
+    /// training seed each step.
     #[serde(default = "one_usize")]
     pub batch: usize,
     /// Draw a new batch of latents every step (global directions).
@@ -585,10 +615,49 @@ fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> RecipeError {
         _ => (String::new(), msg.clone()),
     };
     let detail = detail.split(" at line ").next().unwrap_or(&detail).to_string();
+    let (mut line, mut column, mut key) = (line, column, key);
+    let quoted = |d: &str| -> Option<String> {
+        let a = d.find('`')?;
+        let b = d[a + 1..].find('`')?;
+        Some(d[a + 1..a + 1 + b].to_string())
+    };
+    if detail.contains("unknown field") {
+        // Name the misspelt key itself: `optimizer.lrr`, not `optimizer`.
+        if let Some(field) = quoted(&detail) {
+            key = if key.is_empty() { field } else { format!("{key}.{field}") };
+        }
+    } else if detail.contains("duplicate field") {
+        // serde reports the mapping; point at the second occurrence.
+        if let Some(field) = quoted(&detail) {
+            let hits: Vec<(usize, usize)> = text
+                .lines()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let t = l.trim_start();
+                    let t = t.strip_prefix("- ").unwrap_or(t);
+                    t.strip_prefix(field.as_str()).filter(|r| r.trim_start().starts_with(':')).map(|_| (i + 1, l.len() - l.trim_start().len() + 1))
+                })
+                .collect();
+            if let Some(&(l, c)) = hits.get(1) {
+                (line, column) = (l, c);
+            }
+            key = if key.is_empty() { field } else { format!("{key}.{field}") };
+        }
+    } else if detail.contains("untagged enum RawAlpha") {
+        // Untagged enums lose the path and position: it can only be `alpha`.
+        key = "alpha".into();
+        if let Some(at) = locate::locate(text, &locate::parse_path("alpha")) {
+            (line, column) = at;
+        }
+    }
     let hint = if detail.contains("unknown field") {
         "; remove it or fix its spelling (keys are case-sensitive)"
     } else if detail.contains("missing field") {
         "; add it (see examples/recipes/ for a complete recipe)"
+    } else if detail.contains("duplicate field") {
+        "; a key may appear only once: remove one of them"
+    } else if detail.contains("unknown variant") {
+        "; use one of the values listed"
     } else if detail.contains("invalid type") || detail.contains("invalid value") {
         "; fix the value's type"
     } else if detail.contains("did not match any variant") {
@@ -598,7 +667,6 @@ fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> RecipeError {
     } else {
         ""
     };
-    let _ = text;
     RecipeError { file: file.to_path_buf(), line, column, key, message: format!("{detail}{hint}") }
 }
 
@@ -1001,5 +1069,118 @@ terms:
         assert_eq!(WeightsRef::from("clip-vit-b32".to_string()), WeightsRef::Named("clip-vit-b32".into()));
         assert!(matches!(WeightsRef::from("w/g.pt".to_string()), WeightsRef::Path(_)));
         assert!(matches!(WeightsRef::from("g.safetensors".to_string()), WeightsRef::Path(_)));
+    }
+
+    /// An expectation line of a file in `tests/recipes/invalid/`:
+    /// `# expect: LINE:COL KEY | substring | substring …` (`-` for no key),
+    /// and `# needs: plugins|binary` when only the binary can check it.
+    pub(crate) struct Expect {
+        pub line: usize,
+        pub column: usize,
+        pub key: String,
+        pub contains: Vec<String>,
+        pub needs: Option<String>,
+    }
+
+    pub(crate) fn read_expect(text: &str) -> Expect {
+        let first = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("an '# expect:' first line");
+        let mut parts = first.split(" | ");
+        let head = parts.next().expect("position and key");
+        let (pos, key) = head.split_once(' ').expect("'L:C KEY'");
+        let (l, c) = pos.split_once(':').expect("L:C");
+        let needs = text.lines().nth(1).and_then(|l| l.strip_prefix("# needs: ")).map(str::to_string);
+        Expect {
+            line: l.parse().expect("a line"),
+            column: c.parse().expect("a column"),
+            key: if key == "-" { String::new() } else { key.to_string() },
+            contains: parts.map(str::to_string).collect(),
+            needs,
+        }
+    }
+
+    fn recipes_dir(kind: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/recipes").join(kind)
+    }
+
+    fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("the recipes folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn invalid_recipes_are_located_and_explained() {
+        let files = yaml_files(&recipes_dir("invalid"));
+        assert!(files.len() >= 30, "only {} invalid recipes", files.len());
+        let mut failures = Vec::new();
+        let mut checked = 0;
+        for path in &files {
+            let text = std::fs::read_to_string(path).expect("readable");
+            let want = read_expect(&text);
+            if want.needs.is_some() {
+                continue; // tui/tests/run.rs checks these through the binary.
+            }
+            checked += 1;
+            let got = std::panic::catch_unwind(|| Recipe::load(path));
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match got {
+                Err(_) => failures.push(format!("{name}: PANICKED")),
+                Ok(Ok(_)) => failures.push(format!("{name}: accepted")),
+                Ok(Err(e)) => {
+                    let shown = e.to_string();
+                    let ok = e.line == want.line
+                        && e.column == want.column
+                        && e.key == want.key
+                        && shown.contains(&name)
+                        && want.contains.iter().all(|c| shown.contains(c.as_str()));
+                    if !ok {
+                        failures.push(format!(
+                            "{name}: got {}:{} '{}' {shown:?}; want {}:{} '{}' containing {:?}",
+                            e.line, e.column, e.key, want.line, want.column, want.key, want.contains
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(checked >= 30, "only {checked} checked here");
+        assert!(failures.is_empty(), "{} of {checked} failed:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn valid_recipes_and_examples_parse() {
+        let mut files = yaml_files(&recipes_dir("valid"));
+        files.extend(yaml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/recipes")));
+        assert!(files.len() >= 5);
+        for path in files {
+            if let Err(e) = Recipe::load(&path) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn params_keep_their_text_and_position() {
+        let text = "prompt: p\nsteps: 1\nterms:\n  - plugin: seg\n    params:\n      # comment\n      classes: [hair]\n\n      size: 64\n  - plugin: clip\n    params: {resize: bilinear}\n";
+        let r = Recipe::parse(text, Path::new("p.yaml")).expect("valid");
+        assert_eq!(r.terms[0].params, "# comment\nclasses: [hair]\n\nsize: 64\n");
+        assert_eq!((r.terms[0].params_line, r.terms[0].params_indent), (6, 6));
+        assert_eq!(r.terms[1].params, "{resize: bilinear}\n");
+        assert_eq!((r.terms[1].params_line, r.terms[1].params_column), (11, 12));
+    }
+
+    #[test]
+    fn seeds_parse() {
+        assert_eq!(parse_seeds("3"), Ok(vec![3]));
+        assert_eq!(parse_seeds("1, 2,5"), Ok(vec![1, 2, 5]));
+        assert_eq!(parse_seeds("0..3,7"), Ok(vec![0, 1, 2, 7]));
+        assert_eq!(parse_seeds("2..=4"), Ok(vec![2, 3, 4]));
+        for bad in ["", "a", "3..3", "1,,2", "-1", "0..99999999"] {
+            let e = parse_seeds(bad).expect_err(bad);
+            assert!(e.contains("0..10"), "{e}");
+        }
     }
 }

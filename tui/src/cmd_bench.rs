@@ -1,12 +1,361 @@
-//! `lsd-tui bench` (being written).
+//! `lsd-tui bench`: timings, not tests.
+//!
+//! - `bench step --size 256 [--batch 1] [--device cpu] [--plugins]`: ms per
+//!   training step of the engine with all three terms (CLIP, identity,
+//!   segmentation) on random-weight networks of the real widths: StyleGAN2
+//!   config-f at `size`, CLIP ViT-B/32, ArcFace IR-SE50, BiSeNet-19 (weights
+//!   drawn with [`SeededWeights`] under the real key names and
+//!   configurations); α = 3, Adam. The terms run in-process, or with
+//!   `--plugins` as the built-in plugin libraries loaded from
+//!   `LSD_PLUGIN_PATH` / next to the executable (the random weights are
+//!   then written to a temporary folder and handed to them as files).
+//! - `bench generator --size 256 [--batch 1]`: forward, and forward +
+//!   backward to W+, of the config-f generator.
+//!
+//! Both report the median after warm-up and the peak resident memory
+//! (`VmHWM` of /proc/self/status; GPU memory is not counted), as one JSON
+//! line at the end.
 
-use color_eyre::eyre::{bail, Result};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use color_eyre::eyre::{eyre, Result};
+use lsd_core::demo::SeededWeights;
+use lsd_core::engine::events::TrainEvent;
+use lsd_core::engine::{self, EngineTerm, Setup, Weights};
+use lsd_core::models::{arcface, bisenet, clip, stylegan2};
+use lsd_core::plugin::{self, discovery, EditBatch, LossTerm};
+use lsd_core::recipe::Recipe;
 
 /// `lsd-tui bench` arguments.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// Milliseconds per training step with all three loss terms.
+    Step(StepArgs),
+    /// Milliseconds per generator forward, and forward + backward to W+.
+    Generator(GenArgs),
+}
+
+/// `bench step` arguments.
+#[derive(Debug, clap::Args)]
+struct StepArgs {
+    /// Generator output side (config-f widths at that size).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Latents per step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Load the terms as plugin libraries instead of in-process.
+    #[arg(long)]
+    plugins: bool,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Side BiSeNet parses at (512 as the real network).
+    #[arg(long, default_value_t = 512)]
+    seg_size: usize,
+}
+
+/// `bench generator` arguments.
+#[derive(Debug, clap::Args)]
+struct GenArgs {
+    /// Generator output side (config-f widths at that size).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Latents per pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Timed passes.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Untimed passes first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+}
 
 /// Runs a benchmark.
-pub fn run(_a: BenchArgs) -> Result<()> {
-    bail!("'bench' is not available in this build yet")
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.what {
+        What::Step(s) => step(s),
+        What::Generator(g) => generator(g),
+    }
+}
+
+/// Peak resident memory in MiB (`VmHWM`), where /proc has it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => 0.5 * (xs[n / 2 - 1] + xs[n / 2]),
+    }
+}
+
+fn gen_config(size: usize) -> Result<stylegan2::Config> {
+    if size < 8 || !size.is_power_of_two() {
+        return Err(eyre!("--size {size}: give a power of two >= 8 (256, 512, 1024)"));
+    }
+    Ok(stylegan2::Config::with_channel_multiplier(size, 512, 8, 2))
+}
+
+/// Random weights under the real names, He-style scaled by fan-in.
+fn scaled(shapes: impl IntoIterator<Item = (String, Vec<usize>)>, seed: u64) -> Result<SeededWeights> {
+    let mut w = SeededWeights::new(seed);
+    for (name, shape) in shapes {
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        if name.ends_with("running_var") {
+            w.constant(&name, &shape, 1.0)?;
+        } else if name.ends_with("running_mean") || name.ends_with("num_batches_tracked") {
+            w.constant(&name, &shape, 0.0)?;
+        } else if name == "logit_scale" {
+            w.constant(&name, &shape, 100f32.ln())?;
+        } else if shape.len() == 1 && name.ends_with("weight") {
+            w.normal(&name, &shape, 1.0, 0.05)?;
+        } else if shape.len() <= 1 {
+            w.normal(&name, &shape, 0.0, 0.02)?;
+        } else {
+            w.normal(&name, &shape, 0.0, (1.0 / fan_in as f32).sqrt())?;
+        }
+    }
+    Ok(w)
+}
+
+/// The three networks' random weights at real widths, f32 on the CPU.
+struct Nets {
+    clip: HashMap<String, Tensor>,
+    arcface: HashMap<String, Tensor>,
+    bisenet: HashMap<String, Tensor>,
+}
+
+fn nets() -> Result<Nets> {
+    let clip = scaled(clip::Config::vit_b_32().parameter_shapes(), 1)?.tensors().clone();
+    let arcface = arcface::demo_weights(&arcface::Config::ir_se50(), 2)?.tensors().clone();
+    let shapes = bisenet::Config::face_parsing_19()
+        .state_dict_shapes()
+        .into_iter()
+        .filter(|(_, _, d)| *d != DType::I64)
+        .map(|(n, s, _)| (n, s));
+    let bisenet = scaled(shapes, 3)?.tensors().clone();
+    Ok(Nets { clip, arcface, bisenet })
+}
+
+/// CLIP term: `1 − cos(E_img(x_edit), E_txt(prompt))`, averaged.
+struct ClipTerm(clip::ClipLoss);
+
+impl LossTerm for ClipTerm {
+    fn loss(&self, b: &EditBatch) -> lsd_core::Result<Tensor> {
+        Ok(self.0.loss(&b.x_edit, 0)?.mean_all()?)
+    }
+}
+
+/// Identity term: StyleCLIP's `IDLoss(x_edit, x)`.
+struct IdTerm(arcface::id_loss::IdLoss);
+
+impl LossTerm for IdTerm {
+    fn loss(&self, b: &EditBatch) -> lsd_core::Result<Tensor> {
+        self.0.forward(&b.x_edit, &b.x)
+    }
+}
+
+/// Segmentation term: the share of `Δ²` outside the (detached) hair mask
+/// of `x` and `x_edit`, as the built-in plugin computes it in pixel space.
+struct SegTerm {
+    net: bisenet::BiSeNet,
+    size: usize,
+}
+
+impl LossTerm for SegTerm {
+    fn loss(&self, b: &EditBatch) -> lsd_core::Result<Tensor> {
+        use candle_core::Module;
+        let hair = [17usize];
+        let (_, _, h, w) = b.x.dims4()?;
+        let mask = |x: &Tensor| -> lsd_core::Result<Tensor> {
+            let input = bisenet::preprocess_generator_image(&x.detach(), (self.size, self.size))?;
+            let probs = bisenet::probabilities(&self.net.forward(&input)?)?;
+            let m = bisenet::soft_mask(&probs, &hair)?.unsqueeze(1)?;
+            Ok(lsd_core::imageops::resample(&m, lsd_core::imageops::Filter::AdaptiveAvg, (h, w))?)
+        };
+        let s = mask(&b.x)?.maximum(&mask(&b.x_edit)?)?.detach();
+        let d2 = (&b.x_edit - &b.x)?.sqr()?;
+        let outside = d2.broadcast_mul(&(1.0 - s)?)?.sum_all()?;
+        Ok((outside / (d2.sum_all()? + 1e-6)?)?)
+    }
+}
+
+fn step(a: StepArgs) -> Result<()> {
+    let device = plugin::parse_device(&a.device)?;
+    let cfg = gen_config(a.size)?;
+    let dir = tempfile::tempdir()?;
+    let t_setup = Instant::now();
+    let gen_w = stylegan2::demo::demo_weights(&cfg, 4)?;
+    let gen_file = dir.path().join("generator.safetensors");
+    let mut gen_tensors: Vec<(String, Tensor)> = gen_w.tensors().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    gen_tensors.push(("latent_avg".into(), Tensor::zeros(cfg.style_dim, DType::F32, &Device::Cpu)?));
+    write(&gen_file, &gen_tensors)?;
+    drop(gen_tensors);
+    let nets = nets()?;
+    let prompt = "a photo of a person with gray hair";
+    let mut weights = Weights { generator: Some(gen_file), ..Weights::default() };
+    let terms = if a.plugins {
+        for (name, t) in [("clip", &nets.clip), ("arcface", &nets.arcface), ("bisenet", &nets.bisenet)] {
+            let path = dir.path().join(format!("{name}.safetensors"));
+            write(&path, &t.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>())?;
+            match name {
+                "clip" => weights.clip = Some(path),
+                "arcface" => weights.arcface = Some(path),
+                _ => weights.bisenet = Some(path),
+            }
+        }
+        let ctx = weights.context(&device);
+        let load = |name: &str, params: &str| -> Result<EngineTerm> {
+            let lib = discovery::resolve(name, &[])?;
+            Ok(EngineTerm { name: name.into(), weight: 1.0, imp: engine::TermImpl::Plugin(lib.instantiate(params, &ctx)?) })
+        };
+        vec![
+            load("clip", "")?,
+            load("identity", "")?,
+            load("segmentation", &format!("size: {}\nclasses: [hair]\n", a.seg_size))?,
+        ]
+    } else {
+        let vb = |t: &HashMap<String, Tensor>| candle_nn::VarBuilder::from_tensors(t.clone(), DType::F32, &device);
+        let c = clip::Clip::new(&clip::Config::vit_b_32(), vb(&nets.clip))?;
+        let tok = clip::ClipTokenizer::embedded()?;
+        let clip_loss = clip::ClipLoss::new(c, &tok, &[prompt], clip::preprocess::Resize::Auto)?;
+        let id = arcface::Backbone::new(&arcface::Config::ir_se50(), vb(&nets.arcface))?;
+        let seg = bisenet::BiSeNet::new(&bisenet::Config::face_parsing_19(), vb(&nets.bisenet))?;
+        vec![
+            EngineTerm::in_process("clip", 1.0, ClipTerm(clip_loss)),
+            EngineTerm::in_process("identity", 1.0, IdTerm(arcface::id_loss::IdLoss::new(id))),
+            EngineTerm::in_process("segmentation", 1.0, SegTerm { net: seg, size: a.seg_size }),
+        ]
+    };
+    drop(nets);
+    let setup_s = t_setup.elapsed().as_secs_f64();
+    let total = a.warmup + a.steps;
+    let text = format!(
+        "name: bench\nprompt: {prompt}\nsteps: {total}\nalpha: 3\nbatch: {b}\nresample: true\ncheckpoint_every: 0\npreview: {{every: 0, alphas: [3]}}\noptimizer: {{kind: adam, lr: 0.01}}\nterms:\n  - plugin: clip\n  - plugin: identity\n  - plugin: segmentation\n",
+        b = a.batch
+    );
+    let mut recipe = Recipe::parse(&text, Path::new("bench.yaml")).map_err(|e| eyre!("{e}"))?;
+    recipe.output = dir.path().join("run");
+    let setup = Setup { device: device.clone(), weights, terms, resume: false, stop_after: None, metrics: false };
+    let (tx, rx) = mpsc::channel();
+    let (_ctl, crx) = mpsc::channel();
+    let worker = std::thread::spawn(move || engine::run(recipe, setup, &tx, &crx));
+    let mut times = Vec::new();
+    let mut last: Option<Instant> = None;
+    for e in rx.iter() {
+        match e {
+            TrainEvent::WarmUp { what } if what.starts_with("first step") => last = Some(Instant::now()),
+            TrainEvent::Step(s) => {
+                let now = Instant::now();
+                if let Some(t) = last {
+                    times.push((s.step, (now - t).as_secs_f64() * 1e3));
+                }
+                last = Some(now);
+                eprintln!("step {}/{total}: {:.0} ms", s.step, times.last().map_or(f64::NAN, |t| t.1));
+            }
+            TrainEvent::Failed { error } => return Err(eyre!("the benchmark run failed: {error}")),
+            _ => {}
+        }
+    }
+    worker.join().map_err(|_| eyre!("the engine thread panicked"))??;
+    let mut timed: Vec<f64> = times.iter().filter(|(s, _)| *s > a.warmup).map(|t| t.1).collect();
+    let warm: Vec<f64> = times.iter().filter(|(s, _)| *s <= a.warmup).map(|t| t.1).collect();
+    let line = serde_json::json!({
+        "bench": "step",
+        "size": a.size,
+        "batch": a.batch,
+        "device": plugin::device_name(&device),
+        "terms": if a.plugins { "plugins" } else { "in-process" },
+        "seg_size": a.seg_size,
+        "median_ms": median(&mut timed),
+        "min_ms": timed.iter().cloned().fold(f64::INFINITY, f64::min),
+        "warmup_ms": warm,
+        "steps": timed.len(),
+        "setup_s": setup_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    lsd_core::outputs::write_tensors(path, &refs, &Default::default())?;
+    Ok(())
+}
+
+fn generator(a: GenArgs) -> Result<()> {
+    let device = plugin::parse_device(&a.device)?;
+    let cfg = gen_config(a.size)?;
+    let gen = stylegan2::Generator::new(&cfg, stylegan2::demo::demo_weights(&cfg, 4)?.into_var_builder(&device))?;
+    let (l, d) = (cfg.n_latent(), cfg.style_dim);
+    let mut s = SeededWeights::new(5);
+    s.normal("w", &[a.batch, l, d], 0.0, 1.0)?;
+    let w = s.tensors()["w"].to_device(&device)?;
+    let sync = |t: &Tensor| -> Result<()> {
+        // Reading one value waits for the device.
+        t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(())
+    };
+    let mut fwd = Vec::new();
+    let mut fwd_bwd = Vec::new();
+    for i in 0..a.warmup + a.iters {
+        let t = Instant::now();
+        let img = gen.synthesis(&w, stylegan2::Noise::Stored, false)?.image;
+        sync(&img)?;
+        let f = t.elapsed().as_secs_f64() * 1e3;
+        let var = Var::from_tensor(&w)?;
+        let t = Instant::now();
+        let img = gen.synthesis(var.as_tensor(), stylegan2::Noise::Stored, false)?.image;
+        let grads = img.sqr()?.mean_all()?.backward()?;
+        let g = grads.get(var.as_tensor()).ok_or_else(|| eyre!("no gradient reached W+"))?;
+        sync(g)?;
+        let fb = t.elapsed().as_secs_f64() * 1e3;
+        eprintln!("pass {}: forward {f:.0} ms, forward+backward {fb:.0} ms", i + 1);
+        if i >= a.warmup {
+            fwd.push(f);
+            fwd_bwd.push(fb);
+        }
+    }
+    let line = serde_json::json!({
+        "bench": "generator",
+        "size": a.size,
+        "batch": a.batch,
+        "device": plugin::device_name(&device),
+        "forward_ms": median(&mut fwd),
+        "forward_backward_ms": median(&mut fwd_bwd),
+        "iters": a.iters,
+        "peak_rss_mib": peak_rss_mib(),
+        "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
+    });
+    println!("{line}");
+    Ok(())
 }

@@ -10,6 +10,7 @@ mod cmd_fixture;
 mod cmd_plugins;
 mod cmd_run;
 mod cmd_weights;
+mod headless;
 mod tui;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,187 @@
+//! End-to-end tests of `lsd-tui run`, `demo` and `apply` on the demo
+//! networks with the built-in plugins (built from here on first use).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use lsd_core::outputs::read_direction;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lsd-tui");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The folder(s) holding the built-in plugins, built once.
+fn plugin_path() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let libs = lsd_core::plugin::testing::build_plugins(
+            root().join("Cargo.toml"),
+            &["lsd-plugin-clip", "lsd-plugin-identity", "lsd-plugin-segmentation"],
+        )
+        .expect("the built-in plugins build");
+        let mut dirs: Vec<PathBuf> = libs.iter().filter_map(|l| l.parent().map(Path::to_path_buf)).collect();
+        dirs.dedup();
+        std::env::join_paths(dirs).expect("joinable").to_string_lossy().into_owned()
+    })
+}
+
+fn lsd(args: &[&str], weights_dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("LSD_PLUGIN_PATH", plugin_path())
+        .env("LSD_WEIGHTS_DIR", weights_dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(args: &[&str], weights_dir: &Path) -> Output {
+    lsd(args, weights_dir).output().expect("the binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("status {:?}\n--- stdout\n{}\n--- stderr\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn direction(dir: &Path) -> Vec<f32> {
+    let d = read_direction(&dir.join("direction.safetensors"), &Device::Cpu).expect("a direction file");
+    d.direction.flatten_all().and_then(|t| t.to_vec1()).expect("f32 values")
+}
+
+/// A column of losses.csv.
+fn column(dir: &Path, name: &str) -> Vec<f64> {
+    let csv = std::fs::read_to_string(dir.join("losses.csv")).expect("losses.csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let i = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"));
+    lines.map(|l| l.split(',').nth(i).expect("cell").parse().expect("a number")).collect()
+}
+
+#[test]
+fn every_invalid_recipe_is_a_located_error_and_no_panic() {
+    let empty_weights = tempfile::tempdir().expect("tempdir");
+    let dir = root().join("tests/recipes/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("the folder").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    assert!(files.len() >= 30);
+    let mut failures = Vec::new();
+    for path in &files {
+        let body = std::fs::read_to_string(path).expect("readable");
+        let first = body.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("an expectation");
+        let mut parts = first.split(" | ");
+        let (pos, key) = parts.next().and_then(|h| h.split_once(' ')).expect("L:C KEY");
+        let out = run(&["run", path.to_str().expect("utf-8"), "--check", "--headless"], empty_weights.path());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let name = path.file_name().expect("a name").to_string_lossy().into_owned();
+        let located = format!("{name}:{pos}:");
+        let mut ok = out.status.code() == Some(2) && err.contains(&located) && !err.contains("panicked");
+        if key != "-" {
+            ok &= err.contains(&format!("'{key}'"));
+        }
+        for c in parts {
+            ok &= err.contains(c);
+        }
+        if !ok {
+            failures.push(format!("{name} (want {located} '{key}' …):\n{}", text(&out)));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), files.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn demo_trains_end_to_end_and_its_clip_term_decreases_then_apply_uses_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out_dir = tmp.path().join("demo");
+    let t = Instant::now();
+    let out = run(&["demo", "--headless", "--output", out_dir.to_str().expect("utf-8")], tmp.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("DEMO MODEL") && stdout.contains("done in"), "{}", text(&out));
+    eprintln!("demo took {:.1} s", t.elapsed().as_secs_f64());
+    for f in ["direction.safetensors", "recipe.yaml", "losses.csv", "losses.png", "metrics.json", "strip-0.png", "checkpoint.safetensors"] {
+        assert!(out_dir.join(f).is_file(), "missing {f}");
+    }
+    let clip = column(&out_dir, "clip");
+    assert_eq!(clip.len(), 12);
+    assert!(clip[clip.len() - 1] < clip[0], "the CLIP term did not decrease: {clip:?}");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).expect("json")).expect("valid");
+    assert!(metrics["clip_similarity"]["after"].as_f64().is_some(), "{metrics}");
+
+    let strip = tmp.path().join("applied.png");
+    let out = run(
+        &["apply", out_dir.join("direction.safetensors").to_str().expect("utf-8"), "--seeds", "5..7", "--alphas", "-2,2", "--out", strip.to_str().expect("utf-8")],
+        tmp.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let img = image::open(&strip).expect("a PNG");
+    assert!(img.width() > 3 * 64 && img.height() > 2 * 64, "{}x{}", img.width(), img.height());
+}
+
+const SMALL: &str = "\
+prompt: a photo of a person with blonde hair
+steps: 6
+seed: 3
+seeds: [0, 1]
+batch: 1
+alpha: {min: -3, max: 3, min_abs: 1}
+checkpoint_every: 1
+preview: {every: 0, seeds: [0]}
+terms:
+  - plugin: clip
+  - plugin: segmentation
+    weight: 0.1
+    params: {size: 64}
+";
+
+#[test]
+fn same_recipe_twice_is_identical_and_a_killed_run_resumes_to_the_same_direction() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let recipe = tmp.path().join("small.yaml");
+    std::fs::write(&recipe, SMALL).expect("writable");
+    let r = recipe.to_str().expect("utf-8");
+    let out = |name: &str| tmp.path().join(name);
+    let go = |extra: &[&str], dir: &Path| {
+        let mut args = vec!["run", r, "--headless", "--output", dir.to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        let o = run(&args, tmp.path());
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+    go(&[], &out("a"));
+    go(&[], &out("b"));
+    assert_eq!(direction(&out("a")), direction(&out("b")), "same recipe, different direction");
+
+    // Stop after step 2, then resume.
+    let o = go(&["--stop-after", "2"], &out("stopped"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--resume"), "{}", text(&o));
+    go(&["--resume"], &out("stopped"));
+    assert_eq!(direction(&out("a")), direction(&out("stopped")));
+
+    // Really kill the process once a checkpoint is on disk, then resume.
+    let killed = out("killed");
+    let mut child = lsd(&["run", r, "--headless", "--output", killed.to_str().expect("utf-8")], tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !killed.join("checkpoint.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("killable");
+    child.wait().expect("reaped");
+    let finished_before_kill = killed.join("metrics.json").is_file();
+    go(&["--resume"], &killed);
+    assert_eq!(direction(&out("a")), direction(&killed));
+    assert_eq!(column(&out("a"), "total"), column(&killed, "total"));
+    if finished_before_kill {
+        eprintln!("note: the run finished before it was killed");
+    }
+}
