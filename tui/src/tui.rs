@@ -26,12 +26,13 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{Result, WrapErr};
 use crossterm::event::{self as term_event, Event as TermEvent};
 use lsd_core::engine::events::TrainEvent;
-use lsd_core::engine::EngineHandle;
+use lsd_core::engine::{EngineHandle, RunSummary};
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
 use ratatui::Terminal;
@@ -79,13 +80,15 @@ impl Default for TuiOptions {
 }
 
 /// How the TUI ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum TuiOutcome {
     /// The run ended normally (or was stopped and saved): outputs are in
-    /// `output`. The engine thread has ended or is ending; join it.
+    /// `output`.
     Finished {
         /// The run folder.
         output: PathBuf,
+        /// What the engine thread returned (`None` if it had not ended in time).
+        summary: Option<RunSummary>,
     },
     /// The run stopped on an error.
     Failed {
@@ -105,7 +108,29 @@ pub enum TuiOutcome {
         signal: &'static str,
         /// Whether the checkpoint and outputs were written in time.
         saved: bool,
+        /// What the engine thread returned (`None` if it had not ended in time).
+        summary: Option<RunSummary>,
     },
+}
+
+/// How long [`run`] waits for the engine thread to end after it said it finished.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Fills in the engine's summary once its thread has ended.
+fn with_summary(outcome: TuiOutcome, thread: JoinHandle<lsd_core::Result<RunSummary>>) -> TuiOutcome {
+    let join = |thread: JoinHandle<lsd_core::Result<RunSummary>>| {
+        let end = Instant::now() + JOIN_WAIT;
+        while !thread.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A thread still running is left to the process's end.
+        thread.is_finished().then(|| thread.join().ok().and_then(|r| r.ok())).flatten()
+    };
+    match outcome {
+        TuiOutcome::Finished { output, .. } => TuiOutcome::Finished { output, summary: join(thread) },
+        TuiOutcome::Signalled { signal, saved, .. } => TuiOutcome::Signalled { signal, saved, summary: join(thread) },
+        other => other,
+    }
 }
 
 /// Runs the TUI on the current terminal until the user quits, the run ends
@@ -116,13 +141,13 @@ pub fn run(handle: EngineHandle, opts: &TuiOptions) -> Result<TuiOutcome> {
     let mut terminal = ratatui::try_init().wrap_err("could not set the terminal up (is stdout a terminal?)")?;
     // The query answers arrive on stdin: ask before reading key events.
     let picker = images::pick(opts.graphics);
-    let EngineHandle { events, control, thread: _thread } = handle;
+    let EngineHandle { events, control, thread } = handle;
     let mut app = App::new(control, picker, opts.stop_timeout);
     let mut gpu = GpuMemory::new();
     let mut input = ThreadedInput::start();
     let outcome = run_loop(&mut terminal, &mut app, &events, &mut input, &signals, &mut gpu);
     drop(guard);
-    outcome
+    Ok(with_summary(outcome?, thread))
 }
 
 /// Restores the terminal when dropped (early returns and errors).
@@ -145,6 +170,9 @@ pub trait Input {
 /// crossterm's reader spins forever on a hung-up terminal (an SSH drop
 /// makes `read` return nothing, which its loop never leaves), so it must not
 /// run on the thread that has to notice the hang-up and save the run.
+/// It polls with a short timeout rather than blocking in `read`, because
+/// crossterm's event reader is one global lock that the drawing thread also
+/// needs (ratatui's `clear` asks the terminal for the cursor position).
 struct ThreadedInput {
     rx: Receiver<std::io::Result<TermEvent>>,
 }
@@ -153,7 +181,11 @@ impl ThreadedInput {
     fn start() -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let _ = std::thread::Builder::new().name("lsd-tui-input".into()).spawn(move || loop {
-            let ev = term_event::read();
+            let ev = match term_event::poll(Duration::from_millis(50)) {
+                Ok(false) => continue,
+                Ok(true) => term_event::read(),
+                Err(e) => Err(e),
+            };
             let failed = ev.is_err();
             if tx.send(ev).is_err() || failed {
                 return;
@@ -198,11 +230,13 @@ impl Signals {
     }
 
     /// No handlers (tests).
+    #[cfg(test)]
     pub fn none() -> Self {
         Self { flags: Vec::new() }
     }
 
     /// A flag set by hand (tests).
+    #[cfg(test)]
     pub fn manual(name: &'static str, flag: Arc<AtomicBool>) -> Self {
         Self { flags: vec![(name, flag)] }
     }
@@ -252,7 +286,7 @@ where
                 }
                 next = input.poll(Duration::ZERO);
             }
-            if next.is_err() {
+            if let Err(e) = &next {
                 // stdin closed under us: behave as after SIGHUP.
                 terminal_gone = true;
                 if let Action::Exit(o) = app.update(Event::Signal("SIGHUP")) {

@@ -6,13 +6,27 @@
 //! and echo back on, alternate screen left) and the outputs written.
 //!
 //! Needs tmux. Without it the test prints a loud notice and passes; CI
-//! installs tmux, so there it always runs.
+//! installs tmux, so there it always runs. The built-in loss plugins are
+//! built on first use (as in `run.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lsd-tui");
+
+/// The folders holding the built-in plugins, built here.
+fn plugin_path() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let libs = lsd_core::plugin::testing::build_plugins(
+        root.join("Cargo.toml"),
+        &["lsd-plugin-clip", "lsd-plugin-identity", "lsd-plugin-segmentation"],
+    )
+    .expect("the built-in plugins build");
+    let mut dirs: Vec<PathBuf> = libs.iter().filter_map(|l| l.parent().map(Path::to_path_buf)).collect();
+    dirs.dedup();
+    std::env::join_paths(dirs).expect("joinable").to_string_lossy().into_owned()
+}
 
 /// A private tmux server (its own socket), killed when dropped.
 struct Tmux {
@@ -42,6 +56,7 @@ impl Tmux {
             if pred(&s) {
                 return s;
             }
+            assert!(!s.contains("EXIT="), "the app exited while waiting for {what}; screen:\n{s}");
             assert!(Instant::now() < end, "timed out waiting for {what}; screen:\n{s}");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -92,14 +107,17 @@ fn tui_demo_in_tmux_steps_pauses_quits_and_saves() {
     if !tmux_present() {
         return;
     }
+    let plugins = plugin_path();
     let dir = tempfile::tempdir().expect("temp dir");
+    let weights = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out");
     let tmux = Tmux { socket: format!("lsd-tui-e2e-{}", std::process::id()) };
     // After the app exits, show its status and whether the tty is back in
     // canonical mode with echo (what a restored terminal has).
     let script = format!(
-        "cd '{}' && '{BIN}' demo --graphics halfblocks --output '{}'; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; sleep 600",
+        "cd '{}' && LSD_PLUGIN_PATH='{plugins}' LSD_WEIGHTS_DIR='{}' '{BIN}' demo --graphics halfblocks --output '{}'; echo EXIT=$?; stty -a | tr ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; sleep 600",
         dir.path().display(),
+        weights.path().display(),
         out.display()
     );
     let started = tmux.cmd(&["new-session", "-d", "-s", "e2e", "-x", "80", "-y", "24", "bash", "--norc", "-c", &script]);

@@ -45,7 +45,7 @@ pub enum Event {
 }
 
 /// What the loop does next.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Action {
     /// Keep going.
     Continue,
@@ -451,7 +451,7 @@ impl App {
         if !self.state.active() {
             return match why {
                 Stopping::Quit => Action::Exit(self.ended_outcome()),
-                Stopping::Signal(signal) => Action::Exit(TuiOutcome::Signalled { signal, saved: true }),
+                Stopping::Signal(signal) => Action::Exit(TuiOutcome::Signalled { signal, saved: true, summary: None }),
             };
         }
         self.send(Control::Stop);
@@ -463,7 +463,7 @@ impl App {
     fn ended_outcome(&self) -> TuiOutcome {
         match (&self.state, &self.finished) {
             (RunState::Failed(e), _) => TuiOutcome::Failed { error: e.clone() },
-            (_, Some((output, _))) => TuiOutcome::Finished { output: output.clone() },
+            (_, Some((output, _))) => TuiOutcome::Finished { output: output.clone(), summary: None },
             _ => TuiOutcome::Quit { saved: self.unsaved_steps() == 0 },
         }
     }
@@ -477,7 +477,7 @@ impl App {
         Some(Action::Exit(match why {
             Stopping::Quit => self.ended_outcome(),
             Stopping::Signal(signal) => {
-                TuiOutcome::Signalled { signal, saved: self.finished.is_some() || self.unsaved_steps() == 0 }
+                TuiOutcome::Signalled { signal, saved: self.finished.is_some() || self.unsaved_steps() == 0, summary: None }
             }
         }))
     }
@@ -561,7 +561,7 @@ impl App {
     fn on_signal(&mut self, name: &'static str) -> Action {
         if let Some((Stopping::Signal(_), _)) = self.stopping {
             // A second signal: leave now.
-            return Action::Exit(TuiOutcome::Signalled { signal: name, saved: self.unsaved_steps() == 0 });
+            return Action::Exit(TuiOutcome::Signalled { signal: name, saved: self.unsaved_steps() == 0, summary: None });
         }
         self.log(Level::Warn, format!("{name}: saving and exiting"));
         self.stopping = None;
@@ -575,7 +575,7 @@ impl App {
                 let saved = self.unsaved_steps() == 0;
                 return Action::Exit(match why {
                     Stopping::Quit => TuiOutcome::Quit { saved },
-                    Stopping::Signal(signal) => TuiOutcome::Signalled { signal, saved },
+                    Stopping::Signal(signal) => TuiOutcome::Signalled { signal, saved, summary: None },
                 });
             }
         }
@@ -599,6 +599,7 @@ impl App {
     }
 
     /// Waits up to `timeout` for every queued tile (tests and snapshots).
+    #[cfg(test)]
     pub fn settle_images(&mut self, timeout: Duration) {
         let end = Instant::now() + timeout;
         while self.previews.pending > 0 && Instant::now() < end {

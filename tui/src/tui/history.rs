@@ -73,16 +73,19 @@ impl LossHistory {
     }
 
     /// The newest point.
+    #[cfg(test)]
     pub fn last(&self) -> Option<&Point> {
         self.window.back()
     }
 
     /// Number of points in the following window.
+    #[cfg(test)]
     pub fn window_len(&self) -> usize {
         self.window.len()
     }
 
     /// Number of points in the whole-run series.
+    #[cfg(test)]
     pub fn whole_run_len(&self) -> usize {
         self.whole_run().count()
     }

@@ -122,8 +122,11 @@ impl App {
                     first.push(sep());
                     first.push(Span::raw(DEMO_LABEL).black().on_light_magenta().bold());
                 }
+                // The prompt takes what is left, so the state badge always shows.
                 first.push(sep());
-                first.push(Span::raw(format!("\"{}\"", info.prompt)).italic());
+                let used: usize = first.iter().map(|s| s.width()).sum::<usize>() + self.state_span().width();
+                let room = (area.width as usize).saturating_sub(used);
+                first.push(Span::raw(ellipsize(&format!("\"{}\"", info.prompt), room)).italic());
                 second.push(Span::raw(info.mode.clone()));
                 second.push(sep());
                 second.push(Span::raw(info.device.clone()));
@@ -425,6 +428,18 @@ impl App {
         frame.render_widget(Clear, rect);
         frame.render_widget(Paragraph::new(lines).block(pane(" Quit ")), rect);
     }
+}
+
+/// `text` cut to `width` characters, ending in `…` when cut.
+fn ellipsize(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    if width > 0 {
+        out.push('…');
+    }
+    out
 }
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
