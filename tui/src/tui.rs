@@ -146,6 +146,7 @@ pub fn run(handle: EngineHandle, opts: &TuiOptions) -> Result<TuiOutcome> {
     let mut gpu = GpuMemory::new();
     let mut input = ThreadedInput::start();
     let outcome = run_loop(&mut terminal, &mut app, &events, &mut input, &signals, &mut gpu);
+    drop(input);
     drop(guard);
     Ok(with_summary(outcome?, thread))
 }
@@ -173,14 +174,23 @@ pub trait Input {
 /// It polls with a short timeout rather than blocking in `read`, because
 /// crossterm's event reader is one global lock that the drawing thread also
 /// needs (ratatui's `clear` asks the terminal for the cursor position).
+/// It stops when dropped, so that it does not eat the terminal's answers to
+/// whatever queries the terminal after the TUI (an inline image printer).
 struct ThreadedInput {
     rx: Receiver<std::io::Result<TermEvent>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl ThreadedInput {
     fn start() -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
-        let _ = std::thread::Builder::new().name("lsd-tui-input".into()).spawn(move || loop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("lsd-tui-input".into()).spawn(move || loop {
+            if stopped.load(Ordering::Acquire) {
+                return;
+            }
             let ev = match term_event::poll(Duration::from_millis(50)) {
                 Ok(false) => continue,
                 Ok(true) => term_event::read(),
@@ -191,7 +201,22 @@ impl ThreadedInput {
                 return;
             }
         });
-        Self { rx }
+        Self { rx, stop, thread: thread.ok() }
+    }
+}
+
+impl Drop for ThreadedInput {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let Some(thread) = self.thread.take() else { return };
+        // On a hung-up terminal crossterm spins and never returns: leave it.
+        let end = Instant::now() + Duration::from_millis(500);
+        while !thread.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -139,7 +139,7 @@ fn tui_demo_in_tmux_steps_pauses_quits_and_saves() {
     assert_eq!(step(&s), Some(p1), "the step counter moved while paused:\n{s}");
     assert!(s.contains("paused"), "{s}");
 
-    // q asks to save (steps since the last checkpoint), y saves and exits.
+    // q asks to save while the run goes; y saves and exits.
     tmux.keys(&["q"]);
     let s = tmux.wait_for("the quit question or the exit", Duration::from_secs(10), |s| s.contains("Save the run") || s.contains("EXIT="));
     if s.contains("Save the run") {

@@ -355,8 +355,8 @@ impl App {
                         self.set_overlay(Overlay::None);
                         self.stop(Stopping::Quit)
                     }
-                    KeyCode::Char('n') | KeyCode::Char('N') => Action::Exit(TuiOutcome::Quit { saved: false }),
-                    _ if ctrl_c => Action::Exit(TuiOutcome::Quit { saved: false }),
+                    KeyCode::Char('n') | KeyCode::Char('N') => Action::Exit(TuiOutcome::Quit { saved: self.unsaved_steps() == 0 }),
+                    _ if ctrl_c => Action::Exit(TuiOutcome::Quit { saved: self.unsaved_steps() == 0 }),
                     _ => {
                         self.set_overlay(Overlay::None);
                         Action::Continue
@@ -439,11 +439,10 @@ impl App {
         if !self.state.active() {
             return Action::Exit(self.ended_outcome());
         }
-        if self.unsaved_steps() > 0 {
-            self.set_overlay(Overlay::ConfirmQuit);
-            return Action::Continue;
-        }
-        Action::Exit(TuiOutcome::Quit { saved: true })
+        // A run still going has not written its outputs (a periodic
+        // checkpoint is not the outputs): always ask.
+        self.set_overlay(Overlay::ConfirmQuit);
+        Action::Continue
     }
 
     /// Sends `Stop` and waits (in [`App::on_tick`]) for the engine to end.

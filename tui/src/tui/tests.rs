@@ -192,7 +192,7 @@ fn overlays_and_states_draw() {
     app.update(Event::Key(key('q')));
     assert_eq!(app.overlay, Overlay::ConfirmQuit);
     let t = text(&draw(&mut app, 80, 24));
-    assert!(t.contains("Save the run before quitting?"), "{t}");
+    assert!(t.contains("Save the run (checkpoint and outputs) and quit?"), "{t}");
     check_snapshot("confirm_quit_80x24.txt", &t);
     app.update(Event::Key(code(KeyCode::Esc)));
     app.update(Event::Key(key('l')));
@@ -438,16 +438,24 @@ fn keys_send_controls() {
 }
 
 #[test]
-fn quit_without_unsaved_steps_does_not_ask() {
+fn quit_asks_while_running_and_not_after_the_end() {
+    // Checkpointed up to the last step: still asks, since the outputs are not written.
     let (mut app, rx) = busy_app(halfblocks(), &[7]);
     app.update(Event::Train(TrainEvent::Checkpoint { step: 120, path: "c".into() }));
-    let a = app.update(Event::Key(key('q')));
+    assert!(matches!(app.update(Event::Key(key('q'))), Action::Continue));
+    assert_eq!(app.overlay, Overlay::ConfirmQuit);
+    let a = app.update(Event::Key(key('n')));
     assert!(matches!(a, Action::Exit(TuiOutcome::Quit { saved: true })), "{a:?}");
-    assert!(rx.try_recv().is_err());
+    assert!(rx.try_recv().is_err(), "n sends nothing");
     let (mut app, _rx) = busy_app(halfblocks(), &[7]);
     app.update(Event::Key(key('q')));
     let a = app.update(Event::Key(key('n')));
     assert!(matches!(a, Action::Exit(TuiOutcome::Quit { saved: false })), "{a:?}");
+    // After the end, q leaves at once.
+    let (mut app, _rx) = busy_app(halfblocks(), &[7]);
+    app.update(Event::Train(TrainEvent::Finished { output: "runs/demo".into(), elapsed: Duration::from_secs(9) }));
+    let a = app.update(Event::Key(key('q')));
+    assert!(matches!(a, Action::Exit(TuiOutcome::Finished { .. })), "{a:?}");
 }
 
 // ---------- the loop against a fake engine ----------

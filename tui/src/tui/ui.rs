@@ -393,7 +393,7 @@ impl App {
             ("← / →", "smaller / larger preview α (re-renders now)"),
             ("l", "log-scale loss axis on / off"),
             ("w", "loss window: last steps / whole run"),
-            ("q, Esc", "quit (asks to save when unsaved)"),
+            ("q, Esc", "quit (asks to save while the run goes)"),
             ("Ctrl-C", "quit, like q"),
             ("Ctrl-L", "repaint the screen and images"),
             ("?", "this help"),
@@ -411,9 +411,13 @@ impl App {
 
     /// "Save before quitting?"
     pub fn render_confirm_quit(&self, frame: &mut Frame, area: Rect) {
+        let saved = match self.saved_step {
+            Some(step) => format!(" The run is going; last checkpoint: step {step}."),
+            None => " The run is going; no checkpoint yet.".to_string(),
+        };
         let lines = vec![
-            Line::from(format!(" {} steps since the last checkpoint.", self.unsaved_steps())),
-            Line::from(" Save the run before quitting?"),
+            Line::from(saved),
+            Line::from(" Save the run (checkpoint and outputs) and quit?"),
             Line::from(""),
             Line::from(vec![
                 Span::raw(" y").bold().cyan(),
