@@ -248,13 +248,46 @@ fn start(mut recipe: Recipe, opts: &Options) -> Result<()> {
     }
 }
 
-/// The seam to the terminal UI (`crate::tui`). This build has no TUI yet,
-/// so it says so and shows the headless view; with the TUI in place this
-/// becomes `crate::tui::run(handle, &TuiOptions { graphics, .. })`.
+/// The seam to the terminal UI (`crate::tui`).
 fn open_tui(handle: EngineHandle, graphics: Graphics) -> Result<Outcome> {
-    let _ = (graphics, Duration::ZERO);
-    eprintln!("(the terminal UI is not part of this build; showing the headless view)");
-    headless::follow(handle, true)
+    use crate::tui::{GraphicsMode, TuiOptions, TuiOutcome};
+    let graphics = match graphics {
+        Graphics::Auto => GraphicsMode::Auto,
+        Graphics::Sixel => GraphicsMode::Sixel,
+        Graphics::Kitty => GraphicsMode::Kitty,
+        Graphics::Iterm2 => GraphicsMode::Iterm2,
+        Graphics::Halfblocks => GraphicsMode::Halfblocks,
+        Graphics::None => GraphicsMode::None,
+    };
+    let opts = TuiOptions { graphics, stop_timeout: Duration::from_secs(15) };
+    match crate::tui::run(handle, &opts)? {
+        TuiOutcome::Finished { summary: Some(summary), .. } => Ok(Outcome::Finished(summary)),
+        TuiOutcome::Finished { output, summary: None } => {
+            println!("outputs in {}", output.display());
+            Ok(Outcome::Finished(lsd_core::engine::RunSummary { output, steps: 0, stopped_early: false }))
+        }
+        TuiOutcome::Failed { error } => {
+            eprintln!("error: {error}");
+            Ok(Outcome::Failed(error))
+        }
+        TuiOutcome::Quit { saved } => {
+            // The engine may still be stepping: end the process, not just the UI.
+            if saved {
+                println!("quit; the last checkpoint holds the run: continue with --resume");
+            } else {
+                println!("quit without saving the last steps");
+            }
+            std::process::exit(0)
+        }
+        TuiOutcome::Signalled { signal, saved, summary } => {
+            match (saved, summary) {
+                (true, Some(s)) => eprintln!("{signal}: stopped at step {}; outputs in {}; continue with --resume", s.steps, s.output.display()),
+                (true, None) => eprintln!("{signal}: checkpoint written; continue with --resume"),
+                (false, _) => eprintln!("{signal}: the run did not save in time; the last checkpoint is kept"),
+            }
+            std::process::exit(if saved { 0 } else { 1 })
+        }
+    }
 }
 
 /// Parses `-3,0,3`.
