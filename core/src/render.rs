@@ -650,9 +650,9 @@ pub fn heat_map(
     let n_rows = values.len() as u32;
     let n_cols = values.iter().map(Vec::len).max().unwrap_or(0).max(col_headers.len()) as u32;
     let head_h = col_headers.iter().map(|c| c.height()).max().unwrap_or(0);
-    let cell_w = col_headers.iter().map(|c| c.width()).max().unwrap_or(0).max(7 * GLYPH);
+    let cell_w = col_headers.iter().map(|c| c.width() + 2).max().unwrap_or(0).max(7 * GLYPH);
     let cell_h = 3 * GLYPH;
-    let row_lines: Vec<Vec<String>> = row_labels.iter().map(|l| wrap(l, 32)).collect();
+    let row_lines: Vec<Vec<String>> = row_labels.iter().map(|l| wrap(l, 40)).collect();
     let lines_max = row_lines.iter().map(Vec::len).max().unwrap_or(1).max(1) as u32;
     let cell_h = cell_h.max(lines_max * (GLYPH + 2) + 4);
     let label_w = row_lines

@@ -164,8 +164,12 @@ impl Similarity {
     /// The heat map: prompts × seeds, thumbnails as column headers.
     pub fn heat_map(&self) -> RgbImage {
         let side = self.config.thumb.max(8);
-        let thumbs: Vec<RgbImage> =
-            self.images.iter().map(|im| image::imageops::thumbnail(im, side, side)).collect();
+        let thumbs: Vec<RgbImage> = self
+            .images
+            .iter()
+            .zip(&self.config.seeds)
+            .map(|(im, seed)| labelled_thumb(im, side, &format!("seed {seed}")))
+            .collect();
         let title = format!("CLIP similarity (cosine), truncation {}", self.config.truncation);
         let footer = self.demo.then_some(crate::demo::DEMO_LABEL);
         heat_map(&self.values, &self.config.prompts, &thumbs, &title, footer)
@@ -199,6 +203,18 @@ impl Similarity {
         }
         Ok(Outputs { csv, png, json, images })
     }
+}
+
+/// A thumbnail of `im` (fitting `side × side`) with `label` centred under it.
+pub fn labelled_thumb(im: &RgbImage, side: u32, label: &str) -> RgbImage {
+    use crate::render::{draw_text, text_width, BLACK, GLYPH, WHITE};
+    let t = image::imageops::thumbnail(im, side, side);
+    let w = t.width().max(text_width(label, 1));
+    let mut out = RgbImage::from_pixel(w, t.height() + GLYPH + 4, WHITE);
+    image::imageops::replace(&mut out, &t, i64::from((w - t.width()) / 2), 0);
+    let x = (w - text_width(label, 1)) / 2;
+    draw_text(&mut out, x as i32, (t.height() + 3) as i32, label, BLACK, 1);
+    out
 }
 
 /// `[1, 3, H, W]` images of a batch of seeds, for callers that want the
