@@ -3,14 +3,65 @@
 //! The engine sends [`events::TrainEvent`]s and reads [`events::Control`]s;
 //! [`EngineHandle`] bundles both channels and the thread. The TUI and the
 //! headless runner are two consumers of the same handle.
+//!
+//! # One step
+//!
+//! 1. Choose the step's latents: the training seeds (all of them, or
+//!    `batch` of them drawn per step), or `batch` fresh seeds
+//!    (`resample: true`). Each seed's `w` is the mapping of its z, truncated.
+//! 2. `x = G(w)` without gradient. With stored or zero noise an image does
+//!    not depend on its batch, so originals are computed one seed at a time
+//!    and cached (bit-identical whatever the batch composition, which keeps
+//!    `--resume` exact); with seeded noise they are computed per batch, and
+//!    cached when the batch never changes.
+//! 3. `x_edit = G(w + α·u)` for every latent and every direction (`N =
+//!    batch × K` samples), with the generator's feature maps when a term
+//!    asked for them.
+//! 4. Each term's value and input gradients ([`plugin::differentiate`] for
+//!    in-process terms, the plugin's own backward for plugins); a
+//!    non-finite value or gradient stops the run naming the term and step.
+//! 5. One backward pass through the generator of the vector–Jacobian
+//!    surrogate [`plugin::surrogate`] (plus LELSD's diversity term and the
+//!    latent L2 term, which live in the host graph).
+//! 6. The optimiser step ([`crate::optim`]), then the norm constraint (see
+//!    [`crate::recipe`] for what α means under each [`Norm`]).
+//!
+//! In `mode: latent` the trained tensor is a per-seed offset `δ` `[N, L,
+//! D]` (StyleCLIP's latent optimisation, `w = w₀ + δ`); terms see it as
+//! `u` with `K = N`, `direction[i] = i` and `α = 1`, so `w_edit() = w₀ + δ`.
+//!
+//! # Reproducibility
+//!
+//! Every random draw comes from ChaCha8 seeded with the recipe's `seed`:
+//! stream 0 draws the initial direction, stream `s + 1` the latents and α
+//! of step `s`. Per-step randomness is thus a function of `(seed, step)`,
+//! and a checkpoint (trained tensor, optimiser state, step, loss history)
+//! is all `--resume` needs to end with the same direction as an
+//! uninterrupted run, bit for bit on the CPU.
 
 pub mod events;
+mod report;
+pub mod terms;
 
-use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, Sender};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crate::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::models::stylegan2::{self, Generator, Noise};
+use crate::optim::{self, Optimizer};
+use crate::plugin::{self, EditBatch, FeatureMaps, TermOutput};
+use crate::recipe::{Alpha, Mode, NoiseMode, Norm, Recipe};
+use crate::{Error, Result};
+use events::{Control, Level, RunInfo, StepStats, TrainEvent};
+pub use report::{CHECKPOINT_FILE, DIRECTION_FILE};
+pub use terms::{load_plugin_terms, EngineTerm, TermImpl, Weights};
 
 /// What a finished (or stopped) run leaves behind.
 #[derive(Debug, Clone)]
@@ -32,3 +83,657 @@ pub struct EngineHandle {
     /// The engine thread; joins to the run's outcome.
     pub thread: JoinHandle<Result<RunSummary>>,
 }
+
+/// Everything a run needs besides the recipe: resolved, loaded things.
+#[derive(Debug)]
+pub struct Setup {
+    /// The device to train on.
+    pub device: Device,
+    /// The networks' weights (`None` = demo network).
+    pub weights: Weights,
+    /// The loss terms, in the recipe's order (see [`load_plugin_terms`]).
+    pub terms: Vec<EngineTerm>,
+    /// Continue from the run folder's checkpoint when there is one.
+    pub resume: bool,
+    /// Stop (as [`Control::Stop`] does) once this step is done.
+    pub stop_after: Option<usize>,
+    /// Compute the CLIP metrics of `metrics.json` with the host's CLIP.
+    pub metrics: bool,
+}
+
+impl Setup {
+    /// A CPU setup with demo weights and the given terms.
+    pub fn new(terms: Vec<EngineTerm>) -> Self {
+        Self { device: Device::Cpu, weights: Weights::demo(), terms, resume: false, stop_after: None, metrics: true }
+    }
+}
+
+/// Starts a run on a thread of its own.
+pub fn spawn(recipe: Recipe, setup: Setup) -> EngineHandle {
+    let (event_tx, events) = mpsc::channel();
+    let (control, control_rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("lsd-engine".into())
+        .spawn(move || run(recipe, setup, &event_tx, &control_rx))
+        .expect("the OS can start a thread");
+    EngineHandle { events, control, thread }
+}
+
+/// Runs a recipe on the calling thread, sending events and reading
+/// controls; [`spawn`] calls this on a new thread. A failure is sent as
+/// [`TrainEvent::Failed`] and returned.
+pub fn run(recipe: Recipe, setup: Setup, events: &Sender<TrainEvent>, control: &Receiver<Control>) -> Result<RunSummary> {
+    let started = Instant::now();
+    let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| e.train(control, started));
+    if let Err(e) = &result {
+        let _ = events.send(TrainEvent::Failed { error: e.to_string() });
+    }
+    result
+}
+
+/// Per-step random stream `stream` of `seed` (0: initialisation, `s + 1`:
+/// step `s`).
+pub fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+/// An original image (and its feature maps) of one latent or one batch.
+#[derive(Debug, Clone)]
+struct Original {
+    image: Tensor,
+    features: Vec<Tensor>,
+}
+
+/// What the engine is training.
+struct Engine {
+    recipe: Recipe,
+    setup: Setup,
+    tx: Sender<TrainEvent>,
+    gen: Generator,
+    latent_avg: Tensor,
+    /// `[1, L, 1]`, 1 on trained layers.
+    mask: Tensor,
+    /// `[K, L, D]` directions, or `[N, L, D]` latent offsets.
+    param: Var,
+    opt: Optimizer,
+    /// Latent mode: `w₀` of every training seed, `[N, L, D]`.
+    w0: Option<Tensor>,
+    needs_features: bool,
+    cache: HashMap<u64, Original>,
+    batch_cache: Option<(Vec<u64>, Original)>,
+    /// One row per completed step: step, total, terms…, grad_norm, lr.
+    history: Vec<Vec<f64>>,
+    /// Completed steps.
+    step: usize,
+    preview_alphas: Vec<f32>,
+    term_names: Vec<String>,
+    generator_sha: Option<String>,
+}
+
+/// Columns of the loss history after `step, total` and the terms.
+const TAIL_COLUMNS: [&str; 2] = ["grad_norm", "lr"];
+/// Most seeds whose originals are cached.
+const CACHE_LIMIT: usize = 64;
+
+impl Engine {
+    fn new(recipe: Recipe, setup: Setup, tx: Sender<TrainEvent>) -> Result<Self> {
+        if setup.terms.len() != recipe.terms.len() {
+            return Err(Error::Config(format!(
+                "the setup has {} loss terms for the recipe's {}",
+                setup.terms.len(),
+                recipe.terms.len()
+            )));
+        }
+        let device = setup.device.clone();
+        let _ = tx.send(TrainEvent::WarmUp { what: "loading the generator".into() });
+        let (gen, latent_avg) = match &setup.weights.generator {
+            None => stylegan2::demo(crate::demo::DEMO_MODEL_SEED, &device)?,
+            Some(path) => {
+                let (gen, avg) = Generator::load(path, &device)?;
+                let avg = match avg {
+                    Some(a) => a,
+                    None => {
+                        // Training checkpoints have no latent_avg: estimate it.
+                        let d = gen.config().style_dim;
+                        let zs = (0..4096u64)
+                            .map(|i| stylegan2::z_from_seed(1_000_000 + i, d, &device))
+                            .collect::<Result<Vec<_>>>()?;
+                        gen.mapping(&Tensor::cat(&zs, 0)?)?.mean(0)?
+                    }
+                };
+                (gen, avg)
+            }
+        };
+        let (l, d) = (gen.config().n_latent(), gen.config().style_dim);
+        if let Some(layers) = &recipe.layers {
+            if let Some(&bad) = layers.iter().find(|&&x| x >= l) {
+                return Err(recipe_error(&recipe, "layers", format!(
+                    "layer {bad} does not exist: this generator's W+ has {l} layers (0..={})",
+                    l - 1
+                )));
+            }
+        }
+        let mask: Vec<f32> = (0..l).map(|i| recipe.layers.as_ref().is_none_or(|ls| ls.contains(&i)) as u8 as f32).collect();
+        let mask = Tensor::from_vec(mask, (1, l, 1), &device)?;
+        let needs_features = setup.terms.iter().any(|t| t.needs().features);
+        let mut term_names: Vec<String> = setup.terms.iter().map(|t| t.name.clone()).collect();
+        let raw = &recipe.raw;
+        let k = raw.directions;
+        if raw.mode == Mode::Direction && k > 1 && raw.diversity > 0.0 {
+            term_names.push("diversity".into());
+        }
+        if raw.mode == Mode::Latent && raw.latent_l2 > 0.0 {
+            term_names.push("latent_l2".into());
+        }
+        let mut engine = Self {
+            preview_alphas: recipe.preview.alphas.clone(),
+            gen,
+            latent_avg,
+            mask,
+            param: Var::zeros((1, l, d), DType::F32, &device)?,
+            opt: Optimizer::new(&raw.optimizer),
+            w0: None,
+            needs_features,
+            cache: HashMap::new(),
+            batch_cache: None,
+            history: Vec::new(),
+            step: 0,
+            term_names,
+            generator_sha: None,
+            recipe,
+            setup,
+            tx,
+        };
+        engine.init_param()?;
+        Ok(engine)
+    }
+
+    fn send(&self, e: TrainEvent) {
+        // A consumer that went away must not stop the run: outputs still get written.
+        let _ = self.tx.send(e);
+    }
+
+    fn message(&self, level: Level, text: impl Into<String>) {
+        self.send(TrainEvent::Message { level, text: text.into() });
+    }
+
+    fn device(&self) -> &Device {
+        &self.setup.device
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        (self.gen.config().n_latent(), self.gen.config().style_dim)
+    }
+
+    /// `w` of a seed, `[1, L, D]`.
+    fn w_plus(&self, seed: u64) -> Result<Tensor> {
+        let psi = self.recipe.raw.truncation as f64;
+        let trunc = (psi < 1.0).then_some((psi, &self.latent_avg));
+        let w = self.gen.w_from_seed(seed, trunc)?;
+        Ok(self.gen.broadcast_latent(&w)?.contiguous()?)
+    }
+
+    fn w_batch(&self, seeds: &[u64]) -> Result<Tensor> {
+        let ws = seeds.iter().map(|&s| self.w_plus(s)).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&ws, 0)?)
+    }
+
+    fn noise(&self) -> Noise {
+        match self.recipe.raw.noise {
+            NoiseMode::Stored => Noise::Stored,
+            NoiseMode::Zero => Noise::Zero,
+            NoiseMode::Seeded => Noise::Seeded(self.recipe.raw.seed),
+        }
+    }
+
+    /// The initial trained tensor.
+    fn init_param(&mut self) -> Result<()> {
+        let (l, d) = self.dims();
+        let raw = &self.recipe.raw;
+        match raw.mode {
+            Mode::Direction => {
+                let k = raw.directions;
+                let mut rng = rng_for(raw.seed, 0);
+                let data: Vec<f32> = (0..k * l * d).map(|_| StandardNormal.sample(&mut rng)).collect();
+                let u = Tensor::from_vec(data, (k, l, d), self.device())?;
+                // Every norm starts from unit layers so α means the same at step 0.
+                let u = normalize(&u.broadcast_mul(&self.mask)?, Norm::Layer, &self.mask)?;
+                self.param = Var::from_tensor(&u)?;
+            }
+            Mode::Latent => {
+                let seeds = raw.seeds.clone();
+                self.w0 = Some(self.w_batch(&seeds)?);
+                self.param = Var::zeros((seeds.len(), l, d), DType::F32, self.device())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The trained tensor as the generator sees it (masked), in the graph.
+    fn effective(&self) -> Result<Tensor> {
+        Ok(self.param.as_tensor().broadcast_mul(&self.mask)?)
+    }
+
+    /// The step's seeds and α per sample.
+    fn draw(&self, step: usize) -> (Vec<u64>, Vec<f32>) {
+        let raw = &self.recipe.raw;
+        let mut rng = rng_for(raw.seed, step as u64 + 1);
+        let seeds: Vec<u64> = if raw.mode == Mode::Latent {
+            raw.seeds.clone()
+        } else if raw.resample {
+            (0..raw.batch).map(|_| rng.random::<u32>() as u64).collect()
+        } else if raw.batch >= raw.seeds.len() {
+            raw.seeds.clone()
+        } else {
+            let mut idx = rand::seq::index::sample(&mut rng, raw.seeds.len(), raw.batch).into_vec();
+            idx.sort_unstable();
+            idx.into_iter().map(|i| raw.seeds[i]).collect()
+        };
+        let n = match raw.mode {
+            Mode::Latent => seeds.len(),
+            Mode::Direction => seeds.len() * raw.directions,
+        };
+        let alphas = match (raw.mode, self.recipe.alpha) {
+            (Mode::Latent, _) => vec![1.0; n],
+            (_, Alpha::Fixed(a)) => vec![a; n],
+            (_, Alpha::Range { min, max, min_abs }) => (0..n)
+                .map(|_| loop {
+                    let a = rng.random_range(min..=max);
+                    if a.abs() >= min_abs {
+                        break a;
+                    }
+                })
+                .collect(),
+        };
+        (seeds, alphas)
+    }
+
+    /// Originals of `seeds`, `[B, …]`, cached per seed where the image does
+    /// not depend on its batch.
+    fn originals(&mut self, seeds: &[u64]) -> Result<Original> {
+        let noise = self.noise();
+        let features = self.needs_features;
+        if matches!(noise, Noise::Seeded(_)) {
+            if let Some((s, o)) = &self.batch_cache {
+                if s == seeds {
+                    return Ok(o.clone());
+                }
+            }
+            let out = self.gen.synthesis(&self.w_batch(seeds)?, noise, features)?;
+            let o = Original { image: out.image.detach(), features: out.features.iter().map(Tensor::detach).collect() };
+            let fixed = !self.recipe.raw.resample && seeds.len() == self.recipe.raw.seeds.len();
+            if fixed {
+                self.batch_cache = Some((seeds.to_vec(), o.clone()));
+            }
+            return Ok(o);
+        }
+        let cacheable = !self.recipe.raw.resample;
+        let mut rows = Vec::new();
+        for &s in seeds {
+            let o = match self.cache.get(&s) {
+                Some(o) => o.clone(),
+                None => {
+                    let out = self.gen.synthesis(&self.w_plus(s)?, noise, features)?;
+                    let o = Original { image: out.image.detach(), features: out.features.iter().map(Tensor::detach).collect() };
+                    if cacheable && self.cache.len() < CACHE_LIMIT {
+                        self.cache.insert(s, o.clone());
+                    }
+                    o
+                }
+            };
+            rows.push(o);
+        }
+        let image = Tensor::cat(&rows.iter().map(|o| &o.image).collect::<Vec<_>>(), 0)?;
+        let n_maps = rows.first().map_or(0, |o| o.features.len());
+        let features = (0..n_maps)
+            .map(|j| Tensor::cat(&rows.iter().map(|o| &o.features[j]).collect::<Vec<_>>(), 0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Original { image, features })
+    }
+
+    /// One optimisation step (0-based `step`): returns the stats, or an
+    /// error naming the term that went non-finite.
+    fn train_step(&mut self, step: usize) -> Result<StepStats> {
+        let raw = self.recipe.raw.clone();
+        let (seeds, alphas) = self.draw(step);
+        let b = seeds.len();
+        let k = match raw.mode {
+            Mode::Direction => raw.directions,
+            Mode::Latent => 1,
+        };
+        let n = alphas.len();
+        // Sample i edits latent i % b with direction i / b.
+        let (latent_of, direction): (Vec<u32>, Vec<usize>) = match raw.mode {
+            Mode::Direction => (0..n).map(|i| ((i % b) as u32, i / b)).unzip(),
+            Mode::Latent => (0..n).map(|i| (i as u32, i)).unzip(),
+        };
+        let ids = Tensor::from_vec(latent_of, n, self.device())?;
+        let w_b = match (&self.w0, raw.mode) {
+            (Some(w0), Mode::Latent) => w0.clone(),
+            _ => self.w_batch(&seeds)?,
+        };
+        let w = if k == 1 { w_b.clone() } else { w_b.index_select(&ids, 0)? };
+        let original = if matches!(self.noise(), Noise::Seeded(_)) && k > 1 {
+            // Seeded noise depends on the batch position: render the originals
+            // with the same N-sample layout as the edits.
+            let out = self.gen.synthesis(&w, self.noise(), self.needs_features)?;
+            Original { image: out.image.detach(), features: out.features.iter().map(Tensor::detach).collect() }
+        } else {
+            let o = self.originals(&seeds)?;
+            if k == 1 {
+                o
+            } else {
+                Original {
+                    image: o.image.index_select(&ids, 0)?,
+                    features: o.features.iter().map(|f| f.index_select(&ids, 0)).collect::<candle_core::Result<_>>()?,
+                }
+            }
+        };
+        let u = self.effective()?;
+        let mut batch = EditBatch {
+            x: original.image,
+            x_edit: original_placeholder(&w)?,
+            w: w.detach(),
+            u: u.clone(),
+            alpha: alphas.clone(),
+            direction,
+            prompt: raw.prompt.clone(),
+            features: None,
+        };
+        let w_edit = batch.w_edit()?;
+        let out = self.gen.synthesis(&w_edit, self.noise(), self.needs_features)?;
+        batch.x_edit = out.image;
+        if self.needs_features {
+            batch.features = Some(FeatureMaps { x: original.features, x_edit: out.features });
+        }
+        batch.validate()?;
+
+        let human = step + 1;
+        let mut outputs: Vec<TermOutput> = Vec::new();
+        let mut values = Vec::new();
+        for term in &self.setup.terms {
+            let o = term.evaluate(&batch).map_err(|e| Error::Config(format!("loss term '{}' at step {human}: {e}", term.name)))?;
+            if !o.value.is_finite() {
+                return Err(non_finite(&term.name, human, "value", o.value));
+            }
+            for (what, g) in [("x_edit", &o.grad_x_edit), ("w", &o.grad_w), ("u", &o.grad_u)] {
+                if let Some(g) = g {
+                    let s = g.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    if !s.is_finite() {
+                        return Err(non_finite(&term.name, human, &format!("gradient with respect to {what}"), s));
+                    }
+                }
+            }
+            values.push(o.value);
+            outputs.push(o);
+        }
+        let weights: Vec<f64> = self.setup.terms.iter().map(|t| t.weight).collect();
+        let mut total: f64 = values.iter().zip(&weights).map(|(v, w)| v * w).sum();
+        let mut objective = plugin::surrogate(&outputs, &weights, &batch)?;
+        if raw.mode == Mode::Direction && k > 1 && raw.diversity > 0.0 {
+            let div = diversity(&u)?;
+            let v = div.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !v.is_finite() {
+                return Err(non_finite("diversity", human, "value", v));
+            }
+            values.push(v);
+            total += raw.diversity as f64 * v;
+            objective = (objective + (div * raw.diversity as f64)?)?;
+        }
+        if raw.mode == Mode::Latent && raw.latent_l2 > 0.0 {
+            // StyleCLIP: ‖w − w₀‖², summed over W+, averaged over the images.
+            let l2 = (u.sqr()?.sum_all()? / n as f64)?;
+            let v = l2.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            values.push(v);
+            total += raw.latent_l2 as f64 * v;
+            objective = (objective + (l2 * raw.latent_l2 as f64)?)?;
+        }
+        let grads = objective.backward()?;
+        let grad = match grads.get(self.param.as_tensor()) {
+            Some(g) => g.clone(),
+            None => self.param.as_tensor().zeros_like()?,
+        };
+        let grad_norm = grad.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(non_finite("total", human, "gradient norm", grad_norm));
+        }
+        let lr = optim::learning_rate(&raw.optimizer, step, raw.steps);
+        let before = self.param.as_tensor().copy()?;
+        self.opt.step(&self.param, &grad, lr)?;
+        if raw.mode == Mode::Direction && raw.norm != Norm::None {
+            let next = normalize(&self.effective()?, raw.norm, &self.mask)?;
+            self.param.set(&next)?;
+        }
+        let check = self.param.as_tensor().sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !check.is_finite() {
+            self.param.set(&before)?;
+            return Err(non_finite("direction", human, "update", check));
+        }
+        let mut row = vec![human as f64, total];
+        row.extend(&values);
+        row.extend([grad_norm, lr]);
+        self.history.push(row);
+        self.step = human;
+        Ok(StepStats { step: human, terms: values, total, grad_norm, steps_per_sec: 0.0 })
+    }
+
+    fn info(&self, start_step: usize) -> RunInfo {
+        RunInfo {
+            recipe: self.recipe.name.clone(),
+            prompt: self.recipe.raw.prompt.clone(),
+            mode: match self.recipe.raw.mode {
+                Mode::Direction => "direction".into(),
+                Mode::Latent => "latent".into(),
+            },
+            device: plugin::device_name(self.device()),
+            total_steps: self.recipe.raw.steps,
+            start_step,
+            terms: self.term_names.clone(),
+            demo: self.setup.weights.generator.is_none() || self.recipe.uses_demo(),
+            output: self.recipe.output.clone(),
+        }
+    }
+
+    /// The history's column names.
+    fn columns(&self) -> Vec<String> {
+        let mut c = vec!["step".to_string(), "total".to_string()];
+        c.extend(self.term_names.iter().cloned());
+        c.extend(TAIL_COLUMNS.iter().map(|s| s.to_string()));
+        c
+    }
+
+    fn train(&mut self, control: &Receiver<Control>, started: Instant) -> Result<RunSummary> {
+        let total_steps = self.recipe.raw.steps;
+        if self.setup.resume {
+            self.resume()?;
+        }
+        let start_step = self.step;
+        self.send(TrainEvent::Started(self.info(start_step)));
+        if start_step > 0 {
+            self.message(Level::Info, format!("resumed from the checkpoint at step {start_step}"));
+        }
+        if self.info(start_step).demo {
+            self.message(Level::Warn, crate::demo::DEMO_LABEL);
+        }
+        self.preview()?;
+        let mut rate: Option<f64> = None;
+        let mut stopped_early = false;
+        let every_ckpt = self.recipe.raw.checkpoint_every;
+        let every_preview = self.recipe.preview.every;
+        while self.step < total_steps {
+            match self.poll(control)? {
+                Flow::Go => {}
+                Flow::Stop => {
+                    stopped_early = true;
+                    break;
+                }
+            }
+            let step = self.step;
+            let first = step == start_step;
+            if first {
+                self.send(TrainEvent::WarmUp { what: "first step (allocating, compiling kernels)".into() });
+            }
+            let t0 = Instant::now();
+            let mut stats = match self.train_step(step) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.message(Level::Error, format!("{e}; keeping the direction of step {}", self.step));
+                    // Keep the last good state on disk.
+                    let _ = self.write_outputs(started, false);
+                    return Err(e);
+                }
+            };
+            let dt = t0.elapsed().as_secs_f64().max(1e-9);
+            if !first {
+                rate = Some(match rate {
+                    Some(r) => 0.8 * r + 0.2 / dt,
+                    None => 1.0 / dt,
+                });
+            }
+            stats.steps_per_sec = rate.unwrap_or(1.0 / dt);
+            self.send(TrainEvent::Step(stats));
+            if every_ckpt > 0 && self.step % every_ckpt == 0 && self.step < total_steps {
+                self.checkpoint()?;
+            }
+            if every_preview > 0 && self.step % every_preview == 0 && self.step < total_steps {
+                self.preview()?;
+            }
+            if self.setup.stop_after.is_some_and(|s| self.step >= s) && self.step < total_steps {
+                stopped_early = true;
+                break;
+            }
+        }
+        self.preview()?;
+        self.write_outputs(started, true)?;
+        self.send(TrainEvent::Finished { output: self.recipe.output.clone(), elapsed: started.elapsed() });
+        Ok(RunSummary { output: self.recipe.output.clone(), steps: self.step, stopped_early })
+    }
+
+    /// Handles pending controls; blocks while paused.
+    fn poll(&mut self, control: &Receiver<Control>) -> Result<Flow> {
+        let mut paused = false;
+        loop {
+            let c = if paused {
+                match control.recv() {
+                    Ok(c) => c,
+                    // Nobody can resume us: carry on rather than hang.
+                    Err(_) => Control::Resume,
+                }
+            } else {
+                match control.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(Flow::Go),
+                }
+            };
+            match c {
+                Control::Pause => {
+                    if !paused {
+                        paused = true;
+                        self.send(TrainEvent::Paused(true));
+                    }
+                }
+                Control::Resume => {
+                    if paused {
+                        self.send(TrainEvent::Paused(false));
+                        return Ok(Flow::Go);
+                    }
+                }
+                Control::Stop => {
+                    if paused {
+                        self.send(TrainEvent::Paused(false));
+                    }
+                    return Ok(Flow::Stop);
+                }
+                Control::SaveNow => {
+                    self.write_outputs(Instant::now(), false)?;
+                    self.message(Level::Info, format!("saved the outputs of step {}", self.step));
+                }
+                Control::SetPreviewAlphas(a) => {
+                    if a.is_empty() || a.iter().any(|x| !x.is_finite()) {
+                        self.message(Level::Warn, "preview α values must be finite and non-empty; kept the old ones");
+                    } else {
+                        self.preview_alphas = a;
+                        self.preview()?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// A zero tensor shaped like an image batch for `w`'s batch; replaced by
+/// the real `x_edit` before use (it only lets `EditBatch::w_edit` run).
+fn original_placeholder(w: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::zeros((w.dim(0)?, 3, 1, 1), w.dtype(), w.device())?)
+}
+
+fn non_finite(term: &str, step: usize, what: &str, value: f64) -> Error {
+    Error::Config(format!(
+        "loss term '{term}' gave a non-finite {what} ({value}) at step {step}; the run stopped. Lower the learning rate or the term's weight, or check its parameters"
+    ))
+}
+
+fn recipe_error(recipe: &Recipe, key: &str, message: String) -> Error {
+    Error::Config(recipe.error_at(key, message).to_string())
+}
+
+/// Applies the norm constraint to `u` `[K, L, D]` (already masked).
+pub fn normalize(u: &Tensor, norm: Norm, mask: &Tensor) -> Result<Tensor> {
+    const EPS: f64 = 1e-12;
+    Ok(match norm {
+        Norm::None => u.clone(),
+        Norm::Layer => {
+            let n = u.sqr()?.sum_keepdim(2)?.sqrt()?.clamp(EPS, f64::INFINITY)?;
+            u.broadcast_div(&n)?.broadcast_mul(mask)?
+        }
+        Norm::Total => {
+            let k = u.dim(0)?;
+            let n = u.reshape((k, ()))?.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(EPS, f64::INFINITY)?;
+            u.broadcast_div(&n.reshape((k, 1, 1))?)?
+        }
+    })
+}
+
+/// LELSD's diversity (correlation) term of `K` directions `[K, L, D]`: the
+/// mean over pairs `k ≠ l` of the squared cosine similarity of the
+/// flattened directions. 0 when they are orthogonal, 1 when parallel.
+pub fn diversity(u: &Tensor) -> Result<Tensor> {
+    let k = u.dim(0)?;
+    if k < 2 {
+        return Ok(Tensor::zeros((), u.dtype(), u.device())?);
+    }
+    let flat = u.reshape((k, ()))?;
+    let unit = flat.broadcast_div(&flat.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?)?;
+    let c = unit.matmul(&unit.t()?)?;
+    let c2 = c.sqr()?;
+    let off = (c2.sum_all()? - c2.diagonal_sum()?)?;
+    Ok((off / (k * (k - 1)) as f64)?)
+}
+
+trait DiagonalSum {
+    fn diagonal_sum(&self) -> candle_core::Result<Tensor>;
+}
+
+impl DiagonalSum for Tensor {
+    /// Σ_i t[i, i] of a square matrix.
+    fn diagonal_sum(&self) -> candle_core::Result<Tensor> {
+        let k = self.dim(0)?;
+        let eye = Tensor::eye(k, self.dtype(), self.device())?;
+        (self * eye)?.sum_all()
+    }
+}
+
+/// The path of the run folder's checkpoint.
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    output.join(CHECKPOINT_FILE)
+}
+
+#[cfg(test)]
+mod tests;

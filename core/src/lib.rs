@@ -13,6 +13,8 @@ pub mod error;
 pub mod fixture;
 pub mod imageops;
 pub mod models;
+pub mod optim;
+pub mod outputs;
 pub mod recipe;
 pub mod render;
 pub mod plugin;

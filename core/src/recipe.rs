@@ -349,6 +349,10 @@ pub struct RawRecipe {
     /// LELSD's diversity (correlation) weight, for K > 1.
     #[serde(default)]
     pub diversity: f32,
+    /// `mode: latent` only: weight of StyleCLIP's `‖w − w₀‖²` (summed over
+    /// W+, averaged over the images; StyleCLIP uses 0.008).
+    #[serde(default)]
+    pub latent_l2: f32,
     /// W+ layers the direction may change (default: all).
     #[serde(default)]
     pub layers: Option<Vec<usize>>,
@@ -450,8 +454,16 @@ pub struct Term {
     /// The plugin's parameters as YAML text (`{}` when none).
     pub params: String,
     /// The 1-based line where the params start in the recipe, so a plugin's
-    /// own line numbers can be mapped back to the file.
+    /// own line numbers can be mapped back to the file: the plugin's line
+    /// `n` is the recipe's line `params_line + n - 1` (0 when unknown).
     pub params_line: usize,
+    /// Characters before the params text on its first line (flow style,
+    /// `params: {classes: [hat]}`), so the plugin's column `m` on its line 1
+    /// is the recipe's column `params_column + m`.
+    pub params_column: usize,
+    /// The indentation removed from the params block's lines 2…, so the
+    /// plugin's column `m` there is the recipe's `params_indent + m`.
+    pub params_indent: usize,
 }
 
 /// Preview settings, checked.
@@ -536,6 +548,21 @@ impl Recipe {
         hex::encode(sha2::Sha256::digest(self.to_yaml().as_bytes()))
     }
 
+    /// A hash of the settings that decide the trained direction (the
+    /// resolved recipe without `output`, `device`, `preview` and
+    /// `checkpoint_every`): a checkpoint only resumes a run with the same.
+    pub fn training_hash(&self) -> String {
+        use sha2::Digest;
+        let mut raw = self.raw.clone();
+        raw.output = None;
+        raw.device = default_device();
+        raw.preview = None;
+        raw.checkpoint_every = 0;
+        raw.name = None;
+        let text = yaml_serde::to_string(&raw).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    }
+
     /// True when any network is a demo network.
     pub fn uses_demo(&self) -> bool {
         self.raw.models.any_demo()
@@ -612,11 +639,20 @@ impl Ctx<'_> {
         if raw.seeds.is_empty() {
             return Err(self.error("seeds", "give at least one training seed, e.g. seeds: [0]"));
         }
-        if !raw.resample && raw.batch > raw.seeds.len() {
+        if raw.mode == Mode::Direction && !raw.resample && raw.batch > raw.seeds.len() {
             return Err(self.error("batch", format!(
                 "batch {} is larger than the {} training seed(s); list more seeds or set resample: true to draw latents each step",
                 raw.batch, raw.seeds.len()
             )));
+        }
+        if !(raw.latent_l2.is_finite() && raw.latent_l2 >= 0.0) {
+            return Err(self.error("latent_l2", format!("expected a weight >= 0, got {}", raw.latent_l2)));
+        }
+        if raw.mode == Mode::Direction && raw.latent_l2 != 0.0 {
+            return Err(self.error("latent_l2", "latent_l2 applies to mode: latent only (a direction's size is fixed by its norm); remove it"));
+        }
+        if raw.diversity > 0.0 && raw.directions < 2 {
+            return Err(self.error("diversity", "the diversity term needs two or more directions; set directions: 2 or more, or remove diversity"));
         }
         if raw.mode == Mode::Latent && raw.resample {
             return Err(self.error("resample", "mode 'latent' optimises fixed latents; remove resample: true"));
@@ -759,15 +795,29 @@ impl Ctx<'_> {
         if !t.weight.is_finite() || t.weight < 0.0 {
             return Err(self.error(&format!("{key}.weight"), format!("expected a weight λ >= 0, got {}", t.weight)));
         }
-        let params = match &t.params {
-            None | Some(yaml_serde::Value::Null) => "{}\n".to_string(),
-            Some(v @ yaml_serde::Value::Mapping(_)) => yaml_serde::to_string(v).unwrap_or_default(),
+        let value = match &t.params {
+            None | Some(yaml_serde::Value::Null) => None,
+            Some(v @ yaml_serde::Value::Mapping(_)) => Some(v),
             Some(_) => {
                 return Err(self.error(&format!("{key}.params"), "expected a mapping of the plugin's parameters (see lsd-tui plugins)"))
             }
         };
+        let Some(value) = value else {
+            return Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params: "{}\n".into(), params_line: 0, params_column: 0, params_indent: 0 });
+        };
+        // The plugin gets the params exactly as written (so its line numbers
+        // map to the file); if that text cannot be cut out cleanly, a
+        // re-serialised copy (positions then only approximate).
+        if let Some(line) = self.locate_line(&format!("{key}.params")) {
+            if let Some((text, first, column, indent)) = params_source(self.text, line) {
+                if yaml_serde::from_str::<yaml_serde::Value>(&text).ok().as_ref() == Some(value) {
+                    return Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params: text, params_line: first, params_column: column, params_indent: indent });
+                }
+            }
+        }
+        let params = yaml_serde::to_string(value).unwrap_or_default();
         let params_line = self.locate_line(&format!("{key}.params")).map(|l| l + 1).unwrap_or(0);
-        Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params, params_line })
+        Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params, params_line, params_column: 0, params_indent: 0 })
     }
 
     fn locate_line(&self, key: &str) -> Option<usize> {
@@ -784,7 +834,11 @@ impl Ctx<'_> {
 
     fn check_preview(&self, p: Option<&RawPreview>, raw: &RawRecipe, alpha: Alpha) -> Result<Preview, RecipeError> {
         let typical = alpha.typical();
-        let default_alphas = vec![-typical, 0.0, typical];
+        // Latent mode: α interpolates from w₀ (0) to the optimised latent (1).
+        let default_alphas = match raw.mode {
+            Mode::Direction => vec![-typical, 0.0, typical],
+            Mode::Latent => vec![0.5, 1.0],
+        };
         let Some(p) = p else {
             return Ok(Preview { every: default_preview_every(), alphas: default_alphas, seeds: vec![raw.seeds[0]] });
         };
@@ -799,8 +853,100 @@ impl Ctx<'_> {
         if seeds.is_empty() || seeds.len() > 8 {
             return Err(self.error("preview.seeds", format!("expected 1 to 8 preview seeds, got {}", seeds.len())));
         }
+        if raw.mode == Mode::Latent {
+            if let Some(s) = seeds.iter().find(|s| !raw.seeds.contains(s)) {
+                return Err(self.error("preview.seeds", format!(
+                    "seed {s} is not a training seed; mode 'latent' optimises only the training seeds' latents, so preview those"
+                )));
+            }
+        }
         Ok(Preview { every: p.every, alphas, seeds })
     }
+}
+
+/// Cuts the value of the `params:` key on 1-based `line` out of `text`:
+/// `(text, first line, column offset of line 1, indentation removed from
+/// the other lines)`. Flow style (`params: {a: 1}`) starts on the key's
+/// line; block style on the next line, with the common indentation removed.
+/// Blank and comment lines are kept so that line numbers map one to one.
+fn params_source(text: &str, line: usize) -> Option<(String, usize, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key_line = *lines.get(line - 1)?;
+    let key_indent = key_line.len() - key_line.trim_start().len();
+    let after = key_line.find("params:")? + "params:".len();
+    let rest = &key_line[after..];
+    let rest_trim = rest.trim_start();
+    let inline = !rest_trim.is_empty() && !rest_trim.starts_with('#');
+    // The block: following lines indented deeper than the key (blank and
+    // comment lines included).
+    let mut end = line; // index of the first line after the block
+    while end < lines.len() {
+        let l = lines[end];
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') || l.len() - t.len() > key_indent {
+            end += 1;
+        } else {
+            break;
+        }
+    }
+    // Trailing blank/comment lines belong to no one.
+    while end > line && {
+        let t = lines[end - 1].trim_start();
+        t.is_empty() || t.starts_with('#')
+    } {
+        end -= 1;
+    }
+    let block = &lines[line..end];
+    let indent = block
+        .iter()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let dedent = |l: &&str| -> String { if l.len() >= indent { l[indent..].to_string() } else { l.trim_start().to_string() } };
+    if inline {
+        let column = after + (rest.len() - rest_trim.len());
+        let mut out = vec![rest_trim.to_string()];
+        out.extend(block.iter().map(dedent));
+        Some((out.join("\n") + "\n", line, column, indent))
+    } else {
+        if block.is_empty() {
+            return None;
+        }
+        let out: Vec<String> = block.iter().map(dedent).collect();
+        Some((out.join("\n") + "\n", line + 1, indent, indent))
+    }
+}
+
+/// Parses a seed list as the command line writes it: `3`, `1,2,5`,
+/// `0..10` (end excluded, as in Rust), `0..=9`, or a mix (`0..3,7`).
+pub fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    let bad = |part: &str, why: &str| format!("'{part}' in seeds '{text}': {why}; write seeds as 3, 1,2,5 or 0..10");
+    for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(bad(part, "empty entry"));
+        }
+        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad(part, "not a whole number >= 0"));
+        if let Some((a, b)) = part.split_once("..") {
+            let (b, inclusive) = match b.strip_prefix('=') {
+                Some(b) => (b, true),
+                None => (b, false),
+            };
+            let (a, b) = (num(a)?, num(b)?);
+            let end = if inclusive { b.checked_add(1).ok_or_else(|| bad(part, "too large"))? } else { b };
+            if end <= a {
+                return Err(bad(part, "the range is empty"));
+            }
+            if end - a > 1_000_000 {
+                return Err(bad(part, "more than a million seeds"));
+            }
+            out.extend(a..end);
+        } else {
+            out.push(num(part)?);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

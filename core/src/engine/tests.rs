@@ -1,0 +1,259 @@
+//! Engine tests on the demo generator with in-process terms.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::outputs::read_direction;
+use crate::plugin::{LossTerm, Needs};
+
+/// Pulls the edited image towards a flat colour: `mean((x_edit − c)²)`.
+struct Towards(f32);
+
+impl LossTerm for Towards {
+    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+        Ok((&b.x_edit - self.0 as f64)?.sqr()?.mean_all()?)
+    }
+}
+
+/// Keeps the edit close to the original, and reads the feature maps.
+struct Stay;
+
+impl LossTerm for Stay {
+    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+        let f = b.features.as_ref().ok_or_else(|| Error::Config("no feature maps".into()))?;
+        let mut total = (&b.x_edit - &b.x)?.sqr()?.mean_all()?;
+        for (a, e) in f.x.iter().zip(&f.x_edit) {
+            total = (total + (e - a)?.sqr()?.mean_all()?)?;
+        }
+        Ok(total)
+    }
+
+    fn needs(&self) -> Needs {
+        Needs { features: true }
+    }
+}
+
+/// NaN from the `at`-th call on.
+struct NanAfter {
+    at: usize,
+    calls: Arc<AtomicUsize>,
+}
+
+impl LossTerm for NanAfter {
+    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let l = b.x_edit.mean_all()?;
+        Ok(if n >= self.at { (l * f64::NAN)? } else { l })
+    }
+}
+
+const RECIPE: &str = "\
+prompt: a photo of a person with gray hair
+steps: 6
+seed: 11
+seeds: [1, 2, 3]
+batch: 2
+alpha: {min: -3, max: 3, min_abs: 1}
+checkpoint_every: 2
+preview:
+  every: 3
+  alphas: [-2, 2]
+terms:
+  - plugin: towards
+  - plugin: stay
+    weight: 0.5
+";
+
+fn recipe(text: &str, out: &Path) -> Recipe {
+    let mut r = Recipe::parse(text, Path::new("test.yaml")).expect("valid recipe");
+    r.output = out.to_path_buf();
+    r
+}
+
+fn terms() -> Vec<EngineTerm> {
+    vec![EngineTerm::in_process("towards", 1.0, Towards(0.8)), EngineTerm::in_process("stay", 0.5, Stay)]
+}
+
+fn quiet(terms: Vec<EngineTerm>) -> Setup {
+    Setup { metrics: false, ..Setup::new(terms) }
+}
+
+/// Runs synchronously; returns the events and the outcome.
+fn run_sync(r: Recipe, setup: Setup) -> (Vec<TrainEvent>, Result<RunSummary>) {
+    let (tx, rx) = mpsc::channel();
+    let (_ctx, crx) = mpsc::channel();
+    let out = run(r, setup, &tx, &crx);
+    drop(tx);
+    (rx.iter().collect(), out)
+}
+
+fn direction_bytes(dir: &Path) -> Vec<f32> {
+    let d = read_direction(&dir.join(DIRECTION_FILE), &Device::Cpu).expect("a direction file");
+    d.direction.flatten_all().and_then(|t| t.to_vec1()).expect("f32")
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir")
+}
+
+#[test]
+fn trains_writes_every_output_and_lowers_the_loss() {
+    let dir = tempdir();
+    let out = dir.path().join("run");
+    let text = RECIPE.replace("steps: 6", "steps: 12").replace("min: -3", "min: 1").replace("min_abs: 1", "min_abs: 0");
+    let (events, res) = run_sync(recipe(&text, &out), Setup { metrics: true, ..Setup::new(terms()) });
+    let summary = res.expect("the run succeeds");
+    assert_eq!(summary.steps, 12);
+    assert!(!summary.stopped_early);
+    let steps: Vec<&StepStats> = events.iter().filter_map(|e| if let TrainEvent::Step(s) = e { Some(s) } else { None }).collect();
+    assert_eq!(steps.len(), 12);
+    assert!(matches!(events.first(), Some(TrainEvent::WarmUp { .. })));
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Started(i) if i.terms == ["towards", "stay"] && i.demo)));
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Preview(p) if p.rows.len() == 1 && p.rows[0].edits.len() == 2)));
+    assert!(matches!(events.last(), Some(TrainEvent::Finished { .. })));
+    let first = steps[0].terms[0];
+    let last = steps[11].terms[0];
+    assert!(last < first, "the 'towards' term did not decrease: {first} -> {last}");
+    for name in ["direction.safetensors", "recipe.yaml", "losses.csv", "strip-1.png", "losses.png", "metrics.json", CHECKPOINT_FILE] {
+        assert!(out.join(name).is_file(), "missing {name}");
+    }
+    let csv = std::fs::read_to_string(out.join("losses.csv")).expect("csv");
+    assert!(csv.starts_with("step,total,towards,stay,grad_norm,lr\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 13);
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).expect("json")).expect("valid json");
+    let sims = &metrics["clip_similarity"];
+    assert_eq!(sims["alphas"], serde_json::json!([-2.0, 0.0, 2.0]));
+    assert!(sims["before"].as_f64().is_some_and(f64::is_finite), "{metrics}");
+    assert_eq!(sims["model"], "demo");
+    let d = read_direction(&out.join(DIRECTION_FILE), &Device::Cpu).expect("direction");
+    assert_eq!(d.meta.generator_sha256, "demo");
+    assert_eq!(d.meta.terms.len(), 2);
+    assert_eq!(d.meta.steps, 12);
+    // norm: layer — every layer of u has unit length.
+    let norms: Vec<f32> = d.direction.sqr().and_then(|t| t.sum(2)).and_then(|t| t.sqrt()).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("norms");
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
+}
+
+#[test]
+fn same_recipe_twice_gives_the_same_direction_bit_for_bit() {
+    let dir = tempdir();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_sync(recipe(RECIPE, &a), quiet(terms())).1.expect("run a");
+    run_sync(recipe(RECIPE, &b), quiet(terms())).1.expect("run b");
+    assert_eq!(direction_bytes(&a), direction_bytes(&b));
+    let c = dir.path().join("c");
+    run_sync(recipe(&RECIPE.replace("seed: 11", "seed: 12"), &c), quiet(terms())).1.expect("run c");
+    assert_ne!(direction_bytes(&a), direction_bytes(&c), "the seed must matter");
+}
+
+#[test]
+fn stop_then_resume_equals_a_straight_run() {
+    let dir = tempdir();
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    run_sync(recipe(RECIPE, &straight), quiet(terms())).1.expect("straight run");
+    // Stopped after step 3 (between checkpoints), then resumed.
+    let s = run_sync(recipe(RECIPE, &split), Setup { stop_after: Some(3), ..quiet(terms()) }).1.expect("first half");
+    assert!(s.stopped_early);
+    assert_eq!(s.steps, 3);
+    let (events, res) = run_sync(recipe(RECIPE, &split), Setup { resume: true, ..quiet(terms()) });
+    res.expect("second half");
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Started(i) if i.start_step == 3)));
+    assert_eq!(direction_bytes(&straight), direction_bytes(&split));
+    let csv = |d: &Path| std::fs::read_to_string(d.join("losses.csv")).expect("csv");
+    assert_eq!(csv(&straight), csv(&split));
+    // A changed recipe refuses the checkpoint.
+    let changed = RECIPE.replace("alpha: {min: -3", "alpha: {min: -4");
+    let (_, res) = run_sync(recipe(&changed, &split), Setup { resume: true, ..quiet(terms()) });
+    let err = res.expect_err("a different recipe").to_string();
+    assert!(err.contains("different recipe"), "{err}");
+}
+
+#[test]
+fn a_nan_stops_the_run_naming_term_and_step_and_keeps_the_last_direction() {
+    let dir = tempdir();
+    let out = dir.path().join("nan");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let terms = vec![
+        EngineTerm::in_process("towards", 1.0, Towards(0.8)),
+        EngineTerm::in_process("fragile", 1.0, NanAfter { at: 4, calls: calls.clone() }),
+    ];
+    let text = RECIPE.replace("  - plugin: stay\n    weight: 0.5\n", "  - plugin: fragile\n");
+    let (events, res) = run_sync(recipe(&text, &out), quiet(terms));
+    let err = res.expect_err("the run fails").to_string();
+    assert!(err.contains("'fragile'") && err.contains("step 4"), "{err}");
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Failed { error } if error.contains("fragile"))));
+    let d = read_direction(&out.join(DIRECTION_FILE), &Device::Cpu).expect("the last good direction");
+    assert_eq!(d.meta.steps, 3);
+    assert!(d.direction.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32").iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn directions_with_diversity_layers_and_latent_mode() {
+    let dir = tempdir();
+    let out = dir.path().join("k2");
+    let text = RECIPE.replace("seed: 11\n", "seed: 11\ndirections: 2\ndiversity: 1.0\nlayers: [0, 3, 4]\nnorm: total\n");
+    let (events, res) = run_sync(recipe(&text, &out), quiet(terms()));
+    res.expect("K = 2 trains");
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Started(i) if i.terms.last().map(String::as_str) == Some("diversity"))));
+    let d = read_direction(&out.join(DIRECTION_FILE), &Device::Cpu).expect("direction");
+    assert_eq!(d.direction.dims()[0], 2);
+    let per_layer: Vec<Vec<f32>> = d.direction.sqr().and_then(|t| t.sum(2)).and_then(|t| t.to_vec2()).expect("norms");
+    for row in &per_layer {
+        for (l, v) in row.iter().enumerate() {
+            assert_eq!(*v > 0.0, [0, 3, 4].contains(&l), "layer {l}: {v}");
+        }
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4, "norm: total gives unit directions: {row:?}");
+    }
+
+    let out = dir.path().join("latent");
+    let text = RECIPE.replace("seed: 11\n", "seed: 11\nmode: latent\nlatent_l2: 0.01\n").replace("alpha: {min: -3, max: 3, min_abs: 1}\n", "").replace("  alphas: [-2, 2]\n", "");
+    let (events, res) = run_sync(recipe(&text, &out), quiet(terms()));
+    res.expect("latent mode trains");
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Started(i) if i.mode == "latent")));
+    let d = read_direction(&out.join(DIRECTION_FILE), &Device::Cpu).expect("direction");
+    assert_eq!(d.direction.dims()[0], 3);
+    assert!(d.latent.is_some());
+}
+
+#[test]
+fn controls_pause_preview_save_and_stop() {
+    let dir = tempdir();
+    let out = dir.path().join("ctl");
+    let text = RECIPE.replace("steps: 6", "steps: 10000");
+    let h = spawn(recipe(&text, &out), quiet(terms()));
+    h.control.send(Control::Pause).expect("engine alive");
+    // Wait for the pause to take effect.
+    let mut seen = Vec::new();
+    for e in h.events.iter() {
+        let paused = matches!(e, TrainEvent::Paused(true));
+        seen.push(e);
+        if paused {
+            break;
+        }
+    }
+    h.control.send(Control::SetPreviewAlphas(vec![1.5])).expect("alive");
+    h.control.send(Control::SaveNow).expect("alive");
+    h.control.send(Control::Resume).expect("alive");
+    h.control.send(Control::Stop).expect("alive");
+    let summary = h.thread.join().expect("no panic").expect("stopped cleanly");
+    assert!(summary.stopped_early && summary.steps < 10000);
+    let rest: Vec<TrainEvent> = h.events.iter().collect();
+    assert!(rest.iter().any(|e| matches!(e, TrainEvent::Preview(p) if p.alphas == [1.5])));
+    assert!(rest.iter().any(|e| matches!(e, TrainEvent::Paused(false))));
+    assert!(matches!(rest.last(), Some(TrainEvent::Finished { .. })));
+    assert!(out.join(DIRECTION_FILE).is_file());
+}
+
+#[test]
+fn diversity_is_zero_for_orthogonal_and_one_for_parallel() -> Result<()> {
+    let dev = Device::Cpu;
+    let ortho = Tensor::new(&[[[1f32, 0.0]], [[0.0, 2.0]]], &dev)?;
+    let par = Tensor::new(&[[[1f32, 1.0]], [[-2.0, -2.0]]], &dev)?;
+    assert!(diversity(&ortho)?.to_scalar::<f32>()?.abs() < 1e-6);
+    assert!((diversity(&par)?.to_scalar::<f32>()? - 1.0).abs() < 1e-5);
+    Ok(())
+}

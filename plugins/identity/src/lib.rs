@@ -1,0 +1,98 @@
+//! The built-in `identity` loss plugin: keeps the person recognisable by
+//! penalising the change of their ArcFace embedding.
+//!
+//! ```text
+//! ℓ = mean_n [ 1 − cos(R(x_n), R(x_edit_n)) ]
+//! ```
+//!
+//! `R` is ArcFace IR-SE50 (Deng et al. 2019, "ArcFace: Additive Angular
+//! Margin Loss for Deep Face Recognition", <https://arxiv.org/abs/1801.07698>)
+//! applied to StyleCLIP's face crop (pool to 256², rows 35..223, columns
+//! 32..220, pool to 112²), as StyleCLIP's identity loss
+//! ([`criteria/id_loss.py`](https://github.com/orpatashnik/StyleCLIP/blob/f87a47f7fc39e19a1f6c88293875692b303bf168/criteria/id_loss.py)).
+//! The original `x` is detached: only the edited image is pushed back
+//! towards the original identity. The network, the crop and the loss are
+//! [`lsd_core::models::arcface`] ([`IdLoss`]); this crate exports them as a
+//! dynamic library, exactly like a user's plugin (see `docs/plugins.md`).
+//!
+//! Weights: `InitContext::weights["arcface"]`, `model_ir_se50.pth` (or its
+//! safetensors conversion). With no path — or no `arcface` entry at all, as
+//! `lsd-tui plugins check` passes — the seeded demo network
+//! ([`lsd_core::models::arcface::demo`] with [`DEMO_MODEL_SEED`]) is built,
+//! the same network the host builds.
+//!
+//! See README.md for the commands.
+
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+use lsd_core::demo::DEMO_MODEL_SEED;
+use lsd_core::models::arcface::{self, Backbone, IdLoss};
+use lsd_core::plugin::{EditBatch, InitContext, LossTerm, ParamInfo, Plugin};
+use lsd_core::Result;
+use serde::Deserialize;
+
+/// The plugin's parameters: none. The struct exists so that a misspelt
+/// key is an error naming the plugin rather than silently ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {}
+
+/// The `identity` term.
+#[derive(Debug, Clone)]
+pub struct IdentityTerm {
+    id_loss: IdLoss,
+}
+
+/// The weights path the host gave for `key`; `None` (demo weights) when it
+/// gave `null` or no entry at all.
+fn weights_path(context: &InitContext, key: &str) -> Option<PathBuf> {
+    context.weights.get(key).cloned().flatten()
+}
+
+impl IdentityTerm {
+    /// The term around a ready backbone.
+    pub fn with_backbone(backbone: Backbone) -> Self {
+        Self { id_loss: IdLoss::new(backbone) }
+    }
+
+    /// The wrapped loss.
+    pub fn id_loss(&self) -> &IdLoss {
+        &self.id_loss
+    }
+}
+
+impl LossTerm for IdentityTerm {
+    fn loss(&self, batch: &EditBatch) -> Result<Tensor> {
+        // The network is f32; a caller's f64 batch is cast there and back
+        // (both casts are differentiable). `IdLoss::forward` detaches `x`.
+        let x = batch.x.to_dtype(DType::F32)?;
+        let x_edit = batch.x_edit.to_dtype(DType::F32)?;
+        Ok(self.id_loss.forward(&x_edit, &x)?.to_dtype(batch.x_edit.dtype())?)
+    }
+}
+
+impl Plugin for IdentityTerm {
+    const NAME: &'static str = "identity";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const DESCRIPTION: &'static str =
+        "1 − cos(R(x), R(x_edit)): ArcFace IR-SE50 on StyleCLIP's face crop keeps the identity";
+    type Params = Params;
+
+    fn params() -> Vec<ParamInfo> {
+        Vec::new()
+    }
+
+    fn new(_params: Params, context: &InitContext) -> Result<Self> {
+        let device = context.device()?;
+        let backbone = match weights_path(context, "arcface") {
+            Some(path) => Backbone::from_state_dict(lsd_core::torch::load(&path)?, &device)?,
+            None => arcface::demo(DEMO_MODEL_SEED, &device)?,
+        };
+        Ok(Self::with_backbone(backbone))
+    }
+}
+
+lsd_core::export_plugin!(IdentityTerm);
