@@ -114,7 +114,7 @@ impl<'de> Deserialize<'de> for FacePart {
         let name = String::deserialize(deserializer)?;
         bisenet::class_index(&name).map(FacePart).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "`classes`: unknown face part '{name}'; use one of: {}",
+                "unknown face part '{name}' in `classes`; use one of: {}",
                 valid_class_names()
             ))
         })
@@ -166,9 +166,8 @@ impl Default for Params {
 impl Params {
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| {
-            Err(Error::Config(format!("parameters of plugin 'segmentation': {msg}")))
-        };
+        let bad =
+            |msg: String| Err(Error::Config(format!("parameters of plugin 'segmentation': {msg}")));
         if self.classes.is_empty() {
             return bad(format!(
                 "`classes` is empty; name at least one face part: {}",
@@ -313,15 +312,14 @@ impl LossTerm for SegmentationTerm {
         match self.params.space {
             Space::Pixels => out_of_region_share(&batch.x, &batch.x_edit, &mask, eps),
             Space::Features => {
-                let maps = batch.features.as_ref().filter(|f| !f.x_edit.is_empty()).ok_or_else(
-                    || {
+                let maps =
+                    batch.features.as_ref().filter(|f| !f.x_edit.is_empty()).ok_or_else(|| {
                         Error::Config(
                             "plugin 'segmentation' with `space: features` needs the generator's \
                              feature maps, and the batch has none"
                                 .into(),
                         )
-                    },
-                )?;
+                    })?;
                 let mut total: Option<Tensor> = None;
                 for (fx, fe) in maps.x.iter().zip(&maps.x_edit) {
                     let layer = out_of_region_share(fx, fe, &mask, eps)?;

@@ -1,0 +1,152 @@
+//! The `identity` plugin loaded as a library, against itself in-process,
+//! finite differences, and `IdLoss` computed directly with lsd-core's demo
+//! ArcFace.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
+use lsd_core::models::arcface::{self, IdLoss};
+use lsd_core::plugin::testing::{
+    build_plugin, check_plugin_gradients, compare_outputs, tiny_batch, GradCheck, GradReport,
+};
+use lsd_core::plugin::{differentiate, EditBatch, InitContext, LossTerm, Plugin, PluginLibrary};
+use lsd_core::Result;
+use lsd_plugin_identity::IdentityTerm;
+
+fn library() -> PathBuf {
+    build_plugin(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "lsd-plugin-identity")
+        .expect("the identity plugin builds")
+}
+
+/// The network has f32 weights, so finite differences are taken in f32.
+/// ArcFace is piecewise linear (PReLU, ReLU in the SE blocks): a central
+/// difference across a kink is off by up to a few per cent however small
+/// the step, and below `1e-4` f32 rounding dominates. At `3e-4` the worst
+/// element of the 4×4 case is 1.5% of the largest gradient (the same
+/// element moves from −0.0468 to −0.0510 between steps `1e-3` and `1e-4`
+/// while the analytic value is −0.0500), hence the 2% tolerance.
+fn f32_check() -> GradCheck {
+    GradCheck {
+        fd_dtype: DType::F32,
+        fd_eps: 3e-4,
+        fd_rtol: 2e-2,
+        fd_atol: 1e-4,
+        ..GradCheck::default()
+    }
+}
+
+/// Two `side × side` samples with one direction, from `seed`; `x_edit` is
+/// `x` plus a perturbation of size `change`.
+fn image_batch(seed: u64, side: usize, change: f32) -> Result<EditBatch> {
+    let mut s = SeededWeights::new(seed);
+    s.normal("x", &[2, 3, side, side], 0.0, 0.5)?;
+    s.normal("d", &[2, 3, side, side], 0.0, change)?;
+    s.normal("w", &[2, 4, 8], 0.0, 1.0)?;
+    s.normal("u", &[1, 4, 8], 0.0, 1.0)?;
+    let t = |n: &str| s.tensors()[n].clone();
+    let x_edit = (t("x") + t("d"))?;
+    EditBatch::new(t("x"), x_edit, t("w"), t("u"), vec![1.0, -0.5], "a person with gray hair")
+}
+
+/// One 4×4 sample: every loss evaluation runs ArcFace twice, and finite
+/// differences evaluate it twice per input element, so this is kept tiny.
+fn fd_batch() -> Result<EditBatch> {
+    let b = tiny_batch(7, false)?;
+    let first = |t: &candle_core::Tensor| t.narrow(0, 0, 1);
+    let w = b.w.narrow(0, 0, 1)?.narrow(1, 0, 1)?;
+    let u = b.u.narrow(0, 0, 1)?.narrow(1, 0, 1)?;
+    EditBatch::new(first(&b.x)?, first(&b.x_edit)?, w, u, vec![0.7], b.prompt.clone())
+}
+
+#[test]
+fn loaded_gradients_match_in_process_and_finite_differences() -> Result<()> {
+    let term = IdentityTerm::from_yaml("", &InitContext::default())?;
+    let report = check_plugin_gradients(&library(), "", &term, &fd_batch()?, &f32_check())?;
+    println!("{}", report.table());
+    assert!(report.passed(), "{}", report.table());
+    Ok(())
+}
+
+#[test]
+fn loaded_matches_in_process_and_id_loss_on_32px_images() -> Result<()> {
+    let batch = image_batch(3, 32, 0.3)?;
+    let lib = PluginLibrary::open(library())?;
+    let loaded = lib.instantiate("", &InitContext::default())?.evaluate(&batch)?;
+    let term = IdentityTerm::from_yaml("", &InitContext::default())?;
+    let mut rows = Vec::new();
+    compare_outputs(
+        &loaded,
+        &differentiate(&term, &batch)?,
+        &batch,
+        "in-process",
+        1e-5,
+        1e-7,
+        &mut rows,
+    )?;
+    let report = GradReport { rows };
+    println!("{}", report.table());
+    assert!(report.passed(), "{}", report.table());
+    // Only the edited image gets a gradient: x is detached, w and u unused.
+    assert!(loaded.grad_x_edit.is_some() && loaded.grad_w.is_none() && loaded.grad_u.is_none());
+
+    // The value is StyleCLIP's IdLoss with lsd-core's demo ArcFace.
+    let id = IdLoss::new(arcface::demo(DEMO_MODEL_SEED, &Device::Cpu)?);
+    let direct = id.forward(&batch.x_edit, &batch.x)?.to_scalar::<f32>()? as f64;
+    assert!((loaded.value - direct).abs() < 1e-6, "loaded {} direct {direct}", loaded.value);
+    assert!(loaded.value > 1e-4, "the perturbation changes the embedding: {}", loaded.value);
+    Ok(())
+}
+
+#[test]
+fn an_unchanged_image_has_zero_loss_and_gradient() -> Result<()> {
+    let mut batch = image_batch(5, 32, 0.3)?;
+    batch.x_edit = batch.x.clone();
+    let term = IdentityTerm::from_yaml("", &InitContext::default())?;
+    let value = term.loss(&batch)?.to_scalar::<f32>()?;
+    assert!(value.abs() < 1e-6, "{value}");
+    // Larger changes move the embedding further.
+    let small = term.loss(&image_batch(5, 32, 0.05)?)?.to_scalar::<f32>()?;
+    let large = term.loss(&image_batch(5, 32, 0.5)?)?.to_scalar::<f32>()?;
+    assert!(0.0 < small && small < large, "{small} {large}");
+    Ok(())
+}
+
+#[test]
+fn bad_params_name_the_field_and_position() -> Result<()> {
+    let lib = PluginLibrary::open(library())?;
+    assert_eq!(lib.info().name, "identity");
+    assert!(lib.info().params.is_empty());
+    let ctx = InitContext::default();
+    assert!(lib.instantiate("", &ctx).is_ok() && lib.instantiate("{}", &ctx).is_ok());
+    let msg = lib.instantiate("crop: 112", &ctx).unwrap_err().to_string();
+    assert!(msg.contains("unknown field `crop`, there are no fields"), "{msg}");
+    let weights = [("arcface".to_string(), Some(PathBuf::from("/no/such/model_ir_se50.pth")))];
+    let msg = lib
+        .instantiate("", &InitContext { weights: weights.into(), ..InitContext::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("/no/such/model_ir_se50.pth"), "{msg}");
+    Ok(())
+}
+
+/// What `lsd-tui plugins check PATH` runs: default parameters, demo
+/// weights, a 16×16 smoke batch. Prints the listing the README shows.
+#[test]
+fn passes_the_plugin_check() -> Result<()> {
+    let report = lsd_core::plugin::discovery::check(&library())?;
+    let info = &report.listed.info;
+    println!("{} {} — {}", info.name, info.version, info.description);
+    for p in &info.params {
+        println!("    {:<8} {:<30} default {:<7} {}", p.name, p.ty, p.default, p.help);
+    }
+    println!("built with: {}", report.listed.fingerprint);
+    println!(
+        "smoke test: loss {:.6}, gradients for {}",
+        report.smoke_value,
+        report.smoke_gradients.join(", ")
+    );
+    assert!(report.smoke_value.is_finite());
+    assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
+    Ok(())
+}
