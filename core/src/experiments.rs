@@ -5,14 +5,18 @@
 //! progress.
 //!
 //! - [`similarity`]: the prompt × image CLIP similarity table (Fig. 5).
+//! - [`generalize`]: local directions applied to unseen images, ΔCLIP
+//!   against α (Fig. 8), with sharding and [`generalize::merge`].
 //!
 //! Every experiment runs on the demo networks in seconds (their numbers mean
 //! nothing, and every output says so) and on real weights on a GPU.
 
+pub mod generalize;
 pub mod models;
 pub mod seeds;
 pub mod similarity;
 pub mod table;
+pub mod train;
 
 /// How far a long experiment has got, for a progress bar.
 #[derive(Debug, Clone, PartialEq, Eq)]

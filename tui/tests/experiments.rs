@@ -107,5 +107,5 @@ fn similarity_rejects_bad_seeds_with_a_hint() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("empty range") && stderr.contains("0..10"), "{stderr}");
+    assert!(stderr.contains("range is empty") && stderr.contains("0..10"), "{stderr}");
 }

@@ -75,20 +75,34 @@ impl GeneratorModel {
         self.generator.w_from_seed(seed, trunc)
     }
 
-    /// The image `[1, 3, H, W]` in about `[-1, 1]` of a latent (W or W+).
+    /// The image `[1, 3, H, W]` in about `[-1, 1]` of a latent (W or W+),
+    /// with the checkpoint's stored noise.
     pub fn image(&self, latent: &Tensor) -> Result<Tensor> {
-        Ok(self.generator.synthesis(latent, stylegan2::Noise::Stored, false)?.image)
+        self.image_with(latent, stylegan2::Noise::Stored)
+    }
+
+    /// Images `[B, 3, H, W]` of latents `[B, D]` or `[B, L, D]` with `noise`.
+    pub fn image_with(&self, latent: &Tensor, noise: stylegan2::Noise) -> Result<Tensor> {
+        Ok(self.generator.synthesis(latent, noise, false)?.image)
+    }
+
+    /// W+ `[1, L, D]` for `seed`, truncated with `psi`, as the training
+    /// engine computes it.
+    pub fn w_plus(&self, seed: u64, psi: f64) -> Result<Tensor> {
+        Ok(self.generator.broadcast_latent(&self.w(seed, psi)?)?.contiguous()?)
     }
 }
 
-/// The mean of the mapping over [`LATENT_AVG_SAMPLES`] seeded z, in batches.
+/// The mean of the mapping over [`LATENT_AVG_SAMPLES`] seeded z (seeds
+/// `1_000_000 + i`, as the training engine draws them, so that truncation
+/// matches its runs), in batches.
 fn estimate_latent_avg(g: &Generator) -> Result<Tensor> {
     let d = g.config().style_dim;
     let mut sum = Tensor::zeros(d, DType::F32, g.device())?;
     for chunk in (0..LATENT_AVG_SAMPLES).collect::<Vec<_>>().chunks(256) {
         let zs = chunk
             .iter()
-            .map(|s| stylegan2::z_from_seed(u64::MAX - s, d, g.device()))
+            .map(|s| stylegan2::z_from_seed(1_000_000 + s, d, g.device()))
             .collect::<Result<Vec<_>>>()?;
         sum = (sum + g.mapping(&Tensor::cat(&zs, 0)?)?.sum(0)?)?;
     }

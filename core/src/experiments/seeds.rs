@@ -6,46 +6,10 @@
 
 use crate::{Error, Result};
 
-/// The most seeds one list may hold; a typo like `0..10000000000` should be
-/// an error, not an hour of work.
-pub const MAX_SEEDS: usize = 1_000_000;
-
-/// Parses a seed list (see the module docs) in the order written.
+/// Parses a seed list (see the module docs) in the order written, with
+/// [`crate::recipe::parse_seeds`], and refuses a list that repeats a seed.
 pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
-    let bad = |part: &str, why: &str| {
-        Error::Config(format!(
-            "seeds '{text}': {why} in '{part}'; write a range like 0..10 (end excluded), \
-             0..=9 (end included), or a list like 1,2,5"
-        ))
-    };
-    let num = |part: &str, s: &str| s.trim().parse::<u64>().map_err(|_| bad(part, "not a number"));
-    let mut seeds = Vec::new();
-    for part in text.split(',').map(str::trim) {
-        if part.is_empty() {
-            return Err(bad(part, "empty item"));
-        }
-        if let Some((a, b)) = part.split_once("..") {
-            let lo = num(part, a)?;
-            let (hi, inclusive) = match b.strip_prefix('=') {
-                Some(b) => (num(part, b)?, true),
-                None => (num(part, b)?, false),
-            };
-            let end = if inclusive {
-                hi.checked_add(1).ok_or_else(|| bad(part, "too large"))?
-            } else {
-                hi
-            };
-            if end <= lo {
-                return Err(bad(part, "empty range"));
-            }
-            if end - lo > MAX_SEEDS as u64 || seeds.len() + (end - lo) as usize > MAX_SEEDS {
-                return Err(bad(part, &format!("more than {MAX_SEEDS} seeds")));
-            }
-            seeds.extend(lo..end);
-        } else {
-            seeds.push(num(part, part)?);
-        }
-    }
+    let seeds = crate::recipe::parse_seeds(text).map_err(Error::Config)?;
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = seeds.iter().find(|s| !seen.insert(**s)) {
         return Err(Error::Config(format!("seeds '{text}': seed {dup} is listed twice")));
@@ -96,12 +60,12 @@ mod tests {
     #[test]
     fn errors_say_what_is_wrong() {
         for (text, words) in [
-            ("", "empty item"),
-            ("1,,2", "empty item"),
-            ("5..5", "empty range"),
-            ("9..2", "empty range"),
-            ("a..3", "not a number"),
-            ("-1", "not a number"),
+            ("", "empty entry"),
+            ("1,,2", "empty entry"),
+            ("5..5", "range is empty"),
+            ("9..2", "range is empty"),
+            ("a..3", "not a whole number"),
+            ("-1", "not a whole number"),
             ("0..3,2", "listed twice"),
             ("0..10000000000", "more than"),
         ] {
