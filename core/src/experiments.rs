@@ -4,6 +4,7 @@
 //! `merge` are thin wrappers that parse flags, resolve weight names and draw
 //! progress.
 //!
+//! - [`ablation`]: the regulariser ablation grid and metrics (Fig. 9).
 //! - [`similarity`]: the prompt × image CLIP similarity table (Fig. 5).
 //! - [`generalize`]: local directions applied to unseen images, ΔCLIP
 //!   against α (Fig. 8), with sharding and [`generalize::merge`].
@@ -11,6 +12,7 @@
 //! Every experiment runs on the demo networks in seconds (their numbers mean
 //! nothing, and every output says so) and on real weights on a GPU.
 
+pub mod ablation;
 pub mod generalize;
 pub mod models;
 pub mod seeds;
