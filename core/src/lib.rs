@@ -8,6 +8,7 @@
 
 pub mod demo;
 pub mod engine;
+pub mod experiments;
 pub mod error;
 pub mod fixture;
 pub mod imageops;

@@ -260,7 +260,7 @@ impl Frame {
         if self.title.is_empty() {
             PAD
         } else {
-            PAD + self.title.len() as u32 * 2 * GLYPH + PAD
+            PAD + self.title.len() as u32 * (2 * GLYPH + 4) + PAD
         }
     }
     fn bottom(&self) -> u32 {
@@ -273,7 +273,7 @@ impl Frame {
     fn draw(&self, img: &mut RgbImage) {
         let cx = img.width() as i32 / 2;
         for (i, l) in self.title.iter().enumerate() {
-            draw_centred(img, cx, (PAD + i as u32 * 2 * GLYPH) as i32, l, BLACK, 2);
+            draw_centred(img, cx, (PAD + i as u32 * (2 * GLYPH + 4)) as i32, l, BLACK, 2);
         }
         let y0 = img.height() - self.bottom() + PAD;
         for (i, l) in self.footer.iter().enumerate() {
@@ -322,7 +322,7 @@ pub fn grid(
 
     let mut img = RgbImage::from_pixel(width, height, WHITE);
     frame.draw(&mut img);
-    let x0 = PAD + label_w;
+    let x0 = (width - body_w) / 2 + label_w;
     let y0 = frame.top();
     for (c, lines) in col_lines.iter().enumerate() {
         let cx = x0 + c as u32 * (cell_w + gap) + cell_w / 2;
@@ -336,7 +336,8 @@ pub fn grid(
         if let Some(lines) = row_lines.get(r) {
             let ty = ry + cell_h.saturating_sub(lines.len() as u32 * (GLYPH + 2)) / 2;
             for (i, l) in lines.iter().enumerate() {
-                draw_text(&mut img, PAD as i32, (ty + i as u32 * (GLYPH + 2)) as i32, l, BLACK, 1);
+                let y = (ty + i as u32 * (GLYPH + 2)) as i32;
+                draw_text(&mut img, (x0 - label_w) as i32, y, l, BLACK, 1);
             }
         }
         for (c, cell) in row.iter().enumerate() {
@@ -512,10 +513,13 @@ pub fn line_plot(spec: &PlotSpec) -> RgbImage {
             .map(|b| (px(b.0), py(ty(b.1)), py(ty(b.2))))
             .filter(|b| b.0.is_finite() && b.1.is_finite() && b.2.is_finite())
             .collect();
-        for pair in pts.windows(2) {
+        let n_pairs = pts.len().saturating_sub(1);
+        for (k, pair) in pts.windows(2).enumerate() {
             let (a, b) = (pair[0], pair[1]);
             let (xa, xb) = (a.0.round() as i32, b.0.round() as i32);
-            for x in xa.min(xb)..=xa.max(xb) {
+            // Neighbouring segments share an end column: tint it once.
+            let end = if k + 1 == n_pairs { xa.max(xb) } else { xa.max(xb) - 1 };
+            for x in xa.min(xb)..=end {
                 let t = if xb == xa { 0.0 } else { (x - xa) as f64 / (xb - xa) as f64 };
                 let y1 = a.1 + t * (b.1 - a.1);
                 let y2 = a.2 + t * (b.2 - a.2);
@@ -646,9 +650,9 @@ pub fn heat_map(
     let n_rows = values.len() as u32;
     let n_cols = values.iter().map(Vec::len).max().unwrap_or(0).max(col_headers.len()) as u32;
     let head_h = col_headers.iter().map(|c| c.height()).max().unwrap_or(0);
-    let cell_w = col_headers.iter().map(|c| c.width()).max().unwrap_or(0).max(7 * GLYPH);
+    let cell_w = col_headers.iter().map(|c| c.width() + 2).max().unwrap_or(0).max(7 * GLYPH);
     let cell_h = 3 * GLYPH;
-    let row_lines: Vec<Vec<String>> = row_labels.iter().map(|l| wrap(l, 32)).collect();
+    let row_lines: Vec<Vec<String>> = row_labels.iter().map(|l| wrap(l, 40)).collect();
     let lines_max = row_lines.iter().map(Vec::len).max().unwrap_or(1).max(1) as u32;
     let cell_h = cell_h.max(lines_max * (GLYPH + 2) + 4);
     let label_w = row_lines

@@ -1,33 +1,299 @@
-//! The report's experiments: similarity, generalize, ablation, merge (being written).
+//! The report's experiments: `similarity` (Fig. 5), `generalize` (Fig. 8),
+//! `ablation` (Fig. 9) and `merge` (joins `--shard` folders). The work is in
+//! `lsd_core::experiments`; this module parses flags, resolves weight names,
+//! draws progress and prints the tables.
 
-use color_eyre::eyre::{bail, Result};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use indicatif::{ProgressBar, ProgressStyle};
+use lsd_core::engine::Weights;
+use lsd_core::experiments::models::{ClipModel, GeneratorModel, Source};
+use lsd_core::experiments::{ablation, generalize, seeds, similarity, Progress};
+use lsd_core::recipe::{Models, Recipe, WeightsRef};
 
 /// `lsd-tui similarity` arguments.
 #[derive(Debug, clap::Args)]
-pub struct SimilarityArgs {}
+pub struct SimilarityArgs {
+    /// Text prompts (the table's rows).
+    #[arg(long, num_args = 1.., required = true)]
+    pub prompts: Vec<String>,
+    /// Image seeds (the columns): a range `0..10` (end excluded), `0..=9`, or a list `1,2,5`.
+    #[arg(long, default_value = "0..10")]
+    pub seeds: String,
+    /// Generator weights: `demo`, a name from `lsd-tui weights list`, or a file.
+    #[arg(long, default_value = "demo")]
+    pub generator: String,
+    /// CLIP weights: `demo`, a name from `lsd-tui weights list`, or a file.
+    #[arg(long, default_value = "demo")]
+    pub clip: String,
+    /// Truncation ψ towards the average latent (1 = none).
+    #[arg(long, default_value_t = 0.7)]
+    pub truncation: f64,
+    /// Side of the thumbnails in the heat map, in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub thumb: u32,
+    /// Output folder.
+    #[arg(long, default_value = "runs/similarity")]
+    pub out: PathBuf,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Flags shared by the experiments that train directions from a recipe.
+#[derive(Debug, clap::Args)]
+pub struct RecipeArgs {
+    /// The recipe (YAML) every direction is trained with.
+    #[arg(long)]
+    pub recipe: PathBuf,
+    /// Train with this many steps instead of the recipe's (e.g. 2 for a smoke test).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// `demo`: use the seeded demo networks for every model, whatever the recipe names.
+    #[arg(long, value_parser = ["demo"])]
+    pub models: Option<String>,
+    /// `cpu` or `cuda:N` (default: the recipe's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Output folder (default: runs/<recipe name>-<experiment>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
 /// `lsd-tui generalize` arguments.
 #[derive(Debug, clap::Args)]
-pub struct GeneralizeArgs {}
+pub struct GeneralizeArgs {
+    #[command(flatten)]
+    pub common: RecipeArgs,
+    /// One local direction per training seed (default: the recipe's seeds): `1..20`, `1,2,5`.
+    #[arg(long)]
+    pub train_seeds: Option<String>,
+    /// The unseen images every direction is also applied to: `100..150`.
+    #[arg(long)]
+    pub test_seeds: String,
+    /// α values to measure, comma-separated (0 is always added).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, default_value = "1,2,3,4")]
+    pub alphas: Vec<f64>,
+    /// Images per generator call while measuring.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Run only part I of N of the training seeds (0-based), e.g. `$SLURM_ARRAY_TASK_ID/8`;
+    /// join the shard folders afterwards with `lsd-tui merge`.
+    #[arg(long)]
+    pub shard: Option<String>,
+}
+
 /// `lsd-tui ablation` arguments.
 #[derive(Debug, clap::Args)]
-pub struct AblationArgs {}
+pub struct AblationArgs {
+    #[command(flatten)]
+    pub common: RecipeArgs,
+    /// α values of the grid's columns, comma-separated (default: the recipe's preview α).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub alphas: Option<Vec<f64>>,
+    /// Side of one grid cell in pixels (images are shrunk to fit).
+    #[arg(long, default_value_t = 128)]
+    pub cell: u32,
+}
+
 /// `lsd-tui merge` arguments.
 #[derive(Debug, clap::Args)]
-pub struct MergeArgs {}
+pub struct MergeArgs {
+    /// The folder to merge into (created if needed; may be one of the shards).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The shard folders written by `generalize --shard I/N`.
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+}
+
+/// `demo`, or a weights name or file resolved with `lsd_weights::resolve`.
+fn source(name_or_path: &str, what: &str) -> Result<Source> {
+    if name_or_path == "demo" {
+        return Ok(Source::Demo);
+    }
+    let path = lsd_weights::resolve(name_or_path)
+        .wrap_err_with(|| format!("finding the {what} weights '{name_or_path}'"))?;
+    Ok(Source::File(path))
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal) and the
+/// callback that moves it.
+fn progress_bar(message: &str) -> (ProgressBar, impl FnMut(Progress)) {
+    let bar = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{wide_bar}] {pos}/{len} {elapsed} (eta {eta}) {prefix}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message.to_string());
+    let b = bar.clone();
+    let update = move |p: Progress| {
+        b.set_length(p.total as u64);
+        b.set_position(p.done as u64);
+        b.set_prefix(p.what);
+    };
+    (bar, update)
+}
 
 /// Fig. 5.
-pub fn similarity(_a: SimilarityArgs) -> Result<()> {
-    bail!("'similarity' is not available in this build yet")
+pub fn similarity(a: SimilarityArgs) -> Result<()> {
+    let start = Instant::now();
+    let seeds = seeds::parse_seeds(&a.seeds)?;
+    if !(a.truncation > 0.0 && a.truncation <= 1.0) {
+        bail!("truncation '{}' is outside (0, 1]; 0.7 is usual, 1 disables it", a.truncation);
+    }
+    let device = lsd_core::plugin::parse_device(&a.device)?;
+    let gen = GeneratorModel::load(&source(&a.generator, "generator")?, &device)
+        .wrap_err("loading the generator")?;
+    let clip = ClipModel::load(&source(&a.clip, "CLIP")?, &device).wrap_err("loading CLIP")?;
+    let cfg =
+        similarity::Config { prompts: a.prompts, seeds, truncation: a.truncation, thumb: a.thumb };
+    let (bar, mut update) = progress_bar("images");
+    let result = similarity::run(&cfg, &gen, &clip, &mut update)?;
+    bar.finish_and_clear();
+    let out =
+        result.write(&a.out).wrap_err_with(|| format!("writing into '{}'", a.out.display()))?;
+    print!("{}", result.to_table());
+    println!("wrote {}", out.csv.display());
+    println!("wrote {}", out.png.display());
+    println!("wrote {}", out.json.display());
+    println!("wrote {} images under {}", out.images.len(), a.out.join("images").display());
+    eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
 }
+
+/// A recipe loaded for an experiment: weights resolved, device opened,
+/// the generator and CLIP loaded for measuring.
+struct Loaded {
+    recipe: Recipe,
+    weights: Weights,
+    device: candle_core::Device,
+    gen: GeneratorModel,
+    clip: ClipModel,
+}
+
+fn load(common: &RecipeArgs) -> Result<Loaded> {
+    let mut recipe = Recipe::load(&common.recipe).map_err(|e| eyre!("{e}"))?;
+    if common.models.is_some() {
+        recipe.raw.models = Models::default();
+    }
+    let resolve = |what: &str, w: &WeightsRef| -> Result<Option<PathBuf>> {
+        match w {
+            WeightsRef::Demo => Ok(None),
+            WeightsRef::Named(n) => Ok(Some(
+                lsd_weights::resolve(n)
+                    .wrap_err_with(|| format!("finding the {what} weights '{n}'"))?,
+            )),
+            WeightsRef::Path(p) => Ok(Some(
+                lsd_weights::resolve(&p.display().to_string())
+                    .wrap_err_with(|| format!("finding the {what} weights '{}'", p.display()))?,
+            )),
+        }
+    };
+    let m = &recipe.raw.models;
+    let weights = Weights {
+        generator: resolve("generator", &m.generator)?,
+        clip: resolve("CLIP", &m.clip)?,
+        arcface: resolve("ArcFace", &m.arcface)?,
+        bisenet: resolve("BiSeNet", &m.bisenet)?,
+    };
+    let device_name = common.device.clone().unwrap_or_else(|| recipe.raw.device.clone());
+    let device = lsd_core::plugin::parse_device(&device_name)?;
+    let src = |p: &Option<PathBuf>| p.clone().map_or(Source::Demo, Source::File);
+    let gen = GeneratorModel::load(&src(&weights.generator), &device)
+        .wrap_err("loading the generator")?;
+    let clip = ClipModel::load(&src(&weights.clip), &device).wrap_err("loading CLIP")?;
+    Ok(Loaded { recipe, weights, device, gen, clip })
+}
+
+fn default_out(common: &RecipeArgs, recipe: &Recipe, what: &str) -> PathBuf {
+    common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{what}", recipe.name)))
+}
+
 /// Fig. 8.
-pub fn generalize(_a: GeneralizeArgs) -> Result<()> {
-    bail!("'generalize' is not available in this build yet")
+pub fn generalize(a: GeneralizeArgs) -> Result<()> {
+    let start = Instant::now();
+    let l = load(&a.common)?;
+    let all_train = match &a.train_seeds {
+        Some(s) => seeds::parse_seeds(s)?,
+        None => l.recipe.raw.seeds.clone(),
+    };
+    let shard = a.shard.as_deref().map(seeds::parse_shard).transpose()?;
+    let train_seeds = match shard {
+        Some((i, n)) => seeds::shard(&all_train, i, n),
+        None => all_train,
+    };
+    let cfg = generalize::Config {
+        train_seeds,
+        test_seeds: seeds::parse_seeds(&a.test_seeds)?,
+        alphas: a.alphas,
+        steps: a.common.steps,
+        batch: a.batch,
+        shard,
+    };
+    let out = default_out(&a.common, &l.recipe, "generalize");
+    if let Some((i, n)) = shard {
+        eprintln!("shard {i}/{n}: training seeds {:?}", cfg.train_seeds);
+    }
+    let (bar, mut update) = progress_bar("directions");
+    let summary = generalize::run(
+        &l.recipe,
+        &cfg,
+        &out,
+        &l.weights,
+        &l.gen,
+        &l.clip,
+        &l.device,
+        &mut update,
+    )?;
+    bar.finish_and_clear();
+    print!("{}", summary.to_table());
+    for f in ["generalize.csv", "summary.csv", "generalize.png"] {
+        println!("wrote {}", out.join(f).display());
+    }
+    println!("direction folders under {}", out.join("directions").display());
+    eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
 }
+
 /// Fig. 9.
-pub fn ablation(_a: AblationArgs) -> Result<()> {
-    bail!("'ablation' is not available in this build yet")
+pub fn ablation(a: AblationArgs) -> Result<()> {
+    let start = Instant::now();
+    let l = load(&a.common)?;
+    let alphas = match a.alphas {
+        Some(v) => v,
+        None => l.recipe.preview.alphas.iter().map(|&x| x as f64).collect(),
+    };
+    let cfg = ablation::Config { alphas, steps: a.common.steps, cell: a.cell };
+    let out = default_out(&a.common, &l.recipe, "ablation");
+    let (bar, mut update) = progress_bar("variants");
+    let result =
+        ablation::run(&l.recipe, &cfg, &out, &l.weights, &l.gen, &l.clip, &l.device, &mut update)?;
+    bar.finish_and_clear();
+    let files = result.write(&out, cfg.cell)?;
+    print!("{}", result.to_table());
+    println!("wrote {}", files.png.display());
+    println!("wrote {}", files.csv.display());
+    for f in &result.folders {
+        println!("run folder {}", f.display());
+    }
+    eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
 }
-/// Merges shards.
-pub fn merge(_a: MergeArgs) -> Result<()> {
-    bail!("'merge' is not available in this build yet")
+
+/// Joins `generalize --shard` folders.
+pub fn merge(a: MergeArgs) -> Result<()> {
+    let summary = generalize::merge(&a.out, &a.shards)
+        .wrap_err_with(|| format!("merging into '{}'", a.out.display()))?;
+    print!("{}", summary.to_table());
+    for f in ["generalize.csv", "summary.csv", "generalize.png"] {
+        println!("wrote {}", a.out.join(f).display());
+    }
+    Ok(())
 }

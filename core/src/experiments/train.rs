@@ -1,0 +1,146 @@
+//! Training one direction into its own folder for an experiment, reusing
+//! the folder when it already holds the finished direction.
+//!
+//! A finished run gets a marker file ([`DONE_FILE`]) holding the recipe's
+//! training hash ([`Recipe::training_hash`]: everything that decides the
+//! direction). A later run of the same experiment skips every folder whose
+//! marker matches, resumes one that has a checkpoint but no marker (the
+//! engine's `--resume`), and retrains one whose marker differs (the recipe
+//! or `--steps` changed).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::table::write_atomic;
+use crate::engine::events::TrainEvent;
+use crate::engine::{self, Setup, Weights, DIRECTION_FILE};
+use crate::models::stylegan2::Noise;
+use crate::outputs::read_direction;
+use crate::recipe::{NoiseMode, Recipe};
+use crate::{Error, Result};
+
+/// The marker a finished experiment run leaves in its folder.
+pub const DONE_FILE: &str = "experiment-done.json";
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Done {
+    training_hash: String,
+    steps: usize,
+}
+
+/// Where a training step has got, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepProgress {
+    /// 1-based step just finished.
+    pub step: usize,
+    /// Steps in all.
+    pub steps: usize,
+    /// Its weighted total loss.
+    pub total: f64,
+}
+
+/// What [`train_or_reuse`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trained {
+    /// The run folder (holds [`DIRECTION_FILE`]).
+    pub folder: PathBuf,
+    /// True when a finished direction was found and not retrained.
+    pub reused: bool,
+}
+
+/// True when `folder` holds the finished direction of `recipe`.
+pub fn is_done(recipe: &Recipe, folder: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(folder.join(DONE_FILE)) else { return false };
+    let want = Done { training_hash: recipe.training_hash(), steps: recipe.raw.steps };
+    serde_json::from_str::<Done>(&text).is_ok_and(|d| d == want)
+        && folder.join(DIRECTION_FILE).is_file()
+}
+
+/// Trains `recipe` into `recipe.output` with its terms loaded as plugins,
+/// or reuses the folder when it already holds the finished direction.
+/// Runs on the calling thread's behalf (the engine's own thread, joined).
+pub fn train_or_reuse(
+    recipe: Recipe,
+    weights: &Weights,
+    device: &Device,
+    progress: &mut dyn FnMut(StepProgress),
+) -> Result<Trained> {
+    let folder = recipe.output.clone();
+    if is_done(&recipe, &folder) {
+        return Ok(Trained { folder, reused: true });
+    }
+    let terms = engine::load_plugin_terms(&recipe, weights, device)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let done = Done { training_hash: recipe.training_hash(), steps: recipe.raw.steps };
+    let steps = recipe.raw.steps;
+    let setup = Setup {
+        device: device.clone(),
+        weights: weights.clone(),
+        terms,
+        resume: engine::checkpoint_path(&folder).is_file(),
+        stop_after: None,
+        // The experiments measure the directions themselves.
+        metrics: false,
+    };
+    let (event_tx, events) = mpsc::channel();
+    let (_control, control_rx) = mpsc::channel();
+    let worker = std::thread::Builder::new()
+        .name("lsd-experiment-engine".into())
+        .spawn(move || engine::run(recipe, setup, &event_tx, &control_rx))
+        .map_err(|e| Error::io("starting the engine thread for", &folder, e))?;
+    for event in events {
+        if let TrainEvent::Step(s) = event {
+            progress(StepProgress { step: s.step, steps, total: s.total });
+        }
+    }
+    let summary = worker.join().map_err(|_| {
+        Error::Config("the training engine panicked; see the message above".into())
+    })??;
+    if summary.stopped_early {
+        return Err(Error::Config(format!(
+            "training into '{}' stopped at step {} of {steps}; rerun to resume it",
+            folder.display(),
+            summary.steps
+        )));
+    }
+    let text = serde_json::to_string_pretty(&done).map_err(|e| Error::Config(e.to_string()))?;
+    write_atomic(&folder.join(DONE_FILE), &text)?;
+    Ok(Trained { folder, reused: false })
+}
+
+/// The first trained direction `[1, L, D]` of a run folder.
+pub fn load_direction(folder: &Path, device: &Device) -> Result<Tensor> {
+    let d = read_direction(&folder.join(DIRECTION_FILE), device)?;
+    Ok(d.direction.narrow(0, 0, 1)?)
+}
+
+/// The generator noise a recipe trains with, as the engine maps it.
+pub fn recipe_noise(recipe: &Recipe) -> Noise {
+    match recipe.raw.noise {
+        NoiseMode::Stored => Noise::Stored,
+        NoiseMode::Zero => Noise::Zero,
+        NoiseMode::Seeded => Noise::Seeded(recipe.raw.seed),
+    }
+}
+
+/// A copy of `recipe` that trains a local direction on `seed` into
+/// `folder`, with `steps` steps when given, previewing that seed.
+pub fn local_variant(recipe: &Recipe, seed: u64, folder: &Path, steps: Option<usize>) -> Recipe {
+    let mut r = recipe.clone();
+    r.raw.seeds = vec![seed];
+    r.raw.batch = 1;
+    r.raw.resample = false;
+    if let Some(s) = steps {
+        r.raw.steps = s;
+    }
+    r.raw.output = Some(folder.to_path_buf());
+    r.output = folder.to_path_buf();
+    r.preview.seeds = vec![seed];
+    if let Some(p) = r.raw.preview.as_mut() {
+        p.seeds = Some(vec![seed]);
+    }
+    r
+}

@@ -1,0 +1,302 @@
+//! End-to-end tests of the report's experiments on the demo networks: each
+//! runs the built `lsd-tui` binary in a temporary folder and checks that the
+//! files it promises exist and hold sensible values (shapes, ranges, no NaN).
+
+//!
+//! The experiments that train load the built-in loss plugins; they are
+//! built here (once per test process) with `lsd_core::plugin::testing`, and
+//! found through `LSD_PLUGIN_PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const RECIPES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/recipes/experiments");
+
+/// The folder holding the built-in plugins, built on first use.
+fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+        let libs = lsd_core::plugin::testing::build_plugins(
+            manifest,
+            &["lsd-plugin-clip", "lsd-plugin-identity", "lsd-plugin-segmentation"],
+        )
+        .expect("the built-in plugins build");
+        libs[0].parent().expect("a library has a folder").to_path_buf()
+    })
+}
+
+fn lsd_tui(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lsd-tui"))
+        .args(args)
+        .current_dir(dir)
+        .env("LSD_PLUGIN_PATH", plugin_dir())
+        .output()
+        .expect("the lsd-tui binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lsd-tui {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+/// Reads a CSV file into its header and rows.
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines().map(split_csv);
+    let header = lines.next().expect("a header line");
+    (header, lines.collect())
+}
+
+fn split_csv(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().unwrap().push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+fn number(s: &str) -> f64 {
+    s.parse::<f64>().unwrap_or_else(|_| panic!("'{s}' is not a number"))
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (img.width(), img.height())
+}
+
+#[test]
+fn similarity_writes_table_heat_map_and_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = lsd_tui(
+        dir.path(),
+        &[
+            "similarity",
+            "--prompts",
+            "a photo of a person with gray hair",
+            "a photo of a person, smiling",
+            "--seeds",
+            "0..3,7",
+            "--out",
+            "sim",
+        ],
+    );
+    assert!(stdout.contains("DEMO MODEL"), "the table must say it is a demo:\n{stdout}");
+    assert!(stdout.contains("gray hair"));
+
+    let out = dir.path().join("sim");
+    let (header, rows) = read_csv(&out.join("similarity.csv"));
+    assert_eq!(header, ["prompt", "seed 0", "seed 1", "seed 2", "seed 7", "mean"]);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1][0], "a photo of a person, smiling");
+    for row in &rows {
+        assert_eq!(row.len(), 6);
+        let v: Vec<f64> = row[1..].iter().map(|s| number(s)).collect();
+        assert!(v.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)), "{row:?}");
+        let mean = v[..4].iter().sum::<f64>() / 4.0;
+        assert!((mean - v[4]).abs() < 1e-9, "mean column is wrong: {row:?}");
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("similarity.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["demo"], true);
+    assert_eq!(json["values"].as_array().unwrap().len(), 2);
+
+    let (w, h) = png_size(&out.join("similarity.png"));
+    assert!(w > 4 * 64 && h > 64, "heat map is {w}x{h}");
+    for seed in [0, 1, 2, 7] {
+        assert_eq!(png_size(&out.join(format!("images/seed-{seed}.png"))), (64, 64));
+    }
+}
+
+#[test]
+fn similarity_rejects_bad_seeds_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lsd-tui"))
+        .args(["similarity", "--prompts", "x", "--seeds", "5..2"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("range is empty") && stderr.contains("0..10"), "{stderr}");
+}
+
+/// The example recipe `name`, copied into `dir` with BiSeNet parsing at
+/// 64² instead of 512² (the demo images are 64²), which keeps CI fast.
+fn recipe(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(format!("{RECIPES}/{name}")).unwrap();
+    let small = text.replace("      classes: [hair]\n", "      classes: [hair]\n      size: 64\n");
+    assert_ne!(small, text, "the example recipe's segmentation params changed; update this test");
+    let path = dir.join(name);
+    std::fs::write(&path, small).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn example_recipes_parse() {
+    for name in ["generalize-gray-hair.yaml", "ablation-gray-hair.yaml"] {
+        let r = lsd_core::recipe::Recipe::load(Path::new(&format!("{RECIPES}/{name}")));
+        assert!(r.is_ok(), "{name}: {}", r.unwrap_err());
+    }
+}
+
+/// `summary.csv` as `(alpha, kind) -> (mean, std, n)`.
+fn read_summary(path: &Path) -> Vec<(f64, String, f64, f64, usize)> {
+    let (header, rows) = read_csv(path);
+    assert_eq!(header, ["alpha", "kind", "mean_delta", "std_delta", "n"]);
+    rows.iter()
+        .map(|r| (number(&r[0]), r[1].clone(), number(&r[2]), number(&r[3]), r[4].parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn generalize_trains_measures_reuses_and_merges_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = recipe(dir.path(), "generalize-gray-hair.yaml");
+    let common = |out: &'static str| {
+        vec![
+            "generalize",
+            "--recipe",
+            &gen,
+            "--models",
+            "demo",
+            "--steps",
+            "2",
+            "--train-seeds",
+            "1..3",
+            "--test-seeds",
+            "100..103",
+            "--alphas",
+            "1,2",
+            "--out",
+            out,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let args = common("gen");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = lsd_tui(dir.path(), &args);
+    assert!(
+        stdout.contains("DEMO MODEL") && stdout.contains("2 direction(s), 3 unseen image(s)"),
+        "{stdout}"
+    );
+
+    let out = dir.path().join("gen");
+    let summary = read_summary(&out.join("summary.csv"));
+    assert_eq!(summary.len(), 3 * 2, "α 0, 1, 2 × trained, unseen");
+    for (alpha, kind, mean, std, n) in &summary {
+        assert!(
+            mean.is_finite() && std.is_finite() && *std >= 0.0,
+            "{alpha} {kind}: {mean} ± {std}"
+        );
+        assert!(mean.abs() <= 2.0, "a ΔCLIP is a difference of cosines");
+        assert_eq!(*n, if kind == "trained" { 2 } else { 6 });
+        if *alpha == 0.0 {
+            assert_eq!((*mean, *std), (0.0, 0.0), "no edit, no change");
+        }
+    }
+    let (header, rows) = read_csv(&out.join("generalize.csv"));
+    assert_eq!(header.len(), 7);
+    assert_eq!(rows.len(), 2 * 4 * 3, "2 directions × (own + 3 unseen) images × 3 α");
+    for seed in [1, 2] {
+        let d = out.join(format!("directions/seed-{seed}"));
+        for f in ["direction.safetensors", "experiment-done.json", "delta.csv", "strip-1.png"] {
+            if f == "strip-1.png" && seed == 2 {
+                continue;
+            }
+            assert!(d.join(f).is_file(), "{}", d.join(f).display());
+        }
+    }
+    let png = image::open(out.join("generalize.png")).unwrap();
+    assert!(png.width() >= 720 && png.height() >= 440);
+
+    // A second run reuses the finished directions.
+    let direction = out.join("directions/seed-1/direction.safetensors");
+    let before = std::fs::metadata(&direction).unwrap().modified().unwrap();
+    lsd_tui(dir.path(), &args);
+    assert_eq!(std::fs::metadata(&direction).unwrap().modified().unwrap(), before, "retrained");
+    assert_eq!(read_summary(&out.join("summary.csv")), summary);
+
+    // Two shards merged give the same numbers as one run (CPU is deterministic).
+    for (i, name) in [(0, "s0"), (1, "s1")] {
+        let mut a = common(name);
+        a.extend(["--shard".to_string(), format!("{i}/2")]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        lsd_tui(dir.path(), &a);
+    }
+    assert_eq!(
+        read_summary(&dir.path().join("s0/summary.csv"))
+            .iter()
+            .find(|r| r.1 == "trained")
+            .unwrap()
+            .4,
+        1
+    );
+    let merged = lsd_tui(dir.path(), &["merge", "--out", "merged", "s0", "s1"]);
+    assert!(merged.contains("2 direction(s)"), "{merged}");
+    let m = read_summary(&dir.path().join("merged/summary.csv"));
+    for (a, b) in m.iter().zip(&summary) {
+        assert_eq!((a.0, &a.1, a.4), (b.0, &b.1, b.4));
+        assert!((a.2 - b.2).abs() < 1e-6 && (a.3 - b.3).abs() < 1e-6, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn ablation_writes_grid_and_metrics_for_four_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "ablation-gray-hair.yaml");
+    let stdout = lsd_tui(
+        dir.path(),
+        &[
+            "ablation", "--recipe", &r, "--models", "demo", "--steps", "2", "--alphas", "1,3",
+            "--out", "abl",
+        ],
+    );
+    assert!(stdout.contains("DEMO MODEL"), "{stdout}");
+    let out = dir.path().join("abl");
+    let (header, rows) = read_csv(&out.join("ablation.csv"));
+    assert_eq!(
+        header,
+        [
+            "variant",
+            "alpha",
+            "clip_before",
+            "clip_after",
+            "clip_gain",
+            "id_similarity",
+            "inside_share"
+        ]
+    );
+    assert_eq!(rows.len(), 4 * 2);
+    let variants: Vec<&str> = rows.iter().step_by(2).map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        variants,
+        ["CLIP only", "CLIP + ID (λ_ID = 1)", "CLIP + Seg (λ_S = 0.1)", "CLIP + ID + Seg"]
+    );
+    for row in &rows {
+        let v: Vec<f64> = row[1..].iter().map(|s| number(s)).collect();
+        assert!(v.iter().all(|x| x.is_finite()), "{row:?}");
+        assert!((v[3] - (v[2] - v[1])).abs() < 1e-9, "gain = after - before: {row:?}");
+        assert!((-1.0..=1.0 + 1e-6).contains(&v[4]), "ID similarity {row:?}");
+        assert!((0.0..=1.0 + 1e-6).contains(&v[5]), "inside share {row:?}");
+    }
+    for slug in ["clip", "clip+id", "clip+seg", "clip+id+seg"] {
+        assert!(out.join(slug).join("direction.safetensors").is_file(), "{slug}");
+    }
+    let grid = image::open(out.join("ablation.png")).unwrap();
+    assert!(grid.width() > 3 * 64 && grid.height() > 4 * 64, "{}x{}", grid.width(), grid.height());
+}
