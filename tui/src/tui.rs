@@ -292,7 +292,8 @@ where
         let wait = last_draw.map(|t| (t + FRAME).saturating_duration_since(now)).unwrap_or(Duration::ZERO);
         let wait = wait.max(Duration::from_millis(1));
         if terminal_gone {
-            std::thread::sleep(wait);
+            // Nothing to draw: just wait for the engine's last events.
+            std::thread::sleep(Duration::from_millis(20));
         } else {
             // Wait for a key at most until the next frame, then take every key that is waiting.
             let mut next = input.poll(wait);
