@@ -589,29 +589,3 @@ fn a_silent_engine_is_not_waited_on_forever() {
     engine.join().expect("engine thread");
     drop(keep);
 }
-
-// ---------- on a real terminal ----------
-
-/// Runs the real [`super::run`] on this terminal against the fake engine,
-/// for looking at (`sixel-shot.sh shot.png 8 <test binary> live --ignored`).
-/// `LSD_TUI_GRAPHICS=sixel|kitty|…` picks the protocol (default: auto).
-#[test]
-#[ignore = "draws on the real terminal; for screenshots"]
-fn live_on_this_terminal() {
-    use clap::ValueEnum;
-    FAKE_STEP_MS.store(50, std::sync::atomic::Ordering::Relaxed);
-    let (ev_tx, ev_rx) = channel();
-    let (c_tx, c_rx) = channel();
-    let engine = fake_engine(ev_tx, c_rx, true);
-    let thread = std::thread::spawn(move || {
-        let _ = engine.join();
-        Ok(lsd_core::engine::RunSummary { output: "runs/demo".into(), steps: 0, stopped_early: true })
-    });
-    let handle = lsd_core::engine::EngineHandle { events: ev_rx, control: c_tx, thread };
-    let graphics = std::env::var("LSD_TUI_GRAPHICS")
-        .ok()
-        .and_then(|g| super::GraphicsMode::from_str(&g, true).ok())
-        .unwrap_or_default();
-    let outcome = super::run(handle, &super::TuiOptions { graphics, ..Default::default() }).expect("tui");
-    eprintln!("{outcome:?}");
-}
