@@ -115,7 +115,7 @@ fn tui_demo_in_tmux_steps_pauses_quits_and_saves() {
     // After the app exits, show its status and whether the tty is back in
     // canonical mode with echo (what a restored terminal has).
     let script = format!(
-        "cd '{}' && LSD_PLUGIN_PATH='{plugins}' LSD_WEIGHTS_DIR='{}' '{BIN}' demo --graphics halfblocks --output '{}'; echo EXIT=$?; stty -a | tr ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; sleep 600",
+        "cd '{}' && LSD_PLUGIN_PATH='{plugins}' LSD_WEIGHTS_DIR='{}' '{BIN}' demo --graphics halfblocks --output '{}'; echo EXIT=$?; echo \"TTY<$(stty -a | tr ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' ')>\"; sleep 600",
         dir.path().display(),
         weights.path().display(),
         out.display()
@@ -145,7 +145,11 @@ fn tui_demo_in_tmux_steps_pauses_quits_and_saves() {
     if s.contains("Save the run") {
         tmux.keys(&["y"]);
     }
-    let s = tmux.wait_for("the app to exit", Duration::from_secs(60), |s| s.contains("EXIT="));
+    // Wait for the tty report that follows the exit status, not just the
+    // status: the report is printed a moment later.
+    let s = tmux.wait_for("the app to exit", Duration::from_secs(60), |s| {
+        s.contains("EXIT=") && s.split("TTY<").nth(1).is_some_and(|rest| rest.contains('>'))
+    });
     eprintln!("after exit:\n{s}");
     assert!(s.contains("EXIT=0"), "non-zero exit:\n{s}");
     assert!(s.contains("icanon") && !s.contains("-icanon"), "terminal left in raw mode:\n{s}");
