@@ -83,3 +83,28 @@ fn a_missing_case_or_file_fails() {
     let (ok, text) = check("clip", Path::new("/nonexistent/fixture"));
     assert!(!ok && text.contains("does not exist"), "{text}");
 }
+
+/// Every network also loads from safetensors: `weights convert` turns each
+/// fixture checkpoint into safetensors, the copy replaces the torch file
+/// (the reader goes by content, not by name), and every case still passes.
+#[test]
+fn converted_safetensors_checkpoints_pass_the_same_cases() {
+    for (model, file) in [("stylegan2", "generator.pt"), ("arcface", "model.pth"), ("bisenet", "model.pth")] {
+        let dir = edited_copy(model, |_| {});
+        let converted = dir.path().join("converted.safetensors");
+        let out = Command::new(env!("CARGO_BIN_EXE_lsd-tui"))
+            .args(["weights", "convert"])
+            .arg(dir.path().join(file))
+            .arg(&converted)
+            .output()
+            .expect("run lsd-tui");
+        assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&converted).expect("converted file");
+        // A safetensors file starts with its little-endian header length.
+        assert!(bytes.len() > 8 && bytes[8] == b'{', "{model}: not safetensors");
+        std::fs::rename(&converted, dir.path().join(file)).expect("replace");
+        // The legacy copies stay torch files: one run checks both formats.
+        let (ok, text) = check(model, dir.path());
+        assert!(ok && text.contains(", 0 failed"), "{model} from safetensors:\n{text}");
+    }
+}
