@@ -292,7 +292,7 @@ pub(crate) unsafe extern "C" fn drop_term<T: Plugin>(term: *mut c_void) {
 
 /// Exports a [`Plugin`](crate::plugin::Plugin) type from a `cdylib`.
 ///
-/// ```ignore
+/// ```text
 /// lsd_core::export_plugin!(ColourStats);
 /// ```
 ///

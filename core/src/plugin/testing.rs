@@ -5,7 +5,7 @@
 //! A plugin crate declares `crate-type = ["cdylib", "rlib"]`, so its own
 //! integration tests can use the term type in-process and load the cdylib:
 //!
-//! ```ignore
+//! ```text
 //! use lsd_core::plugin::testing::{build_plugin, check_plugin_gradients, tiny_batch, GradCheck};
 //! let path = build_plugin(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "lsd-plugin-colour-stats")?;
 //! let term = ColourStats::from_yaml("", &Default::default())?;
