@@ -29,6 +29,22 @@ pub struct CaseResult {
     pub note: Option<String>,
 }
 
+impl CaseResult {
+    /// A case that could not run (a checkpoint that does not load, a
+    /// missing tensor): failed, with the reason as its note.
+    pub fn failed(name: &str, why: impl std::fmt::Display) -> Self {
+        Self {
+            name: name.to_string(),
+            max_abs: f64::INFINITY,
+            max_rel: f64::INFINITY,
+            atol: 0.0,
+            rtol: 0.0,
+            passed: false,
+            note: Some(why.to_string()),
+        }
+    }
+}
+
 /// Every case of one fixture directory.
 #[derive(Debug, Clone, Default)]
 pub struct FixtureReport {

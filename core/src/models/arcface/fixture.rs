@@ -61,18 +61,6 @@ fn case(report: &mut FixtureReport, cases: &HashMap<String, Tensor>, name: &str,
     Ok(())
 }
 
-/// A case that could not run (e.g. a checkpoint that fails to load).
-fn failed(name: &str, why: impl std::fmt::Display) -> CaseResult {
-    CaseResult {
-        name: name.to_string(),
-        max_abs: f64::INFINITY,
-        max_rel: f64::INFINITY,
-        atol: 0.0,
-        rtol: 0.0,
-        passed: false,
-        note: Some(why.to_string()),
-    }
-}
 
 /// The values of `config.json` that matter here.
 #[derive(Debug, Default)]
@@ -125,7 +113,7 @@ fn check_config(report: &mut FixtureReport, cfg: &Config, json: &serde_json::Val
             note: None,
         });
     } else {
-        report.push(failed(name, diffs.join("; ")));
+        report.push(CaseResult::failed(name, diffs.join("; ")));
     }
 }
 
@@ -159,7 +147,7 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
         report.missing("model.pth");
     } else {
         match load_backbone(&model_path, config.bn_eps, device) {
-            Err(e) => report.push(failed("model.pth: load", e)),
+            Err(e) => report.push(CaseResult::failed("model.pth: load", e)),
             Ok(net) => {
                 if let Some(json) = &config.json {
                     check_config(&mut report, net.config(), json);
@@ -172,8 +160,7 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     let legacy_path = dir.join("model_legacy.pth");
     if legacy_path.exists() {
         match load_backbone(&legacy_path, config.bn_eps, device) {
-            // Expected while `crate::torch::load` only reads zip archives.
-            Err(e) => report.push(failed(LEGACY_LOAD_CASE, e)),
+            Err(e) => report.push(CaseResult::failed(LEGACY_LOAD_CASE, e)),
             Ok(net) => {
                 if let (Some(faces), Some(expected)) = (cases.get("faces_112"), cases.get("embeddings")) {
                     let emb = net.forward_outputs(faces)?.embedding;

@@ -55,7 +55,7 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     let state = match crate::torch::load(&model_path) {
         Ok(state) => state,
         Err(e) => {
-            report.push(failed_case("model.pth", e.to_string()));
+            report.push(CaseResult::failed("model.pth", e.to_string()));
             return Ok(report);
         }
     };
@@ -191,9 +191,9 @@ impl MainCase {
                     0.0,
                 )?;
             }
-            None => report.push(failed_case(
+            None => report.push(CaseResult::failed(
                 "grad_hair_objective_wrt_input",
-                "no gradient reached the input".into(),
+                "no gradient reached the input",
             )),
         }
         Ok(())
@@ -251,7 +251,7 @@ fn compare_parse(
     let theirs = ref_parsing.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
     let margins = top2_margins(ref_logits)?;
     if ours.len() != theirs.len() || margins.len() != theirs.len() {
-        return Ok(failed_case(
+        return Ok(CaseResult::failed(
             name,
             format!("{} labels, reference has {}", ours.len(), theirs.len()),
         ));
@@ -310,7 +310,7 @@ fn check_legacy(
     let legacy = match crate::torch::load(path) {
         Ok(t) => t,
         Err(e) => {
-            report.push(failed_case(LEGACY_CASE, format!("cannot load: {e}")));
+            report.push(CaseResult::failed(LEGACY_CASE, format!("cannot load: {e}")));
             return Ok(());
         }
     };
@@ -340,16 +340,4 @@ fn check_legacy(
         note: (!problems.is_empty()).then(|| problems.join("; ")),
     });
     Ok(())
-}
-
-fn failed_case(name: &str, note: String) -> CaseResult {
-    CaseResult {
-        name: name.to_string(),
-        max_abs: f64::INFINITY,
-        max_rel: f64::INFINITY,
-        atol: 0.0,
-        rtol: 0.0,
-        passed: false,
-        note: Some(note),
-    }
 }
