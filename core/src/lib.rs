@@ -13,6 +13,7 @@ pub mod error;
 pub mod fixture;
 pub mod imageops;
 pub mod models;
+pub mod ops;
 pub mod optim;
 pub mod outputs;
 pub mod recipe;

@@ -35,20 +35,7 @@ pub fn lrelu_gain(xs: &Tensor) -> Result<Tensor> {
     Ok((ys * std::f64::consts::SQRT_2)?)
 }
 
-/// Inserts `up - 1` zeros after every sample along `dim` (a size-`n`
-/// axis becomes `up * n`), as `upfirdn2d`'s up-sampling step does.
-pub fn zero_insert(xs: &Tensor, dim: usize, up: usize) -> Result<Tensor> {
-    if up == 1 {
-        return Ok(xs.clone());
-    }
-    let mut dims = xs.dims().to_vec();
-    let xs = xs.unsqueeze(dim + 1)?;
-    let mut zero_dims = xs.dims().to_vec();
-    zero_dims[dim + 1] = up - 1;
-    let zeros = Tensor::zeros(zero_dims, xs.dtype(), xs.device())?;
-    dims[dim] *= up;
-    Ok(Tensor::cat(&[&xs, &zeros], dim + 1)?.reshape(dims)?)
-}
+pub use crate::ops::conv::zero_insert;
 
 /// A separable FIR filter applied per channel, with rosinality's
 /// `upfirdn2d(x, K, up, down=1, pad=(p0, p1))` semantics:
