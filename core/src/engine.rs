@@ -170,6 +170,28 @@ struct Engine {
     preview_alphas: Vec<f32>,
     term_names: Vec<String>,
     generator_sha: Option<String>,
+    /// Folds the generator's identity, truncation and noise into every
+    /// sample key ([`EditBatch::keys`]).
+    key_salt: u64,
+}
+
+/// Wall time per phase of a step.
+struct PhaseClock {
+    last: Instant,
+    laps: Vec<(String, f64)>,
+}
+
+impl PhaseClock {
+    fn start() -> Self {
+        Self { last: Instant::now(), laps: Vec::new() }
+    }
+
+    /// Records the time since the previous lap (or since the start).
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.laps.push((name.to_string(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
 }
 
 /// Columns of the loss history after `step, total` and the terms.
@@ -242,10 +264,12 @@ impl Engine {
             step: 0,
             term_names,
             generator_sha: None,
+            key_salt: 0,
             recipe,
             setup,
             tx,
         };
+        engine.key_salt = engine.key_salt()?;
         engine.init_param()?;
         Ok(engine)
     }
@@ -286,6 +310,45 @@ impl Engine {
             NoiseMode::Zero => Noise::Zero,
             NoiseMode::Seeded => Noise::Seeded(self.recipe.raw.seed),
         }
+    }
+
+    /// What an original depends on besides its latent and, with seeded
+    /// noise, its batch: the generator file (path, size, modification time;
+    /// or the demo network), truncation and noise mode.
+    fn key_salt(&self) -> Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match &self.setup.weights.generator {
+            None => ("demo", crate::demo::DEMO_MODEL_SEED).hash(&mut h),
+            Some(path) => {
+                let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
+                (path, meta.len(), meta.modified().ok()).hash(&mut h);
+            }
+        }
+        self.recipe.raw.truncation.to_bits().hash(&mut h);
+        format!("{:?}", self.noise()).hash(&mut h);
+        Ok(h.finish())
+    }
+
+    /// The key of each sample's original (see [`EditBatch::keys`]), from
+    /// the latent seed of every sample. With seeded noise an original
+    /// depends on its place in the batch it was rendered in (which has the
+    /// samples' layout), so the key names the batch and the place.
+    fn sample_keys(&self, per_sample: &[u64]) -> Vec<u64> {
+        use std::hash::{Hash, Hasher};
+        let seeded = matches!(self.noise(), Noise::Seeded(_));
+        (0..per_sample.len())
+            .map(|i| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                self.key_salt.hash(&mut h);
+                if seeded {
+                    (per_sample, i).hash(&mut h);
+                } else {
+                    per_sample[i].hash(&mut h);
+                }
+                h.finish()
+            })
+            .collect()
     }
 
     /// The initial trained tensor.
@@ -396,6 +459,7 @@ impl Engine {
     /// One optimisation step (0-based `step`): returns the stats, or an
     /// error naming the term that went non-finite.
     fn train_step(&mut self, step: usize) -> Result<StepStats> {
+        let mut clock = PhaseClock::start();
         let raw = self.recipe.raw.clone();
         let (seeds, alphas) = self.draw(step);
         let b = seeds.len();
@@ -409,6 +473,8 @@ impl Engine {
             Mode::Direction => (0..n).map(|i| ((i % b) as u32, i / b)).unzip(),
             Mode::Latent => (0..n).map(|i| (i as u32, i)).unzip(),
         };
+        let per_sample: Vec<u64> = latent_of.iter().map(|&j| seeds[j as usize]).collect();
+        let keys = self.sample_keys(&per_sample);
         let ids = Tensor::from_vec(latent_of, n, self.device())?;
         let w_b = match (&self.w0, raw.mode) {
             (Some(w0), Mode::Latent) => w0.clone(),
@@ -431,6 +497,7 @@ impl Engine {
                 }
             }
         };
+        clock.lap("originals");
         let u = self.effective()?;
         let mut batch = EditBatch {
             x: original.image,
@@ -441,6 +508,7 @@ impl Engine {
             direction,
             prompt: raw.prompt.clone(),
             features: None,
+            keys: Some(keys),
         };
         let w_edit = batch.w_edit()?;
         let out = self.gen.synthesis(&w_edit, self.noise(), self.needs_features)?;
@@ -449,6 +517,7 @@ impl Engine {
             batch.features = Some(FeatureMaps { x: original.features, x_edit: out.features });
         }
         batch.validate()?;
+        clock.lap("generator forward");
 
         let human = step + 1;
         let mut outputs: Vec<TermOutput> = Vec::new();
@@ -468,6 +537,7 @@ impl Engine {
             }
             values.push(o.value);
             outputs.push(o);
+            clock.lap(&format!("term {}", term.name));
         }
         let weights: Vec<f64> = self.setup.terms.iter().map(|t| t.weight).collect();
         let mut total: f64 = values.iter().zip(&weights).map(|(v, w)| v * w).sum();
@@ -499,6 +569,7 @@ impl Engine {
         if !grad_norm.is_finite() {
             return Err(non_finite("total", human, "gradient norm", grad_norm));
         }
+        clock.lap("generator backward");
         let lr = optim::learning_rate(&raw.optimizer, step, raw.steps);
         let before = self.param.as_tensor().copy()?;
         self.opt.step(&self.param, &grad, lr)?;
@@ -516,7 +587,8 @@ impl Engine {
         row.extend([grad_norm, lr]);
         self.history.push(row);
         self.step = human;
-        Ok(StepStats { step: human, terms: values, total, grad_norm, steps_per_sec: 0.0 })
+        clock.lap("update");
+        Ok(StepStats { step: human, terms: values, total, grad_norm, steps_per_sec: 0.0, timings: clock.laps })
     }
 
     fn info(&self, start_step: usize) -> RunInfo {

@@ -9,13 +9,19 @@
 //!
 //! The matrices follow PyTorch's index arithmetic exactly
 //! (`aten/src/ATen/native/UpSample.h`, `AdaptiveAveragePooling.cpp`).
+//! Each is built once per filter, size, dtype and device, and applied as a
+//! constant-weight [`Linear`] (so no backward pass computes its gradient).
 
-use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
+use candle_core::{DType, Device, Tensor};
+
+use crate::ops::Linear;
 use crate::Result;
 
 /// A resampling filter along one axis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Filter {
     /// `F.interpolate(mode='bilinear', align_corners=False)`, no antialias.
     Bilinear,
@@ -83,17 +89,31 @@ pub fn resample(xs: &Tensor, filter: Filter, (h, w): (usize, usize)) -> Result<T
     if (h_in, w_in) == (h, w) && filter != Filter::AdaptiveAvg {
         return Ok(xs.clone());
     }
-    let dtype = xs.dtype();
-    let mh = matrix_tensor(filter, h_in, h, xs.device())?.to_dtype(dtype)?;
-    let mw = matrix_tensor(filter, w_in, w, xs.device())?.to_dtype(dtype)?.t()?;
+    let mh = axis_op(filter, h_in, h, xs.dtype(), xs.device())?;
+    let mw = axis_op(filter, w_in, w, xs.dtype(), xs.device())?;
     let lead: usize = dims[..dims.len() - 2].iter().product();
     let flat = xs.reshape((lead, h_in, w_in))?;
-    // [lead, H, W] · [W, w] then [h, H] · [lead, H, w] (broadcast over lead).
-    let rows = flat.broadcast_matmul(&mw)?;
-    let out = mh.broadcast_left(lead)?.matmul(&rows.contiguous()?)?;
+    // [lead, H, W] · Mwᵀ = [lead, H, w]; then the same along H, transposed.
+    let rows = mw.forward(&flat)?;
+    let out = mh.forward(&rows.transpose(1, 2)?)?.transpose(1, 2)?;
     let mut shape = dims[..dims.len() - 2].to_vec();
     shape.extend([h, w]);
     Ok(out.reshape(shape)?)
+}
+
+/// The resampling of one axis as a constant-weight linear layer, built once
+/// per filter, sizes, dtype and device.
+fn axis_op(filter: Filter, n_in: usize, n_out: usize, dtype: DType, device: &Device) -> Result<Linear> {
+    type Key = (Filter, usize, usize, DType, String);
+    static OPS: OnceLock<Mutex<HashMap<Key, Linear>>> = OnceLock::new();
+    let key = (filter, n_in, n_out, dtype, format!("{:?}", device.location()));
+    let mut ops = OPS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(op) = ops.get(&key) {
+        return Ok(op.clone());
+    }
+    let op = Linear::new(matrix_tensor(filter, n_in, n_out, device)?.to_dtype(dtype)?, None)?;
+    ops.insert(key, op.clone());
+    Ok(op)
 }
 
 #[cfg(test)]

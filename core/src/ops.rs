@@ -18,3 +18,21 @@ pub mod profile;
 
 pub use conv::{Conv2d, ConvTranspose2d};
 pub use linear::Linear;
+
+/// Fixes the CPU thread count for the whole process, once.
+///
+/// Unless `RAYON_NUM_THREADS` is set, Candle works the count out again on
+/// every CPU matmul, reading `/proc/cpuinfo` each time (about 12 % of a
+/// generator pass at 64² went there). Setting the variable makes that a
+/// cheap lookup, for this binary and for every plugin library it loads
+/// (each carries its own Candle, but they share the environment). A value
+/// the user set is kept.
+///
+/// Call it at the very start of `main`, before any other thread exists:
+/// changing the environment is only sound while no other thread reads it.
+pub fn settle_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

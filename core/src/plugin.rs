@@ -113,6 +113,7 @@
 pub mod abi;
 mod adapter;
 mod api;
+mod cache;
 pub mod discovery;
 mod grad;
 mod host;
@@ -122,6 +123,7 @@ pub use api::{
     device_name, parse_device, parse_params, EditBatch, FeatureMaps, InitContext, LossTerm, Needs,
     ParamInfo, Plugin, PluginInfo,
 };
+pub use cache::OriginalCache;
 pub use grad::{differentiate, surrogate, TermOutput};
 pub use host::{Fingerprint, LoadedTerm, PluginLibrary};
 

@@ -14,7 +14,17 @@
 //!
 //! Both report the median after warm-up and the peak resident memory
 //! (`VmHWM` of /proc/self/status; GPU memory is not counted), as one JSON
-//! line at the end.
+//! line at the end. With `--profile` they add a `breakdown`: milliseconds
+//! per step (or pass) in each op family of [`lsd_core::ops::profile`]
+//! (conv, transposed conv, FIR, element-wise, linear; counted in this
+//! process, so a plugin's own ops are not among them), and for `step` the
+//! engine's phases: originals, generator forward, each term (its networks,
+//! and for a plugin the boundary too), generator backward, update.
+//!
+//! `bench step` draws fresh latents every step by default (the worst case:
+//! nothing computed from the originals can be reused); `--local` trains on
+//! one fixed seed, as a local direction does, so the originals and what the
+//! terms compute from them are cached after the first step.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,7 +37,8 @@ use lsd_core::demo::SeededWeights;
 use lsd_core::engine::events::TrainEvent;
 use lsd_core::engine::{self, EngineTerm, Setup, Weights};
 use lsd_core::models::{arcface, bisenet, clip, stylegan2};
-use lsd_core::plugin::{self, discovery, EditBatch, LossTerm};
+use lsd_core::ops::profile;
+use lsd_core::plugin::{self, discovery, EditBatch, LossTerm, OriginalCache};
 use lsd_core::recipe::Recipe;
 
 /// `lsd-tui bench` arguments.
@@ -69,6 +80,13 @@ struct StepArgs {
     /// Side BiSeNet parses at (512 as the real network).
     #[arg(long, default_value_t = 512)]
     seg_size: usize,
+    /// Train on one fixed seed (a local direction) instead of fresh latents
+    /// every step.
+    #[arg(long)]
+    local: bool,
+    /// Add the time per op family and per engine phase.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// `bench generator` arguments.
@@ -89,6 +107,9 @@ struct GenArgs {
     /// Untimed passes first.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Add the time per op family.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Runs a benchmark.
@@ -174,12 +195,14 @@ impl LossTerm for ClipTerm {
     }
 }
 
-/// Identity term: StyleCLIP's `IDLoss(x_edit, x)`.
-struct IdTerm(arcface::id_loss::IdLoss);
+/// Identity term: StyleCLIP's `IDLoss(x_edit, x)`, with `R(x)` cached
+/// under the sample keys as the plugin does.
+struct IdTerm(arcface::id_loss::IdLoss, OriginalCache);
 
 impl LossTerm for IdTerm {
     fn loss(&self, b: &EditBatch) -> lsd_core::Result<Tensor> {
-        self.0.forward(&b.x_edit, &b.x)
+        let reference = self.1.get_or_compute(b, |x| self.0.extract_feats(x))?;
+        self.0.forward_with_reference(&b.x_edit, &reference)
     }
 }
 
@@ -188,6 +211,8 @@ impl LossTerm for IdTerm {
 struct SegTerm {
     net: bisenet::BiSeNet,
     size: usize,
+    /// The mask of each original, as the plugin caches it.
+    mask_x: OriginalCache,
 }
 
 impl LossTerm for SegTerm {
@@ -201,7 +226,7 @@ impl LossTerm for SegTerm {
             let m = bisenet::soft_mask(&probs, &hair)?.unsqueeze(1)?;
             Ok(lsd_core::imageops::resample(&m, lsd_core::imageops::Filter::AdaptiveAvg, (h, w))?)
         };
-        let s = mask(&b.x)?.maximum(&mask(&b.x_edit)?)?.detach();
+        let s = self.mask_x.get_or_compute(b, &mask)?.maximum(&mask(&b.x_edit)?)?.detach();
         let d2 = (&b.x_edit - &b.x)?.sqr()?;
         let outside = d2.broadcast_mul(&(1.0 - s)?)?.sum_all()?;
         Ok((outside / (d2.sum_all()? + 1e-6)?)?)
@@ -251,16 +276,21 @@ fn step(a: StepArgs) -> Result<()> {
         let seg = bisenet::BiSeNet::new(&bisenet::Config::face_parsing_19(), vb(&nets.bisenet))?;
         vec![
             EngineTerm::in_process("clip", 1.0, ClipTerm(clip_loss)),
-            EngineTerm::in_process("identity", 1.0, IdTerm(arcface::id_loss::IdLoss::new(id))),
-            EngineTerm::in_process("segmentation", 1.0, SegTerm { net: seg, size: a.seg_size }),
+            EngineTerm::in_process("identity", 1.0, IdTerm(arcface::id_loss::IdLoss::new(id), OriginalCache::default())),
+            EngineTerm::in_process("segmentation", 1.0, SegTerm { net: seg, size: a.seg_size, mask_x: OriginalCache::default() }),
         ]
     };
     drop(nets);
     let setup_s = t_setup.elapsed().as_secs_f64();
     let total = a.warmup + a.steps;
     let text = format!(
-        "name: bench\nprompt: {prompt}\nsteps: {total}\nalpha: 3\nbatch: {b}\nresample: true\ncheckpoint_every: 0\npreview: {{every: 0, alphas: [3]}}\noptimizer: {{kind: adam, lr: 0.01}}\nterms:\n  - plugin: clip\n  - plugin: identity\n  - plugin: segmentation\n",
-        b = a.batch
+        "name: bench\nprompt: {prompt}\nsteps: {total}\nalpha: 3\nbatch: {b}\n{latents}\ncheckpoint_every: 0\npreview: {{every: 0, alphas: [3]}}\noptimizer: {{kind: adam, lr: 0.01}}\nterms:\n  - plugin: clip\n  - plugin: identity\n  - plugin: segmentation\n",
+        b = a.batch,
+        latents = if a.local {
+            format!("seeds: [{}]", (0..a.batch).map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
+        } else {
+            "resample: true".to_string()
+        },
     );
     let mut recipe = Recipe::parse(&text, Path::new("bench.yaml")).map_err(|e| eyre!("{e}"))?;
     recipe.output = dir.path().join("run");
@@ -270,6 +300,8 @@ fn step(a: StepArgs) -> Result<()> {
     let worker = std::thread::spawn(move || engine::run(recipe, setup, &tx, &crx));
     let mut times = Vec::new();
     let mut last: Option<Instant> = None;
+    let mut phases = Phases::default();
+    profile::set_enabled(a.profile);
     for e in rx.iter() {
         match e {
             TrainEvent::WarmUp { what } if what.starts_with("first step") => last = Some(Instant::now()),
@@ -279,6 +311,14 @@ fn step(a: StepArgs) -> Result<()> {
                     times.push((s.step, (now - t).as_secs_f64() * 1e3));
                 }
                 last = Some(now);
+                if s.step == a.warmup {
+                    // The op counters from here on cover the timed steps (the
+                    // next step has barely begun when this event arrives).
+                    profile::reset();
+                }
+                if s.step > a.warmup {
+                    phases.add(&s.timings);
+                }
                 eprintln!("step {}/{total}: {:.0} ms", s.step, times.last().map_or(f64::NAN, |t| t.1));
             }
             TrainEvent::Failed { error } => return Err(eyre!("the benchmark run failed: {error}")),
@@ -288,7 +328,7 @@ fn step(a: StepArgs) -> Result<()> {
     worker.join().map_err(|_| eyre!("the engine thread panicked"))??;
     let mut timed: Vec<f64> = times.iter().filter(|(s, _)| *s > a.warmup).map(|t| t.1).collect();
     let warm: Vec<f64> = times.iter().filter(|(s, _)| *s <= a.warmup).map(|t| t.1).collect();
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "bench": "step",
         "size": a.size,
         "batch": a.batch,
@@ -300,11 +340,59 @@ fn step(a: StepArgs) -> Result<()> {
         "warmup_ms": warm,
         "steps": timed.len(),
         "setup_s": setup_s,
+        "local": a.local,
         "peak_rss_mib": peak_rss_mib(),
         "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
     });
+    if a.profile {
+        let per = timed.len().max(1) as f64;
+        line["breakdown"] = serde_json::json!({ "phases_ms": phases.per_step(per), "ops_ms": ops_per(per) });
+    }
     println!("{line}");
     Ok(())
+}
+
+/// Engine phase times summed over the timed steps, in first-seen order.
+#[derive(Default)]
+struct Phases(Vec<(String, f64)>);
+
+impl Phases {
+    fn add(&mut self, laps: &[(String, f64)]) {
+        for (name, s) in laps {
+            match self.0.iter_mut().find(|(n, _)| n == name) {
+                Some((_, total)) => *total += s,
+                None => self.0.push((name.clone(), *s)),
+            }
+        }
+    }
+
+    fn per_step(&self, steps: f64) -> serde_json::Value {
+        let map = self.0.iter().map(|(n, s)| (n.clone(), serde_json::json!(round(s * 1e3 / steps))));
+        serde_json::Value::Object(map.collect())
+    }
+}
+
+/// The op families' milliseconds and calls per step (or pass) since the
+/// last reset.
+fn ops_per(per: f64) -> serde_json::Value {
+    let map = profile::snapshot().into_iter().map(|(f, s, calls)| {
+        (f.name().to_string(), serde_json::json!({ "ms": round(s * 1e3 / per), "calls": calls as f64 / per }))
+    });
+    serde_json::Value::Object(map.collect())
+}
+
+/// Mean milliseconds per pass of each op family over `passes` snapshots.
+fn mean_ops(passes: &[Vec<(profile::Family, f64, u64)>]) -> serde_json::Value {
+    let n = passes.len().max(1) as f64;
+    let map = profile::Family::ALL.iter().map(|f| {
+        let s: f64 = passes.iter().flatten().filter(|(g, _, _)| g == f).map(|(_, s, _)| s).sum();
+        (f.name().to_string(), serde_json::json!(round(s * 1e3 / n)))
+    });
+    serde_json::Value::Object(map.collect())
+}
+
+fn round(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
 }
 
 fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
@@ -328,11 +416,19 @@ fn generator(a: GenArgs) -> Result<()> {
     };
     let mut fwd = Vec::new();
     let mut fwd_bwd = Vec::new();
+    let (mut ops_fwd, mut ops_bwd) = (Vec::new(), Vec::new());
     for i in 0..a.warmup + a.iters {
+        let timed = i >= a.warmup;
+        profile::set_enabled(a.profile && timed);
+        profile::reset();
         let t = Instant::now();
         let img = gen.synthesis(&w, stylegan2::Noise::Stored, false)?.image;
         sync(&img)?;
         let f = t.elapsed().as_secs_f64() * 1e3;
+        if timed {
+            ops_fwd.push(profile::snapshot());
+        }
+        profile::reset();
         let var = Var::from_tensor(&w)?;
         let t = Instant::now();
         let img = gen.synthesis(var.as_tensor(), stylegan2::Noise::Stored, false)?.image;
@@ -340,13 +436,16 @@ fn generator(a: GenArgs) -> Result<()> {
         let g = grads.get(var.as_tensor()).ok_or_else(|| eyre!("no gradient reached W+"))?;
         sync(g)?;
         let fb = t.elapsed().as_secs_f64() * 1e3;
+        if timed {
+            ops_bwd.push(profile::snapshot());
+        }
         eprintln!("pass {}: forward {f:.0} ms, forward+backward {fb:.0} ms", i + 1);
         if i >= a.warmup {
             fwd.push(f);
             fwd_bwd.push(fb);
         }
     }
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "bench": "generator",
         "size": a.size,
         "batch": a.batch,
@@ -357,6 +456,12 @@ fn generator(a: GenArgs) -> Result<()> {
         "peak_rss_mib": peak_rss_mib(),
         "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
     });
+    if a.profile {
+        line["breakdown"] = serde_json::json!({
+            "forward_ops_ms": mean_ops(&ops_fwd),
+            "forward_backward_ops_ms": mean_ops(&ops_bwd),
+        });
+    }
     println!("{line}");
     Ok(())
 }

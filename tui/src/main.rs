@@ -107,6 +107,9 @@ fn weights(cli: WeightsCli) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Before any thread starts: the CPU thread count is settled once for
+    // the process (the plugins' copies of Candle read the same variable).
+    lsd_core::ops::settle_thread_count();
     color_eyre::install()?;
     let cli = Cli::parse();
     match dispatch(cli) {

@@ -47,6 +47,10 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Smoothed steps per second.
     pub steps_per_sec: f64,
+    /// Wall time of each phase of the step, in seconds, in order: the
+    /// originals, the edited images, each term (by name), the backward pass
+    /// through the generator, the update. For `lsd-tui bench --profile`.
+    pub timings: Vec<(String, f64)>,
 }
 
 /// The original and edited images of one preview seed.

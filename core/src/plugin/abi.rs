@@ -27,7 +27,7 @@ pub const MAGIC: [u8; 8] = *b"LSDPLUG\0";
 /// The version of the boundary: the layout of everything after the frozen
 /// prefix of [`PluginDeclaration`], of [`VTable`], [`FfiBatch`], [`Sink`],
 /// and the meaning of the JSON texts. Bump it on any change to those.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 /// `rustc --version` of the compiler that built this copy of lsd-core.
 pub const RUSTC_VERSION: &str = env!("LSD_RUSTC_VERSION");
@@ -209,6 +209,12 @@ pub struct FfiBatch {
     pub features_edit: *const FfiTensor,
     /// Length of `features_edit`.
     pub n_features_edit: usize,
+    /// 1 when `keys` holds one key per sample ([`super::EditBatch::keys`]).
+    pub has_keys: u32,
+    /// The samples' original keys.
+    pub keys: *const u64,
+    /// Length of `keys`.
+    pub n_keys: usize,
 }
 
 /// Host callbacks through which a plugin returns everything it produces.

@@ -219,6 +219,7 @@ unsafe fn batch(b: &FfiBatch, device: &Device) -> Result<EditBatch> {
             direction: slice(b.direction, b.n_direction).iter().map(|&d| d as usize).collect(),
             prompt: b.prompt.to_string_lossy(),
             features,
+            keys: (b.has_keys != 0).then(|| slice(b.keys, b.n_keys).to_vec()),
         };
         batch.validate()?;
         Ok(batch)

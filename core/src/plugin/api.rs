@@ -74,6 +74,13 @@ pub struct EditBatch {
     pub prompt: String,
     /// The generator's feature maps, when the term asked for them.
     pub features: Option<FeatureMaps>,
+    /// One key per sample naming its original: two samples (in this call or
+    /// any other) with the same key have bit-identical originals `x` (and
+    /// feature maps of `x`). Keys fold in everything `x` depends on
+    /// (generator weights, truncation, noise, latent), so a term may cache
+    /// what it computes from `x` under them ([`OriginalCache`]). `None` when
+    /// the caller cannot say.
+    pub keys: Option<Vec<u64>>,
 }
 
 impl EditBatch {
@@ -88,8 +95,17 @@ impl EditBatch {
         prompt: impl Into<String>,
     ) -> Result<Self> {
         let direction = vec![0; alpha.len()];
-        let batch =
-            Self { x, x_edit, w, u, alpha, direction, prompt: prompt.into(), features: None };
+        let batch = Self {
+            x,
+            x_edit,
+            w,
+            u,
+            alpha,
+            direction,
+            prompt: prompt.into(),
+            features: None,
+            keys: None,
+        };
         batch.validate()?;
         Ok(batch)
     }
@@ -142,6 +158,14 @@ impl EditBatch {
                 "batch.direction[{i}] = {} but there are only {k} directions",
                 self.direction[i]
             )));
+        }
+        if let Some(keys) = &self.keys {
+            if keys.len() != n {
+                return Err(Error::Config(format!(
+                    "batch.keys has {} entries for {n} samples",
+                    keys.len()
+                )));
+            }
         }
         if let Some(f) = &self.features {
             if f.x.len() != f.x_edit.len() {

@@ -73,6 +73,7 @@ pub fn differentiate(term: &dyn LossTerm, batch: &EditBatch) -> Result<TermOutpu
             x: fx.clone(),
             x_edit: fe.iter().map(|v| v.as_tensor().clone()).collect(),
         }),
+        keys: batch.keys.clone(),
     };
     let loss = term.loss(&own)?;
     if loss.elem_count() != 1 {

@@ -526,6 +526,9 @@ impl LoadedTerm {
             n_features_x: fx_views.len(),
             features_edit: fe_views.as_ptr(),
             n_features_edit: fe_views.len(),
+            has_keys: u32::from(batch.keys.is_some()),
+            keys: batch.keys.as_ref().map_or(std::ptr::null(), |k| k.as_ptr()),
+            n_keys: batch.keys.as_ref().map_or(0, Vec::len),
         };
         let evaluate = self.shared.vtable().evaluate;
         let handle = self.handle.cast_const();

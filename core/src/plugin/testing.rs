@@ -201,6 +201,7 @@ pub fn batch_to(batch: &EditBatch, dtype: DType, device: &Device) -> Result<Edit
             Some(f) => Some(FeatureMaps { x: cv(&f.x)?, x_edit: cv(&f.x_edit)? }),
             None => None,
         },
+        keys: batch.keys.clone(),
     })
 }
 

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use lsd_core::demo::DEMO_MODEL_SEED;
 use lsd_core::models::arcface::{self, Backbone, IdLoss};
-use lsd_core::plugin::{EditBatch, InitContext, LossTerm, ParamInfo, Plugin};
+use lsd_core::plugin::{EditBatch, InitContext, LossTerm, OriginalCache, ParamInfo, Plugin};
 use lsd_core::Result;
 use serde::Deserialize;
 
@@ -44,6 +44,8 @@ pub struct Params {}
 #[derive(Debug, Clone)]
 pub struct IdentityTerm {
     id_loss: IdLoss,
+    /// `R(x)` per original: the unedited faces' embeddings do not change.
+    reference: OriginalCache,
 }
 
 /// The weights path the host gave for `key`; `None` (demo weights) when it
@@ -55,7 +57,7 @@ fn weights_path(context: &InitContext, key: &str) -> Option<PathBuf> {
 impl IdentityTerm {
     /// The term around a ready backbone.
     pub fn with_backbone(backbone: Backbone) -> Self {
-        Self { id_loss: IdLoss::new(backbone) }
+        Self { id_loss: IdLoss::new(backbone), reference: OriginalCache::default() }
     }
 
     /// The wrapped loss.
@@ -68,9 +70,11 @@ impl LossTerm for IdentityTerm {
     fn loss(&self, batch: &EditBatch) -> Result<Tensor> {
         // The network is f32; a caller's f64 batch is cast there and back
         // (both casts are differentiable). `IdLoss::forward` detaches `x`.
-        let x = batch.x.to_dtype(DType::F32)?;
+        let reference = self.reference.get_or_compute(batch, |x| {
+            self.id_loss.extract_feats(&x.detach().to_dtype(DType::F32)?)
+        })?;
         let x_edit = batch.x_edit.to_dtype(DType::F32)?;
-        Ok(self.id_loss.forward(&x_edit, &x)?.to_dtype(batch.x_edit.dtype())?)
+        Ok(self.id_loss.forward_with_reference(&x_edit, &reference)?.to_dtype(batch.x_edit.dtype())?)
     }
 }
 

@@ -2,7 +2,7 @@
 //! finite differences, and `IdLoss` computed directly with lsd-core's demo
 //! ArcFace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
@@ -149,4 +149,60 @@ fn passes_the_plugin_check() -> Result<()> {
     assert!(report.smoke_value.is_finite());
     assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
     Ok(())
+}
+
+/// Checks, through the loaded library at `path`, that the term (which reads
+/// the originals only through `R(x)`) caches `R(x)` under
+/// [`EditBatch::keys`] and keys it correctly:
+/// 1. with keys, the output equals the keyless output (the cache changes
+///    nothing when it is filled);
+/// 2. the same keys with the originals replaced by noise give the same
+///    output again: the originals were not looked at, the cache answered
+///    (fails for a term that recomputes every call);
+/// 3. new keys with those noise originals give a different output: the
+///    cache is keyed, not stuck on the first batch.
+fn check_original_cache(path: &Path, params: &str, batch: &EditBatch) -> Result<()> {
+    use lsd_core::plugin::TermOutput;
+    let lib = PluginLibrary::open(path)?;
+    let ctx = InitContext::default();
+    let term = lib.instantiate(params, &ctx)?;
+    let n = batch.len() as u64;
+    let plain = term.evaluate(&EditBatch { keys: None, ..batch.clone() })?;
+    let keyed = term.evaluate(&EditBatch { keys: Some((100..100 + n).collect()), ..batch.clone() })?;
+    let same = |a: &TermOutput, b: &TermOutput| -> Result<bool> {
+        let ga = a.grad_x_edit.as_ref().map(|g| g.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        let gb = b.grad_x_edit.as_ref().map(|g| g.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        Ok(a.value == b.value && ga == gb)
+    };
+    if !same(&plain, &keyed)? {
+        return Err(lsd_core::Error::Config(format!(
+            "keyed output {} differs from the keyless {}",
+            keyed.value, plain.value
+        )));
+    }
+    let mut noise = SeededWeights::new(99);
+    noise.normal("x", batch.x.dims(), 0.0, 0.5)?;
+    let other_x = noise.tensors()["x"].to_dtype(batch.x.dtype())?;
+    let cached = EditBatch { x: other_x, keys: Some((100..100 + n).collect()), ..batch.clone() };
+    let from_cache = term.evaluate(&cached)?;
+    if !same(&from_cache, &keyed)? {
+        return Err(lsd_core::Error::Config(format!(
+            "with cached keys the output changed ({} vs {}): the originals were recomputed",
+            from_cache.value, keyed.value
+        )));
+    }
+    let fresh = term.evaluate(&EditBatch { keys: Some((200..200 + n).collect()), ..cached })?;
+    if fresh.value == keyed.value {
+        return Err(lsd_core::Error::Config(format!(
+            "new keys with other originals gave the cached value {}: the cache ignores its keys",
+            fresh.value
+        )));
+    }
+    Ok(())
+}
+
+/// `R(x)` is computed once per original key, and only then.
+#[test]
+fn caches_the_originals_embedding_under_the_sample_keys() -> Result<()> {
+    check_original_cache(&library(), "", &image_batch(3, 32, 0.3)?)
 }

@@ -64,7 +64,7 @@ use candle_core::{DType, Module, Tensor};
 use lsd_core::demo::DEMO_MODEL_SEED;
 use lsd_core::imageops::{resample, Filter};
 use lsd_core::models::bisenet::{self, BiSeNet};
-use lsd_core::plugin::{EditBatch, InitContext, LossTerm, Needs, ParamInfo, Plugin};
+use lsd_core::plugin::{EditBatch, InitContext, LossTerm, Needs, OriginalCache, ParamInfo, Plugin};
 use lsd_core::{Error, Result};
 use serde::{Deserialize, Deserializer};
 
@@ -208,6 +208,8 @@ pub struct SegmentationTerm {
     params: Params,
     classes: Vec<usize>,
     source: MaskSource,
+    /// BiSeNet's mask of each original: it does not change with the edit.
+    mask_x: OriginalCache,
 }
 
 /// The weights path the host gave for `key`; `None` (demo weights) when it
@@ -253,7 +255,7 @@ impl SegmentationTerm {
     pub fn with_network(params: Params, net: BiSeNet) -> Result<Self> {
         params.validate()?;
         let classes = params.classes.iter().map(|c| c.0).collect();
-        Ok(Self { params, classes, source: MaskSource::Network(net) })
+        Ok(Self { params, classes, source: MaskSource::Network(net), mask_x: OriginalCache::default() })
     }
 
     /// The term with given masks `[N, 1, h, w]` of `x` and `x_edit` instead
@@ -270,7 +272,7 @@ impl SegmentationTerm {
         }
         let classes = params.classes.iter().map(|c| c.0).collect();
         let source = MaskSource::Fixed { x: mask_x.detach(), x_edit: mask_edit.detach() };
-        Ok(Self { params, classes, source })
+        Ok(Self { params, classes, source, mask_x: OriginalCache::default() })
     }
 
     /// The parameters.
@@ -298,7 +300,10 @@ impl SegmentationTerm {
     /// The combined, detached mask of the batch, `[N, 1, h, w]`.
     pub fn mask(&self, batch: &EditBatch) -> Result<Tensor> {
         let (mx, me) = match &self.source {
-            MaskSource::Network(_) => (self.parse_mask(&batch.x)?, self.parse_mask(&batch.x_edit)?),
+            MaskSource::Network(_) => (
+                self.mask_x.get_or_compute(batch, |x| self.parse_mask(x))?,
+                self.parse_mask(&batch.x_edit)?,
+            ),
             MaskSource::Fixed { x, x_edit } => (x.clone(), x_edit.clone()),
         };
         Ok(combine(&mx, &me, self.params.combine)?.detach())

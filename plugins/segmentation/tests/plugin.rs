@@ -168,3 +168,24 @@ fn passes_the_plugin_check() -> Result<()> {
     assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
     Ok(())
 }
+
+/// BiSeNet's mask of `x` is computed once per original key, and only then:
+/// the same keys over other originals give the cached mask, new keys a new
+/// one.
+#[test]
+fn caches_the_originals_mask_under_the_sample_keys() -> Result<()> {
+    let params = "size: 32\nclasses: [r_brow, neck_l]\ncombine: intersection";
+    let term = SegmentationTerm::from_yaml(params, &InitContext::default())?;
+    let batch = batch_to(&tiny_batch(7, false)?, DType::F32, &Device::Cpu)?;
+    let values = |b: &EditBatch| -> Result<Vec<f32>> { Ok(term.mask(b)?.flatten_all()?.to_vec1()?) };
+    let plain = values(&batch)?;
+    let keyed = values(&EditBatch { keys: Some(vec![1, 2]), ..batch.clone() })?;
+    assert_eq!(plain, keyed, "a filled cache changes nothing");
+    let mut noise = SeededWeights::new(99);
+    noise.normal("x", batch.x.dims(), 0.0, 0.5)?;
+    let other = EditBatch { x: noise.tensors()["x"].clone(), keys: Some(vec![1, 2]), ..batch.clone() };
+    assert_eq!(values(&other)?, keyed, "cached keys: the originals are not parsed again");
+    let fresh = values(&EditBatch { keys: Some(vec![3, 4]), ..other })?;
+    assert_ne!(fresh, keyed, "new keys: the new originals are parsed");
+    Ok(())
+}

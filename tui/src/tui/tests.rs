@@ -46,7 +46,7 @@ fn stats(step: usize) -> StepStats {
     let clip = 0.3 + 0.6 * (-t / 60.0).exp();
     let id = 0.02 + 0.05 * (1.0 - (-t / 80.0).exp());
     let seg = 0.01 + 0.01 * (t / 7.0).sin().abs();
-    StepStats { step, terms: vec![clip, id, seg], total: clip + 0.5 * id + 0.2 * seg, grad_norm: 0.05, steps_per_sec: 4.0 }
+    StepStats { step, terms: vec![clip, id, seg], total: clip + 0.5 * id + 0.2 * seg, grad_norm: 0.05, steps_per_sec: 4.0, timings: Vec::new() }
 }
 
 /// A 64×64 picture, different for every `kind`: gradients and a disc.

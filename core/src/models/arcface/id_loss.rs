@@ -90,8 +90,14 @@ impl IdLoss {
     /// `1 − cos(R(y_i), R(y_hat_i))`, a scalar; `y` gets no gradient.
     pub fn forward(&self, y_hat: &Tensor, y: &Tensor) -> Result<Tensor> {
         let y_feats = self.extract_feats(&y.detach())?;
+        self.forward_with_reference(y_hat, &y_feats)
+    }
+
+    /// [`Self::forward`] with the embeddings `[N, E]` of `y` already
+    /// computed (they do not depend on the edit, so a caller may keep them).
+    pub fn forward_with_reference(&self, y_hat: &Tensor, y_feats: &Tensor) -> Result<Tensor> {
         let y_hat_feats = self.extract_feats(y_hat)?;
-        id_loss_from_embeddings(&y_feats, &y_hat_feats)
+        id_loss_from_embeddings(&y_feats.detach(), &y_hat_feats)
     }
 }
 
