@@ -33,9 +33,9 @@ status=0
         "$bin" plugins check "$p" --device cuda:0 || status=1
     done
     echo "== bench"
-    "$bin" bench generator --size 1024 --batch 1 --device cuda:0 || status=1
+    "$bin" bench generator --size 1024 --batch 1 --device cuda:0 --profile || status=1
     for b in 1 4; do
-        "$bin" bench step --size 1024 --batch "$b" --device cuda:0 || status=1
+        "$bin" bench step --size 1024 --batch "$b" --device cuda:0 --profile || status=1
     done
 } 2>&1 | tee "$out/device-check.log"
 exit $status
