@@ -15,6 +15,7 @@
 pub mod conv;
 pub mod linear;
 pub mod profile;
+pub(crate) mod cpu;
 
 pub use conv::{Conv2d, ConvTranspose2d};
 pub use linear::Linear;
