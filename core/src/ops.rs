@@ -17,5 +17,5 @@ pub mod linear;
 pub mod profile;
 pub(crate) mod cpu;
 
-pub use conv::{Conv2d, ConvTranspose2d};
+pub use conv::{BatchNormParams, Conv2d, ConvTranspose2d};
 pub use linear::Linear;

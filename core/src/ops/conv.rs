@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, WithDType};
 
 use super::cpu::{self, ConvGeom};
 use super::profile::{self, Family};
@@ -270,6 +270,58 @@ impl ConvTranspose2d {
     }
 }
 
+/// The statistics and affine parameters of an eval-mode BatchNorm over `c`
+/// channels: `y = γ (x − mean) / √(var + ε) + β`.
+#[derive(Debug, Clone)]
+pub struct BatchNormParams {
+    /// `γ` (`weight`), `[c]`.
+    pub gamma: Tensor,
+    /// `β` (`bias`), `[c]`.
+    pub beta: Tensor,
+    /// `running_mean`, `[c]`.
+    pub mean: Tensor,
+    /// `running_var`, `[c]`.
+    pub var: Tensor,
+    /// `ε`.
+    pub eps: f64,
+}
+
+impl BatchNormParams {
+    /// Reads `weight`, `bias`, `running_mean` and `running_var` of a
+    /// PyTorch `BatchNorm{1,2}d(c)` (`num_batches_tracked` is training
+    /// bookkeeping and unused).
+    pub fn load(c: usize, eps: f64, vb: candle_nn::VarBuilder) -> Result<Self> {
+        Ok(Self {
+            gamma: vb.get(c, "weight")?,
+            beta: vb.get(c, "bias")?,
+            mean: vb.get(c, "running_mean")?,
+            var: vb.get(c, "running_var")?,
+            eps,
+        })
+    }
+
+    /// Folds this BatchNorm into the layer before it, whose output channel
+    /// `o` is computed from `weight[o, …]` plus `bias[o]`: returns the
+    /// `(weight, bias)` of the one layer computing `BN(layer(x))`, every
+    /// output channel's weights scaled by `γ / √(var + ε)` and the bias
+    /// `β + (bias − mean) · scale`. Folded in f64 and cast back to the
+    /// weight's dtype, so the only extra rounding is that cast.
+    pub fn fold_into(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let f64_ = |t: &Tensor| t.to_dtype(DType::F64);
+        let (c, dtype) = (weight.dim(0)?, weight.dtype());
+        let scale = (f64_(&self.gamma)? / (f64_(&self.var)? + self.eps)?.sqrt()?)?;
+        let centred = match bias {
+            Some(b) => (f64_(b)? - f64_(&self.mean)?)?,
+            None => f64_(&self.mean)?.neg()?,
+        };
+        let bias = (f64_(&self.beta)? + (centred * &scale)?)?;
+        let mut scale_shape = vec![1; weight.rank()];
+        scale_shape[0] = c;
+        let weight = f64_(weight)?.broadcast_mul(&scale.reshape(scale_shape)?)?;
+        Ok((weight.to_dtype(dtype)?, bias.to_dtype(dtype)?))
+    }
+}
+
 /// Inserts `up - 1` zeros after every sample along `dim` (a size-`n` axis
 /// becomes `up * n`), as `upfirdn2d`'s up-sampling step does.
 pub fn zero_insert(xs: &Tensor, dim: usize, up: usize) -> Result<Tensor> {
@@ -400,6 +452,34 @@ mod tests {
         assert!(conv.forward(&d.tensor(&[1, 2, 6, 6], DType::F32)?).is_err(), "wrong channel count");
         assert!(conv.forward(&d.tensor(&[1, 3, 1, 1], DType::F32)?).is_ok(), "padding makes room");
         assert!(Conv2d::new(d.tensor(&[4, 3, 3, 3], DType::F32)?, Some(d.tensor(&[3], DType::F32)?), 1, 1).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn batch_norm_folds_into_the_convolution_before_it() -> Result<()> {
+        let mut d = Draw::new(8);
+        let c = 4;
+        let mut vec = |shape: &[usize]| d.tensor(shape, DType::F64);
+        let bn = BatchNormParams {
+            gamma: vec(&[c])?,
+            beta: vec(&[c])?,
+            mean: vec(&[c])?,
+            var: (vec(&[c])?.abs()? + 0.5)?,
+            eps: 1e-5,
+        };
+        let (w, b, x) = (vec(&[c, 3, 3, 3])?, vec(&[c])?, vec(&[2, 3, 6, 5])?);
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+        for bias in [None, Some(&b)] {
+            let (wf, bf) = bn.fold_into(&w, bias)?;
+            let folded = Conv2d::new(wf, Some(bf), 2, 1)?.forward(&x)?;
+            let z = Conv2d::new(w.clone(), bias.cloned(), 2, 1)?.forward(&x)?;
+            let expected = z
+                .broadcast_sub(&per_channel(&bn.mean)?)?
+                .broadcast_div(&per_channel(&(&bn.var + bn.eps)?.sqrt()?)?)?
+                .broadcast_mul(&per_channel(&bn.gamma)?)?
+                .broadcast_add(&per_channel(&bn.beta)?)?;
+            assert!(rel_diff(&folded, &expected)? <= 1e-12);
+        }
         Ok(())
     }
 
