@@ -15,8 +15,9 @@
 pub mod conv;
 pub mod linear;
 pub mod profile;
+pub(crate) mod cpu;
 
-pub use conv::{Conv2d, ConvTranspose2d};
+pub use conv::{BatchNormParams, Conv2d, ConvTranspose2d};
 pub use linear::Linear;
 
 /// Fixes the CPU thread count for the whole process, once.

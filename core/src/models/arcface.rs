@@ -2,10 +2,12 @@
 //!
 //! The identity loss `L_ID = 1 − cos(R(x), R(x_edit))` compares ArcFace
 //! embeddings of the face crop before and after an edit, so this network must
-//! be differentiable all the way to its input pixels: every operation here is
-//! a plain Candle op with a backward pass (convolutions, matrix products,
-//! `relu`, `sigmoid`, sums, `index_select`), and BatchNorm runs in eval mode
-//! from its running statistics.
+//! be differentiable all the way to its input pixels: the convolutions and
+//! the output layer are the op layer's constant-weight [`Conv2d`] and
+//! [`Linear`] (input gradient only), everything else is a Candle op with a
+//! backward pass (`relu`, `sigmoid`, sums, `index_select`). BatchNorm runs
+//! in eval mode from its running statistics; where it follows a convolution
+//! or the linear layer it is folded into that layer's weights at load time.
 //!
 //! - Paper: Deng et al. 2019, "ArcFace: Additive Angular Margin Loss for Deep
 //!   Face Recognition" (<https://arxiv.org/abs/1801.07698>); the IR-SE
@@ -26,9 +28,10 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::demo::SeededWeights;
+use crate::ops::{BatchNormParams, Conv2d, Linear};
 use crate::{Error, Result};
 
 mod fixture;
@@ -248,13 +251,10 @@ struct BatchNorm {
 
 impl BatchNorm {
     fn new(c: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get(c, "weight")?;
-        let bias = vb.get(c, "bias")?;
-        let mean = vb.get(c, "running_mean")?;
-        let var = vb.get(c, "running_var")?;
+        let bn = BatchNormParams::load(c, eps, vb)?;
         // y = (x - mean) / sqrt(var + eps) * weight + bias = x * scale + shift.
-        let scale = (weight / (var + eps)?.sqrt()?)?;
-        let shift = (bias - (mean * &scale)?)?;
+        let scale = (bn.gamma / (bn.var + eps)?.sqrt()?)?;
+        let shift = (bn.beta - (bn.mean * &scale)?)?;
         Ok(Self { scale, shift })
     }
 
@@ -285,6 +285,30 @@ impl PRelu {
     }
 }
 
+/// A bias-free `k x k` convolution from `<vb>.weight` `[c_out, c_in, k, k]`.
+fn conv_no_bias(
+    (c_in, c_out, k): (usize, usize, usize),
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    Conv2d::new(vb.get((c_out, c_in, k, k), "weight")?, None, stride, padding)
+}
+
+/// A bias-free convolution (`conv.weight`) followed by the eval-mode
+/// BatchNorm `bn`, folded into one convolution with a bias.
+fn conv_bn(
+    (c_in, c_out, k): (usize, usize, usize),
+    (stride, padding): (usize, usize),
+    eps: f64,
+    conv: VarBuilder,
+    bn: VarBuilder,
+) -> Result<Conv2d> {
+    let weight = conv.get((c_out, c_in, k, k), "weight")?;
+    let (weight, bias) = BatchNormParams::load(c_out, eps, bn)?.fold_into(&weight, None)?;
+    Conv2d::new(weight, Some(bias), stride, padding)
+}
+
 /// Squeeze-and-excitation (`SEModule`,
 /// <https://github.com/TreB1eN/InsightFace_Pytorch/blob/350ff7aa9c9db8d369d1932e14d2a4d11a3e9553/model.py#L19-L37>).
 #[derive(Debug, Clone)]
@@ -295,9 +319,8 @@ struct SqueezeExcite {
 
 impl SqueezeExcite {
     fn new(c: usize, mid: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig::default();
-        let fc1 = candle_nn::conv2d_no_bias(c, mid, 1, cfg, vb.pp("fc1"))?;
-        let fc2 = candle_nn::conv2d_no_bias(mid, c, 1, cfg, vb.pp("fc2"))?;
+        let fc1 = conv_no_bias((c, mid, 1), 1, 0, vb.pp("fc1"))?;
+        let fc2 = conv_no_bias((mid, c, 1), 1, 0, vb.pp("fc2"))?;
         Ok(Self { fc1, fc2 })
     }
 
@@ -314,15 +337,16 @@ impl SqueezeExcite {
 /// (<https://github.com/TreB1eN/InsightFace_Pytorch/blob/350ff7aa9c9db8d369d1932e14d2a4d11a3e9553/model.py#L57-L77>).
 #[derive(Debug, Clone)]
 struct Unit {
-    /// `shortcut_layer.{0,1}` when the width changes; `None` means
-    /// `MaxPool2d(1, stride)`, i.e. identity or stride-2 subsampling.
-    shortcut: Option<(Conv2d, BatchNorm)>,
+    /// `shortcut_layer.{0,1}` (BatchNorm folded in) when the width
+    /// changes; `None` means `MaxPool2d(1, stride)`, i.e. identity or
+    /// stride-2 subsampling.
+    shortcut: Option<Conv2d>,
     stride: usize,
     bn0: BatchNorm,
     conv1: Conv2d,
     prelu: PRelu,
+    /// `res_layer.3` with the BatchNorm `res_layer.4` folded in.
     conv2: Conv2d,
-    bn4: BatchNorm,
     se: SqueezeExcite,
 }
 
@@ -333,37 +357,30 @@ impl Unit {
         let shortcut = if cin == d {
             None
         } else {
-            let conv_cfg = Conv2dConfig { stride: s, ..Default::default() };
             let vb = vb.pp("shortcut_layer");
-            Some((
-                candle_nn::conv2d_no_bias(cin, d, 1, conv_cfg, vb.pp("0"))?,
-                BatchNorm::new(d, eps, vb.pp("1"))?,
-            ))
+            Some(conv_bn((cin, d, 1), (s, 0), eps, vb.pp("0"), vb.pp("1"))?)
         };
         let vb = vb.pp("res_layer");
-        let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
-        // The stride sits in the second 3x3 convolution, not the first.
-        let pad1_stride = Conv2dConfig { padding: 1, stride: s, ..Default::default() };
         Ok(Self {
             shortcut,
             stride: s,
             bn0: BatchNorm::new(cin, eps, vb.pp("0"))?,
-            conv1: candle_nn::conv2d_no_bias(cin, d, 3, pad1, vb.pp("1"))?,
+            conv1: conv_no_bias((cin, d, 3), 1, 1, vb.pp("1"))?,
             prelu: PRelu::new(d, vb.pp("2"))?,
-            conv2: candle_nn::conv2d_no_bias(d, d, 3, pad1_stride, vb.pp("3"))?,
-            bn4: BatchNorm::new(d, eps, vb.pp("4"))?,
+            // The stride sits in the second 3x3 convolution, not the first.
+            conv2: conv_bn((d, d, 3), (s, 1), eps, vb.pp("3"), vb.pp("4"))?,
             se: SqueezeExcite::new(d, d / cfg.se_reduction, vb.pp("5"))?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let shortcut = match &self.shortcut {
-            Some((conv, bn)) => bn.forward(&conv.forward(xs)?)?,
+            Some(conv) => conv.forward(xs)?,
             None => subsample(xs, self.stride)?,
         };
         let res = self.bn0.forward(xs)?;
         let res = self.prelu.forward(&self.conv1.forward(&res)?)?;
-        let res = self.bn4.forward(&self.conv2.forward(&res)?)?;
+        let res = self.conv2.forward(&res)?;
         let res = self.se.forward(&res)?;
         Ok((res + shortcut)?)
     }
@@ -396,13 +413,13 @@ pub struct BackboneOutputs {
 #[derive(Debug, Clone)]
 pub struct Backbone {
     cfg: Config,
+    /// `input_layer.0` with the BatchNorm `input_layer.1` folded in.
     stem_conv: Conv2d,
-    stem_bn: BatchNorm,
     stem_prelu: PRelu,
     units: Vec<(usize, Unit)>,
     out_bn: BatchNorm,
+    /// `output_layer.3` with the BatchNorm1d `output_layer.4` folded in.
     linear: Linear,
-    out_bn1d: BatchNorm,
 }
 
 impl Backbone {
@@ -423,11 +440,9 @@ impl Backbone {
             )));
         }
         let eps = cfg.bn_eps;
-        let stem_cfg = Conv2dConfig { padding: 1, ..Default::default() };
         let w0 = cfg.stem_width;
         let vbi = vb.pp("input_layer");
-        let stem_conv = candle_nn::conv2d_no_bias(3, w0, 3, stem_cfg, vbi.pp("0"))?;
-        let stem_bn = BatchNorm::new(w0, eps, vbi.pp("1"))?;
+        let stem_conv = conv_bn((3, w0, 3), (1, 1), eps, vbi.pp("0"), vbi.pp("1"))?;
         let stem_prelu = PRelu::new(w0, vbi.pp("2"))?;
         let vbb = vb.pp("body");
         let units = cfg
@@ -441,9 +456,12 @@ impl Backbone {
         let vbo = vb.pp("output_layer");
         // Indices 1 (Dropout, identity in eval) and 2 (Flatten) hold no weights.
         let out_bn = BatchNorm::new(last, eps, vbo.pp("0"))?;
-        let linear = candle_nn::linear(last * side * side, cfg.embedding_size, vbo.pp("3"))?;
-        let out_bn1d = BatchNorm::new(cfg.embedding_size, eps, vbo.pp("4"))?;
-        Ok(Self { cfg: cfg.clone(), stem_conv, stem_bn, stem_prelu, units, out_bn, linear, out_bn1d })
+        let (d_in, vbl) = (last * side * side, vbo.pp("3"));
+        let e = cfg.embedding_size;
+        let (weight, bias) = (vbl.get((e, d_in), "weight")?, vbl.get(e, "bias")?);
+        let (weight, bias) = BatchNormParams::load(e, eps, vbo.pp("4"))?.fold_into(&weight, Some(&bias))?;
+        let linear = Linear::new(weight, Some(bias))?;
+        Ok(Self { cfg: cfg.clone(), stem_conv, stem_prelu, units, out_bn, linear })
     }
 
     /// Loads a state dict (e.g. from [`crate::torch::load`]), inferring the
@@ -472,7 +490,7 @@ impl Backbone {
             });
         }
         let mut x = self.stem_conv.forward(xs)?;
-        x = self.stem_prelu.forward(&self.stem_bn.forward(&x)?)?;
+        x = self.stem_prelu.forward(&x)?;
         let mut stages = Vec::with_capacity(self.cfg.stage_widths.len());
         for (i, (stage, unit)) in self.units.iter().enumerate() {
             x = unit.forward(&x)?;
@@ -483,7 +501,7 @@ impl Backbone {
         let x = self.out_bn.forward(&x)?;
         // Flatten NCHW channel-major (`view(N, -1)`): index c·s² + h·s + w.
         let x = x.flatten_from(1)?;
-        let before_l2norm = self.out_bn1d.forward(&self.linear.forward(&x)?)?;
+        let before_l2norm = self.linear.forward(&x)?;
         let embedding = l2_norm(&before_l2norm)?;
         Ok(BackboneOutputs { stages, before_l2norm, embedding })
     }

@@ -35,6 +35,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::imageops::{resample, Filter};
+use crate::ops::Conv2d;
 use crate::{Error, Result};
 use resnet::{ConvBn, Resnet18};
 
@@ -449,8 +450,8 @@ impl ContextPath {
 #[derive(Debug, Clone)]
 struct FeatureFusion {
     convblk: ConvBn,
-    conv1: Tensor,
-    conv2: Tensor,
+    conv1: Conv2d,
+    conv2: Conv2d,
 }
 
 impl FeatureFusion {
@@ -459,8 +460,8 @@ impl FeatureFusion {
         let blk = vb.pp("convblk");
         Ok(Self {
             convblk: ConvBn::new(blk.pp("conv"), blk.pp("bn"), (c_in, c_out, 1), 1, 0, cfg.bn_eps)?,
-            conv1: vb.get((mid, c_out, 1, 1), "conv1.weight")?,
-            conv2: vb.get((c_out, mid, 1, 1), "conv2.weight")?,
+            conv1: Conv2d::new(vb.get((mid, c_out, 1, 1), "conv1.weight")?, None, 1, 0)?,
+            conv2: Conv2d::new(vb.get((c_out, mid, 1, 1), "conv2.weight")?, None, 1, 0)?,
         })
     }
 
@@ -468,8 +469,8 @@ impl FeatureFusion {
     /// the context feature.
     fn forward(&self, fsp: &Tensor, fcp: &Tensor) -> Result<Tensor> {
         let feat = self.convblk.forward(&Tensor::cat(&[fsp, fcp], 1)?)?.relu()?;
-        let atten = global_mean(&feat)?.conv2d(&self.conv1, 0, 1, 1, 1)?.relu()?;
-        let atten = candle_nn::ops::sigmoid(&atten.conv2d(&self.conv2, 0, 1, 1, 1)?)?;
+        let atten = self.conv1.forward(&global_mean(&feat)?)?.relu()?;
+        let atten = candle_nn::ops::sigmoid(&self.conv2.forward(&atten)?)?;
         Ok((feat.broadcast_mul(&atten)? + &feat)?)
     }
 }
@@ -479,19 +480,19 @@ impl FeatureFusion {
 #[derive(Debug, Clone)]
 struct Head {
     conv: ConvBn,
-    conv_out: Tensor,
+    conv_out: Conv2d,
 }
 
 impl Head {
     fn new(vb: VarBuilder, c_in: usize, mid: usize, n_classes: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             conv: ConvBn::new(vb.pp("conv.conv"), vb.pp("conv.bn"), (c_in, mid, 3), 1, 1, eps)?,
-            conv_out: vb.get((n_classes, mid, 1, 1), "conv_out.weight")?,
+            conv_out: Conv2d::new(vb.get((n_classes, mid, 1, 1), "conv_out.weight")?, None, 1, 0)?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(self.conv.forward(xs)?.relu()?.conv2d(&self.conv_out, 0, 1, 1, 1)?)
+        self.conv_out.forward(&self.conv.forward(xs)?.relu()?)
     }
 }
 

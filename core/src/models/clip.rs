@@ -27,10 +27,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::demo::SeededWeights;
+use crate::ops::Linear;
 use crate::{Error, Result};
 
 pub use fixture::check_fixture;
@@ -361,8 +362,8 @@ impl Clip {
         Ok(Self {
             text_model: ClipTextTransformer::new(&cfg.text_config, vb.pp("text_model"))?,
             vision_model: ClipVisionTransformer::new(&cfg.vision_config, vb.pp("vision_model"))?,
-            visual_projection: candle_nn::linear_no_bias(dv, p, vb.pp("visual_projection"))?,
-            text_projection: candle_nn::linear_no_bias(dt, p, vb.pp("text_projection"))?,
+            visual_projection: Linear::new(vb.pp("visual_projection").get((p, dv), "weight")?, None)?,
+            text_projection: Linear::new(vb.pp("text_projection").get((p, dt), "weight")?, None)?,
             logit_scale: vb.get((), "logit_scale")?,
         })
     }
@@ -379,12 +380,12 @@ impl Clip {
 
     /// Projects pooled text states: `text_projection(pooled)` (unnormalised).
     pub fn project_text(&self, pooled: &Tensor) -> Result<Tensor> {
-        Ok(self.text_projection.forward(pooled)?)
+        self.text_projection.forward(pooled)
     }
 
     /// Projects pooled image states: `visual_projection(pooled)` (unnormalised).
     pub fn project_image(&self, pooled: &Tensor) -> Result<Tensor> {
-        Ok(self.visual_projection.forward(pooled)?)
+        self.visual_projection.forward(pooled)
     }
 
     /// Unnormalised text embeddings of `input_ids` `[B, T]` (HF `get_text_features`).

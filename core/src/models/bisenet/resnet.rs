@@ -6,46 +6,18 @@
 //! It is torchvision's ResNet-18 without the classifier, returning the
 //! 1/8, 1/16 and 1/32 feature maps.
 //!
-//! Every op used here has a backward pass in candle 0.11 (convolution,
-//! broadcast add/mul, ReLU, `index_select`, `maximum`, `pad_with_zeros`,
-//! `narrow`). Candle's own `max_pool2d` is avoided: its backward refuses a
-//! kernel that differs from the stride (3 vs 2 here) and it has no padding.
+//! Every op used here has a backward pass: the convolutions are the op
+//! layer's [`Conv2d`] (input gradient only, correct for every input size),
+//! the rest are Candle ops (broadcast add/mul, ReLU, `index_select`,
+//! `maximum`, `pad_with_zeros`). Candle's own `max_pool2d` is avoided: its
+//! backward refuses a kernel that differs from the stride (3 vs 2 here) and
+//! it has no padding.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use crate::ops::{BatchNormParams, Conv2d};
 use crate::Result;
-
-/// A 2-D convolution without bias, `k x k`, equal stride and padding on both
-/// axes, differentiable to its input for every input size.
-///
-/// Candle's `Conv2D` backward derives the transposed convolution's
-/// `output_padding` from the height alone and applies it to the width too; a
-/// strided convolution whose height and width leave different remainders
-/// (e.g. 65 x 64 under the 7x7/2 stem) would get a wrongly sized input
-/// gradient. In that case the input is padded explicitly and cropped to the
-/// part the windows actually read, so that both remainders are zero. The
-/// forward values are identical either way.
-pub(super) fn conv2d(
-    xs: &Tensor,
-    weight: &Tensor,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    let (_, _, h, w) = xs.dims4()?;
-    let k = weight.dim(2)?;
-    let rem = |n: usize| (n + 2 * padding - k) % stride;
-    if stride > 1 && rem(h) != rem(w) {
-        let used = |n: usize| ((n + 2 * padding - k) / stride) * stride + k;
-        let xs = xs
-            .pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-            .narrow(2, 0, used(h))?
-            .narrow(3, 0, used(w))?;
-        return Ok(xs.conv2d(weight, 0, stride, 1, 1)?);
-    }
-    Ok(xs.conv2d(weight, padding, stride, 1, 1)?)
-}
 
 /// A bias-free convolution followed by an eval-mode BatchNorm, folded into
 /// one convolution plus a per-channel bias.
@@ -54,10 +26,7 @@ pub(super) fn conv2d(
 /// pairs, the `downsample` pair and ARM's `conv_atten`/`bn_atten`.
 #[derive(Debug, Clone)]
 pub(super) struct ConvBn {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    padding: usize,
+    conv: Conv2d,
 }
 
 impl ConvBn {
@@ -73,28 +42,14 @@ impl ConvBn {
         eps: f64,
     ) -> Result<Self> {
         let weight = conv.get((c_out, c_in, k, k), "weight")?;
-        let gamma = bn.get(c_out, "weight")?;
-        let beta = bn.get(c_out, "bias")?;
-        let mean = bn.get(c_out, "running_mean")?;
-        let var = bn.get(c_out, "running_var")?;
-        // y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta, folded in f64
-        // so the only extra rounding is the final cast.
-        let dtype = weight.dtype();
-        let f64_ = |t: &Tensor| t.to_dtype(DType::F64);
-        let scale = (f64_(&gamma)? / (f64_(&var)? + eps)?.sqrt()?)?;
-        let bias = (f64_(&beta)? - (f64_(&mean)? * &scale)?)?;
-        let weight = f64_(&weight)?.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        Ok(Self {
-            weight: weight.to_dtype(dtype)?,
-            bias: bias.to_dtype(dtype)?.reshape((1, c_out, 1, 1))?,
-            stride,
-            padding,
-        })
+        let (weight, bias) = BatchNormParams::load(c_out, eps, bn)?.fold_into(&weight, None)?;
+        let conv = Conv2d::new(weight, Some(bias), stride, padding)?;
+        Ok(Self { conv })
     }
 
     /// `BN(conv(xs))`.
     pub(super) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(conv2d(xs, &self.weight, self.stride, self.padding)?.broadcast_add(&self.bias)?)
+        self.conv.forward(xs)
     }
 }
 

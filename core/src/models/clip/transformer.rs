@@ -16,9 +16,10 @@
 //! composed `candle_nn::ops::softmax`, not the fused `softmax_last_dim`.
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::{Activation, TextConfig, VisionConfig};
+use crate::ops::{Conv2d, Linear};
 use crate::{Error, Result};
 
 /// Layer norm over the last axis, built from differentiable primitive ops.
@@ -53,8 +54,9 @@ impl Activation {
     }
 }
 
+/// `nn.Linear(d_in, d_out)` from `<vb>.weight` `[d_out, d_in]` and `<vb>.bias`.
 fn linear(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(candle_nn::linear(d_in, d_out, vb)?)
+    Linear::new(vb.get((d_out, d_in), "weight")?, Some(vb.get(d_out, "bias")?))
 }
 
 /// Multi-head self-attention with biased q/k/v/out projections.
@@ -105,7 +107,7 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        Ok(self.out_proj.forward(&out)?)
+        self.out_proj.forward(&out)
     }
 }
 
@@ -127,7 +129,7 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(self.fc2.forward(&self.act.apply(&self.fc1.forward(xs)?)?)?)
+        self.fc2.forward(&self.act.apply(&self.fc1.forward(xs)?)?)
     }
 }
 
@@ -319,13 +321,13 @@ pub struct VisionStates {
 /// The vision transformer (`vision_model.*`).
 #[derive(Debug, Clone)]
 pub struct ClipVisionTransformer {
-    patch_embedding: Tensor,
+    /// The bias-free stride-`p` `p x p` patch convolution.
+    patch_embedding: Conv2d,
     class_embedding: Tensor,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
     encoder: Encoder,
     post_layernorm: LayerNorm,
-    patch_size: usize,
     image_size: usize,
 }
 
@@ -350,14 +352,18 @@ impl ClipVisionTransformer {
             act: cfg.hidden_act,
         };
         Ok(Self {
-            patch_embedding: emb.get((d, cfg.num_channels, p, p), "patch_embedding.weight")?,
+            patch_embedding: Conv2d::new(
+                emb.get((d, cfg.num_channels, p, p), "patch_embedding.weight")?,
+                None,
+                p,
+                0,
+            )?,
             class_embedding: emb.get(d, "class_embedding")?,
             position_embedding: emb.get((grid * grid + 1, d), "position_embedding.weight")?,
             // "pre_layrnorm" is the real key name, misspelt in the checkpoint.
             pre_layrnorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?,
             encoder: Encoder::new(&shape, vb.pp("encoder"))?,
             post_layernorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
-            patch_size: p,
             image_size: cfg.image_size,
         })
     }
@@ -381,7 +387,7 @@ impl ClipVisionTransformer {
                 got: pixel_values.dims().to_vec(),
             });
         }
-        let patches = pixel_values.conv2d(&self.patch_embedding, 0, self.patch_size, 1, 1)?;
+        let patches = self.patch_embedding.forward(pixel_values)?;
         let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [B, N, D]
         let d = self.class_embedding.dim(0)?;
         let class = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
