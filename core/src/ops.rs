@@ -13,8 +13,13 @@
 //! also the oracle its tests compare against (`*_stock` methods).
 
 pub mod conv;
+pub mod fir;
 pub mod linear;
 pub mod profile;
+mod storage;
+#[cfg(test)]
+mod testing;
 
 pub use conv::{Conv2d, ConvTranspose2d};
+pub use fir::Fir;
 pub use linear::Linear;

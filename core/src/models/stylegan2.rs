@@ -596,7 +596,7 @@ mod tests {
     fn skip_upsample_matches_closed_form() -> Result<()> {
         // README: out[2i] = 0.25 x[i-1] + 0.75 x[i], out[2i+1] = 0.75 x[i] + 0.25 x[i+1].
         let x = [1f32, -2.0, 3.0];
-        let fir = ops::Fir::new(&[1.0, 3.0, 3.0, 1.0], 4.0, 2, (2, 1), &Device::Cpu)?;
+        let fir = crate::ops::Fir::new(&[1.0, 3.0, 3.0, 1.0], 4.0, 2, (2, 1), &Device::Cpu)?;
         let xs = Tensor::from_vec(x.to_vec(), (1, 1, 1, 3), &Device::Cpu)?.broadcast_as((1, 1, 3, 3))?.contiguous()?;
         let ys = fir.forward(&xs)?;
         assert_eq!(ys.dims(), &[1, 1, 6, 6]);
