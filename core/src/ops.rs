@@ -14,6 +14,7 @@
 
 pub mod conv;
 pub mod fir;
+pub mod fused;
 pub mod linear;
 pub mod profile;
 mod storage;
