@@ -3,8 +3,10 @@
 //!
 //! This is the generator whose latent space lsd-tui searches for edit
 //! directions, so it must be differentiable to its latent input: every
-//! operation is a candle-core op with a backward pass, and the fixture
-//! checks the gradient w.r.t. W+ and z.
+//! operation has a backward pass (the constant-weight ops of [`crate::ops`]
+//! for the convs, linears, FIR filters and fused element-wise steps; stock
+//! candle-core ops for the rest), and the fixture checks the gradient
+//! w.r.t. W+ and z.
 //!
 //! Paper: Karras et al. 2020, "Analyzing and Improving the Image Quality of
 //! StyleGAN" (<https://arxiv.org/abs/1912.04958>).

@@ -1,6 +1,5 @@
 //! The generator's fixed-function operations: PixelNorm, plus the op-layer
-//! pieces it uses by name (the fused leaky ReLU, `upfirdn2d`,
-//! zero-insertion).
+//! pieces it uses by name (the fused leaky ReLU, `upfirdn2d`).
 //!
 //! Reference: rosinality's `model.py` (`PixelNorm`)
 //! <https://github.com/rosinality/stylegan2-pytorch/blob/bef283a1c24087da704d16c30abc8e36e63efa0e/model.py>.
@@ -9,7 +8,6 @@ use candle_core::Tensor;
 
 use crate::Result;
 
-pub use crate::ops::conv::zero_insert;
 pub use crate::ops::fir::Fir;
 pub use crate::ops::fused::lrelu_gain;
 
