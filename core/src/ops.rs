@@ -13,11 +13,17 @@
 //! also the oracle its tests compare against (`*_stock` methods).
 
 pub mod conv;
+pub mod fir;
+pub mod fused;
 pub mod linear;
 pub mod profile;
 pub(crate) mod cpu;
+mod storage;
+#[cfg(test)]
+mod testing;
 
 pub use conv::{BatchNormParams, Conv2d, ConvTranspose2d};
+pub use fir::Fir;
 pub use linear::Linear;
 
 /// Fixes the CPU thread count for the whole process, once.

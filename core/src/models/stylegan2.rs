@@ -3,8 +3,10 @@
 //!
 //! This is the generator whose latent space lsd-tui searches for edit
 //! directions, so it must be differentiable to its latent input: every
-//! operation is a candle-core op with a backward pass, and the fixture
-//! checks the gradient w.r.t. W+ and z.
+//! operation has a backward pass (the constant-weight ops of [`crate::ops`]
+//! for the convs, linears, FIR filters and fused element-wise steps; stock
+//! candle-core ops for the rest), and the fixture checks the gradient
+//! w.r.t. W+ and z.
 //!
 //! Paper: Karras et al. 2020, "Analyzing and Improving the Image Quality of
 //! StyleGAN" (<https://arxiv.org/abs/1912.04958>).
@@ -596,7 +598,7 @@ mod tests {
     fn skip_upsample_matches_closed_form() -> Result<()> {
         // README: out[2i] = 0.25 x[i-1] + 0.75 x[i], out[2i+1] = 0.75 x[i] + 0.25 x[i+1].
         let x = [1f32, -2.0, 3.0];
-        let fir = ops::Fir::new(&[1.0, 3.0, 3.0, 1.0], 4.0, 2, (2, 1), &Device::Cpu)?;
+        let fir = crate::ops::Fir::new(&[1.0, 3.0, 3.0, 1.0], 4.0, 2, (2, 1), &Device::Cpu)?;
         let xs = Tensor::from_vec(x.to_vec(), (1, 1, 1, 3), &Device::Cpu)?.broadcast_as((1, 1, 3, 3))?.contiguous()?;
         let ys = fir.forward(&xs)?;
         assert_eq!(ys.dims(), &[1, 1, 6, 6]);

@@ -1,5 +1,6 @@
 //! The generator's layers: equalized-lr linear, modulated convolution,
-//! styled convolution (conv + noise + activation) and ToRGB.
+//! styled convolution (conv + noise + activation) and ToRGB, written in the
+//! constant-weight ops of [`crate::ops`].
 //!
 //! Reference: rosinality `model.py` classes `EqualLinear`, `ModulatedConv2d`,
 //! `NoiseInjection`, `StyledConv`, `ToRGB`
@@ -8,7 +9,9 @@
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::ops::{lrelu_gain, zero_insert, Fir};
+use super::ops::{lrelu_gain, Fir};
+use crate::ops::fused::{demodulate_stock, modulate, Epilogue};
+use crate::ops::{Conv2d, ConvTranspose2d, Linear};
 use crate::Result;
 
 /// Records named intermediate tensors of one forward pass (sample 0 only),
@@ -29,6 +32,11 @@ impl Trace {
         Self { entries: None }
     }
 
+    /// Whether this trace records (to compute an intermediate only for it).
+    pub fn is_enabled(&self) -> bool {
+        self.entries.is_some()
+    }
+
     /// Records sample 0 of `t` under `name` when enabled.
     pub fn record(&mut self, name: impl FnOnce() -> String, t: &Tensor) -> Result<()> {
         if let Some(entries) = &mut self.entries {
@@ -44,13 +52,11 @@ impl Trace {
 }
 
 /// `EqualLinear`: raw weights scaled at run time by `lr_mul / sqrt(in)`,
-/// bias by `lr_mul`, optionally followed by the fused leaky ReLU.
+/// bias by `lr_mul`, optionally followed by the fused leaky ReLU. The scales
+/// are folded into one constant-weight linear layer at load.
 #[derive(Debug, Clone)]
 pub struct EqualLinear {
-    /// Effective weight, transposed: `[in, out]`.
-    weight_t: Tensor,
-    /// Effective bias `[out]`.
-    bias: Tensor,
+    linear: Linear,
     activate: bool,
 }
 
@@ -64,14 +70,14 @@ impl EqualLinear {
         vb: VarBuilder,
     ) -> Result<Self> {
         let scale = lr_mul / (in_dim as f64).sqrt();
-        let weight_t = (vb.get((out_dim, in_dim), "weight")? * scale)?.t()?.contiguous()?;
+        let weight = (vb.get((out_dim, in_dim), "weight")? * scale)?;
         let bias = (vb.get(out_dim, "bias")? * lr_mul)?;
-        Ok(Self { weight_t, bias, activate })
+        Ok(Self { linear: Linear::new(weight, Some(bias))?, activate })
     }
 
     /// `xs` `[…, in]` to `[…, out]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = xs.broadcast_matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        let ys = self.linear.forward(xs)?;
         if self.activate {
             lrelu_gain(&ys)
         } else {
@@ -80,25 +86,45 @@ impl EqualLinear {
     }
 }
 
+/// The convolution inside a modulated conv.
+#[derive(Debug, Clone)]
+enum Conv {
+    /// Stride 1, padding `k / 2`.
+    Same(Conv2d),
+    /// `conv_transpose2d(x, W^T, stride 2, padding 0)` (output `2H + 1`
+    /// for `k = 3`), then the blur (`upfirdn2d` up 1, pad (1, 1)) to `2H`.
+    Up { conv: ConvTranspose2d, blur: Fir },
+}
+
+/// A [`ModulatedConv2d`]'s output before demodulation.
+#[derive(Debug, Clone)]
+pub struct ModConvOut {
+    /// The conv (and blur) of the modulated input with the shared weight,
+    /// `[B, out, H', W']`.
+    pub ys: Tensor,
+    /// The demodulation coefficients `[B, out]` that scale `ys`'s
+    /// channels, when the layer demodulates.
+    pub demod: Option<Tensor>,
+}
+
 /// `ModulatedConv2d`, computed the "non-fused" way (rosinality's
 /// `fused=False` branch): modulate the input channels by the style, run
 /// one convolution with the shared weight for the whole batch, then scale
 /// the output channels by the per-sample demodulation coefficients.
 ///
 /// This equals the per-sample-weight (grouped) form exactly in real
-/// arithmetic, and is one batched conv instead of `B` small ones.
+/// arithmetic, and is one batched conv instead of `B` small ones. The
+/// demodulation is applied by the caller ([`StyledConv`] fuses it into its
+/// epilogue); since the blur is linear per channel, scaling after it equals
+/// rosinality's scaling of the weight before the transposed conv.
 #[derive(Debug, Clone)]
 pub struct ModulatedConv2d {
-    /// `scale * weight[0]`, `[out, in, k, k]`; for the up-sampling conv the
-    /// kernel is spatially flipped (see [`Self::forward`]).
-    weight: Tensor,
-    /// `sum_{ky,kx} (scale * weight)²` as `[in, out]`, when demodulating:
-    /// `sum_i s_i² · wsq[i, o]` is the squared norm of the modulated filter.
-    wsq: Option<Tensor>,
+    conv: Conv,
+    /// `Σ_{ky,kx} (scale·weight)²` `[out, in]` as a constant linear layer,
+    /// when demodulating: `Σ_i s_i² · wsq[o, i]` is the squared norm of the
+    /// modulated filter `o`.
+    wsq: Option<Linear>,
     modulation: EqualLinear,
-    /// The blur that follows the transposed conv of the up-sampling layers.
-    blur: Option<Fir>,
-    kernel_size: usize,
 }
 
 impl ModulatedConv2d {
@@ -118,76 +144,70 @@ impl ModulatedConv2d {
         let weight = (vb.get((1, out_ch, in_ch, kernel_size, kernel_size), "weight")? * scale)?
             .squeeze(0)?;
         let wsq = if demodulate {
-            Some(weight.sqr()?.sum(D::Minus1)?.sum(D::Minus1)?.t()?.contiguous()?)
+            Some(Linear::new(weight.sqr()?.sum(D::Minus1)?.sum(D::Minus1)?, None)?)
         } else {
             None
         };
-        let (weight, blur) = if upsample {
+        let conv = if upsample {
             // model.py ModulatedConv2d.__init__: p = (len(k) - 2) - (ks - 1),
             // pad0 = (p + 1) // 2 + 1, pad1 = p // 2 + 1; (1, 1) for k = 4, ks = 3.
             let p = blur_kernel.len() as i64 - 2 - (kernel_size as i64 - 1);
             let pad0 = (p + 1).div_euclid(2) + 1;
             let pad1 = p.div_euclid(2) + 1;
             let blur = Fir::new(blur_kernel, 4.0, 1, (pad0 as usize, pad1 as usize), vb.device())?;
-            (weight.flip(&[2, 3])?.contiguous()?, Some(blur))
+            // The weight laid out [in, out, k, k], not flipped (model.py
+            // ModulatedConv2d.forward, fused=False: weight.transpose(0, 1),
+            // conv_transpose2d(input, weight, padding=0, stride=2)).
+            Conv::Up { conv: ConvTranspose2d::new(weight.transpose(0, 1)?, 2)?, blur }
         } else {
-            (weight.contiguous()?, None)
+            Conv::Same(Conv2d::new(weight, None, 1, kernel_size / 2)?)
         };
         let modulation = EqualLinear::new(style_dim, in_ch, 1.0, false, vb.pp("modulation"))?;
-        Ok(Self { weight, wsq, modulation, blur, kernel_size })
+        Ok(Self { conv, wsq, modulation })
     }
 
     /// Applies the layer to `xs` `[B or 1, in, H, W]` with the style `w`
-    /// `[B, style_dim]`; `name` is the module path used in the trace.
-    pub fn forward(&self, xs: &Tensor, w: &Tensor, name: &str, trace: &mut Trace) -> Result<Tensor> {
+    /// `[B, style_dim]`; `name` is the module path used in the trace, which
+    /// records the demodulated outputs (as the reference computes them).
+    pub fn forward(&self, xs: &Tensor, w: &Tensor, name: &str, trace: &mut Trace) -> Result<ModConvOut> {
         let s = self.modulation.forward(w)?;
         trace.record(|| format!("{name}.modulation.out"), &s)?;
-        let (b, in_ch) = s.dims2()?;
-        let xs = xs.broadcast_mul(&s.reshape((b, in_ch, 1, 1))?)?;
-        let k = self.kernel_size;
-        let ys = if self.blur.is_some() {
-            // conv_transpose2d(x, W^T, stride 2, padding 0), written as
-            // zero-insertion (size 2H-1), padding k-1 and correlation with
-            // the flipped kernel, so it runs on the (faster) conv2d path.
-            let (_, _, h, w) = xs.dims4()?;
-            let up = zero_insert(&zero_insert(&xs, 2, 2)?, 3, 2)?;
-            let up = up.narrow(2, 0, 2 * h - 1)?.narrow(3, 0, 2 * w - 1)?;
-            up.conv2d(&self.weight, k - 1, 1, 1, 1)?
-        } else {
-            xs.conv2d(&self.weight, k / 2, 1, 1, 1)?
+        let demod = match &self.wsq {
+            Some(wsq) => Some((wsq.forward(&s.sqr()?)? + 1e-8)?.sqrt()?.recip()?),
+            None => None,
         };
-        let ys = match &self.wsq {
-            Some(wsq) => {
-                let demod = (s.sqr()?.matmul(wsq)? + 1e-8)?.sqrt()?.recip()?;
-                let out_ch = demod.dim(1)?;
-                // The blur is linear per channel, so demodulating before it
-                // is the same as after; this way `blur.in` matches the
-                // reference's (fused) transposed-conv output.
-                ys.broadcast_mul(&demod.reshape((b, out_ch, 1, 1))?)?
+        let mut record = |what: &str, ys: &Tensor| -> Result<()> {
+            if trace.is_enabled() {
+                let ys = match &demod {
+                    Some(d) => demodulate_stock(ys, d)?,
+                    None => ys.clone(),
+                };
+                trace.record(|| format!("{name}.{what}"), &ys)?;
             }
-            None => ys,
+            Ok(())
         };
-        let ys = match &self.blur {
-            Some(blur) => {
-                trace.record(|| format!("{name}.blur.in"), &ys)?;
+        let xs = modulate(xs, &s)?;
+        let ys = match &self.conv {
+            Conv::Same(conv) => conv.forward(&xs)?,
+            Conv::Up { conv, blur } => {
+                let ys = conv.forward(&xs)?;
+                record("blur.in", &ys)?;
                 blur.forward(&ys)?
             }
-            None => ys,
         };
-        trace.record(|| format!("{name}.out"), &ys)?;
-        Ok(ys)
+        record("out", &ys)?;
+        Ok(ModConvOut { ys, demod })
     }
 }
 
 /// `StyledConv`: demodulated [`ModulatedConv2d`], noise injection
-/// (`y + noise.weight * noise`), then `lrelu(y + activate.bias) * sqrt(2)`.
+/// (`y + noise.weight * noise`), then `lrelu(y + activate.bias) * sqrt(2)`;
+/// demodulation, noise, bias and activation run as one fused [`Epilogue`].
 #[derive(Debug, Clone)]
 pub struct StyledConv {
     conv: ModulatedConv2d,
-    /// `noise.weight`, shape `[1]`.
-    noise_weight: Tensor,
-    /// `activate.bias` as `[1, out, 1, 1]`.
-    bias: Tensor,
+    /// `noise.weight` and `activate.bias`.
+    epilogue: Epilogue,
 }
 
 impl StyledConv {
@@ -202,9 +222,8 @@ impl StyledConv {
     ) -> Result<Self> {
         let conv =
             ModulatedConv2d::new(in_ch, out_ch, 3, style_dim, true, upsample, blur_kernel, vb.pp("conv"))?;
-        let noise_weight = vb.get(1, "noise.weight")?;
-        let bias = vb.get(out_ch, "activate.bias")?.reshape((1, out_ch, 1, 1))?;
-        Ok(Self { conv, noise_weight, bias })
+        let epilogue = Epilogue::new(vb.get(out_ch, "activate.bias")?, vb.get(1, "noise.weight")?)?;
+        Ok(Self { conv, epilogue })
     }
 
     /// `noise`: `[1 or B, 1, H, W]` at the output resolution, or `None` for
@@ -217,13 +236,13 @@ impl StyledConv {
         name: &str,
         trace: &mut Trace,
     ) -> Result<Tensor> {
-        let ys = self.conv.forward(xs, w, &format!("{name}.conv"), trace)?;
-        let ys = match noise {
-            Some(noise) => ys.broadcast_add(&noise.broadcast_mul(&self.noise_weight)?)?,
-            None => ys,
-        };
-        trace.record(|| format!("{name}.noise.out"), &ys)?;
-        let ys = lrelu_gain(&ys.broadcast_add(&self.bias)?)?;
+        let ModConvOut { ys, demod } = self.conv.forward(xs, w, &format!("{name}.conv"), trace)?;
+        let demod = demod.expect("a styled conv is built demodulating");
+        if trace.is_enabled() {
+            let noised = self.epilogue.add_noise_stock(&demodulate_stock(&ys, &demod)?, noise)?;
+            trace.record(|| format!("{name}.noise.out"), &noised)?;
+        }
+        let ys = self.epilogue.forward(&ys, &demod, noise)?;
         trace.record(|| format!("{name}.out"), &ys)?;
         Ok(ys)
     }
@@ -270,7 +289,8 @@ impl ToRgb {
         name: &str,
         trace: &mut Trace,
     ) -> Result<Tensor> {
-        let ys = self.conv.forward(xs, w, &format!("{name}.conv"), trace)?.broadcast_add(&self.bias)?;
+        // Not demodulated: `ys` is the modulated conv's output as is.
+        let ys = self.conv.forward(xs, w, &format!("{name}.conv"), trace)?.ys.broadcast_add(&self.bias)?;
         let ys = match (&self.upsample, skip) {
             (Some(up), Some(skip)) => {
                 trace.record(|| format!("{name}.upsample.in"), skip)?;
