@@ -338,14 +338,7 @@ impl Engine {
         let alphas = match (raw.mode, self.recipe.alpha) {
             (Mode::Latent, _) => vec![1.0; n],
             (_, Alpha::Fixed(a)) => vec![a; n],
-            (_, Alpha::Range { min, max, min_abs }) => (0..n)
-                .map(|_| loop {
-                    let a = rng.random_range(min..=max);
-                    if a.abs() >= min_abs {
-                        break a;
-                    }
-                })
-                .collect(),
+            (_, alpha @ Alpha::Range { .. }) => (0..n).map(|_| alpha.sample(&mut rng)).collect(),
         };
         (seeds, alphas)
     }
