@@ -124,7 +124,11 @@ pub fn spawn(recipe: Recipe, setup: Setup) -> EngineHandle {
 /// [`TrainEvent::Failed`] and returned.
 pub fn run(recipe: Recipe, setup: Setup, events: &Sender<TrainEvent>, control: &Receiver<Control>) -> Result<RunSummary> {
     let started = Instant::now();
-    let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| e.train(control, started));
+    let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| {
+        // One run per folder at a time: held until the run returns.
+        let _lock = crate::outputs::RunLock::acquire(&e.recipe.output)?;
+        e.train(control, started)
+    });
     if let Err(e) = &result {
         let _ = events.send(TrainEvent::Failed { error: e.to_string() });
     }
@@ -170,6 +174,8 @@ struct Engine {
     preview_alphas: Vec<f32>,
     term_names: Vec<String>,
     generator_sha: Option<String>,
+    /// What a checkpoint must match to be resumed (see `report.rs`).
+    provenance: Option<report::Provenance>,
 }
 
 /// Columns of the loss history after `step, total` and the terms.
@@ -242,6 +248,7 @@ impl Engine {
             step: 0,
             term_names,
             generator_sha: None,
+            provenance: None,
             recipe,
             setup,
             tx,
@@ -588,7 +595,7 @@ impl Engine {
             stats.steps_per_sec = rate.unwrap_or(1.0 / dt);
             self.send(TrainEvent::Step(stats));
             if every_ckpt > 0 && self.step % every_ckpt == 0 && self.step < total_steps {
-                self.checkpoint()?;
+                self.checkpoint_or_warn();
             }
             if every_preview > 0 && self.step % every_preview == 0 && self.step < total_steps {
                 self.preview()?;
@@ -639,10 +646,13 @@ impl Engine {
                     }
                     return Ok(Flow::Stop);
                 }
-                Control::SaveNow => {
-                    self.write_outputs(Instant::now(), false)?;
-                    self.message(Level::Info, format!("saved the outputs of step {}", self.step));
-                }
+                Control::SaveNow => match self.write_outputs(Instant::now(), false) {
+                    Ok(()) => self.message(Level::Info, format!("saved the outputs of step {}", self.step)),
+                    Err(e) => self.message(Level::Warn, format!(
+                        "could not save the outputs of step {}: {e}; training goes on, the files already there are kept",
+                        self.step
+                    )),
+                },
                 Control::SetPreviewAlphas(a) => {
                     if a.is_empty() || a.iter().any(|x| !x.is_finite()) {
                         self.message(Level::Warn, "preview α values must be finite and non-empty; kept the old ones");

@@ -634,14 +634,18 @@ impl Recipe {
     /// `checkpoint_every`): a checkpoint only resumes a run with the same.
     pub fn training_hash(&self) -> String {
         use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.training_yaml().as_bytes()))
+    }
+
+    /// The settings [`Recipe::training_hash`] hashes, as YAML.
+    pub fn training_yaml(&self) -> String {
         let mut raw = self.raw.clone();
         raw.output = None;
         raw.device = default_device();
         raw.preview = None;
         raw.checkpoint_every = 0;
         raw.name = None;
-        let text = yaml_serde::to_string(&raw).unwrap_or_default();
-        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        yaml_serde::to_string(&raw).unwrap_or_default()
     }
 
     /// True when any network is a demo network.
@@ -1056,6 +1060,31 @@ fn params_source(text: &str, line: usize) -> Option<(String, usize, usize, usize
 /// bytes long).
 fn indentation(line: &str) -> usize {
     line.len() - line.trim_start_matches(' ').len()
+}
+
+/// The keys (dotted, `optimizer.lr`) whose values differ between two
+/// YAML mappings, such as two [`Recipe::training_yaml`] texts.
+pub fn differing_keys(a: &str, b: &str) -> Vec<String> {
+    fn walk(prefix: &str, a: Option<&yaml_serde::Value>, b: Option<&yaml_serde::Value>, out: &mut Vec<String>) {
+        use yaml_serde::Value::Mapping;
+        match (a, b) {
+            (Some(Mapping(x)), Some(Mapping(y))) => {
+                let mut keys: Vec<String> = x.keys().chain(y.keys()).filter_map(|k| k.as_str().map(str::to_string)).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, x.get(k.as_str()), y.get(k.as_str()), out);
+                }
+            }
+            (x, y) if x != y => out.push(if prefix.is_empty() { "(all)".into() } else { prefix.to_string() }),
+            _ => {}
+        }
+    }
+    let parse = |t: &str| yaml_serde::from_str::<yaml_serde::Value>(t).ok();
+    let mut out = Vec::new();
+    walk("", parse(a).as_ref(), parse(b).as_ref(), &mut out);
+    out
 }
 
 /// Parses a seed list as the command line writes it: `3`, `1,2,5`,
