@@ -124,7 +124,11 @@ pub fn spawn(recipe: Recipe, setup: Setup) -> EngineHandle {
 /// [`TrainEvent::Failed`] and returned.
 pub fn run(recipe: Recipe, setup: Setup, events: &Sender<TrainEvent>, control: &Receiver<Control>) -> Result<RunSummary> {
     let started = Instant::now();
-    let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| e.train(control, started));
+    let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| {
+        // One run per folder at a time: held until the run returns.
+        let _lock = crate::outputs::RunLock::acquire(&e.recipe.output)?;
+        e.train(control, started)
+    });
     if let Err(e) = &result {
         let _ = events.send(TrainEvent::Failed { error: e.to_string() });
     }
@@ -173,6 +177,8 @@ struct Engine {
     /// Folds the generator's identity, truncation and noise into every
     /// sample key ([`EditBatch::keys`]).
     key_salt: u64,
+    /// What a checkpoint must match to be resumed (see `report.rs`).
+    provenance: Option<report::Provenance>,
 }
 
 /// Wall time per phase of a step.
@@ -265,6 +271,7 @@ impl Engine {
             term_names,
             generator_sha: None,
             key_salt: 0,
+            provenance: None,
             recipe,
             setup,
             tx,
@@ -401,14 +408,7 @@ impl Engine {
         let alphas = match (raw.mode, self.recipe.alpha) {
             (Mode::Latent, _) => vec![1.0; n],
             (_, Alpha::Fixed(a)) => vec![a; n],
-            (_, Alpha::Range { min, max, min_abs }) => (0..n)
-                .map(|_| loop {
-                    let a = rng.random_range(min..=max);
-                    if a.abs() >= min_abs {
-                        break a;
-                    }
-                })
-                .collect(),
+            (_, alpha @ Alpha::Range { .. }) => (0..n).map(|_| alpha.sample(&mut rng)).collect(),
         };
         (seeds, alphas)
     }
@@ -667,7 +667,7 @@ impl Engine {
             stats.steps_per_sec = rate.unwrap_or(1.0 / dt);
             self.send(TrainEvent::Step(stats));
             if every_ckpt > 0 && self.step % every_ckpt == 0 && self.step < total_steps {
-                self.checkpoint()?;
+                self.checkpoint_or_warn();
             }
             if every_preview > 0 && self.step % every_preview == 0 && self.step < total_steps {
                 self.preview()?;
@@ -718,10 +718,13 @@ impl Engine {
                     }
                     return Ok(Flow::Stop);
                 }
-                Control::SaveNow => {
-                    self.write_outputs(Instant::now(), false)?;
-                    self.message(Level::Info, format!("saved the outputs of step {}", self.step));
-                }
+                Control::SaveNow => match self.write_outputs(Instant::now(), false) {
+                    Ok(()) => self.message(Level::Info, format!("saved the outputs of step {}", self.step)),
+                    Err(e) => self.message(Level::Warn, format!(
+                        "could not save the outputs of step {}: {e}; training goes on, the files already there are kept",
+                        self.step
+                    )),
+                },
                 Control::SetPreviewAlphas(a) => {
                     if a.is_empty() || a.iter().any(|x| !x.is_finite()) {
                         self.message(Level::Warn, "preview α values must be finite and non-empty; kept the old ones");

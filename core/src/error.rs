@@ -107,6 +107,19 @@ pub enum Error {
         /// Whether it was a panic (caught inside the plugin).
         panicked: bool,
     },
+
+    /// Another run holds the lock of the run folder.
+    #[error(
+        "run folder '{}' is in use by {}; wait for that run to end (or stop it), or choose another output folder",
+        path.display(),
+        pid.map_or_else(|| "another process".to_string(), |p| format!("process {p}"))
+    )]
+    RunFolderInUse {
+        /// The run folder.
+        path: PathBuf,
+        /// The process holding it, when it wrote its PID.
+        pid: Option<u32>,
+    },
 }
 
 /// The message of [`Error::PluginMismatch`]: host and plugin values side by

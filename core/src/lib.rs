@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod demo;
+pub mod durable;
 pub mod engine;
 pub mod experiments;
 pub mod error;

@@ -1,6 +1,7 @@
-//! What a run writes, and how: every file is written atomically (a
-//! temporary file in the same folder, flushed, then renamed over the
-//! target), so a reader — or a killed run — never sees half a file.
+//! What a run writes, and how: every file is written atomically and
+//! durably ([`crate::durable`]: a temporary file in the same folder,
+//! flushed, renamed over the target, the folder flushed), so a reader — or
+//! a killed run — never sees half a file.
 //!
 //! - [`write_atomic`]: the primitive.
 //! - [`write_tensors`] / [`read_tensors`]: safetensors with string metadata
@@ -12,7 +13,6 @@
 //! - [`csv`]: `losses.csv`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -21,29 +21,84 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Writes `bytes` to `path` atomically: a temporary sibling file is written
-/// and synced, then renamed over `path`. Creates the parent folder.
+/// Writes `bytes` to `path` atomically and durably ([`crate::durable`]).
+/// Creates the parent folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("writing", &tmp, e));
+    crate::durable::write(path, bytes)
+}
+
+/// The lock file of a run folder.
+pub const LOCK_FILE: &str = ".lsd-run.lock";
+
+/// The exclusive lock of a run folder, held while a run writes it: a
+/// second run on the same folder (from this process or another) is refused
+/// with the first one's PID. An OS file lock (`flock`), so it is released
+/// whatever way its process ends; the file stays, holding the last PID.
+#[derive(Debug)]
+pub struct RunLock {
+    folder: PathBuf,
+    #[allow(dead_code)] // held for its lock
+    file: std::fs::File,
+}
+
+impl RunLock {
+    /// Locks `folder` (created if needed), or says who holds it.
+    pub fn acquire(folder: &Path) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(folder).map_err(|e| Error::io("creating folder", folder, e))?;
+        let path = folder.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("opening", &path, e))?;
+        if !try_lock(&file).map_err(|e| Error::io("locking", &path, e))? {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(Error::RunFolderInUse { path: folder.to_path_buf(), pid: text.trim().parse().ok() });
+        }
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .map_err(|e| Error::io("writing", &path, e))?;
+        Ok(Self { folder: folder.to_path_buf(), file })
     }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("renaming into place", path, e)
-    })
+
+    /// The locked folder.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+}
+
+/// Takes an exclusive lock without waiting: `Ok(false)` when another open
+/// file holds it.
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: `flock` on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Elsewhere: the standard library's lock (the same semantics).
+#[cfg(not(unix))]
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// A tensor's bytes (little-endian) and safetensors dtype; f16/bf16 are

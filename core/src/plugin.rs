@@ -406,6 +406,55 @@ mod tests {
         Ok(())
     }
 
+    /// Issue 15: a bare library name was checked for existence in the
+    /// current folder, then `dlopen`ed through the loader's search path,
+    /// which does not include the current folder: another file, or none.
+    #[test]
+    fn issue_15_a_bare_library_name_loads_the_file_in_the_current_folder() -> Result<()> {
+        use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let name = format!("{DLL_PREFIX}lsd_plugin_issue15_{}{DLL_SUFFIX}", std::process::id());
+        let here = std::env::current_dir().map_err(|e| Error::io("reading", ".", e))?.join(&name);
+        let _cleanup = Remove(here.clone());
+        std::fs::copy(probe_path(), &here).map_err(|e| Error::io("copying", &here, e))?;
+        let lib = PluginLibrary::open(&name)?;
+        assert_eq!(lib.path(), here);
+        assert_eq!(lib.info().name, "test-probe");
+        Ok(())
+    }
+
+    /// Issue 15: running a recipe opened every `liblsd_plugin_*` of the
+    /// recipe's folder until one declared the name: a recipe folder from
+    /// elsewhere ran code. Only the directories the user chose are searched.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn issue_15_libraries_next_to_a_recipe_are_not_loaded() {
+        use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let planted = dir.path().join(format!("{DLL_PREFIX}lsd_plugin_planted{DLL_SUFFIX}"));
+        std::fs::copy(probe_path(), &planted).expect("copied");
+        let recipe_file = dir.path().join("r.yaml");
+        let text = "prompt: p\nsteps: 1\nterms:\n  - plugin: no-such-plugin-anywhere\n";
+        std::fs::write(&recipe_file, text).expect("written");
+        let recipe = crate::recipe::Recipe::load(&recipe_file).expect("a valid recipe");
+        let err = crate::engine::load_plugin_terms(&recipe, &crate::engine::Weights::demo(), &Device::Cpu)
+            .expect_err("no such plugin");
+        assert!(err.message.contains("no-such-plugin-anywhere"), "{err}");
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        assert!(!maps.contains(planted.to_str().expect("utf-8")), "the planted library was loaded");
+        // Named by path, the recipe's library is what it gets.
+        let text = "prompt: p\nsteps: 1\nterms:\n  - plugin: ./liblsd_plugin_planted.so\n";
+        std::fs::write(&recipe_file, text.replace("lib", DLL_PREFIX).replace(".so", DLL_SUFFIX)).expect("written");
+        let recipe = crate::recipe::Recipe::load(&recipe_file).expect("a valid recipe");
+        let terms = crate::engine::load_plugin_terms(&recipe, &crate::engine::Weights::demo(), &Device::Cpu).expect("loads");
+        assert_eq!(terms.len(), 1);
+    }
+
     #[test]
     fn search_dirs_come_from_the_variable_then_the_executable() {
         let sep = if cfg!(windows) { ";" } else { ":" };

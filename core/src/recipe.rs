@@ -458,6 +458,53 @@ pub enum Alpha {
 }
 
 impl Alpha {
+    /// Draws one α: the fixed value, or uniform in `[min, max]` with
+    /// `|α| >= min_abs`.
+    ///
+    /// Rejection sampling first (the historical draw, so a run's random
+    /// stream is unchanged), for at most [`ALPHA_REJECTIONS`] tries; then a
+    /// direct draw from the admissible part of the range, so that a range
+    /// whose admissible part is tiny (or unreachable by rejection, such as
+    /// `{min: 0, max: 1, min_abs: 0.99999994}`) still returns at once. The
+    /// bounds must be checked ([`Recipe::parse`] does): finite, `min < max`,
+    /// `max - min` finite and `min_abs` below the largest |bound|.
+    pub fn sample<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> f32 {
+        let (min, max, min_abs) = match *self {
+            Alpha::Fixed(a) => return a,
+            Alpha::Range { min, max, min_abs } => (min, max, min_abs),
+        };
+        for _ in 0..ALPHA_REJECTIONS {
+            let a = rng.random_range(min..=max);
+            if a.abs() >= min_abs {
+                return a;
+            }
+        }
+        // The admissible part: [min, -min_abs] and [min_abs, max], each
+        // possibly empty; pick one in proportion to its length.
+        let neg = (min <= -min_abs).then_some((min, (-min_abs).min(max)));
+        let pos = (max >= min_abs).then_some((min_abs.max(min), max));
+        let len = |p: Option<(f32, f32)>| p.map_or(0.0, |(a, b)| (b as f64 - a as f64).max(0.0));
+        let (ln, lp) = (len(neg), len(pos));
+        let pick = match (neg, pos) {
+            (Some(n), Some(p)) => {
+                if rng.random::<f64>() * (ln + lp) < ln {
+                    n
+                } else {
+                    p
+                }
+            }
+            (Some(n), None) => n,
+            (None, Some(p)) => p,
+            // Unreachable for checked bounds; the largest bound is admissible.
+            (None, None) => return if max.abs() >= min.abs() { max } else { min },
+        };
+        if pick.0 < pick.1 {
+            rng.random_range(pick.0..=pick.1)
+        } else {
+            pick.0
+        }
+    }
+
     /// A representative α for previews and metrics: the fixed value, or
     /// the bound of largest magnitude.
     pub fn typical(&self) -> f32 {
@@ -531,6 +578,10 @@ pub struct Recipe {
 
 const MAX_STEPS: usize = 10_000_000;
 
+/// Rejection-sampling tries of [`Alpha::sample`] before it draws directly
+/// from the admissible range.
+pub const ALPHA_REJECTIONS: usize = 64;
+
 impl Recipe {
     /// Reads and checks a recipe file.
     pub fn load(path: &Path) -> Result<Self, RecipeError> {
@@ -583,14 +634,18 @@ impl Recipe {
     /// `checkpoint_every`): a checkpoint only resumes a run with the same.
     pub fn training_hash(&self) -> String {
         use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.training_yaml().as_bytes()))
+    }
+
+    /// The settings [`Recipe::training_hash`] hashes, as YAML.
+    pub fn training_yaml(&self) -> String {
         let mut raw = self.raw.clone();
         raw.output = None;
         raw.device = default_device();
         raw.preview = None;
         raw.checkpoint_every = 0;
         raw.name = None;
-        let text = yaml_serde::to_string(&raw).unwrap_or_default();
-        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        yaml_serde::to_string(&raw).unwrap_or_default()
     }
 
     /// True when any network is a demo network.
@@ -805,6 +860,11 @@ impl Ctx<'_> {
                 if min_abs < 0.0 {
                     return Err(self.error("alpha.min_abs", format!("expected min_abs >= 0, got {min_abs}")));
                 }
+                if !(max - min).is_finite() {
+                    return Err(self.error("alpha", format!(
+                        "the range [{min}, {max}] is too wide to sample (max - min overflows); α is a step in W, usually between -10 and 10"
+                    )));
+                }
                 if min_abs >= min.abs().max(max.abs()) {
                     return Err(self.error("alpha.min_abs", format!(
                         "min_abs {min_abs} excludes the whole range [{min}, {max}]; lower it"
@@ -939,19 +999,19 @@ impl Ctx<'_> {
 /// Blank and comment lines are kept so that line numbers map one to one.
 fn params_source(text: &str, line: usize) -> Option<(String, usize, usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
-    let key_line = *lines.get(line - 1)?;
-    let key_indent = key_line.len() - key_line.trim_start().len();
+    let key_line = *lines.get(line.checked_sub(1)?)?;
+    let key_indent = indentation(key_line);
     let after = key_line.find("params:")? + "params:".len();
     let rest = &key_line[after..];
-    let rest_trim = rest.trim_start();
+    let rest_trim = rest.trim_start_matches([' ', '\t']);
     let inline = !rest_trim.is_empty() && !rest_trim.starts_with('#');
     // The block: following lines indented deeper than the key (blank and
     // comment lines included).
     let mut end = line; // index of the first line after the block
     while end < lines.len() {
         let l = lines[end];
-        let t = l.trim_start();
-        if t.is_empty() || t.starts_with('#') || l.len() - t.len() > key_indent {
+        let t = l.trim();
+        if t.is_empty() || t.starts_with('#') || indentation(l) > key_indent {
             end += 1;
         } else {
             break;
@@ -959,7 +1019,7 @@ fn params_source(text: &str, line: usize) -> Option<(String, usize, usize, usize
     }
     // Trailing blank/comment lines belong to no one.
     while end > line && {
-        let t = lines[end - 1].trim_start();
+        let t = lines[end - 1].trim();
         t.is_empty() || t.starts_with('#')
     } {
         end -= 1;
@@ -968,10 +1028,19 @@ fn params_source(text: &str, line: usize) -> Option<(String, usize, usize, usize
     let indent = block
         .iter()
         .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .map(|l| l.len() - l.trim_start().len())
+        .map(|l| indentation(l))
         .min()
         .unwrap_or(0);
-    let dedent = |l: &&str| -> String { if l.len() >= indent { l[indent..].to_string() } else { l.trim_start().to_string() } };
+    // `indent` counts ASCII spaces only, so slicing there stays on a
+    // character boundary; a line with less indentation (a comment, a flow
+    // continuation) loses its spaces only.
+    let dedent = |l: &&str| -> String {
+        if indentation(l) >= indent {
+            l[indent..].to_string()
+        } else {
+            l.trim_start_matches(' ').to_string()
+        }
+    };
     if inline {
         let column = after + (rest.len() - rest_trim.len());
         let mut out = vec![rest_trim.to_string()];
@@ -984,6 +1053,38 @@ fn params_source(text: &str, line: usize) -> Option<(String, usize, usize, usize
         let out: Vec<String> = block.iter().map(dedent).collect();
         Some((out.join("\n") + "\n", line + 1, indent, indent))
     }
+}
+
+/// YAML indentation: the leading ASCII spaces (tabs and other white space,
+/// such as a non-breaking space, are content to YAML, and may be several
+/// bytes long).
+fn indentation(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+/// The keys (dotted, `optimizer.lr`) whose values differ between two
+/// YAML mappings, such as two [`Recipe::training_yaml`] texts.
+pub fn differing_keys(a: &str, b: &str) -> Vec<String> {
+    fn walk(prefix: &str, a: Option<&yaml_serde::Value>, b: Option<&yaml_serde::Value>, out: &mut Vec<String>) {
+        use yaml_serde::Value::Mapping;
+        match (a, b) {
+            (Some(Mapping(x)), Some(Mapping(y))) => {
+                let mut keys: Vec<String> = x.keys().chain(y.keys()).filter_map(|k| k.as_str().map(str::to_string)).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, x.get(k.as_str()), y.get(k.as_str()), out);
+                }
+            }
+            (x, y) if x != y => out.push(if prefix.is_empty() { "(all)".into() } else { prefix.to_string() }),
+            _ => {}
+        }
+    }
+    let parse = |t: &str| yaml_serde::from_str::<yaml_serde::Value>(t).ok();
+    let mut out = Vec::new();
+    walk("", parse(a).as_ref(), parse(b).as_ref(), &mut out);
+    out
 }
 
 /// Parses a seed list as the command line writes it: `3`, `1,2,5`,
@@ -1170,6 +1271,78 @@ terms:
         assert_eq!((r.terms[0].params_line, r.terms[0].params_indent), (6, 6));
         assert_eq!(r.terms[1].params, "{resize: bilinear}\n");
         assert_eq!((r.terms[1].params_line, r.terms[1].params_column), (11, 12));
+    }
+
+    /// Issue 15: a params line indented with spaces then a non-breaking
+    /// space (valid YAML: the NBSP is content) made the params cutting slice
+    /// inside the two-byte character and panic.
+    #[test]
+    fn issue_15_params_indented_with_a_non_breaking_space_do_not_panic() {
+        for text in [
+            "prompt: p\nsteps: 1\nterms:\n  - plugin: x\n    params: {a: 1,\n      b: 2,\n     \u{a0}c: 3}\n",
+            "prompt: p\nsteps: 1\nterms:\n  - plugin: x\n    params:\n      a: 1\n     \u{a0}# not a comment\n",
+            "prompt: p\nsteps: 1\nterms:\n  - plugin: x\n    params:\n      a: \"x\n     \u{a0}y\"\n",
+        ] {
+            let got = std::panic::catch_unwind(|| Recipe::parse(text, Path::new("nbsp.yaml")));
+            let got = got.unwrap_or_else(|_| panic!("Recipe::parse panicked on {text:?}"));
+            if let Ok(r) = got {
+                // Whatever was cut out reads back as the same mapping.
+                let parsed: yaml_serde::Value = yaml_serde::from_str(&r.terms[0].params).expect("params are YAML");
+                assert_eq!(Some(parsed), r.raw.terms[0].params, "{text:?}");
+            }
+        }
+    }
+
+    /// Issue 15: `alpha: {min: -3.0e38, max: 3.0e38}` passed validation and
+    /// the sampler panicked at step 1 (`max - min` overflows in f32).
+    #[test]
+    fn issue_15_alpha_range_whose_width_overflows_is_refused() {
+        let text = GOOD.replace("alpha: 3", "alpha: {min: -3.0e38, max: 3.0e38}");
+        let e = Recipe::parse(&text, Path::new("wide.yaml")).expect_err("an overflowing range");
+        assert_eq!(e.key, "alpha");
+        assert!(e.message.contains("too wide"), "{e}");
+        assert_eq!((e.line, e.column), (3, 1));
+    }
+
+    /// Issue 15: `alpha: {min: 0, max: 1, min_abs: 0.99999994}` is valid,
+    /// but rejection sampling never drew an admissible α, so the engine
+    /// spun for ever. The sampler must return an admissible α at once.
+    #[test]
+    fn issue_15_alpha_sampler_returns_for_a_nearly_empty_range() {
+        use rand::SeedableRng;
+        let text = GOOD.replace("alpha: 3", "alpha: {min: 0, max: 1, min_abs: 0.99999994}");
+        let r = Recipe::parse(&text, Path::new("narrow.yaml")).expect("a valid range");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let t = std::time::Instant::now();
+        for _ in 0..1000 {
+            let a = r.alpha.sample(&mut rng);
+            assert!((0.99999994..=1.0).contains(&a), "{a}");
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        // Both halves of a symmetric range are drawn, never inside min_abs.
+        let sym = Alpha::Range { min: -2.0, max: 2.0, min_abs: 1.9999999 };
+        let draws: Vec<f32> = (0..200).map(|_| sym.sample(&mut rng)).collect();
+        assert!(draws.iter().all(|a| a.abs() >= 1.9999999 && a.abs() <= 2.0), "{draws:?}");
+        assert!(draws.iter().any(|&a| a < 0.0) && draws.iter().any(|&a| a > 0.0));
+    }
+
+    /// The draw of an ordinary range is the historical rejection draw, so
+    /// a checkpoint of an older build resumes onto the same α stream.
+    #[test]
+    fn alpha_sampler_keeps_the_rejection_stream() {
+        use rand::{Rng, SeedableRng};
+        let (min, max, min_abs) = (-3.0f32, 3.0f32, 1.0f32);
+        let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut b = a.clone();
+        for _ in 0..500 {
+            let want = loop {
+                let x = b.random_range(min..=max);
+                if x.abs() >= min_abs {
+                    break x;
+                }
+            };
+            assert_eq!(Alpha::Range { min, max, min_abs }.sample(&mut a), want);
+        }
     }
 
     #[test]

@@ -739,30 +739,11 @@ fn fmt_cell(v: f64) -> String {
     }
 }
 
-/// Writes `img` as a PNG at `path` atomically: it is encoded to a temporary
-/// file in the same folder, then renamed over `path`, so a reader never sees
-/// a half-written picture. The folder is created if needed.
+/// Writes `img` as a PNG at `path` atomically and durably
+/// ([`crate::durable`]): a reader never sees a half-written picture, and a
+/// written one survives a crash. The folder is created if needed.
 pub fn save_png_atomic(img: &RgbImage, path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating folder", &dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image.png".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = img
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::io("writing", &tmp, std::io::Error::other(e)))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::durable::write_with(path, |tmp| img.save_with_format(tmp, image::ImageFormat::Png))
 }
 
 #[cfg(test)]

@@ -24,13 +24,13 @@ mod pickle;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
-use pickle::{Obj, PidStyle, StorageDtype, TensorRef, Unpickled, Value};
+use pickle::{Budget, Obj, PidStyle, StorageDtype, TensorRef, Unpickled, Value};
 
 /// Name, element type and shape of one tensor of a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,8 +96,9 @@ pub fn inspect(path: &Path) -> Result<Vec<TensorInfo>> {
             .map(|(name, t)| TensorInfo { name, dtype: t.dtype(), shape: t.dims().to_vec() })
             .collect()),
         Format::TorchZip | Format::TorchLegacy => {
-            let (ckpt, _) = open_torch(path).map_err(err)?;
-            let (entries, _) = flatten(ckpt.object()).map_err(err)?;
+            let mut budget = budget_for(path)?;
+            let (ckpt, _) = open_torch(path, &mut budget).map_err(err)?;
+            let (entries, _) = flatten(ckpt.object(), &mut budget).map_err(err)?;
             Ok(entries
                 .into_iter()
                 .map(|(name, t)| TensorInfo {
@@ -160,9 +161,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Converts a checkpoint into a safetensors file holding only its tensors
 /// (flattened names as [`load`] gives them), with metadata `format`,
-/// `source_file` and `source_sha256`. The output is written to a temporary
-/// file in the same directory and renamed into place, so it never exists
-/// half-written.
+/// `source_file` and `source_sha256`. The output is written atomically and
+/// durably ([`crate::durable`]), so it never exists half-written.
 pub fn convert_to_safetensors(input: &Path, output: &Path) -> Result<ConvertSummary> {
     let source_sha256 = sha256_file(input)?;
     let (tensors, skipped) = read(input, None)?;
@@ -172,36 +172,15 @@ pub fn convert_to_safetensors(input: &Path, output: &Path) -> Result<ConvertSumm
         ("source_file".to_string(), source_file),
         ("source_sha256".to_string(), source_sha256.clone()),
     ]);
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = output.file_name().ok_or_else(|| Error::Checkpoint {
-        path: output.to_path_buf(),
-        reason: "the output path has no file name".into(),
-    })?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let write = || -> Result<u64> {
-        let werr = |e: safetensors::SafeTensorError| Error::Checkpoint {
-            path: output.to_path_buf(),
-            reason: format!("writing safetensors failed: {e}"),
-        };
-        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), &tmp)
-            .map_err(werr)?;
-        let f = File::options().append(true).open(&tmp).map_err(|e| Error::io("writing", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("writing", &tmp, e))?;
-        let bytes = f.metadata().map_err(|e| Error::io("writing", &tmp, e))?.len();
-        std::fs::rename(&tmp, output).map_err(|e| Error::io("renaming into", output, e))?;
-        Ok(bytes)
-    };
-    match write() {
-        Ok(bytes) => Ok(ConvertSummary { tensors: tensors.len(), skipped, bytes, source_sha256 }),
-        Err(e) => {
-            // Best effort: the temporary file is garbage now.
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
+    if output.file_name().is_none() {
+        return Err(Error::Checkpoint { path: output.to_path_buf(), reason: "the output path has no file name".into() });
     }
+    crate::durable::write_with(output, |tmp| {
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), tmp)
+            .map_err(|e| format!("writing safetensors failed: {e}"))
+    })?;
+    let bytes = std::fs::metadata(output).map_err(|e| Error::io("reading", output, e))?.len();
+    Ok(ConvertSummary { tensors: tensors.len(), skipped, bytes, source_sha256 })
 }
 
 /// The pickled object of a torch file, and how to get at its storages.
@@ -219,42 +198,68 @@ impl TorchFile {
     }
 }
 
+/// The memory budget of loading `path` (see [`Budget`]).
+fn budget_for(path: &Path) -> Result<Budget> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?.len();
+    Ok(Budget::for_file(len))
+}
+
+/// What identifies a tensor's data: two entries with the same view of the
+/// same storage are the same tensor (a tied weight, or a hostile file that
+/// names one memoised tensor 100 000 times), built once and shared.
+type ViewKey = (String, u64, Vec<u64>, Vec<u64>, Option<(u64, u64)>);
+
+fn view_key(t: &TensorRef) -> ViewKey {
+    (t.storage.key.clone(), t.offset, t.size.clone(), t.stride.clone(), t.storage.view)
+}
+
 /// Reads the tensors (optionally only those under `key`) and counts the
 /// skipped non-tensor leaves. Entries keep file order.
 fn read(path: &Path, key: Option<&str>) -> Result<(Vec<(String, Tensor)>, usize)> {
     let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let mut budget = budget_for(path)?;
     if detect(path)? == Format::Safetensors {
-        let (all, skipped) = read_safetensors(path).map_err(err)?;
+        let (all, skipped) = read_safetensors(path, &mut budget).map_err(err)?;
         return Ok((select(all, key).map_err(err)?, skipped));
     }
-    let (mut file, _) = open_torch(path).map_err(err)?;
-    let (entries, skipped) = flatten(file.object()).map_err(err)?;
+    let (mut file, _) = open_torch(path, &mut budget).map_err(err)?;
+    let (entries, skipped) = flatten(file.object(), &mut budget).map_err(err)?;
     let entries = select(entries, key).map_err(err)?;
 
     // Only the storages the selected tensors use are read.
     let wanted: HashSet<String> = entries.iter().map(|(_, t)| t.storage.key.clone()).collect();
     let storages = match &mut file {
-        TorchFile::Zip { archive, prefix, .. } => read_zip_storages(archive, prefix, &entries, &wanted),
+        TorchFile::Zip { archive, prefix, .. } => read_zip_storages(archive, prefix, &entries, &wanted, &mut budget),
         TorchFile::Legacy(l) => {
             let dtypes = storage_dtypes(&l.object);
-            l.read_storages(path, &dtypes, &wanted)
+            l.read_storages(path, &dtypes, &wanted, &mut budget)
         }
     }
     .map_err(err)?;
 
-    // Each storage is dropped after its last tensor, to keep the peak
-    // memory near one copy of the weights.
+    // Each storage is dropped after its last distinct tensor, to keep the
+    // peak memory near one copy of the weights.
     let mut uses: HashMap<&str, usize> = HashMap::new();
+    let mut distinct: HashSet<ViewKey> = HashSet::new();
     for (_, t) in &entries {
-        *uses.entry(t.storage.key.as_str()).or_default() += 1;
+        if distinct.insert(view_key(t)) {
+            *uses.entry(t.storage.key.as_str()).or_default() += 1;
+        }
     }
     let mut storages = storages;
+    let mut built: HashMap<ViewKey, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(entries.len());
     for (name, t) in &entries {
+        let vk = view_key(t);
+        if let Some(tensor) = built.get(&vk) {
+            out.push((name.clone(), tensor.clone()));
+            continue;
+        }
         let key = t.storage.key.as_str();
         let bytes = storages.get(key).ok_or_else(|| err(format!("storage '{key}' was not read")))?;
-        let tensor = materialise(t, bytes).map_err(|e| err(format!("tensor '{name}': {e}")))?;
-        out.push((name.clone(), tensor));
+        let tensor = materialise(t, bytes, &mut budget).map_err(|e| err(format!("tensor '{name}': {e}")))?;
+        out.push((name.clone(), tensor.clone()));
+        built.insert(vk, tensor);
         let left = uses.get_mut(key).expect("every entry's storage was counted");
         *left -= 1;
         if *left == 0 {
@@ -286,10 +291,10 @@ fn select<T>(entries: Vec<(String, T)>, key: Option<&str>) -> std::result::Resul
 }
 
 /// Opens a torch zip or legacy file and runs its object pickle.
-fn open_torch(path: &Path) -> std::result::Result<(TorchFile, Format), String> {
+fn open_torch(path: &Path, budget: &mut Budget) -> std::result::Result<(TorchFile, Format), String> {
     let format = detect(path).map_err(|e| e.to_string())?;
     match format {
-        Format::TorchLegacy => Ok((TorchFile::Legacy(legacy::read_head(path)?), format)),
+        Format::TorchLegacy => Ok((TorchFile::Legacy(legacy::read_head(path, budget)?), format)),
         Format::TorchZip => {
             let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
             let mut archive = zip::ZipArchive::new(file).map_err(|e| format!("broken zip archive: {e}"))?;
@@ -309,17 +314,22 @@ fn open_torch(path: &Path) -> std::result::Result<(TorchFile, Format), String> {
                     }
                 })?;
             let prefix = pkl.trim_end_matches("/data.pkl").to_string();
-            if let Ok(mut bo) = archive.by_name(&format!("{prefix}/byteorder")) {
-                let mut s = String::new();
-                let _ = bo.read_to_string(&mut s);
-                if s.trim() == "big" {
+            if let Ok(bo) = archive.by_name(&format!("{prefix}/byteorder")) {
+                // "little" or "big": never more than a few bytes, whatever
+                // the member's header claims (it may be a deflate bomb).
+                let mut s = Vec::new();
+                let _ = bo.take(16).read_to_end(&mut s);
+                if s.trim_ascii() == b"big" {
                     return Err("the checkpoint stores big-endian tensors, which are not supported".into());
                 }
             }
             let object = {
                 let member = archive.by_name(pkl).map_err(|e| format!("cannot read {pkl}: {e}"))?;
-                let mut input = pickle::Input::new(member, 0);
-                pickle::unpickle(&mut input, PidStyle::Zip).map_err(|e| format!("{pkl}: {e}"))?
+                // Values and strings are charged to the budget; the cap on
+                // the bytes read also bounds the time a bomb of cheap
+                // opcodes (FRAME, PROTO) can take.
+                let mut input = pickle::Input::new(member.take(budget.left()), 0);
+                pickle::unpickle(&mut input, PidStyle::Zip, budget).map_err(|e| format!("{pkl}: {e}"))?
             };
             Ok((TorchFile::Zip { archive, prefix, object }, format))
         }
@@ -333,6 +343,7 @@ fn read_zip_storages(
     prefix: &str,
     entries: &[(String, TensorRef)],
     wanted: &HashSet<String>,
+    budget: &mut Budget,
 ) -> std::result::Result<HashMap<String, Vec<u8>>, String> {
     let mut out = HashMap::new();
     for (_, t) in entries {
@@ -349,8 +360,11 @@ fn read_zip_storages(
         if size < need {
             return Err(format!("storage member '{name}' has {size} bytes, the tensor needs {need}"));
         }
+        // Only the bytes the storage needs: the header's size may be that
+        // of a deflate bomb.
+        budget.charge(need, &format!("storage member '{name}'"))?;
         let mut input = pickle::Input::new(member, 0);
-        let bytes = input.bytes(size).map_err(|e| format!("reading '{name}': {e}"))?;
+        let bytes = input.bytes(need).map_err(|e| format!("reading '{name}': {e}"))?;
         out.insert(s.key.clone(), bytes);
     }
     Ok(out)
@@ -370,27 +384,88 @@ fn storage_dtypes(u: &Unpickled) -> HashMap<String, StorageDtype> {
 /// Maximum nesting of containers in a checkpoint.
 const MAX_DEPTH: usize = 100;
 
+/// Longest flattened tensor name accepted (real ones are under 200 bytes).
+const MAX_NAME: usize = 16 << 10;
+
+/// One step of the path from the root to a value: a dict key or a list index.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a Value),
+    Index(usize),
+}
+
+impl Step<'_> {
+    /// An upper bound of the step's length once written out.
+    fn len_bound(&self) -> usize {
+        match self {
+            Step::Key(Value::Str(s)) => s.len(),
+            // Lossy UTF-8 turns each bad byte into a 3-byte U+FFFD.
+            Step::Key(Value::Bytes(b)) => 3 * b.len(),
+            Step::Key(_) => 20,
+            Step::Index(_) => 20,
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        match self {
+            Step::Key(Value::Str(s)) => out.push_str(s),
+            Step::Key(Value::Int(n)) => {
+                let _ = write!(out, "{n}");
+            }
+            Step::Key(Value::Bytes(b)) => out.push_str(&String::from_utf8_lossy(b)),
+            Step::Key(_) => {}
+            Step::Index(n) => {
+                let _ = write!(out, "{n}");
+            }
+        }
+    }
+}
+
 /// Flattens the object into `(dotted name, tensor)` in file order, and
 /// counts the skipped non-tensor leaves.
-fn flatten(u: &Unpickled) -> std::result::Result<(Vec<(String, TensorRef)>, usize), String> {
-    struct Walk<'a> {
+///
+/// Names are written out only for tensor leaves, from the path of keys
+/// walked so far: building them at every level would copy a long key reused
+/// at every depth of a nested dict over and over (quadratic in the file).
+/// Each name is charged to `budget`.
+fn flatten(u: &Unpickled, budget: &mut Budget) -> std::result::Result<(Vec<(String, TensorRef)>, usize), String> {
+    struct Walk<'a, 'b> {
         u: &'a Unpickled,
+        budget: &'b mut Budget,
         expanded: Vec<bool>,
+        path: Vec<Step<'a>>,
+        /// Upper bound of the dotted name of `path`.
+        path_len: usize,
         out: Vec<(String, TensorRef)>,
         seen: HashSet<String>,
         skipped: usize,
     }
-    impl Walk<'_> {
-        fn join(prefix: &str, k: &str) -> String {
-            if prefix.is_empty() {
-                k.to_string()
-            } else {
-                format!("{prefix}.{k}")
+    impl<'a> Walk<'a, '_> {
+        fn name(&self) -> String {
+            let mut name = String::with_capacity(self.path_len);
+            for (i, step) in self.path.iter().enumerate() {
+                if i > 0 {
+                    name.push('.');
+                }
+                step.write(&mut name);
             }
+            name
         }
-        fn visit(&mut self, v: &Value, name: String, depth: usize) -> std::result::Result<(), String> {
+
+        fn descend(&mut self, step: Step<'a>, v: &'a Value, depth: usize) -> std::result::Result<(), String> {
+            let add = step.len_bound() + 1;
+            self.path.push(step);
+            self.path_len += add;
+            let r = self.visit(v, depth + 1);
+            self.path.pop();
+            self.path_len -= add;
+            r
+        }
+
+        fn visit(&mut self, v: &'a Value, depth: usize) -> std::result::Result<(), String> {
             if depth > MAX_DEPTH {
-                return Err(format!("containers nested deeper than {MAX_DEPTH} levels at '{name}'"));
+                return Err(format!("containers nested deeper than {MAX_DEPTH} levels"));
             }
             let Value::Obj(i) = v else {
                 self.skipped += 1;
@@ -399,6 +474,14 @@ fn flatten(u: &Unpickled) -> std::result::Result<(Vec<(String, TensorRef)>, usiz
             let i = *i;
             let Some(obj) = self.u.objs.get(i) else { return Err("dangling object".into()) };
             if let Obj::Tensor(t) = obj {
+                if self.path_len > MAX_NAME {
+                    return Err(format!("a tensor name is longer than {MAX_NAME} bytes"));
+                }
+                let name = self.name();
+                // The name (kept twice), and the entry's share of the maps
+                // that deduplicate views.
+                let cost = 2 * name.len() + 128 + 32 * t.size.len();
+                self.budget.charge(cost as u64, "the tensor names")?;
                 if self.seen.insert(name.clone()) {
                     self.out.push((name, t.clone()));
                 }
@@ -412,21 +495,16 @@ fn flatten(u: &Unpickled) -> std::result::Result<(Vec<(String, TensorRef)>, usiz
             match obj {
                 Obj::Dict(items) => {
                     for (k, v) in items {
-                        let k = match k {
-                            Value::Str(s) => s.to_string(),
-                            Value::Int(n) => n.to_string(),
-                            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-                            _ => {
-                                self.skipped += 1;
-                                continue;
-                            }
-                        };
-                        self.visit(v, Self::join(&name, &k), depth + 1)?;
+                        if !matches!(k, Value::Str(_) | Value::Int(_) | Value::Bytes(_)) {
+                            self.skipped += 1;
+                            continue;
+                        }
+                        self.descend(Step::Key(k), v, depth)?;
                     }
                 }
                 Obj::List(items) | Obj::Tuple(items) => {
                     for (n, v) in items.iter().enumerate() {
-                        self.visit(v, Self::join(&name, &n.to_string()), depth + 1)?;
+                        self.descend(Step::Index(n), v, depth)?;
                     }
                 }
                 _ => self.skipped += 1,
@@ -436,12 +514,15 @@ fn flatten(u: &Unpickled) -> std::result::Result<(Vec<(String, TensorRef)>, usiz
     }
     let mut w = Walk {
         u,
+        budget,
         expanded: vec![false; u.objs.len()],
+        path: Vec::new(),
+        path_len: 0,
         out: Vec::new(),
         seen: HashSet::new(),
         skipped: 0,
     };
-    w.visit(&u.root, String::new(), 0)?;
+    w.visit(&u.root, 0)?;
     Ok((w.out, w.skipped))
 }
 
@@ -465,7 +546,7 @@ fn candle_dtype(d: StorageDtype) -> DType {
 /// Element `(i_0, …, i_n)` of the view is storage element
 /// `offset + Σ i_k · stride_k` (torch's `as_strided`); any strides are
 /// allowed as long as every addressed element lies inside the storage.
-fn materialise(t: &TensorRef, storage: &[u8]) -> std::result::Result<Tensor, String> {
+fn materialise(t: &TensorRef, storage: &[u8], budget: &mut Budget) -> std::result::Result<Tensor, String> {
     let es = t.storage.dtype.size() as u64;
     let view_offset = t.storage.view.map_or(0, |(off, _)| off);
     let base = view_offset.checked_add(t.offset).ok_or("offset overflows")?;
@@ -494,6 +575,9 @@ fn materialise(t: &TensorRef, storage: &[u8]) -> std::result::Result<Tensor, Str
         }
     }
     let nbytes = usize::try_from(numel * es).map_err(|_| "tensor too large")?;
+    // The tensor's own bytes (an i8 widens to i16), charged before the copy.
+    let widened = if t.storage.dtype == StorageDtype::I8 { 2 * numel } else { numel * es };
+    budget.charge(widened, "the tensor")?;
     let es = es as usize;
     let mut data: Vec<u8> = Vec::new();
     data.try_reserve_exact(nbytes).map_err(|_| format!("cannot allocate {nbytes} bytes"))?;
@@ -555,9 +639,11 @@ fn to_tensor(data: Vec<u8>, dtype: StorageDtype, shape: &[usize]) -> std::result
 }
 
 /// Reads every tensor of a safetensors file.
-fn read_safetensors(path: &Path) -> std::result::Result<(Vec<(String, Tensor)>, usize), String> {
+fn read_safetensors(path: &Path, budget: &mut Budget) -> std::result::Result<(Vec<(String, Tensor)>, usize), String> {
     use safetensors::Dtype as S;
     let buf = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    budget.charge(buf.len() as u64, "the file")?;
+    check_safetensors_header(&buf)?;
     let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| format!("bad safetensors file: {e}"))?;
     let mut out = Vec::new();
     for (name, view) in st.iter() {
@@ -574,15 +660,64 @@ fn read_safetensors(path: &Path) -> std::result::Result<(Vec<(String, Tensor)>, 
             S::BOOL => StorageDtype::Bool,
             other => return Err(format!("tensor '{name}' has unsupported dtype {other:?}")),
         };
+        let widened = if dtype == StorageDtype::I8 { 2 * view.data().len() } else { view.data().len() };
+        budget.charge(widened as u64 + 256, "the tensors")?;
         let t = to_tensor(view.data().to_vec(), dtype, view.shape()).map_err(|e| format!("tensor '{name}': {e}"))?;
         out.push((name.to_string(), t));
     }
     Ok((out, 0))
 }
 
+/// Most dimensions a safetensors tensor may have (candle's limit is lower
+/// in practice; real checkpoints have at most 5).
+const MAX_RANK: usize = 64;
+
+/// Refuses a safetensors header with an array longer than [`MAX_RANK`]
+/// before the `safetensors` crate parses it: a `shape` of a million ones is
+/// valid for a 1-byte tensor, and would cost 8 bytes of memory per byte of
+/// header in every copy of the shape. A quick scan, aware of JSON strings.
+fn check_safetensors_header(buf: &[u8]) -> std::result::Result<(), String> {
+    let Some(n) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))) else {
+        return Ok(()); // the crate reports the short file
+    };
+    let end = usize::try_from(n).unwrap_or(usize::MAX).saturating_add(8).min(buf.len());
+    let header = &buf[8..end];
+    let (mut in_str, mut escaped) = (false, false);
+    let mut counts: Vec<usize> = Vec::new();
+    for &b in header {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' => counts.push(1),
+            b']' => {
+                counts.pop();
+            }
+            b',' => {
+                if let Some(c) = counts.last_mut() {
+                    *c += 1;
+                    if *c > MAX_RANK {
+                        return Err(format!("bad safetensors file: an array in the header has more than {MAX_RANK} entries"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::path::PathBuf;
 
     use super::*;
 
@@ -625,8 +760,9 @@ mod tests {
         assert!(a.keys().all(|k| k == "latent_avg" || k.starts_with("g_ema.")));
         assert!(a.contains_key("g_ema.style.1.weight"));
         // The converted file really holds non-contiguous views.
-        let (file, _) = open_torch(&leg).unwrap();
-        let (entries, _) = flatten(file.object()).unwrap();
+        let mut budget = budget_for(&leg).unwrap();
+        let (file, _) = open_torch(&leg, &mut budget).unwrap();
+        let (entries, _) = flatten(file.object(), &mut budget).unwrap();
         let strided = entries.iter().filter(|(_, t)| {
             let n = t.stride.len();
             n >= 2 && t.stride[n - 1] != 1
@@ -820,7 +956,7 @@ mod tests {
             size: vec![2, 3, 4],
             stride: vec![3, 1, 6],
         };
-        let got = materialise(&t, &storage).unwrap().to_vec3::<f32>().unwrap();
+        let got = materialise(&t, &storage, &mut Budget::for_file(0)).unwrap().to_vec3::<f32>().unwrap();
         for i in 0..2 {
             for j in 0..3 {
                 for k in 0..4 {
@@ -830,10 +966,10 @@ mod tests {
         }
         // Out-of-bounds views are errors, not panics.
         let oob = TensorRef { offset: 6, ..t.clone() };
-        assert!(materialise(&oob, &storage).is_err());
+        assert!(materialise(&oob, &storage, &mut Budget::for_file(0)).is_err());
         // Stride-0 expansion beyond any sane size is refused.
         let bomb = TensorRef { offset: 0, size: vec![1 << 40], stride: vec![0], ..t };
-        assert!(materialise(&bomb, &storage).is_err());
+        assert!(materialise(&bomb, &storage, &mut Budget::for_file(0)).is_err());
     }
 
     #[test]

@@ -24,9 +24,57 @@ pub const DIRECTION_FILE: &str = "direction.safetensors";
 /// The `format` of a checkpoint.
 const CHECKPOINT_FORMAT: &str = "lsd-checkpoint/1";
 
+/// What a checkpoint was made with, besides the training settings: the
+/// generator file and each loss term's build. `--resume` refuses a
+/// checkpoint whose provenance differs, saying what differs.
+#[derive(Debug, Clone)]
+pub(super) struct Provenance {
+    /// SHA-256 of the generator file, or `demo`.
+    generator: String,
+    /// Each term's name and build: `sha256:<hex>` of its plugin library, or
+    /// `in-process`.
+    terms: BTreeMap<String, String>,
+}
+
 impl Engine {
+    /// The provenance of this run (hashes computed once).
+    fn provenance(&mut self) -> Result<Provenance> {
+        if let Some(p) = &self.provenance {
+            return Ok(p.clone());
+        }
+        let generator = self.generator_checksum()?;
+        let mut terms = BTreeMap::new();
+        for t in &self.setup.terms {
+            let build = match &t.imp {
+                super::TermImpl::Plugin(l) => format!("sha256:{}", crate::torch::sha256_file(l.path())?),
+                super::TermImpl::InProcess(_) => "in-process".to_string(),
+            };
+            terms.insert(t.name.clone(), build);
+        }
+        let p = Provenance { generator, terms };
+        self.provenance = Some(p.clone());
+        Ok(p)
+    }
+
+    /// [`Engine::checkpoint`] during training: a failure (a full disk) is a
+    /// warning, not the end of the run. The last good checkpoint stays in
+    /// place (writes are atomic) and the next interval tries again.
+    pub(super) fn checkpoint_or_warn(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            let next = self.step + self.recipe.raw.checkpoint_every.max(1);
+            self.message(
+                Level::Warn,
+                format!(
+                    "could not write the checkpoint of step {}: {e}; training goes on, the last good checkpoint is kept, and step {next} tries again",
+                    self.step
+                ),
+            );
+        }
+    }
+
     /// Writes the checkpoint (trained tensor, optimiser state, step, loss
-    /// history; the per-step random streams are re-derived from the seed).
+    /// history; the per-step random streams are re-derived from the seed),
+    /// with what it was made with ([`Provenance`], the training settings).
     pub(super) fn checkpoint(&mut self) -> Result<()> {
         let path = super::checkpoint_path(&self.recipe.output);
         let (opt, t) = self.opt.state();
@@ -44,6 +92,10 @@ impl Engine {
         meta.insert("training_hash".into(), self.recipe.training_hash());
         meta.insert("rng".into(), "chacha8: stream 0 initialises, stream s+1 draws step s".into());
         meta.insert("columns".into(), serde_json::to_string(&self.columns()).unwrap_or_default());
+        meta.insert("training_recipe".into(), self.recipe.training_yaml());
+        let prov = self.provenance()?;
+        meta.insert("generator_sha256".into(), prov.generator);
+        meta.insert("term_builds".into(), serde_json::to_string(&prov.terms).unwrap_or_default());
         outputs::write_tensors(&path, &tensors, &meta)?;
         self.send(TrainEvent::Checkpoint { step: self.step, path });
         Ok(())
@@ -61,10 +113,11 @@ impl Engine {
         if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
             return Err(bad("not an lsd-tui checkpoint".into()));
         }
-        let hash = self.recipe.training_hash();
-        if meta.get("training_hash") != Some(&hash) {
+        let differs = self.provenance_differences(&meta)?;
+        if !differs.is_empty() {
             return Err(bad(format!(
-                "it was written by a different recipe (training settings changed since); run without --resume, or choose another --output"
+                "it was made with {}; run without --resume to start over, or choose another --output",
+                differs.join("; ")
             )));
         }
         let step: usize = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step".into()))?;
@@ -82,6 +135,50 @@ impl Engine {
         self.history.truncate(step);
         self.step = step.min(self.recipe.raw.steps);
         Ok(())
+    }
+
+    /// What differs between this run and the checkpoint's metadata: the
+    /// training settings (naming the keys when the checkpoint recorded
+    /// them), the generator file, each term's build. Checkpoints written
+    /// before the provenance was recorded are checked on what they have.
+    fn provenance_differences(&mut self, meta: &BTreeMap<String, String>) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        if meta.get("training_hash") != Some(&self.recipe.training_hash()) {
+            let keys = meta
+                .get("training_recipe")
+                .map(|old| crate::recipe::differing_keys(old, &self.recipe.training_yaml()))
+                .unwrap_or_default();
+            out.push(if keys.is_empty() {
+                "a different recipe (its training settings changed)".to_string()
+            } else {
+                format!("a different recipe: {} changed", keys.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", "))
+            });
+        }
+        let now = self.provenance()?;
+        if let Some(then) = meta.get("generator_sha256") {
+            if *then != now.generator {
+                let file = self.setup.weights.generator.as_ref().map_or("demo".to_string(), |p| p.display().to_string());
+                out.push(format!(
+                    "a different generator file (sha256 {} then, {} now for '{file}')",
+                    short(then),
+                    short(&now.generator)
+                ));
+            }
+        }
+        if let Some(then) = meta.get("term_builds") {
+            let then: BTreeMap<String, String> = serde_json::from_str(then).unwrap_or_default();
+            for (name, build) in &now.terms {
+                match then.get(name) {
+                    Some(b) if b == build => {}
+                    Some(b) => out.push(format!("a different build of loss term '{name}' ({} then, {} now)", short(b), short(build))),
+                    None => out.push(format!("no loss term '{name}'")),
+                }
+            }
+            for name in then.keys().filter(|n| !now.terms.contains_key(*n)) {
+                out.push(format!("loss term '{name}', which this run does not have"));
+            }
+        }
+        Ok(out)
     }
 
     fn history_tensor(&self) -> Result<Tensor> {
@@ -351,4 +448,10 @@ impl Engine {
         }
         Ok(value)
     }
+}
+
+/// The first 12 characters of a checksum, for messages (`sha256:` kept).
+fn short(s: &str) -> &str {
+    let keep = if s.starts_with("sha256:") { 19 } else { 12 };
+    s.get(..keep).unwrap_or(s)
 }

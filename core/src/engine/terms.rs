@@ -125,24 +125,27 @@ pub fn term_names(terms: &[Term]) -> Vec<String> {
     out
 }
 
-/// Loads every term of `recipe` as a plugin: each name is resolved with
-/// [`discovery::resolve`] (the recipe's folder first, then
-/// `LSD_PLUGIN_PATH` and the executable's folder) and instantiated with its
-/// parameters. Errors are located in the recipe: a missing plugin at
-/// `terms[i].plugin`, a plugin's parameter error at the parameter's own
-/// line (mapped with [`Term::params_line`]).
+/// Loads every term of `recipe` as a plugin: a name is resolved with
+/// [`discovery::resolve`] in `LSD_PLUGIN_PATH` and the executable's folder
+/// (never in the recipe's folder: a recipe from elsewhere must not make us
+/// run the libraries lying next to it), a path (relative to the recipe's
+/// folder) loads that one file; each is instantiated with its parameters.
+/// Errors are located in the recipe: a missing plugin at `terms[i].plugin`,
+/// a plugin's parameter error at the parameter's own line (mapped with
+/// [`Term::params_line`]).
 pub fn load_plugin_terms(recipe: &Recipe, weights: &Weights, device: &Device) -> std::result::Result<Vec<EngineTerm>, RecipeError> {
     let ctx = weights.context(device);
-    let recipe_dir: Vec<PathBuf> = recipe.file.parent().filter(|d| !d.as_os_str().is_empty()).map(|d| vec![d.to_path_buf()]).unwrap_or_default();
+    let recipe_dir: Option<PathBuf> = recipe.file.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
     let names = term_names(&recipe.terms);
     let mut out = Vec::new();
     for (i, (term, name)) in recipe.terms.iter().zip(names).enumerate() {
-        let plugin_ref = if term.plugin.contains(std::path::is_separator) && Path::new(&term.plugin).is_relative() {
-            recipe_dir.first().map(|d| d.join(&term.plugin).display().to_string()).unwrap_or_else(|| term.plugin.clone())
+        let names_a_file = term.plugin.contains(std::path::is_separator) || term.plugin.ends_with(std::env::consts::DLL_SUFFIX);
+        let plugin_ref = if names_a_file && Path::new(&term.plugin).is_relative() {
+            recipe_dir.as_ref().map(|d| d.join(&term.plugin).display().to_string()).unwrap_or_else(|| term.plugin.clone())
         } else {
             term.plugin.clone()
         };
-        let lib = discovery::resolve(&plugin_ref, &recipe_dir).map_err(|e| {
+        let lib = discovery::resolve(&plugin_ref, &[]).map_err(|e| {
             recipe.error_at(&format!("terms[{i}].plugin"), format!("{}; run `lsd-tui plugins` to list the plugins found", error_text(&e)))
         })?;
         let loaded = lib.instantiate(&term.params, &ctx).map_err(|e| params_error(recipe, i, term, &e))?;

@@ -309,3 +309,193 @@ fn sample_keys_name_the_originals() {
         assert!(by_key.len() < seen.len(), "{noise}, K = {k}: originals repeat across steps");
     }
 }
+
+/// Waits for `h`'s thread to end, at most `secs` seconds.
+fn finishes_within(h: &EngineHandle, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !h.thread.is_finished() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Issue 15: `alpha: {min: 0, max: 1, min_abs: 0.99999994}` is a valid
+/// range, but rejection sampling never drew from it: the engine spun inside
+/// the draw for ever and never polled Stop.
+#[test]
+fn issue_15_a_nearly_empty_alpha_range_does_not_hang_the_engine() {
+    let dir = tempdir();
+    let text = RECIPE
+        .replace("alpha: {min: -3, max: 3, min_abs: 1}", "alpha: {min: 0, max: 1, min_abs: 0.99999994}")
+        .replace("steps: 4", "steps: 2");
+    let h = spawn(recipe(&text, &dir.path().join("run")), quiet(terms()));
+    if !finishes_within(&h, 300) {
+        let _ = h.control.send(Control::Stop);
+        assert!(finishes_within(&h, 5), "the engine hangs drawing α and does not even stop when asked");
+        panic!("the run of 2 steps did not end within 300 s");
+    }
+    let summary = h.thread.join().expect("no panic").expect("the run succeeds");
+    assert_eq!(summary.steps, 2);
+}
+
+/// A term that, on chosen calls, makes the checkpoint's next write fail
+/// (a full disk) and records the step of the checkpoint on disk.
+struct Saboteur {
+    checkpoint: std::path::PathBuf,
+    calls: Arc<AtomicUsize>,
+    fail_on: usize,
+    look_on: usize,
+    seen: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl LossTerm for Saboteur {
+    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.fail_on {
+            crate::durable::testing::fail_writes(&self.checkpoint, 1);
+        }
+        if n == self.look_on {
+            let (_, meta) = crate::outputs::read_tensors(&self.checkpoint, &Device::Cpu)?;
+            *self.seen.lock().expect("not poisoned") = meta.get("step").cloned();
+        }
+        Ok((b.x_edit.mean_all()? * 0.0)?)
+    }
+}
+
+/// Issue 15: a failed periodic checkpoint (disk full) ended the whole run.
+/// Now it warns, training goes on, the last good checkpoint stays, and the
+/// next interval writes again.
+#[test]
+fn issue_15_a_failed_checkpoint_warns_and_training_goes_on() {
+    let dir = tempdir();
+    let out = dir.path().join("full");
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let saboteur = Saboteur {
+        checkpoint: checkpoint_path(&out),
+        calls: Arc::new(AtomicUsize::new(0)),
+        fail_on: 3,
+        look_on: 5,
+        seen: seen.clone(),
+    };
+    let terms = vec![EngineTerm::in_process("towards", 1.0, Towards(0.8)), EngineTerm::in_process("saboteur", 1.0, saboteur)];
+    let text = RECIPE
+        .replace("steps: 4", "steps: 6")
+        .replace("  - plugin: stay\n    weight: 0.5\n", "  - plugin: saboteur\n");
+    let (events, res) = run_sync(recipe(&text, &out), quiet(terms));
+    let summary = res.expect("the run goes on after a failed checkpoint");
+    assert_eq!(summary.steps, 6);
+    let warned = events.iter().any(|e| {
+        matches!(e, TrainEvent::Message { level: Level::Warn, text }
+            if text.contains("checkpoint of step 4") && text.contains("training goes on"))
+    });
+    assert!(warned, "no warning about the failed checkpoint");
+    assert_eq!(seen.lock().expect("not poisoned").as_deref(), Some("2"), "the last good checkpoint is kept");
+    let (_, meta) = crate::outputs::read_tensors(&checkpoint_path(&out), &Device::Cpu).expect("a checkpoint");
+    assert_eq!(meta.get("step").map(String::as_str), Some("6"));
+}
+
+/// Issue 15: a failed "save now" ended the whole run.
+#[test]
+fn issue_15_a_failed_save_now_warns_and_training_goes_on() {
+    let dir = tempdir();
+    let out = dir.path().join("save");
+    let text = RECIPE.replace("steps: 4", "steps: 6");
+    let h = spawn(recipe(&text, &out), quiet(terms()));
+    h.control.send(Control::Pause).expect("engine alive");
+    for e in h.events.iter() {
+        if matches!(e, TrainEvent::Paused(true)) {
+            break;
+        }
+    }
+    crate::durable::testing::fail_writes(&out.join(DIRECTION_FILE), 1);
+    h.control.send(Control::SaveNow).expect("alive");
+    h.control.send(Control::Resume).expect("alive");
+    let summary = h.thread.join().expect("no panic").expect("the run goes on after a failed save");
+    assert_eq!(summary.steps, 6);
+    let rest: Vec<TrainEvent> = h.events.iter().collect();
+    assert!(rest.iter().any(|e| matches!(e, TrainEvent::Message { level: Level::Warn, text } if text.contains("could not save"))));
+}
+
+/// Issue 15: two runs could write the same run folder at once; the second
+/// is now refused and told the first one's PID.
+#[test]
+fn issue_15_a_second_run_on_the_same_folder_is_refused() {
+    let dir = tempdir();
+    let out = dir.path().join("shared");
+    let first = spawn(recipe(&RECIPE.replace("steps: 4", "steps: 10000"), &out), quiet(terms()));
+    first.control.send(Control::Pause).expect("engine alive");
+    for e in first.events.iter() {
+        if matches!(e, TrainEvent::Paused(true)) {
+            break;
+        }
+    }
+    let (_, second) = run_sync(recipe(RECIPE, &out), quiet(terms()));
+    first.control.send(Control::Stop).expect("alive");
+    let err = second.expect_err("the folder is in use").to_string();
+    assert!(err.contains("in use") && err.contains(&format!("process {}", std::process::id())), "{err}");
+    first.thread.join().expect("no panic").expect("the first run ends normally");
+    // Once the first run is over, the folder is free again.
+    run_sync(recipe(RECIPE, &out), quiet(terms())).1.expect("free again");
+}
+
+/// Issue 15: `--resume` did not check that the generator file was the one
+/// the checkpoint was made with; nor did it say what differs in a recipe.
+#[test]
+fn issue_15_resume_refuses_another_generator_and_names_what_changed() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/stylegan2");
+    let dir = tempdir();
+    let out = dir.path().join("gen");
+    let with = |file: &str, resume: bool| Setup {
+        weights: Weights { generator: Some(fixtures.join(file)), ..Weights::demo() },
+        resume,
+        stop_after: Some(2),
+        ..quiet(terms())
+    };
+    run_sync(recipe(RECIPE, &out), with("generator.pt", false)).1.expect("first run");
+    // The same weights in another file are another file: refused.
+    let (_, res) = run_sync(recipe(RECIPE, &out), with("generator.convert_weight_layout.pt", true));
+    let err = res.expect_err("another generator file").to_string();
+    assert!(err.contains("different generator file") && err.contains("generator.convert_weight_layout.pt"), "{err}");
+    let changed = RECIPE.replace("seeds: [1, 2, 3]", "seeds: [1, 2, 4]");
+    let (_, res) = run_sync(recipe(&changed, &out), with("generator.pt", true));
+    let err = res.expect_err("another recipe").to_string();
+    assert!(err.contains("different recipe") && err.contains("'seeds'"), "{err}");
+    run_sync(recipe(RECIPE, &out), with("generator.pt", true)).1.expect("the same setup resumes");
+}
+
+/// Issue 15: `--resume` did not check that the plugins were the builds the
+/// checkpoint was made with.
+#[test]
+fn issue_15_resume_refuses_another_build_of_a_plugin() {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    use crate::plugin::{InitContext, PluginLibrary};
+    let plugins = crate::plugin::testing::workspace_test_plugins().expect("the test plugins build");
+    let dir = tempdir();
+    let lib = dir.path().join(format!("{DLL_PREFIX}lsd_plugin_probe_copy{DLL_SUFFIX}"));
+    std::fs::copy(&plugins["lsd-plugin-test-probe"], &lib).expect("copied");
+    let setup = |lib: &Path, resume: bool| {
+        let term = PluginLibrary::open(lib).and_then(|l| l.instantiate("", &InitContext::default())).expect("the probe loads");
+        Setup {
+            terms: vec![EngineTerm { name: "probe".into(), weight: 1.0, imp: TermImpl::Plugin(term) }],
+            resume,
+            stop_after: Some(2),
+            ..quiet(Vec::new())
+        }
+    };
+    let text = RECIPE.replace("  - plugin: towards\n  - plugin: stay\n    weight: 0.5\n", "  - plugin: probe\n");
+    let out = dir.path().join("run");
+    run_sync(recipe(&text, &out), setup(&lib, false)).1.expect("first run");
+    run_sync(recipe(&text, &out), setup(&lib, true)).1.expect("the same build resumes");
+    // Another build of the plugin (here: a copy with bytes appended; the
+    // loaded file itself must not change under the loader's mapping).
+    let other = dir.path().join(format!("{DLL_PREFIX}lsd_plugin_probe_other{DLL_SUFFIX}"));
+    let mut bytes = std::fs::read(&lib).expect("read");
+    bytes.extend_from_slice(b"another build");
+    std::fs::write(&other, &bytes).expect("written");
+    let (_, res) = run_sync(recipe(&text, &out), setup(&other, true));
+    let err = res.expect_err("another build").to_string();
+    assert!(err.contains("different build of loss term 'probe'"), "{err}");
+}

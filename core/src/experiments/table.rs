@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Quotes a CSV field when it holds a comma, quote or line break (RFC 4180).
 pub fn csv_field(s: &str) -> String {
@@ -96,15 +96,10 @@ pub fn ellipsize(s: &str, max: usize) -> String {
     }
 }
 
-/// Writes `text` to `path` atomically (temporary file in the same folder,
-/// then rename), creating the folder.
+/// Writes `text` to `path` atomically and durably ([`crate::durable`]),
+/// creating the folder.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating folder", dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| Error::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
+    crate::durable::write(path, text.as_bytes())
 }
 
 #[cfg(test)]

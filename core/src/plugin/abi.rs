@@ -21,8 +21,14 @@ use super::api::Plugin;
 pub const DECLARATION_SYMBOL: &str = "lsd_plugin_declaration";
 
 /// The first bytes of every [`PluginDeclaration`]: tells a plugin's
-/// declaration from an unrelated symbol that happens to share its name.
-pub const MAGIC: [u8; 8] = *b"LSDPLUG\0";
+/// declaration from an unrelated symbol that happens to share its name, and
+/// which frozen prefix follows.
+pub const MAGIC: [u8; 8] = *b"LSDPLUG2";
+
+/// The magic of declarations built before the prefix held its own size and
+/// the layout hash (API version 1). The host still reads their fingerprint,
+/// field by field, to say what to rebuild.
+pub const MAGIC_V1: [u8; 8] = *b"LSDPLUG\0";
 
 /// The version of the boundary: the layout of everything after the frozen
 /// prefix of [`PluginDeclaration`], of [`VTable`], [`FfiBatch`], [`Sink`],
@@ -85,6 +91,9 @@ impl RStr {
 pub struct FfiFingerprint {
     /// [`API_VERSION`] of the plugin's lsd-core.
     pub api_version: u32,
+    /// [`LAYOUT_HASH`] of the plugin's lsd-core: catches a change to the
+    /// boundary's types that forgot to bump [`API_VERSION`].
+    pub layout_hash: u64,
     /// [`RUSTC_VERSION`].
     pub rustc: RStr,
     /// [`LSD_CORE_VERSION`].
@@ -102,6 +111,7 @@ impl FfiFingerprint {
     pub const fn current() -> Self {
         Self {
             api_version: API_VERSION,
+            layout_hash: LAYOUT_HASH,
             rustc: RStr::new(RUSTC_VERSION),
             lsd_core: RStr::new(LSD_CORE_VERSION),
             candle: RStr::new(CANDLE_VERSION),
@@ -261,11 +271,19 @@ pub struct VTable {
 }
 
 /// What `lsd_plugin_declaration` points to: a `static` in the plugin.
+///
+/// The host reads the frozen prefix field by field from raw memory (never
+/// as a whole struct): it checks the pointer's alignment, then the magic,
+/// then `size`, and only then the fingerprint; the rest of the struct is
+/// read only once the fingerprint (API version and [`LAYOUT_HASH`]) and
+/// `size` equal its own.
 #[repr(C)]
 pub struct PluginDeclaration {
     // ---- frozen prefix: never changes, whatever the API version ----
     /// Always [`MAGIC`].
     pub magic: [u8; 8],
+    /// `size_of::<PluginDeclaration>()` in the plugin's build.
+    pub size: u64,
     /// What the plugin was built with.
     pub fingerprint: FfiFingerprint,
     /// The plugin's cargo package name (for the rebuild command).
@@ -294,6 +312,7 @@ impl PluginDeclaration {
     pub const fn new<T: Plugin>(package: &'static str, manifest_dir: &'static str) -> Self {
         Self {
             magic: MAGIC,
+            size: std::mem::size_of::<PluginDeclaration>() as u64,
             fingerprint: FfiFingerprint::current(),
             package: RStr::new(package),
             manifest_dir: RStr::new(manifest_dir),
@@ -310,3 +329,115 @@ impl PluginDeclaration {
         }
     }
 }
+
+/// Bytes of the frozen prefix of [`PluginDeclaration`] (through
+/// `manifest_dir`): what a host reads before it trusts anything else.
+pub const FROZEN_PREFIX_SIZE: usize =
+    std::mem::offset_of!(PluginDeclaration, manifest_dir) + std::mem::size_of::<RStr>();
+
+/// FNV-1a, usable in `const` context, for [`LAYOUT_HASH`].
+struct Fnv(u64);
+
+impl Fnv {
+    const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    const fn bytes(self, b: &[u8]) -> Self {
+        let mut h = self.0;
+        let mut i = 0;
+        while i < b.len() {
+            h ^= b[i] as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            i += 1;
+        }
+        // A separator, so that ("ab", "c") and ("a", "bc") differ.
+        Self((h ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+
+    const fn num(self, n: usize) -> Self {
+        let b = (n as u64).to_le_bytes();
+        self.bytes(&b)
+    }
+}
+
+/// Hashes each listed type's name, size and alignment, and each field's
+/// name, type (as written) and offset; and checks at compile time that the
+/// written types are the fields' real types.
+macro_rules! layout_hash {
+    ($($ty:ident { $($field:ident: $fty:ty),* $(,)? })*) => {{
+        // Never called: only type-checked, so a type written here that is
+        // not the field's real type is a compile error.
+        $( let _ = |v: &$ty| { $( let _: &$fty = &v.$field; )* }; )*
+        let h = Fnv::new();
+        $(
+            let h = h.bytes(stringify!($ty).as_bytes())
+                .num(std::mem::size_of::<$ty>())
+                .num(std::mem::align_of::<$ty>());
+            $(
+                let h = h.bytes(stringify!($field).as_bytes())
+                    .bytes(stringify!($fty).as_bytes())
+                    .num(std::mem::offset_of!($ty, $field));
+            )*
+        )*
+        h.0
+    }};
+}
+
+/// A hash of the layout of every type that crosses the boundary (sizes,
+/// alignments, field names, types and offsets). It is part of the
+/// fingerprint, so a plugin built from a different layout is refused even
+/// when [`API_VERSION`] was not bumped. List every field of a new type or
+/// field here (a field left out still changes its struct's size).
+pub const LAYOUT_HASH: u64 = layout_hash! {
+    RStr { ptr: *const u8, len: usize }
+    FfiFingerprint {
+        api_version: u32,
+        layout_hash: u64,
+        rustc: RStr,
+        lsd_core: RStr,
+        candle: RStr,
+        features: RStr,
+    }
+    FfiTensor { data: *const f32, len: usize, dims: *const usize, rank: usize }
+    FfiBatch {
+        x: FfiTensor,
+        x_edit: FfiTensor,
+        w: FfiTensor,
+        u: FfiTensor,
+        alpha: *const f32,
+        n_alpha: usize,
+        direction: *const u32,
+        n_direction: usize,
+        prompt: RStr,
+        has_features: u32,
+        features_x: *const FfiTensor,
+        n_features_x: usize,
+        features_edit: *const FfiTensor,
+        n_features_edit: usize,
+    }
+    Sink {
+        ctx: *mut c_void,
+        text: unsafe extern "C" fn(ctx: *mut c_void, text: RStr),
+        value: unsafe extern "C" fn(ctx: *mut c_void, value: f64),
+        tensor: unsafe extern "C" fn(ctx: *mut c_void, slot: Slot, index: u32, t: FfiTensor),
+    }
+    VTable {
+        describe: unsafe extern "C" fn(sink: *const Sink) -> Status,
+        init: unsafe extern "C" fn(params: RStr, context: RStr, term: *mut *mut c_void, sink: *const Sink) -> Status,
+        needs: unsafe extern "C" fn(term: *const c_void, sink: *const Sink) -> Status,
+        evaluate: unsafe extern "C" fn(term: *const c_void, batch: *const FfiBatch, sink: *const Sink) -> Status,
+        drop_term: unsafe extern "C" fn(term: *mut c_void),
+    }
+    PluginDeclaration {
+        magic: [u8; 8],
+        size: u64,
+        fingerprint: FfiFingerprint,
+        package: RStr,
+        manifest_dir: RStr,
+        name: RStr,
+        version: RStr,
+        description: RStr,
+        vtable: VTable,
+    }
+};

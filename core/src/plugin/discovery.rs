@@ -7,6 +7,12 @@
 //! from directories, because opening a library runs its code and a directory
 //! such as the one of the executable holds other libraries too. An explicit
 //! path may have any name.
+//!
+//! A plugin is code: loading one runs it with the user's rights. Libraries
+//! are therefore only ever looked for in the directories the user chose
+//! (`LSD_PLUGIN_PATH`, the executable's), never in a recipe's folder; a
+//! recipe that wants a library of its own names it by path, and that one
+//! file is all that is loaded.
 
 use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::ffi::OsString;
@@ -119,16 +125,27 @@ pub fn list(dirs: &[PathBuf]) -> Vec<Found> {
 }
 
 /// Finds the plugin a recipe names. `name_or_path` is a path when it
-/// contains a path separator or ends with the platform's library suffix;
-/// otherwise it is a declared plugin name, looked up in `extra_dirs` (the
-/// recipe's own plugin directories, first) and then in [`search_dirs`].
+/// contains a path separator or ends with the platform's library suffix
+/// (only that file is loaded); otherwise it is a declared plugin name,
+/// looked up in `extra_dirs` and then in [`search_dirs`]. Pass only
+/// directories the user trusts: a recipe's own folder is not one of them
+/// (see the module docs).
 pub fn resolve(name_or_path: &str, extra_dirs: &[PathBuf]) -> Result<PluginLibrary> {
     let mut dirs = extra_dirs.to_vec();
     dirs.extend(search_dirs());
     resolve_in(name_or_path, &dirs)
 }
 
-/// [`resolve`] over an explicit list of directories.
+/// The file a plugin named `name` has by convention: package
+/// `lsd-plugin-<name>`, library `<prefix>lsd_plugin_<name with _ for ->`.
+pub fn conventional_file_name(name: &str) -> String {
+    format!("{DLL_PREFIX}{FILE_STEM_PREFIX}{}{DLL_SUFFIX}", name.replace('-', "_"))
+}
+
+/// [`resolve`] over an explicit list of directories. A name is looked for
+/// first as its [`conventional_file_name`] in each directory, so that a
+/// recipe loads the one library it names; only when no such file declares
+/// that name are the other plugin files of the directories opened.
 pub fn resolve_in(name_or_path: &str, dirs: &[PathBuf]) -> Result<PluginLibrary> {
     let looks_like_path =
         name_or_path.contains(std::path::is_separator) || name_or_path.ends_with(DLL_SUFFIX);
@@ -136,7 +153,24 @@ pub fn resolve_in(name_or_path: &str, dirs: &[PathBuf]) -> Result<PluginLibrary>
         return PluginLibrary::open(name_or_path);
     }
     let mut problems = Vec::new();
+    let conventional = conventional_file_name(name_or_path);
+    let mut tried = Vec::new();
+    for dir in dirs {
+        let path = dir.join(&conventional);
+        if !path.is_file() {
+            continue;
+        }
+        match PluginLibrary::open(&path) {
+            Ok(lib) if lib.info().name == name_or_path => return Ok(lib),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("  {}: {e}", path.display())),
+        }
+        tried.push(path);
+    }
     for path in candidate_files(dirs) {
+        if tried.contains(&path) {
+            continue;
+        }
         match PluginLibrary::open(&path) {
             Ok(lib) if lib.info().name == name_or_path => return Ok(lib),
             Ok(_) => {}

@@ -11,8 +11,9 @@ use libloading::Library;
 
 use super::abi::{
     FfiBatch, FfiFingerprint, FfiTensor, PluginDeclaration, RStr, Sink, Slot, Status, VTable,
-    API_VERSION, CANDLE_VERSION, DECLARATION_SYMBOL, FEATURES, LSD_CORE_VERSION, MAGIC,
-    RUSTC_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT, STATUS_OK, STATUS_PANIC,
+    API_VERSION, CANDLE_VERSION, DECLARATION_SYMBOL, FEATURES, FROZEN_PREFIX_SIZE, LAYOUT_HASH,
+    LSD_CORE_VERSION, MAGIC, MAGIC_V1, RUSTC_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W,
+    SLOT_X_EDIT, STATUS_OK, STATUS_PANIC,
 };
 use super::api::{to_host, EditBatch, InitContext, Needs, ParamInfo, PluginInfo};
 use super::grad::TermOutput;
@@ -24,6 +25,9 @@ use crate::{Error, Result};
 pub struct Fingerprint {
     /// The plugin API version ([`API_VERSION`]).
     pub api_version: u32,
+    /// The layout hash of the boundary's types ([`LAYOUT_HASH`]); 0 for a
+    /// plugin built before it existed.
+    pub layout_hash: u64,
     /// `rustc --version`.
     pub rustc: String,
     /// The lsd-core version.
@@ -39,6 +43,7 @@ impl Fingerprint {
     pub fn host() -> Self {
         Self {
             api_version: API_VERSION,
+            layout_hash: LAYOUT_HASH,
             rustc: RUSTC_VERSION.into(),
             lsd_core: LSD_CORE_VERSION.into(),
             candle: CANDLE_VERSION.into(),
@@ -46,20 +51,11 @@ impl Fingerprint {
         }
     }
 
-    /// Reads a declaration's fingerprint.
-    ///
-    /// # Safety
-    /// The strings in `f` must be valid for the call.
-    unsafe fn from_ffi(f: &FfiFingerprint) -> Self {
-        // SAFETY: forwarded to the caller.
-        unsafe {
-            Self {
-                api_version: f.api_version,
-                rustc: f.rustc.to_string_lossy(),
-                lsd_core: f.lsd_core.to_string_lossy(),
-                candle: f.candle.to_string_lossy(),
-                features: f.features.to_string_lossy(),
-            }
+    fn layout(&self) -> String {
+        if self.layout_hash == 0 {
+            "(none)".into()
+        } else {
+            format!("{:016x}", self.layout_hash)
         }
     }
 
@@ -74,6 +70,7 @@ impl Fingerprint {
         };
         vec![
             ("api", self.api_version.to_string(), other.api_version.to_string()),
+            ("layout", self.layout(), other.layout()),
             ("rustc", self.rustc.clone(), other.rustc.clone()),
             ("lsd-core", self.lsd_core.clone(), other.lsd_core.clone()),
             ("candle", self.candle.clone(), other.candle.clone()),
@@ -93,8 +90,13 @@ impl fmt::Display for Fingerprint {
         let features = if self.features.is_empty() { "no features" } else { &self.features };
         write!(
             f,
-            "api {}, {}, lsd-core {}, candle {}, {}",
-            self.api_version, self.rustc, self.lsd_core, self.candle, features
+            "api {} (layout {}), {}, lsd-core {}, candle {}, {}",
+            self.api_version,
+            self.layout(),
+            self.rustc,
+            self.lsd_core,
+            self.candle,
+            features
         )
     }
 }
@@ -153,7 +155,9 @@ unsafe impl Sync for Shared {}
 
 impl Shared {
     fn vtable(&self) -> &VTable {
-        // SAFETY: `decl` was checked in `open` and the library is loaded.
+        // SAFETY: `decl` was checked in `open` (alignment, magic, size and
+        // fingerprint, layout hash included, equal to this build's; the
+        // functions non-null) and the library is loaded.
         unsafe { &(*self.decl).vtable }
     }
 }
@@ -215,6 +219,263 @@ unsafe fn load_pinned(path: &Path) -> std::result::Result<Library, libloading::E
     }
 }
 
+/// Reads bytes at addresses: the process's own memory when a library is
+/// opened, a byte buffer standing in for it in tests and fuzzing.
+pub(crate) trait Memory {
+    /// Copies the `out.len()` bytes at `addr` into `out`; false when they
+    /// cannot be read.
+    fn read(&self, addr: usize, out: &mut [u8]) -> bool;
+}
+
+/// The memory of this process.
+struct ProcessMemory(());
+
+impl ProcessMemory {
+    /// # Safety
+    /// Every non-null address read through it must be readable for the
+    /// length read: it reads a plugin declaration inside a loaded library,
+    /// and the strings it points to, after the checks of [`read_head`].
+    unsafe fn new() -> Self {
+        Self(())
+    }
+}
+
+impl Memory for ProcessMemory {
+    fn read(&self, addr: usize, out: &mut [u8]) -> bool {
+        if addr == 0 || addr.checked_add(out.len()).is_none() {
+            return false;
+        }
+        // SAFETY: the contract of `ProcessMemory::new`; byte copies have no
+        // alignment requirement.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), out.len()) };
+        true
+    }
+}
+
+/// A byte buffer as memory: `bytes[0]` sits at address `base`. Addresses
+/// outside it are unreadable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BufferMemory<'a> {
+    /// The address of `bytes[0]`.
+    pub base: usize,
+    /// The contents.
+    pub bytes: &'a [u8],
+}
+
+impl Memory for BufferMemory<'_> {
+    fn read(&self, addr: usize, out: &mut [u8]) -> bool {
+        let Some(at) = addr.checked_sub(self.base) else { return false };
+        match at.checked_add(out.len()).and_then(|end| self.bytes.get(at..end)) {
+            Some(src) => {
+                out.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The longest string a declaration may point to (names, versions, paths).
+const MAX_DECL_STR: usize = 64 << 10;
+/// The largest declaration size accepted before the sizes are compared.
+const MAX_DECL_SIZE: u64 = 64 << 10;
+
+/// What the frozen prefix of a declaration says.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DeclHead {
+    /// `size_of::<PluginDeclaration>()` in the plugin's build (the size of
+    /// the version-1 prefix for a version-1 plugin).
+    pub size: u64,
+    /// What the plugin was built with.
+    pub fingerprint: Fingerprint,
+    /// Its cargo package.
+    pub package: String,
+    /// Its manifest directory.
+    pub manifest_dir: String,
+}
+
+fn read_array<const N: usize>(mem: &dyn Memory, addr: usize, what: &str) -> std::result::Result<[u8; N], String> {
+    let mut b = [0u8; N];
+    if mem.read(addr, &mut b) {
+        Ok(b)
+    } else {
+        Err(format!("cannot read the declaration's {what} at {addr:#x}"))
+    }
+}
+
+fn read_usize(mem: &dyn Memory, addr: usize, what: &str) -> std::result::Result<usize, String> {
+    read_array::<{ std::mem::size_of::<usize>() }>(mem, addr, what).map(usize::from_ne_bytes)
+}
+
+/// An [`RStr`] at `addr`, read field by field; its length is bounded before
+/// its bytes are read.
+fn read_rstr(mem: &dyn Memory, addr: usize, what: &str) -> std::result::Result<String, String> {
+    let ptr = read_usize(mem, addr + std::mem::offset_of!(RStr, ptr), what)?;
+    let len = read_usize(mem, addr + std::mem::offset_of!(RStr, len), what)?;
+    if len == 0 {
+        return Ok(String::new());
+    }
+    if len > MAX_DECL_STR {
+        return Err(format!("the declaration's {what} claims {len} bytes (at most {MAX_DECL_STR})"));
+    }
+    if ptr == 0 {
+        return Err(format!("the declaration's {what} is a null pointer with length {len}"));
+    }
+    let mut bytes = vec![0u8; len];
+    if !mem.read(ptr, &mut bytes) {
+        return Err(format!("cannot read the declaration's {what} at {ptr:#x}"));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The prefix of a version-1 declaration (magic [`MAGIC_V1`]), only to
+/// read its fingerprint for the mismatch message.
+#[repr(C)]
+struct V1Prefix {
+    magic: [u8; 8],
+    fingerprint: V1Fingerprint,
+    package: RStr,
+    manifest_dir: RStr,
+}
+
+#[repr(C)]
+struct V1Fingerprint {
+    api_version: u32,
+    rustc: RStr,
+    lsd_core: RStr,
+    candle: RStr,
+    features: RStr,
+}
+
+/// Reads the frozen prefix of the declaration at `addr`, checking, in
+/// order: the address (non-null, aligned), the magic, the declared size
+/// (at least the prefix), and each string's length before its bytes.
+/// Nothing is read as a whole struct, and nothing past the prefix.
+pub(crate) fn read_head(mem: &dyn Memory, addr: usize) -> std::result::Result<DeclHead, String> {
+    use std::mem::{align_of, offset_of};
+    if addr == 0 {
+        return Err(format!("`{DECLARATION_SYMBOL}` returned a null pointer"));
+    }
+    let align = align_of::<PluginDeclaration>();
+    if addr % align != 0 {
+        return Err(format!(
+            "`{DECLARATION_SYMBOL}` returned {addr:#x}, which is not aligned to {align} bytes: \
+             not an lsd-tui plugin declaration"
+        ));
+    }
+    let magic = read_array::<8>(mem, addr, "magic")?;
+    if magic == MAGIC_V1 {
+        let f = addr + offset_of!(V1Prefix, fingerprint);
+        let fingerprint = Fingerprint {
+            api_version: u32::from_ne_bytes(read_array(mem, f + offset_of!(V1Fingerprint, api_version), "api version")?),
+            layout_hash: 0,
+            rustc: read_rstr(mem, f + offset_of!(V1Fingerprint, rustc), "rustc version")?,
+            lsd_core: read_rstr(mem, f + offset_of!(V1Fingerprint, lsd_core), "lsd-core version")?,
+            candle: read_rstr(mem, f + offset_of!(V1Fingerprint, candle), "candle version")?,
+            features: read_rstr(mem, f + offset_of!(V1Fingerprint, features), "features")?,
+        };
+        return Ok(DeclHead {
+            size: std::mem::size_of::<V1Prefix>() as u64,
+            fingerprint,
+            package: read_rstr(mem, addr + offset_of!(V1Prefix, package), "package")?,
+            manifest_dir: read_rstr(mem, addr + offset_of!(V1Prefix, manifest_dir), "manifest dir")?,
+        });
+    }
+    if magic != MAGIC {
+        return Err(format!("`{DECLARATION_SYMBOL}` does not point to an lsd-tui plugin declaration"));
+    }
+    let size = u64::from_ne_bytes(read_array(mem, addr + offset_of!(PluginDeclaration, size), "size")?);
+    if size < FROZEN_PREFIX_SIZE as u64 || size > MAX_DECL_SIZE {
+        return Err(format!(
+            "the declaration says it is {size} bytes long; its fixed part alone is {FROZEN_PREFIX_SIZE}: \
+             not a valid lsd-tui plugin declaration"
+        ));
+    }
+    let f = addr + offset_of!(PluginDeclaration, fingerprint);
+    let fingerprint = Fingerprint {
+        api_version: u32::from_ne_bytes(read_array(mem, f + offset_of!(FfiFingerprint, api_version), "api version")?),
+        layout_hash: u64::from_ne_bytes(read_array(mem, f + offset_of!(FfiFingerprint, layout_hash), "layout hash")?),
+        rustc: read_rstr(mem, f + offset_of!(FfiFingerprint, rustc), "rustc version")?,
+        lsd_core: read_rstr(mem, f + offset_of!(FfiFingerprint, lsd_core), "lsd-core version")?,
+        candle: read_rstr(mem, f + offset_of!(FfiFingerprint, candle), "candle version")?,
+        features: read_rstr(mem, f + offset_of!(FfiFingerprint, features), "features")?,
+    };
+    Ok(DeclHead {
+        size,
+        fingerprint,
+        package: read_rstr(mem, addr + offset_of!(PluginDeclaration, package), "package")?,
+        manifest_dir: read_rstr(mem, addr + offset_of!(PluginDeclaration, manifest_dir), "manifest dir")?,
+    })
+}
+
+/// After the fingerprint matched: checks that the declaration has this
+/// build's size and non-null functions, and reads name, version and
+/// description.
+pub(crate) fn read_rest(mem: &dyn Memory, addr: usize, head: &DeclHead) -> std::result::Result<(String, String, String), String> {
+    use std::mem::{offset_of, size_of};
+    let ours = size_of::<PluginDeclaration>() as u64;
+    if head.size != ours {
+        return Err(format!(
+            "the declaration is {} bytes, this host's is {ours}: the plugin was built from a \
+             different lsd-core; rebuild it against this one",
+            head.size
+        ));
+    }
+    let v = addr + offset_of!(PluginDeclaration, vtable);
+    for (what, at) in [
+        ("describe", offset_of!(VTable, describe)),
+        ("init", offset_of!(VTable, init)),
+        ("needs", offset_of!(VTable, needs)),
+        ("evaluate", offset_of!(VTable, evaluate)),
+        ("drop_term", offset_of!(VTable, drop_term)),
+    ] {
+        if read_usize(mem, v + at, what)? == 0 {
+            return Err(format!("the declaration's `{what}` function is a null pointer"));
+        }
+    }
+    Ok((
+        read_rstr(mem, addr + offset_of!(PluginDeclaration, name), "name")?,
+        read_rstr(mem, addr + offset_of!(PluginDeclaration, version), "version")?,
+        read_rstr(mem, addr + offset_of!(PluginDeclaration, description), "description")?,
+    ))
+}
+
+/// The bytes of a declaration placed at address `base`, its strings right
+/// after it and its functions fake non-null pointers: what the reader's
+/// tests and the declaration fuzz target start from.
+pub(crate) fn declaration_image(base: usize, fingerprint: &Fingerprint, size: u64) -> Vec<u8> {
+    use std::mem::{offset_of, size_of};
+    let decl = size_of::<PluginDeclaration>();
+    let mut img = vec![0u8; decl];
+    let put = |img: &mut Vec<u8>, at: usize, bytes: &[u8]| img[at..at + bytes.len()].copy_from_slice(bytes);
+    let rstr = |img: &mut Vec<u8>, at: usize, text: &str| {
+        let ptr = base + img.len();
+        img.extend_from_slice(text.as_bytes());
+        let (p, l) = (ptr.to_ne_bytes(), text.len().to_ne_bytes());
+        img[at + offset_of!(RStr, ptr)..][..p.len()].copy_from_slice(&p);
+        img[at + offset_of!(RStr, len)..][..l.len()].copy_from_slice(&l);
+    };
+    put(&mut img, offset_of!(PluginDeclaration, magic), &MAGIC);
+    put(&mut img, offset_of!(PluginDeclaration, size), &size.to_ne_bytes());
+    let f = offset_of!(PluginDeclaration, fingerprint);
+    put(&mut img, f + offset_of!(FfiFingerprint, api_version), &fingerprint.api_version.to_ne_bytes());
+    put(&mut img, f + offset_of!(FfiFingerprint, layout_hash), &fingerprint.layout_hash.to_ne_bytes());
+    rstr(&mut img, f + offset_of!(FfiFingerprint, rustc), &fingerprint.rustc);
+    rstr(&mut img, f + offset_of!(FfiFingerprint, lsd_core), &fingerprint.lsd_core);
+    rstr(&mut img, f + offset_of!(FfiFingerprint, candle), &fingerprint.candle);
+    rstr(&mut img, f + offset_of!(FfiFingerprint, features), &fingerprint.features);
+    rstr(&mut img, offset_of!(PluginDeclaration, package), "lsd-plugin-image");
+    rstr(&mut img, offset_of!(PluginDeclaration, manifest_dir), "/src/image");
+    rstr(&mut img, offset_of!(PluginDeclaration, name), "image");
+    rstr(&mut img, offset_of!(PluginDeclaration, version), "0.0.1");
+    rstr(&mut img, offset_of!(PluginDeclaration, description), "a declaration in a buffer");
+    let v = offset_of!(PluginDeclaration, vtable);
+    for at in (v..v + size_of::<VTable>()).step_by(size_of::<usize>()) {
+        put(&mut img, at, &1usize.to_ne_bytes());
+    }
+    img
+}
+
 impl PluginLibrary {
     /// Opens the plugin library at `path` and checks it.
     ///
@@ -225,8 +486,18 @@ impl PluginLibrary {
     ///
     /// Loading runs the library's initialisers, as any dynamic library does:
     /// only open files you trust.
+    ///
+    /// A relative path is taken relative to the current directory, also a
+    /// bare file name: given a name without a slash, the dynamic loader
+    /// would search its own path (`LD_LIBRARY_PATH`, the system folders)
+    /// instead, and load another file than the one checked here, or none.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+        let given = path.as_ref();
+        let path = std::path::absolute(given).map_err(|e| Error::PluginLoad {
+            path: given.to_path_buf(),
+            reason: format!("cannot make the path absolute: {e}"),
+        })?;
+        let path = path.as_path();
         let fail = |reason: String| Error::PluginLoad { path: path.to_path_buf(), reason };
         if !path.exists() {
             return Err(fail(
@@ -239,8 +510,9 @@ impl PluginLibrary {
             .map_err(|e| fail(format!("cannot load it as a dynamic library: {e}")))?;
         // SAFETY: the symbol's type is the one `export_plugin!` defines; a
         // library that uses the name for something else is caught by the
-        // magic check below (for a data symbol, reading 8 bytes is the risk
-        // we take; for a function of another signature, the call is).
+        // checks of `read_head` (for a data symbol, reading its first bytes
+        // is the risk we take; for a function of another signature, the
+        // call is).
         let decl = unsafe {
             let get = library
                 .get::<extern "C" fn() -> *const PluginDeclaration>(DECLARATION_SYMBOL.as_bytes())
@@ -252,27 +524,12 @@ impl PluginLibrary {
                 })?;
             get()
         };
-        if decl.is_null() {
-            return Err(fail(format!("`{DECLARATION_SYMBOL}` returned a null pointer")));
-        }
-        // SAFETY: non-null, points into the loaded library; the frozen prefix
-        // (magic, fingerprint, package, manifest_dir) has the same layout in
-        // every API version.
-        let (magic, fingerprint, package, manifest_dir) = unsafe {
-            let d = &*decl;
-            if d.magic != MAGIC {
-                return Err(fail(format!(
-                    "`{DECLARATION_SYMBOL}` does not point to an lsd-tui plugin declaration"
-                )));
-            }
-            (
-                d.magic,
-                Fingerprint::from_ffi(&d.fingerprint),
-                d.package.to_string_lossy(),
-                d.manifest_dir.to_string_lossy(),
-            )
-        };
-        debug_assert_eq!(magic, MAGIC);
+        // SAFETY: `decl` came from the library we just loaded, which stays
+        // loaded while `mem` is used; `read_head` checks alignment, magic and
+        // size before it reads further, and bounds every string it follows.
+        let mem = unsafe { ProcessMemory::new() };
+        let head = read_head(&mem, decl as usize).map_err(fail)?;
+        let DeclHead { fingerprint, package, manifest_dir, .. } = head.clone();
         let host = Fingerprint::host();
         if !host.accepts(&fingerprint) {
             let rows = host
@@ -287,12 +544,7 @@ impl PluginLibrary {
                 rebuild: rebuild_command(&host, &fingerprint, &manifest_dir),
             });
         }
-        // SAFETY: the fingerprint matched, so the rest of the declaration has
-        // this build's layout.
-        let (name, version, description) = unsafe {
-            let d = &*decl;
-            (d.name.to_string_lossy(), d.version.to_string_lossy(), d.description.to_string_lossy())
-        };
+        let (name, version, description) = read_rest(&mem, decl as usize, &head).map_err(fail)?;
         let shared = Arc::new(Shared { path: path.to_path_buf(), decl, library });
         let mut lib = Self {
             shared,
@@ -582,5 +834,126 @@ impl LoadedTerm {
             *target = Some(t);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+
+    const BASE: usize = 0x10_0000;
+
+    /// A buffer memory that remembers the furthest byte read.
+    struct Watched<'a> {
+        mem: BufferMemory<'a>,
+        furthest: Cell<usize>,
+    }
+
+    impl Memory for Watched<'_> {
+        fn read(&self, addr: usize, out: &mut [u8]) -> bool {
+            self.furthest.set(self.furthest.get().max(addr + out.len()));
+            self.mem.read(addr, out)
+        }
+    }
+
+    fn image() -> Vec<u8> {
+        declaration_image(BASE, &Fingerprint::host(), size_of::<PluginDeclaration>() as u64)
+    }
+
+    fn head(bytes: &[u8], addr: usize) -> (std::result::Result<DeclHead, String>, usize) {
+        let w = Watched { mem: BufferMemory { base: BASE, bytes }, furthest: Cell::new(0) };
+        let r = read_head(&w, addr);
+        (r, w.furthest.get())
+    }
+
+    #[test]
+    fn a_good_declaration_reads_back() {
+        let img = image();
+        let (h, _) = head(&img, BASE);
+        let h = h.expect("reads");
+        assert_eq!(h.fingerprint, Fingerprint::host());
+        assert_eq!(h.package, "lsd-plugin-image");
+        let mem = BufferMemory { base: BASE, bytes: &img };
+        let (name, version, _) = read_rest(&mem, BASE, &h).expect("the rest");
+        assert_eq!((name.as_str(), version.as_str()), ("image", "0.0.1"));
+    }
+
+    /// Issue 15: the declaration was dereferenced as a whole struct before
+    /// its magic was checked, with no alignment or size check.
+    #[test]
+    fn issue_15_alignment_magic_and_size_are_checked_before_anything_else() {
+        let img = image();
+        let mut shifted = vec![0u8; 1];
+        shifted.extend_from_slice(&img);
+        let (r, furthest) = head(&shifted, BASE + 1);
+        assert!(r.expect_err("misaligned").contains("not aligned"));
+        assert_eq!(furthest, 0, "nothing is read at a misaligned address");
+
+        let mut bad = img.clone();
+        bad[0] ^= 1;
+        let (r, furthest) = head(&bad, BASE);
+        assert!(r.expect_err("bad magic").contains("does not point to an lsd-tui plugin declaration"));
+        assert_eq!(furthest, BASE + 8, "only the magic is read");
+
+        let mut small = img.clone();
+        let at = offset_of!(PluginDeclaration, size);
+        small[at..at + 8].copy_from_slice(&16u64.to_ne_bytes());
+        let (r, furthest) = head(&small, BASE);
+        assert!(r.expect_err("too small").contains("16 bytes long"));
+        assert_eq!(furthest, BASE + at + 8, "nothing past the size is read");
+
+        // A declaration cut short by the end of the readable memory.
+        let (r, _) = head(&img[..offset_of!(PluginDeclaration, fingerprint) + 4], BASE);
+        assert!(r.expect_err("cut").contains("cannot read"));
+
+        // A string that claims a huge length is refused before it is read.
+        let mut long = img.clone();
+        let at = offset_of!(PluginDeclaration, package) + offset_of!(RStr, len);
+        long[at..at + size_of::<usize>()].copy_from_slice(&usize::MAX.to_ne_bytes());
+        let (r, furthest) = head(&long, BASE);
+        assert!(r.expect_err("long").contains("claims"));
+        assert!(furthest < BASE + long.len());
+
+        // A size that is not this build's is refused after the fingerprint.
+        let mut other = img.clone();
+        let at = offset_of!(PluginDeclaration, size);
+        other[at..at + 8].copy_from_slice(&(size_of::<PluginDeclaration>() as u64 + 8).to_ne_bytes());
+        let (h, _) = head(&other, BASE);
+        let mem = BufferMemory { base: BASE, bytes: &other };
+        let e = read_rest(&mem, BASE, &h.expect("the prefix reads")).expect_err("another size");
+        assert!(e.contains("rebuild"), "{e}");
+    }
+
+    /// Issue 15: nothing in the fingerprint was tied to the struct layouts,
+    /// so a layout change without an API-version bump was accepted.
+    #[test]
+    fn issue_15_a_layout_change_without_an_api_bump_is_refused() {
+        let host = Fingerprint::host();
+        assert_ne!(host.layout_hash, 0);
+        let changed = Fingerprint { layout_hash: host.layout_hash ^ 1, ..host.clone() };
+        let img = declaration_image(BASE, &changed, size_of::<PluginDeclaration>() as u64);
+        let (h, _) = head(&img, BASE);
+        let fp = h.expect("the prefix reads").fingerprint;
+        assert_eq!(fp.api_version, host.api_version);
+        assert!(!host.accepts(&fp));
+        let rows = host.fields(&fp);
+        assert!(rows.iter().any(|(f, h, p)| *f == "layout" && h != p), "{rows:?}");
+    }
+
+    /// A plugin built before this prefix (magic `LSDPLUG\0`) is read with
+    /// its own layout, so the message can still say what to rebuild.
+    #[test]
+    fn a_version_1_declaration_is_reported_as_a_mismatch() {
+        let mut img = vec![0u8; size_of::<V1Prefix>()];
+        img[..8].copy_from_slice(&MAGIC_V1);
+        let f = offset_of!(V1Prefix, fingerprint);
+        img[f..f + 4].copy_from_slice(&1u32.to_ne_bytes());
+        let (h, _) = head(&img, BASE);
+        let h = h.expect("reads");
+        assert_eq!((h.fingerprint.api_version, h.fingerprint.layout_hash), (1, 0));
+        assert!(!Fingerprint::host().accepts(&h.fingerprint));
     }
 }

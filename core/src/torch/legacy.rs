@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{BufReader, Seek};
 use std::path::Path;
 
-use super::pickle::{self, Input, Obj, PidStyle, StorageDtype, Unpickled, Value};
+use super::pickle::{self, Budget, Input, Obj, PidStyle, StorageDtype, Unpickled, Value};
 
 /// `torch.serialization.MAGIC_NUMBER`, little-endian as pickle's LONG1 has it.
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -49,22 +49,22 @@ pub(crate) fn sniff(head: &[u8]) -> bool {
 }
 
 /// Reads the pickles at the start of a legacy file (not the tensor data).
-pub(crate) fn read_head(path: &Path) -> Result<Legacy, String> {
+pub(crate) fn read_head(path: &Path, budget: &mut Budget) -> Result<Legacy, String> {
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let file_len = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
     let mut input = Input::new(BufReader::new(file), 0);
 
-    let magic = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    let magic = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
     match &magic.root {
         Value::BigInt(b) if b[..] == MAGIC => {}
         _ => return Err("not a torch checkpoint: the legacy magic number is wrong".into()),
     }
-    let version = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    let version = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
     match version.root {
         Value::Int(PROTOCOL_VERSION) => {}
         _ => return Err("unsupported legacy torch protocol version (expected 1001)".into()),
     }
-    let sys_info = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    let sys_info = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
     if let Some(Obj::Dict(items)) = sys_info.obj(&sys_info.root) {
         let big = items.iter().any(|(k, v)| {
             matches!((k, v), (Value::Str(k), Value::Bool(false)) if &**k == "little_endian")
@@ -75,8 +75,8 @@ pub(crate) fn read_head(path: &Path) -> Result<Legacy, String> {
                 .into());
         }
     }
-    let object = pickle::unpickle(&mut input, PidStyle::Legacy)?;
-    let keys_pickle = pickle::unpickle(&mut input, PidStyle::Legacy)?;
+    let object = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
+    let keys_pickle = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
     let keys = match keys_pickle.obj(&keys_pickle.root) {
         Some(Obj::List(items)) => items
             .iter()
@@ -100,6 +100,7 @@ impl Legacy {
         path: &Path,
         dtypes: &HashMap<String, StorageDtype>,
         wanted: &HashSet<String>,
+        budget: &mut Budget,
     ) -> Result<HashMap<String, Vec<u8>>, String> {
         let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
         let mut reader = BufReader::new(file);
@@ -126,7 +127,8 @@ impl Legacy {
                         self.file_len
                     )
                 })?;
-            if wanted.contains(key) {
+            if wanted.contains(key) && !out.contains_key(key) {
+                budget.charge(nbytes, &format!("storage '{key}'"))?;
                 let bytes = input.bytes(nbytes)?;
                 out.insert(key.clone(), bytes);
             } else {

@@ -276,9 +276,62 @@ fn rejected_global(module: &str, name: &str) -> String {
 /// hostile input that is still linear in size but with a large constant.
 const MAX_ITEMS: usize = 1 << 24;
 
+/// Bytes charged to the [`Budget`] per pickle value created or copied: a
+/// [`Value`] plus its share of the containers and memo that hold it.
+const ITEM_COST: u64 = 64;
+
+/// What a whole load may allocate, in bytes, charged as it goes: pickle
+/// values and strings, storage bytes read, tensors built, tensor names.
+///
+/// Each value of a checkpoint is bounded by the file anyway; what a hostile
+/// file can do is make the reader *repeat* work: point 100 000 times at one
+/// memoised 64 MiB tensor, reuse a 1 MB key at every level of a nested
+/// dict, or hide a 1000:1 deflate bomb in a zip member. A single budget for
+/// the whole load, proportional to the file's size, bounds all of them at
+/// once: a real checkpoint needs about twice its size (storages, then
+/// tensors), [`Budget::for_file`] allows three times plus a constant.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+/// The constant part of [`Budget::for_file`].
+pub(crate) const BUDGET_BASE: u64 = 48 << 20;
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: u64) -> Self {
+        Self { left: limit, limit }
+    }
+
+    /// The budget of a load of a file of `len` bytes: `3 × len + 48 MiB`.
+    pub(crate) fn for_file(len: u64) -> Self {
+        Self::new(len.saturating_mul(3).saturating_add(BUDGET_BASE))
+    }
+
+    /// Bytes still available.
+    pub(crate) fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Takes `bytes` from the budget, or says what exceeded it.
+    pub(crate) fn charge(&mut self, bytes: u64, what: &str) -> Result<(), String> {
+        if bytes > self.left {
+            return Err(format!(
+                "{what} would take the load past {} bytes, more than a checkpoint of this size \
+                 can need; the file is corrupt or built to exhaust memory",
+                self.limit
+            ));
+        }
+        self.left -= bytes;
+        Ok(())
+    }
+}
 
 struct Machine<'a, R> {
     input: &'a mut Input<R>,
+    budget: &'a mut Budget,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
@@ -290,9 +343,14 @@ struct Machine<'a, R> {
 
 /// Runs one pickle from `input`, stopping right after its `STOP` opcode so
 /// that the caller can continue reading the stream (legacy format).
-pub(crate) fn unpickle<R: Read>(input: &mut Input<R>, pid_style: PidStyle) -> Result<Unpickled, String> {
+pub(crate) fn unpickle<R: Read>(
+    input: &mut Input<R>,
+    pid_style: PidStyle,
+    budget: &mut Budget,
+) -> Result<Unpickled, String> {
     let mut m = Machine {
         input,
+        budget,
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
@@ -346,11 +404,18 @@ fn long_value(bytes: Vec<u8>) -> Value {
 
 impl<R: Read> Machine<'_, R> {
     fn bump(&mut self, n: usize) -> Result<(), String> {
-        self.items += n;
+        self.items = self.items.saturating_add(n);
         if self.items > MAX_ITEMS {
             return Err(format!("more than {MAX_ITEMS} pickle values; refusing to continue"));
         }
-        Ok(())
+        self.budget.charge((n as u64).saturating_mul(ITEM_COST), "the pickle's values")
+    }
+
+    /// Reads `n` bytes of a string or bytes value, charged to the budget
+    /// before anything is allocated.
+    fn data(&mut self, n: u64) -> Result<Vec<u8>, String> {
+        self.budget.charge(n, "a pickled string")?;
+        self.input.bytes(n)
     }
 
     fn push(&mut self, v: Value) -> Result<(), String> {
@@ -502,13 +567,13 @@ impl<R: Read> Machine<'_, R> {
             }
             0x8a => {
                 let n = self.input.byte()? as u64;
-                let b = self.input.bytes(n)?;
+                let b = self.data(n)?;
                 self.push(long_value(b))?;
             }
             0x8b => {
                 let n = i32::from_le_bytes(self.input.array()?);
                 let n = u64::try_from(n).map_err(|_| "negative LONG4 length")?;
-                let b = self.input.bytes(n)?;
+                let b = self.data(n)?;
                 self.push(long_value(b))?;
             }
             b'G' => {
@@ -521,7 +586,7 @@ impl<R: Read> Machine<'_, R> {
                     0x8d => u64::from_le_bytes(self.input.array()?),
                     _ => self.input.byte()? as u64,
                 };
-                let b = self.input.bytes(n)?;
+                let b = self.data(n)?;
                 // BINSTRING/SHORT_BINSTRING are Python 2 `str`: bytes that
                 // are text in practice.
                 let s = String::from_utf8(b).or_else(|e| {
@@ -539,7 +604,7 @@ impl<R: Read> Machine<'_, R> {
                     b'C' => self.input.byte()? as u64,
                     _ => u64::from_le_bytes(self.input.array()?),
                 };
-                let b = self.input.bytes(n)?;
+                let b = self.data(n)?;
                 self.push(Value::Bytes(b.into()))?;
             }
             b'}' => {
@@ -755,8 +820,18 @@ impl<R: Read> Machine<'_, R> {
                 None => self.new_obj(Obj::Tuple(Vec::new())),
             },
             Global::CodecsEncode => {
+                let len = match a.first() {
+                    Some(Value::Str(s)) => s.len(),
+                    Some(Value::Bytes(b)) => b.len(),
+                    _ => return Err("_codecs.encode expects a string".into()),
+                };
+                // Charged before the copy: a memoised string may be encoded many times.
+                self.budget.charge(len as u64, "_codecs.encode")?;
                 let s = a.first().and_then(str_of).ok_or("_codecs.encode expects a string")?;
-                let enc = a.get(1).and_then(str_of).unwrap_or_default().to_ascii_lowercase();
+                let enc = match a.get(1) {
+                    Some(Value::Str(e)) if e.len() <= 32 => e.to_ascii_lowercase(),
+                    _ => String::new(),
+                };
                 let bytes: Vec<u8> = if enc == "latin1" || enc == "latin-1" || enc == "iso-8859-1" {
                     s.chars()
                         .map(|c| u8::try_from(c as u32).map_err(|_| "character outside latin-1"))
@@ -805,12 +880,18 @@ impl<R: Read> Machine<'_, R> {
     /// or a legacy `('module', …)` container reference.
     fn persistent_load(&mut self, pid: &Value) -> Result<Value, String> {
         let t = self.tuple_items(pid)?;
-        let kind = t.first().and_then(str_of).unwrap_or_default();
-        if kind == "module" && self.pid_style == PidStyle::Legacy {
+        // Compared in place: a hostile pid may repeat a huge memoised string.
+        let kind = match t.first() {
+            Some(Value::Str(s)) => Some(&**s),
+            Some(Value::Bytes(b)) => std::str::from_utf8(b).ok(),
+            _ => None,
+        };
+        if kind == Some("module") && self.pid_style == PidStyle::Legacy {
             return self.new_obj(Obj::Opaque("pickled nn.Module"));
         }
-        if kind != "storage" {
-            return Err(format!("unknown persistent id type {kind:?}"));
+        if kind != Some("storage") {
+            let shown: String = kind.unwrap_or("?").chars().take(40).collect();
+            return Err(format!("unknown persistent id type {shown:?}"));
         }
         let want = match self.pid_style {
             PidStyle::Zip => 5,
@@ -824,7 +905,10 @@ impl<R: Read> Machine<'_, R> {
         };
         let key = match &t[2] {
             Value::Int(i) => i.to_string(),
-            v => str_of(v).ok_or("storage key is not a string")?,
+            Value::Str(s) if s.len() <= 256 => s.to_string(),
+            Value::Bytes(b) if b.len() <= 256 => String::from_utf8_lossy(b).into_owned(),
+            Value::Str(_) | Value::Bytes(_) => return Err("storage key longer than 256 bytes".into()),
+            _ => return Err("storage key is not a string".into()),
         };
         if key.is_empty() || key.len() > 256 || key.contains(['/', '\\']) {
             return Err(format!("bad storage key {key:?}"));
