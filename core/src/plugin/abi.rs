@@ -415,6 +415,9 @@ pub const LAYOUT_HASH: u64 = layout_hash! {
         n_features_x: usize,
         features_edit: *const FfiTensor,
         n_features_edit: usize,
+        has_keys: u32,
+        keys: *const u64,
+        n_keys: usize,
     }
     Sink {
         ctx: *mut c_void,
