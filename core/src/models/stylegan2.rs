@@ -24,6 +24,7 @@ pub mod ops;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor};
 #[cfg(test)]
@@ -259,7 +260,13 @@ pub struct Generator {
     to_rgbs: Vec<ToRgb>,
     noises: Vec<Tensor>,
     device: Device,
+    /// Seeded noise maps already drawn, by `(seed, batch)`: drawing them on
+    /// the host and uploading them is the same work every step.
+    seeded_noise: Arc<Mutex<HashMap<(u64, usize), Vec<Option<Tensor>>>>>,
 }
+
+/// Most `(seed, batch)` noise draws a generator keeps.
+const SEEDED_NOISE_LIMIT: usize = 8;
 
 impl Generator {
     /// Builds the generator from a `VarBuilder` positioned at the state dict
@@ -299,6 +306,7 @@ impl Generator {
             to_rgbs,
             noises,
             device: vb.device().clone(),
+            seeded_noise: Arc::default(),
         })
     }
 
@@ -415,14 +423,23 @@ impl Generator {
             Noise::Stored => Ok(self.noises.iter().cloned().map(Some).collect()),
             Noise::Zero => Ok(vec![None; n]),
             Noise::Seeded(seed) => {
+                let mut drawn = self.seeded_noise.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(maps) = drawn.get(&(seed, b)) {
+                    return Ok(maps.clone());
+                }
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                (0..n)
+                let maps = (0..n)
                     .map(|i| {
                         let s = self.cfg.noise_size(i);
                         let data: Vec<f32> = (0..b * s * s).map(|_| StandardNormal.sample(&mut rng)).collect();
                         Ok(Some(Tensor::from_vec(data, (b, 1, s, s), &self.device)?))
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()?;
+                if drawn.len() >= SEEDED_NOISE_LIMIT {
+                    drawn.clear();
+                }
+                drawn.insert((seed, b), maps.clone());
+                Ok(maps)
             }
         }
     }
@@ -570,6 +587,24 @@ mod tests {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let gen = Generator::new(&cfg, vb.pp("g_ema"))?;
         assert_eq!(gen.config().num_layers(), 17);
+        Ok(())
+    }
+
+    #[test]
+    fn seeded_noise_is_drawn_once_and_equals_a_fresh_draw() -> Result<()> {
+        let dev = Device::Cpu;
+        let (gen, _) = demo(1, &dev)?;
+        let w = gen.broadcast_latent(&gen.w_from_seed(3, None)?)?;
+        let first = gen.synthesis(&w, Noise::Seeded(5), false)?.image.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(gen.seeded_noise.lock().unwrap().len(), 1);
+        let again = gen.synthesis(&w, Noise::Seeded(5), false)?.image.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(gen.seeded_noise.lock().unwrap().len(), 1, "the second pass reuses the draw");
+        let (fresh_gen, _) = demo(1, &dev)?;
+        let fresh = fresh_gen.synthesis(&w, Noise::Seeded(5), false)?.image.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(first, again);
+        assert_eq!(first, fresh);
+        let other = gen.synthesis(&w, Noise::Seeded(6), false)?.image.flatten_all()?.to_vec1::<f32>()?;
+        assert_ne!(first, other, "another seed draws other noise");
         Ok(())
     }
 
