@@ -10,7 +10,7 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use indicatif::{ProgressBar, ProgressStyle};
 use lsd_core::engine::Weights;
 use lsd_core::experiments::models::{ClipModel, GeneratorModel, Source};
-use lsd_core::experiments::{ablation, generalize, seeds, similarity, Progress};
+use lsd_core::experiments::{ablation, generalize, seeds, similarity, Progress, Stop};
 use lsd_core::recipe::{Models, Recipe, WeightsRef};
 
 /// `lsd-tui similarity` arguments.
@@ -236,6 +236,7 @@ pub fn generalize(a: GeneralizeArgs) -> Result<()> {
         steps: a.common.steps,
         batch: a.batch,
         shard,
+        stop: Stop::new(),
     };
     let out = default_out(&a.common, &l.recipe, "generalize");
     if let Some((i, n)) = shard {
@@ -270,7 +271,7 @@ pub fn ablation(a: AblationArgs) -> Result<()> {
         Some(v) => v,
         None => l.recipe.preview.alphas.iter().map(|&x| x as f64).collect(),
     };
-    let cfg = ablation::Config { alphas, steps: a.common.steps, cell: a.cell };
+    let cfg = ablation::Config { alphas, steps: a.common.steps, cell: a.cell, stop: Stop::new() };
     let out = default_out(&a.common, &l.recipe, "ablation");
     let (bar, mut update) = progress_bar("variants");
     let result =
