@@ -20,6 +20,34 @@ pub mod similarity;
 pub mod table;
 pub mod train;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Asks a running experiment to stop: the direction being trained writes
+/// its checkpoint and outputs (the engine's `Stop`), and the experiment
+/// returns an error before starting the next one. Running it again reuses
+/// the finished directions and resumes the stopped one. The binary requests
+/// it on SIGTERM, SIGINT and SIGHUP.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// Not requested yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests the stop (from any thread).
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// True once requested.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// How far a long experiment has got, for a progress bar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {

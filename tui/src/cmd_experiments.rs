@@ -2,16 +2,26 @@
 //! `ablation` (Fig. 9) and `merge` (joins `--shard` folders). The work is in
 //! `lsd_core::experiments`; this module parses flags, resolves weight names,
 //! draws progress and prints the tables.
+//!
+//! SIGTERM, SIGINT and SIGHUP stop an experiment as they stop a run
+//! ([`OnSignal`]): the direction being trained writes its checkpoint and
+//! outputs, and the command exits with 128 + the signal's number. Running
+//! the same command again reuses the finished directions and resumes the
+//! stopped one. `similarity` trains nothing and writes its tables at the
+//! end, so a signal simply ends it.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use indicatif::{ProgressBar, ProgressStyle};
 use lsd_core::engine::Weights;
 use lsd_core::experiments::models::{ClipModel, GeneratorModel, Source};
-use lsd_core::experiments::{ablation, generalize, seeds, similarity, Progress};
+use lsd_core::experiments::{ablation, generalize, seeds, similarity, Progress, Stop};
 use lsd_core::recipe::{Models, Recipe, WeightsRef};
+
+use crate::exit::{self, Signal, Signals};
 
 /// `lsd-tui similarity` arguments.
 #[derive(Debug, clap::Args)]
@@ -138,8 +148,61 @@ fn progress_bar(message: &str) -> (ProgressBar, impl FnMut(Progress)) {
     (bar, update)
 }
 
+/// Turns the first SIGTERM, SIGINT or SIGHUP into a [`Stop`] request.
+struct OnSignal {
+    stop: Stop,
+    got: Arc<Mutex<Option<Signal>>>,
+}
+
+impl OnSignal {
+    /// Installs the handlers; a thread watches them.
+    fn install() -> Result<Self> {
+        let signals = Signals::install().wrap_err("installing the SIGTERM/SIGINT/SIGHUP handlers")?;
+        let stop = Stop::new();
+        let got = Arc::new(Mutex::new(None));
+        let (s, g) = (stop.clone(), Arc::clone(&got));
+        std::thread::Builder::new().name("lsd-signals".into()).spawn(move || loop {
+            if let Some(sig) = signals.take() {
+                if let Ok(mut first) = g.lock() {
+                    if first.is_some() {
+                        exit::warn(format!("{sig} again: ending now; the newest checkpoints are kept"));
+                        std::process::exit(sig.exit_code());
+                    }
+                    *first = Some(sig);
+                    exit::warn(format!("{sig}: stopping: the direction being trained writes its checkpoint and outputs (send {sig} again to end at once)"));
+                    s.request();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        })?;
+        Ok(Self { stop, got })
+    }
+
+    /// The signal that arrived, if any.
+    fn signal(&self) -> Option<Signal> {
+        self.got.lock().ok().and_then(|g| *g)
+    }
+
+    /// The exit status once the experiment returned `result`: a signal's
+    /// status when one stopped it, after saying how to continue.
+    fn finish<T>(&self, result: Result<T>, done: impl FnOnce(T) -> Result<()>) -> Result<i32> {
+        match (result, self.signal()) {
+            (Ok(v), _) => done(v).map(|()| exit::FINISHED),
+            (Err(e), Some(sig)) => {
+                exit::warn(format!("{sig}: {e:#}"));
+                exit::warn(format!(
+                    "{sig}: finished directions are kept and the stopped one is checkpointed; continue with: {}",
+                    std::env::args().map(|a| exit::shell_quote(&a)).collect::<Vec<_>>().join(" ")
+                ));
+                Ok(sig.exit_code())
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+}
+
 /// Fig. 5.
-pub fn similarity(a: SimilarityArgs) -> Result<()> {
+pub fn similarity(a: SimilarityArgs) -> Result<i32> {
     let start = Instant::now();
     let seeds = seeds::parse_seeds(&a.seeds)?;
     if !(a.truncation > 0.0 && a.truncation <= 1.0) {
@@ -151,8 +214,17 @@ pub fn similarity(a: SimilarityArgs) -> Result<()> {
     let clip = ClipModel::load(&source(&a.clip, "CLIP")?, &device).wrap_err("loading CLIP")?;
     let cfg =
         similarity::Config { prompts: a.prompts, seeds, truncation: a.truncation, thumb: a.thumb };
+    let on_signal = OnSignal::install()?;
     let (bar, mut update) = progress_bar("images");
-    let result = similarity::run(&cfg, &gen, &clip, &mut update)?;
+    let result = similarity::run(&cfg, &gen, &clip, &mut |p| {
+        if let Some(sig) = on_signal.signal() {
+            // Nothing to checkpoint: the tables are written at the end.
+            bar.abandon();
+            exit::warn(format!("{sig}: similarity stopped after {} of {} images; it writes nothing until the end; run it again", p.done, p.total));
+            std::process::exit(sig.exit_code());
+        }
+        update(p)
+    })?;
     bar.finish_and_clear();
     let out =
         result.write(&a.out).wrap_err_with(|| format!("writing into '{}'", a.out.display()))?;
@@ -162,7 +234,7 @@ pub fn similarity(a: SimilarityArgs) -> Result<()> {
     println!("wrote {}", out.json.display());
     println!("wrote {} images under {}", out.images.len(), a.out.join("images").display());
     eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
-    Ok(())
+    Ok(exit::FINISHED)
 }
 
 /// A recipe loaded for an experiment: weights resolved, device opened,
@@ -217,7 +289,7 @@ fn default_out(common: &RecipeArgs, recipe: &Recipe, what: &str) -> PathBuf {
 }
 
 /// Fig. 8.
-pub fn generalize(a: GeneralizeArgs) -> Result<()> {
+pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
     let start = Instant::now();
     let l = load(&a.common)?;
     let all_train = match &a.train_seeds {
@@ -236,55 +308,53 @@ pub fn generalize(a: GeneralizeArgs) -> Result<()> {
         steps: a.common.steps,
         batch: a.batch,
         shard,
+        stop: Stop::new(),
     };
     let out = default_out(&a.common, &l.recipe, "generalize");
     if let Some((i, n)) = shard {
         eprintln!("shard {i}/{n}: training seeds {:?}", cfg.train_seeds);
     }
+    let on_signal = OnSignal::install()?;
+    let cfg = generalize::Config { stop: on_signal.stop.clone(), ..cfg };
     let (bar, mut update) = progress_bar("directions");
-    let summary = generalize::run(
-        &l.recipe,
-        &cfg,
-        &out,
-        &l.weights,
-        &l.gen,
-        &l.clip,
-        &l.device,
-        &mut update,
-    )?;
+    let result = generalize::run(&l.recipe, &cfg, &out, &l.weights, &l.gen, &l.clip, &l.device, &mut update);
     bar.finish_and_clear();
-    print!("{}", summary.to_table());
-    for f in ["generalize.csv", "summary.csv", "generalize.png"] {
-        println!("wrote {}", out.join(f).display());
-    }
-    println!("direction folders under {}", out.join("directions").display());
-    eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
-    Ok(())
+    on_signal.finish(result.map_err(Into::into), |summary| {
+        print!("{}", summary.to_table());
+        for f in ["generalize.csv", "summary.csv", "generalize.png"] {
+            println!("wrote {}", out.join(f).display());
+        }
+        println!("direction folders under {}", out.join("directions").display());
+        eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
+        Ok(())
+    })
 }
 
 /// Fig. 9.
-pub fn ablation(a: AblationArgs) -> Result<()> {
+pub fn ablation(a: AblationArgs) -> Result<i32> {
     let start = Instant::now();
     let l = load(&a.common)?;
     let alphas = match a.alphas {
         Some(v) => v,
         None => l.recipe.preview.alphas.iter().map(|&x| x as f64).collect(),
     };
-    let cfg = ablation::Config { alphas, steps: a.common.steps, cell: a.cell };
+    let on_signal = OnSignal::install()?;
+    let cfg = ablation::Config { alphas, steps: a.common.steps, cell: a.cell, stop: on_signal.stop.clone() };
     let out = default_out(&a.common, &l.recipe, "ablation");
     let (bar, mut update) = progress_bar("variants");
-    let result =
-        ablation::run(&l.recipe, &cfg, &out, &l.weights, &l.gen, &l.clip, &l.device, &mut update)?;
+    let result = ablation::run(&l.recipe, &cfg, &out, &l.weights, &l.gen, &l.clip, &l.device, &mut update);
     bar.finish_and_clear();
-    let files = result.write(&out, cfg.cell)?;
-    print!("{}", result.to_table());
-    println!("wrote {}", files.png.display());
-    println!("wrote {}", files.csv.display());
-    for f in &result.folders {
-        println!("run folder {}", f.display());
-    }
-    eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
-    Ok(())
+    on_signal.finish(result.map_err(Into::into), |result| {
+        let files = result.write(&out, cfg.cell)?;
+        print!("{}", result.to_table());
+        println!("wrote {}", files.png.display());
+        println!("wrote {}", files.csv.display());
+        for f in &result.folders {
+            println!("run folder {}", f.display());
+        }
+        eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
+        Ok(())
+    })
 }
 
 /// Joins `generalize --shard` folders.

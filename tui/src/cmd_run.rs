@@ -8,41 +8,29 @@
 //! spawns the engine. Then it shows the run: the TUI on a terminal, the
 //! headless view otherwise or with `--headless`.
 //!
-//! Recipe errors exit with status 2 and the located message; a failed run
-//! exits with status 1.
+//! A run ends with the exit status of [`crate::exit`]: 0 only when it reached
+//! its last step; recipe errors exit with 2 and the located message; a
+//! failed run with 1; a run the user stopped with 3; a signal with 128 + its
+//! number, after the checkpoint and outputs are written. Every stopped run
+//! prints the command that continues it.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use color_eyre::eyre::{bail, eyre, Result};
-use lsd_core::engine::{self, EngineHandle, Setup, Weights};
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use lsd_core::engine::{self, Setup, Weights};
 use lsd_core::models::stylegan2::{self, Generator, Noise};
 use lsd_core::recipe::{parse_seeds, Models, Recipe, RecipeError, WeightsRef};
 use lsd_core::{outputs, plugin, render};
 
+use crate::exit::{self, Signals};
 use crate::headless::{self, Outcome};
+use crate::report;
+use crate::tui::GraphicsMode;
 
 /// The demo recipe, built in so that `lsd-tui demo` works from any folder.
 pub const DEMO_RECIPE: &str = include_str!("../../examples/recipes/demo.yaml");
-
-/// Preview graphics of the TUI (the headless view writes PNGs only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Graphics {
-    /// Ask the terminal; half blocks if it does not answer.
-    #[default]
-    Auto,
-    /// DEC sixel graphics.
-    Sixel,
-    /// The kitty graphics protocol.
-    Kitty,
-    /// iTerm2 inline images.
-    Iterm2,
-    /// Unicode half blocks.
-    Halfblocks,
-    /// No images.
-    None,
-}
 
 /// Which networks to swap for demo networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,9 +51,9 @@ pub struct DemoArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long)]
     pub device: Option<String>,
-    /// Preview graphics in the TUI.
+    /// Preview graphics in the TUI, and of the strips shown after the run.
     #[arg(long, value_enum, default_value_t)]
-    pub graphics: Graphics,
+    pub graphics: GraphicsMode,
     /// Continue from the checkpoint in the output folder.
     #[arg(long)]
     pub resume: bool,
@@ -94,9 +82,9 @@ pub struct RunArgs {
     /// recipe names (no downloads; the images mean nothing).
     #[arg(long, value_enum)]
     pub models: Option<ModelsOverride>,
-    /// Preview graphics in the TUI.
+    /// Preview graphics in the TUI, and of the strips shown after the run.
     #[arg(long, value_enum, default_value_t)]
-    pub graphics: Graphics,
+    pub graphics: GraphicsMode,
     /// Check the recipe, its weights and its plugins, then exit.
     #[arg(long)]
     pub check: bool,
@@ -130,12 +118,12 @@ pub struct ApplyArgs {
 
 /// Prints a recipe error and exits with status 2.
 fn recipe_exit(e: &RecipeError) -> ! {
-    eprintln!("error: {e}");
-    std::process::exit(2)
+    report::error(e);
+    std::process::exit(exit::USAGE)
 }
 
-/// Runs the demo recipe on the demo networks.
-pub fn demo(args: DemoArgs) -> Result<()> {
+/// Runs the demo recipe on the demo networks; returns the exit status.
+pub fn demo(args: DemoArgs) -> Result<i32> {
     let mut recipe = Recipe::parse(DEMO_RECIPE, Path::new("examples/recipes/demo.yaml (built in)"))
         .unwrap_or_else(|e| recipe_exit(&e));
     recipe.raw.models = Models::default();
@@ -152,8 +140,8 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     start(recipe, &opts)
 }
 
-/// Runs a recipe.
-pub fn run(args: RunArgs) -> Result<()> {
+/// Runs a recipe; returns the exit status.
+pub fn run(args: RunArgs) -> Result<i32> {
     let mut recipe = Recipe::load(&args.recipe).unwrap_or_else(|e| recipe_exit(&e));
     if let Some(out) = &args.output {
         recipe.output = out.clone();
@@ -177,7 +165,7 @@ struct Options {
     headless: bool,
     resume: bool,
     device: Option<String>,
-    graphics: Graphics,
+    graphics: GraphicsMode,
     check: bool,
     stop_after: Option<usize>,
 }
@@ -200,7 +188,7 @@ fn resolve_weight(recipe: &Recipe, network: &str, w: &WeightsRef) -> std::result
     }
 }
 
-fn start(mut recipe: Recipe, opts: &Options) -> Result<()> {
+fn start(mut recipe: Recipe, opts: &Options) -> Result<i32> {
     if let Some(d) = &opts.device {
         recipe.raw.device = d.clone();
     }
@@ -223,69 +211,72 @@ fn start(mut recipe: Recipe, opts: &Options) -> Result<()> {
             terms.iter().map(|t| format!("{} λ={}", t.name, t.weight)).collect::<Vec<_>>().join(", "),
             recipe.output.display()
         );
-        return Ok(());
+        return Ok(exit::FINISHED);
     }
     let setup = Setup { device, weights, terms, resume: opts.resume, stop_after: opts.stop_after, metrics: true };
+    // From here a signal stops the run with its checkpoint and outputs;
+    // before, there is nothing to save and the default action is right.
+    let signals = Signals::install().wrap_err("installing the SIGTERM/SIGINT/SIGHUP handlers")?;
     let handle = engine::spawn(recipe, setup);
     let terminal = std::io::stdout().is_terminal();
-    let outcome = if terminal && !opts.headless { open_tui(handle, opts.graphics)? } else { headless::follow(handle, terminal)? };
-    match outcome {
-        Outcome::Finished(summary) => {
-            if terminal {
-                for strip in headless::strips(&summary.output) {
-                    headless::show_inline(&strip);
-                }
+    let (outcome, graphics) = if terminal && !opts.headless {
+        let tui_opts = crate::tui::TuiOptions { graphics: opts.graphics, stop_timeout: Duration::from_secs(15) };
+        let ended = crate::tui::run(handle, &tui_opts, &signals)?;
+        (ended.outcome, ended.graphics)
+    } else {
+        let outcome = headless::follow(handle, terminal, &signals)?;
+        let finished = matches!(&outcome, Outcome::Finished(s) if !s.stopped_early);
+        (outcome, if terminal && finished { headless::inline_graphics(opts.graphics) } else { None })
+    };
+    Ok(report_outcome(outcome, |output| {
+        if terminal {
+            for strip in headless::strips(output) {
+                headless::show_inline(&strip, graphics.as_ref());
             }
-            if summary.stopped_early {
-                println!("stopped at step {}; continue with --resume", summary.steps);
-            }
-            Ok(())
         }
-        Outcome::Failed(error) => {
-            eprintln!("error: {error}");
-            std::process::exit(1)
-        }
-    }
+    }))
 }
 
-/// The seam to the terminal UI (`crate::tui`).
-fn open_tui(handle: EngineHandle, graphics: Graphics) -> Result<Outcome> {
-    use crate::tui::{GraphicsMode, TuiOptions, TuiOutcome};
-    let graphics = match graphics {
-        Graphics::Auto => GraphicsMode::Auto,
-        Graphics::Sixel => GraphicsMode::Sixel,
-        Graphics::Kitty => GraphicsMode::Kitty,
-        Graphics::Iterm2 => GraphicsMode::Iterm2,
-        Graphics::Halfblocks => GraphicsMode::Halfblocks,
-        Graphics::None => GraphicsMode::None,
-    };
-    let opts = TuiOptions { graphics, stop_timeout: Duration::from_secs(15) };
-    match crate::tui::run(handle, &opts)? {
-        TuiOutcome::Finished { summary: Some(summary), .. } => Ok(Outcome::Finished(summary)),
-        TuiOutcome::Finished { output, summary: None } => {
-            println!("outputs in {}", output.display());
-            Ok(Outcome::Finished(lsd_core::engine::RunSummary { output, steps: 0, stopped_early: false }))
+/// Prints how the run ended and returns its exit status; `show` shows the
+/// strips of a finished run.
+fn report_outcome(outcome: Outcome, show: impl FnOnce(&Path)) -> i32 {
+    let resume = || format!("continue with: {}", exit::resume_command());
+    match outcome {
+        Outcome::Finished(summary) if !summary.stopped_early => {
+            show(&summary.output);
+            exit::FINISHED
         }
-        TuiOutcome::Failed { error } => {
-            eprintln!("error: {error}");
-            Ok(Outcome::Failed(error))
+        Outcome::Finished(summary) => {
+            exit::say(format!("stopped at step {}; outputs in {}; {}", summary.steps, summary.output.display(), resume()));
+            exit::STOPPED
         }
-        TuiOutcome::Quit { saved } => {
-            // The engine may still be stepping: end the process, not just the UI.
+        Outcome::Failed(error) => {
+            report::error(error);
+            exit::FAILED
+        }
+        Outcome::Quit { saved } => {
             if saved {
-                println!("quit; the last checkpoint holds the run: continue with --resume");
+                exit::say(format!("quit; the last checkpoint holds the run; {}", resume()));
             } else {
-                println!("quit without saving the last steps");
+                exit::say(format!("quit without saving the last steps; the last periodic checkpoint is kept; {}", resume()));
             }
-            std::process::exit(0)
+            // The engine may still be stepping: returning from `main` ends it.
+            exit::STOPPED
         }
-        TuiOutcome::Signalled { signal, saved, summary } => {
+        Outcome::Signalled { signal, saved, summary } => {
             match (saved, summary) {
-                (true, Some(s)) => eprintln!("{signal}: stopped at step {}; outputs in {}; continue with --resume", s.steps, s.output.display()),
-                (true, None) => eprintln!("{signal}: checkpoint written; continue with --resume"),
-                (false, _) => eprintln!("{signal}: the run did not save in time; the last checkpoint is kept"),
+                (true, Some(s)) => exit::warn(format!(
+                    "{signal}: stopped at step {}; checkpoint and outputs in {}; {}",
+                    s.steps,
+                    s.output.display(),
+                    resume()
+                )),
+                (true, None) => exit::warn(format!("{signal}: checkpoint written; {}", resume())),
+                (false, _) => exit::warn(format!("{signal}: the run did not save in time; the last periodic checkpoint is kept; {}", resume())),
             }
-            std::process::exit(if saved { 0 } else { 1 })
+            // The engine may still be stepping when it did not save in time:
+            // returning from `main` ends it.
+            signal.exit_code()
         }
     }
 }
@@ -363,7 +354,8 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
     render::save_png_atomic(&img, &args.out)?;
     println!("wrote {} ({} seeds × {} α)", args.out.display(), seeds.len(), alphas.len());
     if std::io::stdout().is_terminal() {
-        headless::show_inline(&args.out);
+        let graphics = headless::inline_graphics(GraphicsMode::Auto);
+        headless::show_inline(&args.out, graphics.as_ref());
     }
     Ok(())
 }

@@ -1,25 +1,50 @@
 //! The headless view of a run: the engine's events as a progress bar (on a
 //! terminal) or as plain log lines (in a pipe, a log file, CI).
 //!
-//! It is the second consumer of [`EngineHandle`] next to the TUI: it only
-//! reads events, and never sends controls.
+//! It is the second consumer of [`EngineHandle`] next to the TUI. The only
+//! control it sends is `Stop`, when SIGTERM, SIGINT or SIGHUP arrives: the
+//! engine then writes a checkpoint and the outputs and ends, and the run
+//! ends with the signal's exit status (see [`crate::exit`]). The TUI hands
+//! its run over to [`follow_events`] when it can no longer draw.
 
-use std::io::Write;
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 use color_eyre::eyre::{eyre, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lsd_core::engine::events::{Level, RunInfo, StepStats, TrainEvent};
+use lsd_core::engine::events::{Control, Level, RunInfo, StepStats, TrainEvent};
 use lsd_core::engine::{EngineHandle, RunSummary};
 
-/// How a headless run ended.
+use ratatui_image::picker::ProtocolType;
+
+use crate::exit::{self, Signal, Signals};
+use crate::tui::images::{self, Graphics};
+use crate::tui::GraphicsMode;
+
+/// How a run ended (headless or in the TUI).
 #[derive(Debug)]
 pub enum Outcome {
-    /// Finished (or stopped early, with outputs written).
+    /// Finished, or stopped early by the user (`summary.stopped_early`),
+    /// with outputs written.
     Finished(RunSummary),
     /// Failed, with the engine's message (not yet printed).
     Failed(String),
+    /// A signal stopped the run.
+    Signalled {
+        /// Which one.
+        signal: Signal,
+        /// Whether the checkpoint and outputs were written.
+        saved: bool,
+        /// What the engine returned, when it ended in time.
+        summary: Option<RunSummary>,
+    },
+    /// The user left the TUI while the run was going; the engine may still be
+    /// running, so the process must end now.
+    Quit {
+        /// Whether the newest checkpoint holds the last step.
+        saved: bool,
+    },
 }
 
 /// `name 0.1234` for each term.
@@ -35,11 +60,51 @@ fn terms_text(info: Option<&RunInfo>, s: &StepStats) -> String {
 
 /// Follows the run to its end. `bar`: draw an indicatif progress bar
 /// (stdout is a terminal); otherwise print log lines, about twenty per run
-/// plus the first and last step.
-pub fn follow(handle: EngineHandle, bar: bool) -> Result<Outcome> {
+/// plus the first and last step. A signal stops the run (see the module).
+pub fn follow(handle: EngineHandle, bar: bool, signals: &Signals) -> Result<Outcome> {
     let EngineHandle { events, control, thread } = handle;
-    let mut info: Option<RunInfo> = None;
-    let mut failed: Option<String> = None;
+    let followed = follow_events(&events, &control, signals, bar, None, None);
+    drop(control);
+    let joined = thread.join().map_err(|_| eyre!("the engine thread panicked"))?;
+    Ok(outcome(joined, followed))
+}
+
+/// What [`follow_events`] saw.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// The engine's failure message.
+    pub failed: Option<String>,
+    /// The signal that stopped the run.
+    pub signal: Option<Signal>,
+    /// True once the engine said `Finished` (outputs written).
+    pub finished: bool,
+}
+
+/// The outcome from what the engine thread returned and what was seen.
+pub fn outcome(joined: lsd_core::Result<RunSummary>, seen: Followed) -> Outcome {
+    match (joined, seen) {
+        (Ok(summary), Followed { failed: None, signal: Some(signal), .. }) if summary.stopped_early => {
+            Outcome::Signalled { signal, saved: true, summary: Some(summary) }
+        }
+        (Ok(summary), Followed { failed: None, .. }) => Outcome::Finished(summary),
+        (Ok(_), Followed { failed: Some(e), .. }) => Outcome::Failed(e),
+        (Err(e), Followed { failed, .. }) => Outcome::Failed(failed.unwrap_or_else(|| e.to_string())),
+    }
+}
+
+/// Prints the engine's events until its channel closes; sends `Stop` on
+/// the first signal. `info`: the run's facts when its `Started` event was
+/// already taken, and `signalled`: the signal already being handled (the
+/// TUI handing over).
+pub fn follow_events(
+    events: &Receiver<TrainEvent>,
+    control: &Sender<Control>,
+    signals: &Signals,
+    bar: bool,
+    mut info: Option<RunInfo>,
+    signalled: Option<Signal>,
+) -> Followed {
+    let mut seen = Followed { signal: signalled, ..Followed::default() };
     let pb = bar.then(|| {
         let pb = ProgressBar::new(1);
         pb.set_style(
@@ -52,12 +117,26 @@ pub fn follow(handle: EngineHandle, bar: bool) -> Result<Outcome> {
     });
     let say = |line: String| match &pb {
         Some(pb) => pb.println(line),
-        None => {
-            println!("{line}");
-            let _ = std::io::stdout().flush();
-        }
+        None => exit::say(line),
     };
-    for event in events.iter() {
+    loop {
+        let got = events.recv_timeout(Duration::from_millis(100));
+        if let Some(sig) = signals.take() {
+            if seen.signal.is_some() {
+                exit::warn(format!("{sig} again: ending now; the newest checkpoint is kept"));
+                std::process::exit(sig.exit_code());
+            }
+            if !seen.finished {
+                seen.signal = Some(sig);
+                let _ = control.send(Control::Stop);
+                say(format!("{sig}: stopping: writing a checkpoint and the outputs (send {sig} again to end at once)"));
+            }
+        }
+        let event = match got {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => continue,
+        };
         match event {
             TrainEvent::Started(i) => {
                 say(format!("run '{}': \"{}\" ({} mode) on {}", i.recipe, i.prompt, i.mode, i.device));
@@ -108,23 +187,18 @@ pub fn follow(handle: EngineHandle, bar: bool) -> Result<Outcome> {
                 if let Some(pb) = &pb {
                     pb.finish_and_clear();
                 }
+                seen.finished = true;
                 say(format!("done in {:.1} s: outputs in {}", elapsed.as_secs_f64(), output.display()));
             }
             TrainEvent::Failed { error } => {
                 if let Some(pb) = &pb {
                     pb.abandon();
                 }
-                failed = Some(error);
+                seen.failed = Some(error);
             }
         }
     }
-    drop(control);
-    let joined = thread.join().map_err(|_| eyre!("the engine thread panicked"))?;
-    Ok(match (joined, failed) {
-        (Ok(summary), None) => Outcome::Finished(summary),
-        (Ok(_), Some(e)) => Outcome::Failed(e),
-        (Err(e), msg) => Outcome::Failed(msg.unwrap_or_else(|| e.to_string())),
-    })
+    seen
 }
 
 /// The strips a finished run wrote, in preview-seed order.
@@ -137,12 +211,43 @@ pub fn strips(output: &std::path::Path) -> Vec<PathBuf> {
     files
 }
 
-/// Prints an image inline in the terminal (sixel, kitty, iTerm or blocks,
-/// whatever viuer finds); failures are ignored — the file is on disk.
-pub fn show_inline(path: &std::path::Path) {
-    let conf = viuer::Config { width: Some(80), absolute_offset: false, ..Default::default() };
+/// The graphics for the strips printed after a headless run on a terminal:
+/// the same choice the TUI makes (see [`crate::tui::images`]), asked with
+/// the terminal in raw mode for a moment.
+pub fn inline_graphics(mode: GraphicsMode) -> Option<Graphics> {
+    if matches!(mode, GraphicsMode::None | GraphicsMode::Halfblocks) {
+        return images::detect(mode);
+    }
+    crossterm::terminal::enable_raw_mode().ok()?;
+    let graphics = images::detect(mode);
+    let _ = crossterm::terminal::disable_raw_mode();
+    graphics
+}
+
+/// Prints an image inline in the terminal with viuer, in the protocol
+/// `graphics` chose: sixel, kitty or iTerm2 when the terminal takes them
+/// directly, half blocks otherwise (viuer cannot wrap images in tmux's
+/// passthrough envelope); nothing for `--graphics none`. Failures are
+/// reported and otherwise ignored: the file is on disk.
+pub fn show_inline(path: &std::path::Path, graphics: Option<&Graphics>) {
+    let Some(g) = graphics else { return };
+    let mut conf = viuer::Config {
+        width: Some(80),
+        absolute_offset: false,
+        use_kitty: false,
+        use_iterm: false,
+        use_sixel: false,
+        ..Default::default()
+    };
+    match g.protocol {
+        _ if g.passthrough => {}
+        ProtocolType::Sixel => conf.use_sixel = true,
+        ProtocolType::Kitty => conf.use_kitty = true,
+        ProtocolType::Iterm2 => conf.use_iterm = true,
+        ProtocolType::Halfblocks => {}
+    }
     let shown = image::open(path).map_err(|e| e.to_string()).and_then(|img| viuer::print(&img, &conf).map(|_| ()).map_err(|e| e.to_string()));
     if let Err(e) = shown {
-        eprintln!("(could not show {} inline: {e})", path.display());
+        exit::warn(format!("(could not show {} inline: {e})", path.display()));
     }
 }

@@ -10,7 +10,9 @@ mod cmd_fixture;
 mod cmd_plugins;
 mod cmd_run;
 mod cmd_weights;
+mod exit;
 mod headless;
+mod report;
 mod tui;
 
 use clap::{Parser, Subcommand};
@@ -19,7 +21,7 @@ use color_eyre::eyre::{bail, Result};
 /// Find text-driven edit directions in a StyleGAN2 latent space (CLIP
 /// supervised, ArcFace identity and face-segmentation regularised).
 #[derive(Debug, Parser)]
-#[command(name = "lsd-tui", version, about, long_about = None)]
+#[command(name = "lsd-tui", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,17 +108,25 @@ fn weights(cli: WeightsCli) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     // Before any thread starts: the CPU thread count is settled once for
     // the process (the plugins' copies of Candle read the same variable).
     lsd_core::ops::settle_thread_count();
-    color_eyre::install()?;
-    let cli = Cli::parse();
-    match dispatch(cli) {
-        // `lsd-tui weights list | head` closes the pipe early: not an error.
-        Err(e) if is_broken_pipe(&e) => Ok(()),
-        other => other,
+    let style = report::Style::detect();
+    if let Err(e) = report::install(style) {
+        exit::warn(format!("warning: could not install the error reporter: {e}"));
     }
+    let cli = Cli::parse();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        // `lsd-tui weights list | head` closes the pipe early: not an error.
+        Err(e) if is_broken_pipe(&e) => exit::FINISHED,
+        Err(e) => {
+            exit::warn(report::render(&e, style));
+            exit::FAILED
+        }
+    };
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn is_broken_pipe(e: &color_eyre::Report) -> bool {
@@ -125,18 +135,20 @@ fn is_broken_pipe(e: &color_eyre::Report) -> bool {
     })
 }
 
-fn dispatch(cli: Cli) -> Result<()> {
+/// Runs the command; `Ok` holds the exit status (see [`exit`]).
+fn dispatch(cli: Cli) -> Result<i32> {
+    let done = |r: Result<()>| r.map(|()| exit::FINISHED);
     match cli.command {
         Command::Demo(args) => cmd_run::demo(args),
         Command::Run(args) => cmd_run::run(args),
-        Command::Apply(args) => cmd_run::apply(args),
+        Command::Apply(args) => done(cmd_run::apply(args)),
         Command::Similarity(args) => cmd_experiments::similarity(args),
         Command::Generalize(args) => cmd_experiments::generalize(args),
         Command::Ablation(args) => cmd_experiments::ablation(args),
-        Command::Merge(args) => cmd_experiments::merge(args),
-        Command::Weights(args) => weights(args),
-        Command::Plugins(args) => cmd_plugins::run(args),
-        Command::CheckFixture(args) => cmd_fixture::run(args),
-        Command::Bench(args) => cmd_bench::run(args),
+        Command::Merge(args) => done(cmd_experiments::merge(args)),
+        Command::Weights(args) => done(weights(args)),
+        Command::Plugins(args) => done(cmd_plugins::run(args)),
+        Command::CheckFixture(args) => done(cmd_fixture::run(args)),
+        Command::Bench(args) => done(cmd_bench::run(args)),
     }
 }

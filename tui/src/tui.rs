@@ -5,18 +5,37 @@
 //! never waits on the UI: its events arrive on an unbounded channel, and the
 //! loop drains that channel, then draws at most every [`FRAME`].
 //!
+//! Made for a remote box, over SSH and inside tmux or GNU screen, where the
+//! terminal comes and goes:
+//!
+//! - Only a real hang-up ends the run: SIGHUP, or the tty itself hung up (an
+//!   I/O error of the hang-up kind, or `poll(2)` saying so, see
+//!   [`terminal`]). Then the engine is asked to stop, which writes a
+//!   checkpoint and the outputs, and the process exits with 129.
+//! - Any other error is shown in the log pane, written to the run's
+//!   `tui.log`, and worked around: a key reader that fails is restarted; a
+//!   draw that fails makes the TUI draw less ([`app::Fallback`]: fewer
+//!   images, no images, then no TUI at all and the headless log lines), and
+//!   training goes on.
+//! - Inside tmux, a client attaching redraws the whole screen, images
+//!   included, and asks the terminal again which graphics reach it
+//!   ([`tmux::AttachWatch`]); so do a resize and Ctrl-L.
+//!
 //! The terminal is restored on every way out: a normal return, an error (a
-//! guard restores it in `Drop`), a panic (ratatui's hook, installed after
+//! guard restores it in `Drop`), a panic (a hook installed after
 //! color-eyre's), and SIGTERM / SIGHUP / SIGINT, which first ask the engine
 //! to stop and write its checkpoint and outputs, and wait up to
 //! [`TuiOptions::stop_timeout`] for it.
 //!
 //! Pieces: [`app`] (state, keys, engine events), [`ui`] (drawing),
-//! [`history`] (loss series), [`images`] (graphics protocol, tile encoding).
+//! [`history`] (loss series), [`images`] (graphics protocol, tile encoding),
+//! [`terminal`] (set-up, hang-ups, queries), [`tmux`] (multiplexers).
 
 pub mod app;
 pub mod history;
 pub mod images;
+pub mod terminal;
+pub mod tmux;
 pub mod ui;
 #[cfg(test)]
 mod tests;
@@ -38,6 +57,10 @@ use ratatui::layout::Rect;
 use ratatui::Terminal;
 
 use app::{Action, App, Event};
+use images::Graphics;
+
+use crate::exit::{Signal, Signals};
+use crate::headless::{self, Outcome};
 
 /// The shortest time between two draws (about 30 frames per second).
 pub const FRAME: Duration = Duration::from_millis(33);
@@ -87,8 +110,6 @@ pub enum TuiOutcome {
     Finished {
         /// The run folder.
         output: PathBuf,
-        /// What the engine thread returned (`None` if it had not ended in time).
-        summary: Option<RunSummary>,
     },
     /// The run stopped on an error.
     Failed {
@@ -102,53 +123,148 @@ pub enum TuiOutcome {
         /// Whether the last step is checkpointed.
         saved: bool,
     },
-    /// A signal ended the TUI after asking the engine to stop.
+    /// A signal (or a hang-up) ended the TUI after asking the engine to stop.
     Signalled {
-        /// `SIGTERM`, `SIGHUP` or `SIGINT`.
-        signal: &'static str,
+        /// Which one.
+        signal: Signal,
         /// Whether the checkpoint and outputs were written in time.
         saved: bool,
-        /// What the engine thread returned (`None` if it had not ended in time).
-        summary: Option<RunSummary>,
     },
+    /// Drawing kept failing: the TUI gave the terminal back, and the run
+    /// goes on headless.
+    Headless,
 }
 
 /// How long [`run`] waits for the engine thread to end after it said it finished.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
 
-/// Fills in the engine's summary once its thread has ended.
-fn with_summary(outcome: TuiOutcome, thread: JoinHandle<lsd_core::Result<RunSummary>>) -> TuiOutcome {
-    let join = |thread: JoinHandle<lsd_core::Result<RunSummary>>| {
-        let end = Instant::now() + JOIN_WAIT;
-        while !thread.is_finished() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // A thread still running is left to the process's end.
-        thread.is_finished().then(|| thread.join().ok().and_then(|r| r.ok())).flatten()
-    };
-    match outcome {
-        TuiOutcome::Finished { output, .. } => TuiOutcome::Finished { output, summary: join(thread) },
-        TuiOutcome::Signalled { signal, saved, .. } => TuiOutcome::Signalled { signal, saved, summary: join(thread) },
-        other => other,
+/// What the engine thread returned, if it ends within [`JOIN_WAIT`].
+fn join(thread: JoinHandle<lsd_core::Result<RunSummary>>) -> Option<lsd_core::Result<RunSummary>> {
+    let end = Instant::now() + JOIN_WAIT;
+    while !thread.is_finished() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
     }
+    // A thread still running is left to the process's end.
+    thread.is_finished().then(|| thread.join().ok()).flatten()
+}
+
+/// How a TUI run ended, and the graphics it drew with last.
+pub struct Ended {
+    /// The run's outcome.
+    pub outcome: Outcome,
+    /// The graphics in use at the end (`None`: no images).
+    pub graphics: Option<Graphics>,
 }
 
 /// Runs the TUI on the current terminal until the user quits, the run ends
-/// and the user quits, or a signal arrives.
-pub fn run(handle: EngineHandle, opts: &TuiOptions) -> Result<TuiOutcome> {
-    let signals = Signals::install().wrap_err("could not install the SIGTERM/SIGHUP handlers")?;
+/// and the user quits, or a signal or hang-up arrives.
+pub fn run(handle: EngineHandle, opts: &TuiOptions, signals: &Signals) -> Result<Ended> {
     let guard = TerminalGuard;
-    let mut terminal = ratatui::try_init().wrap_err("could not set the terminal up (is stdout a terminal?)")?;
+    let mut tty = terminal::init().wrap_err("could not set the terminal up (is stdout a terminal?)")?;
     // The query answers arrive on stdin: ask before reading key events.
-    let picker = images::pick(opts.graphics);
+    let graphics = images::detect(opts.graphics);
     let EngineHandle { events, control, thread } = handle;
-    let mut app = App::new(control, picker, opts.stop_timeout);
+    let mut app = App::new(control, graphics, opts.stop_timeout);
+    app.note_graphics();
     let mut gpu = GpuMemory::new();
-    let mut input = ThreadedInput::start();
-    let outcome = run_loop(&mut terminal, &mut app, &events, &mut input, &signals, &mut gpu);
+    let watch = match tmux::Place::detect() {
+        tmux::Place::Tmux(Some(t)) => Some(tmux::AttachWatch::start(t)),
+        _ => None,
+    };
+    let mut input = ThreadedInput::start(opts.graphics, watch);
+    let mut log = ProblemLog::default();
+    let outcome = run_loop(&mut tty, &mut app, &events, &mut input, signals, &mut gpu);
     drop(input);
+    // ratatui's `Terminal` shows the cursor when dropped and prints an
+    // error when that fails, which panics once stderr is the hung-up tty.
+    if tty.show_cursor().is_err() {
+        std::mem::forget(tty);
+    }
     drop(guard);
-    Ok(with_summary(outcome?, thread))
+    log.write(&mut app);
+    if log.written > 0 {
+        if let Some(path) = &log.path {
+            crate::exit::warn(format!("the terminal had {} problem(s); see {}", log.written, path.display()));
+        }
+    }
+    let graphics = app.previews.graphics().cloned();
+    let outcome = match outcome? {
+        TuiOutcome::Headless => {
+            let signalled = match &app.stopping {
+                Some((app::Stopping::Signal(s), _)) => Some(*s),
+                _ => None,
+            };
+            crate::exit::say("lsd-tui: the terminal kept failing to draw; following the run with log lines");
+            let control = app.control();
+            let followed = headless::follow_events(&events, &control, signals, false, app.info.clone(), signalled);
+            drop(control);
+            drop(app);
+            let joined = thread.join().map_err(|_| color_eyre::eyre::eyre!("the engine thread panicked"))?;
+            headless::outcome(joined, followed)
+        }
+        TuiOutcome::Finished { output } => match join(thread) {
+            Some(Ok(summary)) => Outcome::Finished(summary),
+            Some(Err(e)) => Outcome::Failed(e.to_string()),
+            None => Outcome::Finished(RunSummary { output, steps: app.step(), stopped_early: app.state != app::RunState::Done }),
+        },
+        TuiOutcome::Failed { error } => Outcome::Failed(error),
+        TuiOutcome::Quit { saved } => Outcome::Quit { saved },
+        TuiOutcome::Signalled { signal, saved } => {
+            let summary = if saved { join(thread).and_then(|r| r.ok()) } else { None };
+            Outcome::Signalled { signal, saved, summary }
+        }
+    };
+    Ok(Ended { outcome, graphics })
+}
+
+/// Appends the app's terminal problems to the run's `tui.log` (not in unit
+/// tests, whose fake runs have no folder).
+#[derive(Default)]
+struct ProblemLog {
+    path: Option<PathBuf>,
+    written: usize,
+}
+
+impl ProblemLog {
+    fn write(&mut self, app: &mut App) {
+        if app.problems.is_empty() || cfg!(test) {
+            return;
+        }
+        let Some(info) = &app.info else { return };
+        let path = info.output.join("tui.log");
+        let step = app.last.as_ref().map_or(info.start_step, |s| s.step);
+        let text: String = app.problems.drain(..).map(|p| format!("{} UTC, step {step}: {p}\n", utc_now())).collect();
+        let _ = std::fs::create_dir_all(&info.output);
+        let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(text.as_bytes())
+        });
+        if appended.is_ok() {
+            self.written += text.lines().count();
+            self.path = Some(path);
+        }
+    }
+}
+
+/// `2025-01-31 23:59:59`, now, in UTC.
+fn utc_now() -> String {
+    utc(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Seconds since 1970 as `2025-01-31 23:59:59` (UTC).
+fn utc(secs: u64) -> String {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 /// Restores the terminal when dropped (early returns and errors).
@@ -156,14 +272,34 @@ struct TerminalGuard;
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
-        ratatui::restore();
+        terminal::restore();
     }
 }
 
-/// Where key presses come from (the terminal, or a script in tests).
+/// The terminal side of the loop: key presses, and what the loop needs to
+/// know about the terminal (a script in tests).
 pub trait Input {
     /// Waits up to `timeout` for a key or resize; `None` when none came.
     fn poll(&mut self, timeout: Duration) -> Result<Option<TermEvent>>;
+
+    /// True when the terminal has hung up (no signal needed).
+    fn hung_up(&mut self) -> bool {
+        false
+    }
+
+    /// Starts reading keys again after [`Input::poll`] failed.
+    fn restart(&mut self) {}
+
+    /// A tmux client attached or detached since the last call.
+    fn attach(&mut self) -> Option<tmux::Attach> {
+        None
+    }
+
+    /// Asks the terminal again which graphics reach it; `None` when it
+    /// cannot be asked (not detected automatically, or a test).
+    fn redetect(&mut self) -> Option<Option<Graphics>> {
+        None
+    }
 }
 
 /// Terminal events read on their own thread.
@@ -171,18 +307,23 @@ pub trait Input {
 /// crossterm's reader spins forever on a hung-up terminal (an SSH drop
 /// makes `read` return nothing, which its loop never leaves), so it must not
 /// run on the thread that has to notice the hang-up and save the run.
-/// It polls with a short timeout rather than blocking in `read`, because
-/// crossterm's event reader is one global lock that the drawing thread also
-/// needs (ratatui's `clear` asks the terminal for the cursor position).
-/// It stops when dropped, so that it does not eat the terminal's answers to
-/// whatever queries the terminal after the TUI (an inline image printer).
+/// It polls with a short timeout rather than blocking in `read`, so that it
+/// can be stopped: when dropped (it must not eat the terminal's answers to
+/// whatever queries the terminal after the TUI: an inline image printer),
+/// and while the graphics query is asked again.
 struct ThreadedInput {
+    reader: Option<Reader>,
+    mode: GraphicsMode,
+    watch: Option<tmux::AttachWatch>,
+}
+
+struct Reader {
     rx: Receiver<std::io::Result<TermEvent>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl ThreadedInput {
+impl Reader {
     fn start() -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -205,7 +346,7 @@ impl ThreadedInput {
     }
 }
 
-impl Drop for ThreadedInput {
+impl Drop for Reader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let Some(thread) = self.thread.take() else { return };
@@ -220,56 +361,57 @@ impl Drop for ThreadedInput {
     }
 }
 
+impl ThreadedInput {
+    fn start(mode: GraphicsMode, watch: Option<tmux::AttachWatch>) -> Self {
+        Self { reader: Some(Reader::start()), mode, watch }
+    }
+}
+
 impl Input for ThreadedInput {
     fn poll(&mut self, timeout: Duration) -> Result<Option<TermEvent>> {
-        match self.rx.recv_timeout(timeout) {
+        let Some(reader) = &self.reader else {
+            std::thread::sleep(timeout);
+            return Ok(None);
+        };
+        match reader.rx.recv_timeout(timeout) {
             Ok(ev) => Ok(Some(ev?)),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                Err(color_eyre::eyre::eyre!("the terminal's input closed"))
+                Err(color_eyre::eyre::eyre!("the terminal's key reader stopped"))
             }
         }
     }
-}
 
-/// SIGTERM, SIGHUP and SIGINT, as flags the loop checks.
-///
-/// A second signal of the same kind while the first is being handled ends
-/// the process at once (`register_conditional_shutdown`).
-pub struct Signals {
-    flags: Vec<(&'static str, Arc<AtomicBool>)>,
-}
+    fn hung_up(&mut self) -> bool {
+        terminal::tty_hung_up()
+    }
 
-impl Signals {
-    /// Registers the handlers.
-    pub fn install() -> std::io::Result<Self> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut flags = Vec::new();
-        for (name, sig) in [("SIGTERM", SIGTERM), ("SIGHUP", SIGHUP), ("SIGINT", SIGINT)] {
-            let flag = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&flag))?;
-            signal_hook::flag::register(sig, Arc::clone(&flag))?;
-            flags.push((name, flag));
+    fn restart(&mut self) {
+        self.reader = None;
+        self.reader = Some(Reader::start());
+    }
+
+    fn attach(&mut self) -> Option<tmux::Attach> {
+        self.watch.as_ref().and_then(tmux::AttachWatch::take)
+    }
+
+    fn redetect(&mut self) -> Option<Option<Graphics>> {
+        if self.mode != GraphicsMode::Auto {
+            return None;
         }
-        Ok(Self { flags })
-    }
-
-    /// No handlers (tests).
-    #[cfg(test)]
-    pub fn none() -> Self {
-        Self { flags: Vec::new() }
-    }
-
-    /// A flag set by hand (tests).
-    #[cfg(test)]
-    pub fn manual(name: &'static str, flag: Arc<AtomicBool>) -> Self {
-        Self { flags: vec![(name, flag)] }
-    }
-
-    fn take(&self) -> Option<&'static str> {
-        self.flags.iter().find(|(_, f)| f.swap(false, Ordering::AcqRel)).map(|(n, _)| *n)
+        // Nobody else may read stdin while the answers come.
+        self.reader = None;
+        let graphics = images::detect(self.mode);
+        self.reader = Some(Reader::start());
+        Some(graphics)
     }
 }
+
+/// How often the loop checks the tty for a hang-up that came without a signal.
+const HANGUP_CHECK: Duration = Duration::from_millis(500);
+
+/// Key reader failures in a row after which keys are given up on.
+const MAX_INPUT_RESTARTS: u32 = 5;
 
 /// The loop: keys, engine events, signals, images, then at most one draw per [`FRAME`].
 pub fn run_loop<B: Backend>(
@@ -284,20 +426,36 @@ where
     B::Error: Send + Sync + 'static,
 {
     let mut last_draw: Option<Instant> = None;
+    let mut last_hangup_check = Instant::now();
     let mut engine_open = true;
-    // After SIGHUP the terminal is gone: no more reading or drawing.
+    // After a hang-up the terminal is gone: no more reading or drawing.
     let mut terminal_gone = false;
+    let mut input_failures = 0u32;
+    let mut keys_off = false;
+    let mut log = ProblemLog::default();
+    macro_rules! hang_up {
+        ($why:expr) => {{
+            terminal_gone = true;
+            app.problem(format!("the terminal hung up ({}): saving and exiting", $why));
+            if let Action::Exit(o) = app.update(Event::Signal(Signal::Hup)) {
+                log.write(app);
+                return Ok(o);
+            }
+        }};
+    }
     loop {
+        log.write(app);
         let now = Instant::now();
         let wait = last_draw.map(|t| (t + FRAME).saturating_duration_since(now)).unwrap_or(Duration::ZERO);
         let wait = wait.max(Duration::from_millis(1));
-        if terminal_gone {
-            // Nothing to draw: just wait for the engine's last events.
-            std::thread::sleep(Duration::from_millis(20));
+        if terminal_gone || keys_off {
+            // Nothing to read: just wait for the next frame or the engine's last events.
+            std::thread::sleep(if terminal_gone { Duration::from_millis(20) } else { wait });
         } else {
             // Wait for a key at most until the next frame, then take every key that is waiting.
             let mut next = input.poll(wait);
             while let Ok(Some(ev)) = next {
+                input_failures = 0;
                 let action = match ev {
                     TermEvent::Key(key) => app.update(Event::Key(key)),
                     TermEvent::Resize(..) => {
@@ -312,17 +470,35 @@ where
                 }
                 next = input.poll(Duration::ZERO);
             }
-            if let Err(e) = &next {
-                // stdin closed under us: behave as after SIGHUP.
-                terminal_gone = true;
-                if let Action::Exit(o) = app.update(Event::Signal("SIGHUP")) {
-                    return Ok(o);
+            if let Err(e) = next {
+                if terminal::is_hangup(e.as_ref()) || input.hung_up() {
+                    hang_up!(format!("reading keys: {e:#}"));
+                } else {
+                    input_failures += 1;
+                    if input_failures > MAX_INPUT_RESTARTS {
+                        keys_off = true;
+                        app.problem(format!("reading keys failed {MAX_INPUT_RESTARTS} times ({e:#}); keys are off, training goes on (stop it with SIGTERM)"));
+                    } else {
+                        app.problem(format!("reading keys failed: {e:#}; reading them again"));
+                        std::thread::sleep(Duration::from_millis(100 << input_failures.min(4)));
+                        input.restart();
+                    }
                 }
             }
         }
-        if let Some(name) = signals.take() {
-            terminal_gone |= name == "SIGHUP";
-            if let Action::Exit(o) = app.update(Event::Signal(name)) {
+        if !terminal_gone && last_hangup_check.elapsed() >= HANGUP_CHECK {
+            last_hangup_check = Instant::now();
+            if input.hung_up() {
+                hang_up!("the tty reports a hang-up");
+            }
+        }
+        if !terminal_gone {
+            on_attach(app, input);
+        }
+        if let Some(sig) = signals.take() {
+            terminal_gone |= sig == Signal::Hup;
+            if let Action::Exit(o) = app.update(Event::Signal(sig)) {
+                log.write(app);
                 return Ok(o);
             }
         }
@@ -333,6 +509,7 @@ where
                 Ok(ev) => {
                     n += 1;
                     if let Action::Exit(o) = app.update(Event::Train(ev)) {
+                        log.write(app);
                         return Ok(o);
                     }
                 }
@@ -340,6 +517,7 @@ where
                 Err(TryRecvError::Disconnected) => {
                     engine_open = false;
                     if let Action::Exit(o) = app.update(Event::EngineGone) {
+                        log.write(app);
                         return Ok(o);
                     }
                 }
@@ -354,6 +532,7 @@ where
             }
         }
         if let Action::Exit(o) = app.update(Event::Tick(Instant::now())) {
+            log.write(app);
             return Ok(o);
         }
         if terminal_gone {
@@ -361,16 +540,32 @@ where
         }
         let due = last_draw.is_none_or(|t| t.elapsed() >= FRAME);
         if due && (app.dirty || app.full_redraw) {
-            if draw(terminal, app).is_err() {
-                // The terminal went away (a hang-up that sent no signal to
-                // this process): save and leave as after SIGHUP.
-                terminal_gone = true;
-                if let Action::Exit(o) = app.update(Event::Signal("SIGHUP")) {
-                    return Ok(o);
+            if let Err(e) = draw(terminal, app) {
+                if terminal::is_hangup(&e) || input.hung_up() {
+                    hang_up!(format!("drawing: {e}"));
+                } else if app.draw_failed(&e.to_string()) == app::Fallback::Headless {
+                    log.write(app);
+                    return Ok(TuiOutcome::Headless);
                 }
             }
             last_draw = Some(Instant::now());
         }
+    }
+}
+
+/// A tmux client attached: repaint everything (tmux dropped the images),
+/// and ask the terminal now looked at which graphics reach it.
+fn on_attach(app: &mut App, input: &mut dyn Input) {
+    let Some(tmux::Attach::Attached) = input.attach() else { return };
+    app.full_redraw = true;
+    app.dirty = true;
+    if app.fallback != app::Fallback::Full {
+        return;
+    }
+    let Some(graphics) = input.redetect() else { return };
+    if graphics.as_ref() != app.previews.graphics() {
+        app.previews.set_graphics(graphics);
+        app.note_graphics();
     }
 }
 
@@ -379,6 +574,7 @@ fn draw<B: Backend>(terminal: &mut Terminal<B>, app: &mut App) -> std::result::R
     let size = terminal.size()?;
     app.sync_images(Rect::new(0, 0, size.width, size.height));
     if app.full_redraw {
+        // Without asking the terminal anything (see `terminal`).
         terminal.clear()?;
         app.full_redraw = false;
     }

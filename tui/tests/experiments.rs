@@ -300,3 +300,69 @@ fn ablation_writes_grid_and_metrics_for_four_variants() {
     let grid = image::open(out.join("ablation.png")).unwrap();
     assert!(grid.width() > 3 * 64 && grid.height() > 4 * 64, "{}x{}", grid.width(), grid.height());
 }
+
+/// The Slurm example as a scheduler stops it: SIGTERM to the batch script
+/// while a direction trains. lsd-tui checkpoints that direction and exits
+/// with 143, which the script passes on; running the script again (Slurm's
+/// requeue) finishes the shard from the checkpoint.
+#[test]
+fn the_slurm_script_passes_sigterm_on_and_a_rerun_finishes_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = dir.path().join("fig8");
+    // The example recipe, checkpointing every 2 steps so that the test can
+    // see training under way.
+    let recipe = dir.path().join("generalize.yaml");
+    let text = std::fs::read_to_string(format!("{RECIPES}/generalize-gray-hair.yaml")).unwrap();
+    std::fs::write(&recipe, text.replace("checkpoint_every: 50", "checkpoint_every: 2")).unwrap();
+    let script = || {
+        let mut c = Command::new("bash");
+        c.arg(format!("{root}/examples/recipes/experiments/generalize-slurm.sh"))
+            .args(["--models", "demo", "--steps", "20"])
+            .current_dir(root)
+            .env("LSD_TUI", env!("CARGO_BIN_EXE_lsd-tui"))
+            .env("LSD_PLUGIN_PATH", plugin_dir())
+            .env("LSD_WEIGHTS_DIR", dir.path())
+            .env("SHARDS", "1")
+            .env("RECIPE", &recipe)
+            .env("TRAIN_SEEDS", "1..2")
+            .env("TEST_SEEDS", "100..102")
+            .env("OUT", &out)
+            .env("DEVICE", "cpu")
+            .env_remove("SLURM_JOB_ID")
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let seed_dir = out.join("shard-0/directions");
+    let child = script().spawn().expect("bash runs");
+    // Once the direction has a checkpoint, stop it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let checkpointed = || {
+        std::fs::read_dir(&seed_dir).is_ok_and(|d| d.flatten().any(|e| e.path().join("checkpoint.safetensors").is_file()))
+    };
+    while !checkpointed() {
+        assert!(std::time::Instant::now() < deadline, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the script's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().expect("reaped");
+    let text = format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(143), "{text}");
+    assert!(text.contains("SIGTERM: stopping") && text.contains("continue with:"), "{text}");
+    let folder = std::fs::read_dir(&seed_dir).unwrap().next().unwrap().unwrap().path();
+    assert!(folder.join("checkpoint.safetensors").is_file(), "no checkpoint in {}: {text}", folder.display());
+    assert!(!out.join("shard-0/generalize.csv").exists(), "the stopped shard wrote its summary");
+
+    // The requeued task: the same script, to the end.
+    let o = script().output().expect("bash runs");
+    let text = format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    let (_, rows) = read_csv(&out.join("shard-0/generalize.csv"));
+    assert!(!rows.is_empty(), "{text}");
+    let losses = std::fs::read_to_string(folder.join("losses.csv")).unwrap();
+    assert_eq!(losses.lines().count() - 1, 20, "the resumed direction did not train all its steps");
+}

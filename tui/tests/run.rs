@@ -157,11 +157,43 @@ fn same_recipe_twice_is_identical_and_a_killed_run_resumes_to_the_same_direction
     go(&[], &out("b"));
     assert_eq!(direction(&out("a")), direction(&out("b")), "same recipe, different direction");
 
-    // Stop after step 2, then resume.
-    let o = go(&["--stop-after", "2"], &out("stopped"));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("--resume"), "{}", text(&o));
+    // Stop after step 2 (stopped by the user: status 3), then resume.
+    let o = run(&["run", r, "--headless", "--output", out("stopped").to_str().expect("utf-8"), "--stop-after", "2"], tmp.path());
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("continue with:") && String::from_utf8_lossy(&o.stdout).contains("--resume"), "{}", text(&o));
     go(&["--resume"], &out("stopped"));
     assert_eq!(direction(&out("a")), direction(&out("stopped")));
+
+    // SIGTERM, as a scheduler stops a job: checkpoint and outputs written,
+    // status 143, and the resumed run ends with the straight run's direction.
+    let termed = out("termed");
+    let child = lsd(&["run", r, "--headless", "--output", termed.to_str().expect("utf-8")], tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !termed.join("checkpoint.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().expect("reaped");
+    if o.status.code() == Some(0) {
+        eprintln!("note: the run finished before SIGTERM arrived");
+    } else {
+        assert_eq!(o.status.code(), Some(143), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("SIGTERM: stopped at step") && err.contains("--resume"), "{}", text(&o));
+        for f in ["direction.safetensors", "losses.csv", "metrics.json", "checkpoint.safetensors"] {
+            assert!(termed.join(f).is_file(), "no {f} after SIGTERM");
+        }
+        assert!(column(&termed, "total").len() < 6, "SIGTERM did not stop the run early");
+    }
+    go(&["--resume"], &termed);
+    assert_eq!(direction(&out("a")), direction(&termed), "SIGTERM then --resume: another direction");
+    assert_eq!(column(&out("a"), "total"), column(&termed, "total"));
 
     // Really kill the process once a checkpoint is on disk, then resume.
     let killed = out("killed");
@@ -184,4 +216,30 @@ fn same_recipe_twice_is_identical_and_a_killed_run_resumes_to_the_same_direction
     if finished_before_kill {
         eprintln!("note: the run finished before it was killed");
     }
+}
+
+#[test]
+fn errors_for_people_have_no_colour_and_no_source_locations() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("missing.safetensors");
+    let apply = |env: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(["apply", missing.to_str().expect("utf-8")]).env_remove("NO_COLOR").env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null()).output().expect("the binary runs")
+    };
+    // stderr is a pipe here: no colour, one line, no footer.
+    let o = apply(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(err.starts_with("error: ") && err.contains("missing.safetensors"), "{err}");
+    assert!(!err.contains('\x1b'), "colour in a pipe: {err:?}");
+    assert!(!err.contains("Location") && !err.contains("BACKTRACE") && !err.contains(".rs:"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // A bug report wants the details.
+    let o = apply(&[("RUST_BACKTRACE", "1")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Location") && !err.contains('\x1b'), "{err}");
 }

@@ -106,6 +106,8 @@ pub struct Config {
     pub alphas: Vec<f64>,
     /// Override of the recipe's step count.
     pub steps: Option<usize>,
+    /// Asks the run to stop (see [`super::Stop`]).
+    pub stop: super::Stop,
     /// Grid cell side in pixels (images are shrunk to fit).
     pub cell: u32,
 }
@@ -241,10 +243,13 @@ pub fn run(
     let total = variants.len();
     let (mut metrics, mut images, mut folders) = (Vec::new(), Vec::new(), Vec::new());
     for (i, v) in variants.iter().enumerate() {
+        if cfg.stop.requested() {
+            return Err(Error::Config(format!("stopped before '{}'; run the same command again to continue", v.label)));
+        }
         let folder = out.join(&v.slug);
         let r = local_variant(&variant_recipe(recipe, v), seed, &folder, cfg.steps);
         let label = v.label.clone();
-        train_or_reuse(r, weights, device, &mut |s| {
+        train_or_reuse(r, weights, device, &cfg.stop, &mut |s| {
             progress(Progress {
                 done: i,
                 total,

@@ -49,6 +49,8 @@ pub struct Config {
     pub alphas: Vec<f64>,
     /// Override of the recipe's step count.
     pub steps: Option<usize>,
+    /// Asks the run to stop (see [`super::Stop`]).
+    pub stop: super::Stop,
     /// Images per generator call when measuring.
     pub batch: usize,
     /// `(I, N)` when this is shard `I` of `N`.
@@ -241,9 +243,12 @@ pub fn run(
     );
     let total = cfg.train_seeds.len();
     for (i, &seed) in cfg.train_seeds.iter().enumerate() {
+        if cfg.stop.requested() {
+            return Err(Error::Config(format!("stopped before seed {seed}; run the same command again to continue")));
+        }
         let folder = direction_folder(out, seed);
         let variant = local_variant(&base, seed, &folder, None);
-        let trained = train_or_reuse(variant, weights, device, &mut |s| {
+        let trained = train_or_reuse(variant, weights, device, &cfg.stop, &mut |s| {
             progress(Progress {
                 done: i,
                 total,

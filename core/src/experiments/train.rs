@@ -15,7 +15,8 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::table::write_atomic;
-use crate::engine::events::TrainEvent;
+use super::Stop;
+use crate::engine::events::{Control, TrainEvent};
 use crate::engine::{self, Setup, Weights, DIRECTION_FILE};
 use crate::models::stylegan2::Noise;
 use crate::outputs::read_direction;
@@ -62,10 +63,13 @@ pub fn is_done(recipe: &Recipe, folder: &Path) -> bool {
 /// Trains `recipe` into `recipe.output` with its terms loaded as plugins,
 /// or reuses the folder when it already holds the finished direction.
 /// Runs on the calling thread's behalf (the engine's own thread, joined).
+/// Once `stop` is requested the engine writes its checkpoint and outputs
+/// and this returns an error that says how to resume.
 pub fn train_or_reuse(
     recipe: Recipe,
     weights: &Weights,
     device: &Device,
+    stop: &Stop,
     progress: &mut dyn FnMut(StepProgress),
 ) -> Result<Trained> {
     let folder = recipe.output.clone();
@@ -86,14 +90,22 @@ pub fn train_or_reuse(
         metrics: false,
     };
     let (event_tx, events) = mpsc::channel();
-    let (_control, control_rx) = mpsc::channel();
+    let (control, control_rx) = mpsc::channel();
     let worker = std::thread::Builder::new()
         .name("lsd-experiment-engine".into())
         .spawn(move || engine::run(recipe, setup, &event_tx, &control_rx))
         .map_err(|e| Error::io("starting the engine thread for", &folder, e))?;
-    for event in events {
-        if let TrainEvent::Step(s) = event {
-            progress(StepProgress { step: s.step, steps, total: s.total });
+    let mut stop_sent = false;
+    loop {
+        let event = events.recv_timeout(std::time::Duration::from_millis(100));
+        if stop.requested() && !stop_sent {
+            stop_sent = true;
+            let _ = control.send(Control::Stop);
+        }
+        match event {
+            Ok(TrainEvent::Step(s)) => progress(StepProgress { step: s.step, steps, total: s.total }),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     let summary = worker.join().map_err(|_| {

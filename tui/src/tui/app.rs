@@ -7,18 +7,19 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use lsd_core::engine::events::{Control, Level, Preview, RunInfo, StepStats, TrainEvent};
 use ratatui::layout::{Rect, Size};
-use ratatui_image::picker::Picker;
 use ratatui_image::protocol::Protocol;
 use ratatui_image::FontSize;
 
 use super::history::LossHistory;
-use super::images::{EncodeJob, Encoder, TileGrid};
+use super::images::{EncodeJob, Encoder, Graphics, TileGrid, DEFAULT_FONT};
 use super::TuiOutcome;
+use crate::exit::Signal;
 
 /// Messages kept for the log pane.
 pub const MAX_MESSAGES: usize = 500;
@@ -36,8 +37,9 @@ pub enum Event {
     Train(TrainEvent),
     /// The engine's channel closed.
     EngineGone,
-    /// SIGTERM, SIGHUP or SIGINT arrived.
-    Signal(&'static str),
+    /// SIGTERM, SIGHUP or SIGINT arrived (SIGHUP also for a hang-up
+    /// noticed without the signal).
+    Signal(Signal),
     /// GPU memory in use and in total, MiB.
     GpuMemory(u64, u64),
     /// Time passed.
@@ -94,7 +96,7 @@ pub enum Stopping {
     /// The user chose "save and quit".
     Quit,
     /// A signal arrived.
-    Signal(&'static str),
+    Signal(Signal),
 }
 
 /// A message in the log pane.
@@ -118,8 +120,10 @@ pub struct Previews {
     pub factor: usize,
     /// α values asked for and not yet shown.
     pub requested: Option<Vec<f32>>,
-    picker: Option<Picker>,
+    graphics: Option<Arc<Graphics>>,
     encoder: Option<Encoder>,
+    /// Show only this many seeds (after a drawing error, see [`Fallback`]).
+    pub max_rows: Option<usize>,
     /// Encoded tiles, row-major, of `generation` at `size`.
     pub tiles: Vec<Option<Protocol>>,
     /// Tiles of the current generation still being encoded.
@@ -131,15 +135,16 @@ pub struct Previews {
 }
 
 impl Previews {
-    fn new(picker: Option<Picker>) -> Self {
-        let encoder = picker.clone().map(Encoder::new);
+    fn new(graphics: Option<Graphics>) -> Self {
+        let encoder = graphics.is_some().then(Encoder::new);
         Self {
             current: None,
             base_alphas: None,
             factor: ALPHA_BASE,
             requested: None,
-            picker,
+            graphics: graphics.map(Arc::new),
             encoder,
+            max_rows: None,
             tiles: Vec::new(),
             pending: 0,
             generation: 0,
@@ -148,19 +153,32 @@ impl Previews {
         }
     }
 
-    /// The picker (`None` with `--graphics none`).
-    pub fn picker(&self) -> Option<&Picker> {
-        self.picker.as_ref()
+    /// How the previews are drawn (`None`: no images).
+    pub fn graphics(&self) -> Option<&Graphics> {
+        self.graphics.as_deref()
+    }
+
+    /// Draws with `graphics` from now on: every tile is encoded again.
+    pub fn set_graphics(&mut self, graphics: Option<Graphics>) {
+        if self.encoder.is_none() && graphics.is_some() {
+            self.encoder = Some(Encoder::new());
+        }
+        self.graphics = graphics.map(Arc::new);
+        self.tiles.clear();
+        self.size = None;
+        self.pending = 0;
+        self.error = None;
     }
 
     /// The font size tiles are laid out with.
     pub fn font_size(&self) -> FontSize {
-        self.picker.as_ref().map(Picker::font_size).unwrap_or(FontSize::new(10, 20))
+        self.graphics.as_ref().map(|g| g.font).unwrap_or(DEFAULT_FONT)
     }
 
     /// Rows (seeds) and columns (original + one per α) of the current preview.
     pub fn shape(&self) -> (usize, usize) {
-        self.current.as_ref().map(|p| (p.rows.len(), 1 + p.alphas.len())).unwrap_or((0, 0))
+        let rows = |n: usize| self.max_rows.map_or(n, |m| n.min(m));
+        self.current.as_ref().map(|p| (rows(p.rows.len()), 1 + p.alphas.len())).unwrap_or((0, 0))
     }
 
     /// Width over height of the preview images.
@@ -180,19 +198,20 @@ impl Previews {
 
     /// Re-encodes every tile at `size` (a new preview, or a new layout).
     fn submit(&mut self, size: Size) {
-        let (Some(encoder), Some(preview)) = (&self.encoder, &self.current) else { return };
+        let (rows, cols) = self.shape();
+        let (Some(encoder), Some(graphics), Some(preview)) = (&self.encoder, &self.graphics, &self.current) else { return };
         self.generation += 1;
         self.size = Some(size);
-        let cols = 1 + preview.alphas.len();
         // Keep showing the old tiles until the new ones arrive only when
         // they have the same shape; a resize makes them the wrong size.
-        if self.tiles.len() != preview.rows.len() * cols {
-            self.tiles = (0..preview.rows.len() * cols).map(|_| None).collect();
+        if self.tiles.len() != rows * cols {
+            self.tiles = (0..rows * cols).map(|_| None).collect();
         }
         self.pending = 0;
-        for (r, row) in preview.rows.iter().enumerate() {
+        for (r, row) in preview.rows.iter().take(rows).enumerate() {
             for (c, image) in std::iter::once(&row.original).chain(&row.edits).take(cols).enumerate() {
-                encoder.submit(EncodeJob { generation: self.generation, index: r * cols + c, image: image.clone(), size });
+                let graphics = Arc::clone(graphics);
+                encoder.submit(EncodeJob { graphics, generation: self.generation, index: r * cols + c, image: image.clone(), size });
                 self.pending += 1;
             }
         }
@@ -263,13 +282,44 @@ pub struct App {
     pub dirty: bool,
     /// The next draw must repaint every cell (graphics moved or were covered).
     pub full_redraw: bool,
+    /// How far drawing has fallen back after errors.
+    pub fallback: Fallback,
+    /// Terminal problems not yet written to the run's `tui.log`.
+    pub problems: Vec<String>,
     control: Sender<Control>,
+}
+
+/// How much the TUI draws after drawing errors that were not a hang-up:
+/// each error steps down once, and training goes on at every step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fallback {
+    /// Everything.
+    Full,
+    /// Fewer images: the first seed's tiles only, in half blocks (text
+    /// cells, no image escape sequences).
+    Fewer,
+    /// No images.
+    NoImages,
+    /// No TUI: the terminal is given back and the run goes on with the
+    /// headless log lines.
+    Headless,
+}
+
+impl Fallback {
+    /// The next step down.
+    pub fn next(self) -> Self {
+        match self {
+            Fallback::Full => Fallback::Fewer,
+            Fallback::Fewer => Fallback::NoImages,
+            Fallback::NoImages | Fallback::Headless => Fallback::Headless,
+        }
+    }
 }
 
 impl App {
     /// A new app that sends commands on `control` and draws previews with
-    /// `picker` (`None`: no graphics).
-    pub fn new(control: Sender<Control>, picker: Option<Picker>, stop_timeout: Duration) -> Self {
+    /// `graphics` (`None`: no images).
+    pub fn new(control: Sender<Control>, graphics: Option<Graphics>, stop_timeout: Duration) -> Self {
         Self {
             info: None,
             state: RunState::Starting,
@@ -278,7 +328,9 @@ impl App {
             log_scale: false,
             whole_run: false,
             messages: VecDeque::new(),
-            previews: Previews::new(picker),
+            previews: Previews::new(graphics),
+            fallback: Fallback::Full,
+            problems: Vec::new(),
             overlay: Overlay::None,
             pause_requested: None,
             saved_step: None,
@@ -320,6 +372,20 @@ impl App {
         }
     }
 
+    /// The engine's control channel (for the headless hand-over).
+    pub fn control(&self) -> Sender<Control> {
+        self.control.clone()
+    }
+
+    /// Logs which graphics draw the previews, and why.
+    pub fn note_graphics(&mut self) {
+        let text = match self.previews.graphics() {
+            Some(g) => format!("graphics: {} ({})", g.name(), g.why),
+            None => "graphics: none (--graphics none)".to_string(),
+        };
+        self.log(Level::Info, text);
+    }
+
     fn send(&self, c: Control) {
         // A closed channel means the engine has ended; its last event says how.
         let _ = self.control.send(c);
@@ -332,6 +398,38 @@ impl App {
         let step = self.step();
         self.messages.push_back(Message { level, step, text: text.into() });
         self.dirty = true;
+    }
+
+    /// Records a terminal problem: shown in the log pane and written to the
+    /// run's `tui.log`.
+    pub fn problem(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.log(Level::Error, text.clone());
+        self.problems.push(text);
+    }
+
+    /// Drawing failed with `error` (not a hang-up): shows and logs it, and
+    /// draws less from now on. Returns the new [`Fallback`].
+    pub fn draw_failed(&mut self, error: &str) -> Fallback {
+        self.fallback = self.fallback.next();
+        let what = match self.fallback {
+            Fallback::Full => unreachable!("next() always steps down"),
+            Fallback::Fewer => {
+                self.previews.max_rows = Some(1);
+                let why = format!("half blocks after a drawing error: {error}");
+                self.previews.set_graphics(self.previews.graphics().is_some().then(|| Graphics::halfblocks(why)));
+                "fewer images (first seed, half blocks)"
+            }
+            Fallback::NoImages => {
+                self.previews.set_graphics(None);
+                "no images"
+            }
+            Fallback::Headless => "no TUI: headless log lines",
+        };
+        self.problem(format!("drawing failed: {error}; training goes on with {what}"));
+        self.full_redraw = true;
+        self.dirty = true;
+        self.fallback
     }
 
     /// A key press.
@@ -450,7 +548,7 @@ impl App {
         if !self.state.active() {
             return match why {
                 Stopping::Quit => Action::Exit(self.ended_outcome()),
-                Stopping::Signal(signal) => Action::Exit(TuiOutcome::Signalled { signal, saved: true, summary: None }),
+                Stopping::Signal(signal) => Action::Exit(TuiOutcome::Signalled { signal, saved: true }),
             };
         }
         self.send(Control::Stop);
@@ -462,7 +560,7 @@ impl App {
     fn ended_outcome(&self) -> TuiOutcome {
         match (&self.state, &self.finished) {
             (RunState::Failed(e), _) => TuiOutcome::Failed { error: e.clone() },
-            (_, Some((output, _))) => TuiOutcome::Finished { output: output.clone(), summary: None },
+            (_, Some((output, _))) => TuiOutcome::Finished { output: output.clone() },
             _ => TuiOutcome::Quit { saved: self.unsaved_steps() == 0 },
         }
     }
@@ -476,7 +574,7 @@ impl App {
         Some(Action::Exit(match why {
             Stopping::Quit => self.ended_outcome(),
             Stopping::Signal(signal) => {
-                TuiOutcome::Signalled { signal, saved: self.finished.is_some() || self.unsaved_steps() == 0, summary: None }
+                TuiOutcome::Signalled { signal: *signal, saved: self.finished.is_some() || self.unsaved_steps() == 0 }
             }
         }))
     }
@@ -557,10 +655,10 @@ impl App {
         self.stopped_outcome().unwrap_or(Action::Continue)
     }
 
-    fn on_signal(&mut self, name: &'static str) -> Action {
+    fn on_signal(&mut self, name: Signal) -> Action {
         if let Some((Stopping::Signal(_), _)) = self.stopping {
             // A second signal: leave now.
-            return Action::Exit(TuiOutcome::Signalled { signal: name, saved: self.unsaved_steps() == 0, summary: None });
+            return Action::Exit(TuiOutcome::Signalled { signal: name, saved: self.unsaved_steps() == 0 });
         }
         self.log(Level::Warn, format!("{name}: saving and exiting"));
         self.stopping = None;
@@ -574,7 +672,7 @@ impl App {
                 let saved = self.unsaved_steps() == 0;
                 return Action::Exit(match why {
                     Stopping::Quit => TuiOutcome::Quit { saved },
-                    Stopping::Signal(signal) => TuiOutcome::Signalled { signal, saved, summary: None },
+                    Stopping::Signal(signal) => TuiOutcome::Signalled { signal: *signal, saved },
                 });
             }
         }

@@ -20,10 +20,12 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::Color;
 use ratatui::Terminal;
-use ratatui_image::picker::{Picker, ProtocolType};
+use ratatui_image::picker::ProtocolType;
 
 use super::app::{Action, App, Event, Overlay, RunState};
-use super::{run_loop, GpuMemory, Input, Signals, TuiOutcome};
+use super::images::{Graphics, DEFAULT_FONT};
+use super::{run_loop, GpuMemory, Input, TuiOutcome};
+use crate::exit::{Signal, Signals};
 
 // ---------- fixtures ----------
 
@@ -78,14 +80,12 @@ fn preview(step: usize, alphas: &[f32], seeds: &[u64]) -> Preview {
     Preview { step, alphas: alphas.to_vec(), rows }
 }
 
-fn halfblocks() -> Option<Picker> {
-    Some(Picker::halfblocks())
+fn halfblocks() -> Option<Graphics> {
+    Some(Graphics::halfblocks("a test"))
 }
 
-fn sixel_picker() -> Option<Picker> {
-    let mut p = Picker::halfblocks(); // font size 10×20, no terminal query
-    p.set_protocol_type(ProtocolType::Sixel);
-    Some(p)
+fn sixel_picker() -> Option<Graphics> {
+    Some(Graphics { protocol: ProtocolType::Sixel, font: DEFAULT_FONT, passthrough: false, palette256: false, why: "a test".into() })
 }
 
 fn key(c: char) -> KeyEvent {
@@ -97,7 +97,7 @@ fn code(k: KeyCode) -> KeyEvent {
 }
 
 /// An app 120 steps into a demo run with messages and a preview.
-fn busy_app(picker: Option<Picker>, seeds: &[u64]) -> (App, Receiver<Control>) {
+fn busy_app(picker: Option<Graphics>, seeds: &[u64]) -> (App, Receiver<Control>) {
     let (tx, rx) = channel();
     let mut app = App::new(tx, picker, Duration::from_secs(5));
     app.update(Event::Train(TrainEvent::Started(info(true))));
@@ -567,8 +567,8 @@ fn a_signal_stops_and_saves_the_run() {
     });
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("backend");
     let mut input = Script(vec![]);
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::manual("SIGHUP", flag), &mut GpuMemory::new()).expect("loop");
-    assert!(matches!(outcome, TuiOutcome::Signalled { signal: "SIGHUP", saved: true, .. }), "{outcome:?}");
+    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::manual(Signal::Hup, flag), &mut GpuMemory::new()).expect("loop");
+    assert!(matches!(outcome, TuiOutcome::Signalled { signal: Signal::Hup, saved: true, .. }), "{outcome:?}");
     assert_eq!(engine.join().expect("engine thread"), [Control::Stop]);
 }
 
@@ -583,9 +583,179 @@ fn a_silent_engine_is_not_waited_on_forever() {
     let flag = Arc::new(AtomicBool::new(true));
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("backend");
     let t0 = std::time::Instant::now();
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::manual("SIGTERM", flag), &mut GpuMemory::new()).expect("loop");
-    assert!(matches!(outcome, TuiOutcome::Signalled { signal: "SIGTERM", .. }), "{outcome:?}");
+    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::manual(Signal::Term, flag), &mut GpuMemory::new()).expect("loop");
+    assert!(matches!(outcome, TuiOutcome::Signalled { signal: Signal::Term, .. }), "{outcome:?}");
     assert!(t0.elapsed() < Duration::from_secs(3));
     engine.join().expect("engine thread");
     drop(keep);
+}
+
+// ---------- remote terminals: tmux passthrough, drawing errors, hang-ups (issue 14) ----------
+
+/// The regression of issue 14's second report: ratatui-image's tmux sixel
+/// envelope left the sixel's final escape undoubled, so tmux ended its
+/// envelope early and every tile stayed blank in xterm. In ours every
+/// escape inside is doubled, and unwrapping gives back the plain sixel.
+#[test]
+fn issue_14_sixel_through_tmux_passthrough_is_one_whole_envelope() {
+    let mut g = sixel_picker().expect("graphics");
+    let image = DynamicImage::ImageRgb8(picture(3));
+    let plain = match g.encode(image.clone(), ratatui::layout::Size::new(12, 6)).expect("encodes") {
+        ratatui_image::protocol::Protocol::Sixel(s) => s.data,
+        _ => panic!("not sixel"),
+    };
+    g.passthrough = true;
+    let wrapped = match g.encode(image, ratatui::layout::Size::new(12, 6)).expect("encodes") {
+        ratatui_image::protocol::Protocol::Sixel(s) => s.data,
+        _ => panic!("not sixel"),
+    };
+    let inner = wrapped.strip_prefix("\x1bPtmux;").and_then(|w| w.strip_suffix("\x1b\\")).expect("one envelope");
+    // No lone escape inside: tmux would end the envelope there.
+    assert!(!inner.replace("\x1b\x1b", "").contains('\x1b'), "an undoubled escape inside the envelope");
+    assert_eq!(inner.replace("\x1b\x1b", "\x1b"), plain);
+    assert!(plain.ends_with("\x1b\\"), "the sixel keeps its terminator");
+}
+
+/// A backend whose draws fail with `error()` the first `fails` times.
+struct Failing {
+    inner: TestBackend,
+    fails: usize,
+    error: fn() -> std::io::Error,
+}
+
+impl ratatui::backend::Backend for Failing {
+    type Error = std::io::Error;
+    fn draw<'a, I: Iterator<Item = (u16, u16, &'a ratatui::buffer::Cell)>>(&mut self, content: I) -> std::io::Result<()> {
+        if self.fails > 0 {
+            self.fails -= 1;
+            return Err((self.error)());
+        }
+        let Ok(()) = self.inner.draw(content);
+        Ok(())
+    }
+    fn hide_cursor(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn show_cursor(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn get_cursor_position(&mut self) -> std::io::Result<ratatui::layout::Position> {
+        Ok(ratatui::layout::Position::ORIGIN)
+    }
+    fn set_cursor_position<P: Into<ratatui::layout::Position>>(&mut self, _: P) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn clear(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn clear_region(&mut self, _: ratatui::backend::ClearType) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn size(&self) -> std::io::Result<ratatui::layout::Size> {
+        let Ok(s) = self.inner.size();
+        Ok(s)
+    }
+    fn window_size(&mut self) -> std::io::Result<ratatui::backend::WindowSize> {
+        let Ok(s) = self.inner.window_size();
+        Ok(s)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn failing(fails: usize, error: fn() -> std::io::Error) -> Terminal<Failing> {
+    Terminal::new(Failing { inner: TestBackend::new(80, 24), fails, error }).expect("backend")
+}
+
+#[test]
+fn drawing_errors_draw_less_and_training_goes_on() {
+    let (ev_tx, ev_rx) = channel();
+    let (c_tx, c_rx) = channel();
+    let engine = fake_engine(ev_tx, c_rx, true);
+    let mut app = App::new(c_tx, sixel_picker(), Duration::from_secs(5));
+    let ms = Duration::from_millis;
+    let mut input = Script(vec![(ms(800), TermEvent::Key(key('q'))), (ms(50), TermEvent::Key(key('y')))]);
+    let mut terminal = failing(2, || std::io::Error::other("sixel too large for the terminal"));
+    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    assert!(matches!(outcome, TuiOutcome::Finished { .. }), "{outcome:?}");
+    engine.join().expect("engine thread");
+    assert_eq!(app.fallback, super::app::Fallback::NoImages);
+    assert!(app.previews.graphics().is_none());
+    assert!(app.step() > 10, "training stopped: step {}", app.step());
+    let log: Vec<&str> = app.messages.iter().map(|m| m.text.as_str()).collect();
+    assert!(log.iter().any(|m| m.contains("drawing failed: sixel too large") && m.contains("fewer images")), "{log:?}");
+    assert!(log.iter().any(|m| m.contains("no images")), "{log:?}");
+    let t = text(terminal.backend().inner.buffer());
+    assert!(t.contains("images off after drawing errors"), "{t}");
+}
+
+#[test]
+fn a_terminal_that_keeps_failing_hands_the_run_to_the_headless_view() {
+    let (ev_tx, ev_rx) = channel();
+    let (c_tx, c_rx) = channel();
+    let _engine = fake_engine(ev_tx, c_rx, true);
+    let mut app = App::new(c_tx, halfblocks(), Duration::from_secs(5));
+    let mut terminal = failing(usize::MAX, || std::io::Error::from(std::io::ErrorKind::WouldBlock));
+    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    assert!(matches!(outcome, TuiOutcome::Headless), "{outcome:?}");
+    assert_eq!(app.fallback, super::app::Fallback::Headless);
+    assert_eq!(app.problems.len(), 3, "{:?}", app.problems);
+    drop(app); // closes the control channel: the fake engine ends
+}
+
+#[test]
+fn a_hang_up_while_drawing_saves_and_ends_as_sighup() {
+    let (ev_tx, ev_rx) = channel();
+    let (c_tx, c_rx) = channel();
+    let engine = fake_engine(ev_tx, c_rx, true);
+    let mut app = App::new(c_tx, halfblocks(), Duration::from_secs(5));
+    let mut terminal = failing(usize::MAX, || std::io::Error::from_raw_os_error(libc::EIO));
+    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    assert!(matches!(outcome, TuiOutcome::Signalled { signal: Signal::Hup, saved: true }), "{outcome:?}");
+    assert_eq!(engine.join().expect("engine thread"), [Control::Stop]);
+    assert_eq!(app.fallback, super::app::Fallback::Full, "a hang-up is not a drawing error");
+}
+
+/// Keys that fail once with a non-hang-up error, then work.
+struct FlakyKeys {
+    failed: bool,
+    restarts: usize,
+    inner: Script,
+}
+
+impl Input for FlakyKeys {
+    fn poll(&mut self, timeout: Duration) -> color_eyre::Result<Option<TermEvent>> {
+        if !self.failed {
+            self.failed = true;
+            return Err(color_eyre::eyre::eyre!("the key reader hit a bad byte"));
+        }
+        self.inner.poll(timeout)
+    }
+    fn restart(&mut self) {
+        self.restarts += 1;
+    }
+}
+
+#[test]
+fn a_key_reader_error_is_shown_and_the_reader_restarted() {
+    let (ev_tx, ev_rx) = channel();
+    let (c_tx, c_rx) = channel();
+    let engine = fake_engine(ev_tx, c_rx, true);
+    let mut app = App::new(c_tx, halfblocks(), Duration::from_secs(5));
+    let ms = Duration::from_millis;
+    let mut input = FlakyKeys { failed: false, restarts: 0, inner: Script(vec![(ms(300), TermEvent::Key(key('q'))), (ms(50), TermEvent::Key(key('y')))]) };
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("backend");
+    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    assert!(matches!(outcome, TuiOutcome::Finished { .. }), "{outcome:?}");
+    engine.join().expect("engine thread");
+    assert_eq!(input.restarts, 1);
+    assert!(app.messages.iter().any(|m| m.text.contains("reading keys failed: the key reader hit a bad byte")));
+}
+
+#[test]
+fn tui_log_times_are_utc_dates() {
+    assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+    assert_eq!(super::utc(951_782_400 + 3661), "2000-02-29 01:01:01");
+    assert_eq!(super::utc(1_735_689_599), "2024-12-31 23:59:59");
 }

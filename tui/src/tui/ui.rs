@@ -13,9 +13,8 @@ use ratatui::widgets::{Axis, Block, Borders, Chart, Clear, Dataset, GraphType, P
 use ratatui::Frame;
 use ratatui_image::Image;
 
-use super::app::{fmt_duration, App, Overlay, RunState, ALPHA_FACTORS};
+use super::app::{fmt_duration, App, Fallback, Overlay, RunState, ALPHA_FACTORS};
 use super::history::{Point, WINDOW};
-use super::images::protocol_name;
 
 /// The smallest screen the app draws on.
 pub const MIN_SIZE: (u16, u16) = (60, 16);
@@ -58,6 +57,23 @@ pub fn layout(area: Rect, _app: &App) -> Areas {
     let split = if small { [Constraint::Percentage(50), Constraint::Percentage(50)] } else { [Constraint::Percentage(42), Constraint::Percentage(58)] };
     let [chart, preview] = Layout::horizontal(split).areas(body);
     Areas { header, chart, preview: Some(preview), messages, footer }
+}
+
+/// Maps the 24-bit colours in `area` to the 256-colour palette.
+fn to_palette256(frame: &mut Frame, area: Rect) {
+    let map = |c: Color| match c {
+        Color::Rgb(r, g, b) => Color::Indexed(super::images::palette256([r, g, b])),
+        other => other,
+    };
+    let buf = frame.buffer_mut();
+    for y in area.top()..area.bottom() {
+        for x in area.left()..area.right() {
+            if let Some(cell) = buf.cell_mut((x, y)) {
+                let (fg, bg) = (map(cell.fg), map(cell.bg));
+                cell.set_fg(fg).set_bg(bg);
+            }
+        }
+    }
 }
 
 /// The area inside a pane's border.
@@ -149,6 +165,13 @@ impl App {
                     second.push(sep());
                     second.push(Span::raw(format!("took {}", fmt_duration(*elapsed))));
                 }
+                // The protocol, when there is room; the reason is on the third line and in the log.
+                let used: usize = second.iter().map(|s| s.width()).sum();
+                let name = format!("img {}", self.graphics_name());
+                if used + 3 + name.len() <= area.width as usize {
+                    second.push(sep());
+                    second.push(Span::raw(name).dark_gray());
+                }
             }
             None => first.push(Span::raw(" waiting for the engine…").dark_gray()),
         }
@@ -173,10 +196,16 @@ impl App {
                 third.push(Span::raw(format!("saved at step {step}")).dark_gray());
             }
             third.push(sep());
-            third.push(Span::raw(format!("graphics {}", protocol_name(self.previews.picker()))).dark_gray());
+            let why = self.previews.graphics().map(|g| format!(": {}", g.why)).unwrap_or_default();
+            third.push(Span::raw(format!("graphics {}{why}", self.graphics_name())).dark_gray());
             lines.push(Line::from(third));
         }
         frame.render_widget(Paragraph::new(lines), area);
+    }
+
+    /// The graphics protocol's short name (`none` without images).
+    fn graphics_name(&self) -> String {
+        self.previews.graphics().map_or_else(|| "none".to_string(), |g| g.name())
     }
 
     fn series_names(&self) -> Vec<String> {
@@ -286,9 +315,10 @@ impl App {
             frame.render_widget(Paragraph::new("waiting for the first preview…").dark_gray(), inner);
             return;
         };
-        if p.picker().is_none() {
+        if p.graphics().is_none() {
             let out = self.info.as_ref().map(|i| i.output.display().to_string()).unwrap_or_default();
-            let mut lines = vec![Line::from("graphics off (--graphics none)").dark_gray()];
+            let why = if self.fallback == Fallback::Full { "graphics off (--graphics none)" } else { "images off after drawing errors" };
+            let mut lines = vec![Line::from(why).dark_gray()];
             lines.push(Line::from(format!("α: {}", fmt_alphas(&current.alphas))));
             lines.push(Line::from(format!("seeds: {}", current.rows.iter().map(|r| r.seed.to_string()).collect::<Vec<_>>().join(", "))));
             lines.push(Line::from(format!("strips are written to {out}/strip-<seed>.png")).dark_gray());
@@ -309,7 +339,7 @@ impl App {
                 frame.render_widget(Paragraph::new(t).alignment(Alignment::Center).bold(), rect);
             }
         }
-        for (r, row) in current.rows.iter().enumerate() {
+        for (r, row) in current.rows.iter().take(grid.rows).enumerate() {
             if grid.gutter > 0 {
                 let g = grid.gutter_rect(r);
                 let mid = Rect::new(g.x, g.y + g.height / 2, g.width, 1);
@@ -318,7 +348,12 @@ impl App {
             for c in 0..grid.cols {
                 let rect = grid.tile_rect(r, c);
                 match p.tile(r, c) {
-                    Some(proto) => frame.render_widget(Image::new(proto), rect),
+                    Some(proto) => {
+                        frame.render_widget(Image::new(proto), rect);
+                        if p.graphics().is_some_and(|g| g.palette256) {
+                            to_palette256(frame, rect);
+                        }
+                    }
                     None => {
                         let mid = Rect::new(rect.x, rect.y + rect.height / 2, rect.width, 1);
                         frame.render_widget(Paragraph::new("…").alignment(Alignment::Center).dark_gray(), mid);
