@@ -18,7 +18,6 @@ pub mod fused;
 pub mod linear;
 pub mod profile;
 pub(crate) mod cpu;
-mod storage;
 #[cfg(test)]
 mod testing;
 

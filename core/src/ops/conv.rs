@@ -342,7 +342,7 @@ mod tests {
     use candle_core::{DType, Var};
 
     use super::*;
-    use crate::ops::cpu::testing::{check_finite_differences, rel_diff, value_and_grad, Draw};
+    use crate::ops::testing::{check_finite_differences, rel_diff, value_and_grad, Draw};
 
     /// `(batch, c_in, c_out, h, w, kh, kw, stride, padding, bias)`.
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize, bool);

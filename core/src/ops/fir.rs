@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::conv::zero_insert;
 use super::profile::{self, Family};
-use super::storage;
+use super::cpu;
 use crate::{Error, Result};
 
 /// A separable FIR filter applied per channel, with rosinality's
@@ -284,8 +284,8 @@ impl CustomOp1 for FirOp {
         let (b, c, h, w) = l.shape().dims4()?;
         let shape = Shape::from((b, c, self.out.0, self.out.1));
         let ys = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(self.run(storage::slice(s, l, Self::NAME)?, b * c, (h, w))),
-            CpuStorage::F64(_) => CpuStorage::F64(self.run(storage::slice(s, l, Self::NAME)?, b * c, (h, w))),
+            CpuStorage::F32(_) => CpuStorage::F32(self.run(cpu::slice(s, l)?, b * c, (h, w))),
+            CpuStorage::F64(_) => CpuStorage::F64(self.run(cpu::slice(s, l)?, b * c, (h, w))),
             _ => bail!("{}: only f32 and f64 run on the CPU kernel, got {:?}", Self::NAME, s.dtype()),
         };
         Ok((ys, shape))

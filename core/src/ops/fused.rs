@@ -20,7 +20,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, 
 use rayon::prelude::*;
 
 use super::profile::{self, Family};
-use super::storage;
+use super::cpu;
 use crate::{Error, Result};
 
 /// Negative slope of the fused leaky ReLU.
@@ -60,13 +60,13 @@ macro_rules! dispatch2 {
     ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
         match ($s1, $s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let $a: &[f32] = storage::slice($s1, $l1, $name)?;
-                let $b: &[f32] = storage::slice($s2, $l2, $name)?;
+                let $a: &[f32] = cpu::slice($s1, $l1)?;
+                let $b: &[f32] = cpu::slice($s2, $l2)?;
                 CpuStorage::F32($body)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let $a: &[f64] = storage::slice($s1, $l1, $name)?;
-                let $b: &[f64] = storage::slice($s2, $l2, $name)?;
+                let $a: &[f64] = cpu::slice($s1, $l1)?;
+                let $b: &[f64] = cpu::slice($s2, $l2)?;
                 CpuStorage::F64($body)
             }
             (a, b) => bail!("{}: needs two f32 or two f64 operands, got {:?} and {:?}", $name, a.dtype(), b.dtype()),
@@ -327,7 +327,7 @@ impl EpilogueOp {
         f: impl FnOnce(Option<&[T]>) -> candle_core::Result<R>,
     ) -> candle_core::Result<R> {
         match &self.noise {
-            Some(n) => storage::with_slice(n, Self::NAME, |data| f(Some(data))),
+            Some(n) => cpu::with_data(&n.contiguous()?, |data| f(Some(data)))?,
             None => f(None),
         }
     }
@@ -469,15 +469,15 @@ impl CustomOp3 for EpilogueBwd {
         let name = self.name();
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.0.backward::<f32>(
-                storage::slice(s1, l1, name)?,
-                storage::slice(s2, l2, name)?,
-                storage::slice(s3, l3, name)?,
+                cpu::slice(s1, l1)?,
+                cpu::slice(s2, l2)?,
+                cpu::slice(s3, l3)?,
                 (c, h * w),
             )?),
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.0.backward::<f64>(
-                storage::slice(s1, l1, name)?,
-                storage::slice(s2, l2, name)?,
-                storage::slice(s3, l3, name)?,
+                cpu::slice(s1, l1)?,
+                cpu::slice(s2, l2)?,
+                cpu::slice(s3, l3)?,
                 (c, h * w),
             )?),
             (a, b, g) => bail!(

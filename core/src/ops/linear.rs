@@ -177,7 +177,7 @@ mod tests {
     use candle_core::{DType, Var};
 
     use super::*;
-    use crate::ops::cpu::testing::{check_finite_differences, rel_diff, value_and_grad, Draw};
+    use crate::ops::testing::{check_finite_differences, rel_diff, value_and_grad, Draw};
 
     fn build(
         d: &mut Draw,
