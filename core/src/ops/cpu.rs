@@ -366,5 +366,3 @@ pub(crate) fn linear_backward_data<T: WithDType>(dy: &[T], weight_t: &[T], d_in:
     matmul((m, d_in, d_out), &mut dx, d_in, false, Mat::rows(dy, d_out), Mat::rows_t(weight_t, d_out));
     dx
 }
-
-/// Helpers shared by the op tests.
