@@ -3,8 +3,8 @@
 //! [`ConvTranspose2d`]. Each computes only its input gradient.
 //!
 //! On the CPU (f32, f64) both run as two Candle custom ops that are each
-//! other's adjoint: [`ConvForward`] (im2col + `gemm`) and
-//! [`ConvBackwardData`] (`gemm` with the transposed kernel, then col2im).
+//! other's adjoint: `ConvForward` (im2col + `gemm`) and
+//! `ConvBackwardData` (`gemm` with the transposed kernel, then col2im).
 //! The backward of one is the forward of the other, so gradients of
 //! gradients stay correct. A transposed convolution is the backward-data op
 //! of the convolution it transposes, so it needs no zero insertion.

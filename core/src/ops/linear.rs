@@ -2,7 +2,7 @@
 //! computes only the input gradient `g · W`.
 //!
 //! On the CPU (f32, f64) it runs as two Candle custom ops that are each
-//! other's adjoint, [`LinearForward`] and [`LinearBackwardData`], each one
+//! other's adjoint, `LinearForward` and `LinearBackwardData`, each one
 //! `gemm` over the flattened leading axes.
 
 use std::sync::Arc;
