@@ -188,6 +188,7 @@ impl FirOp {
             cols: plan(n, self.up, self.down, self.pad0, w, wo),
             taps: self.taps.iter().map(|&v| T::from_f64(v)).collect(),
             up: self.up,
+            unit_pad0: (self.up == 1 && self.down == 1).then_some(self.pad0),
             width_first: self.up >= self.down,
         };
         ys.par_chunks_mut(ho * wo)
@@ -228,6 +229,9 @@ struct Filter<T> {
     cols: Plan,
     taps: Vec<T>,
     up: usize,
+    /// `pad0` when `up = down = 1`: the width pass then runs as one shifted
+    /// row update per tap, which vectorises.
+    unit_pad0: Option<isize>,
     /// Filter along the width first (it then runs on the fewer rows).
     width_first: bool,
 }
@@ -248,6 +252,9 @@ impl<T: WithDType> Filter<T> {
 
     /// Each row of `x` (length `w`) filtered into the row of `y` (`wo`).
     fn along_width(&self, x: &[T], w: usize, y: &mut [T], wo: usize) {
+        if let Some(pad0) = self.unit_pad0 {
+            return self.along_width_unit(x, w, y, wo, pad0);
+        }
         for (xr, yr) in x.chunks_exact(w).zip(y.chunks_exact_mut(wo)) {
             for (yv, &(i0, t0, count)) in yr.iter_mut().zip(&self.cols) {
                 let mut acc = T::from_f64(0.0);
@@ -255,6 +262,27 @@ impl<T: WithDType> Filter<T> {
                     acc += self.taps[t0 + k * self.up] * xv;
                 }
                 *yv = acc;
+            }
+        }
+    }
+
+    /// [`Self::along_width`] for `up = down = 1`:
+    /// `y[m] += taps[t] · x[m + t - pad0]` over the `m` where both exist,
+    /// tap by tap (the same order of additions as the general loop).
+    fn along_width_unit(&self, x: &[T], w: usize, y: &mut [T], wo: usize, pad0: isize) {
+        for (xr, yr) in x.chunks_exact(w).zip(y.chunks_exact_mut(wo)) {
+            yr.fill(T::from_f64(0.0));
+            for (t, &c) in self.taps.iter().enumerate() {
+                let shift = t as isize - pad0;
+                let lo = (-shift).max(0);
+                let hi = (wo as isize).min(w as isize - shift);
+                if lo >= hi {
+                    continue;
+                }
+                let xs = &xr[(lo + shift) as usize..(hi + shift) as usize];
+                for (yv, &xv) in yr[lo as usize..hi as usize].iter_mut().zip(xs) {
+                    *yv += c * xv;
+                }
             }
         }
     }
