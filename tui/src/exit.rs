@@ -19,7 +19,10 @@
 //!
 //! After a signal the run is checkpointed and its outputs written before the
 //! process exits; a second signal ends it at once (keeping the newest
-//! checkpoint), with that signal's status.
+//! checkpoint), with that signal's status. A signal within
+//! [`REPEAT_GRACE`] of the first counts as the same one: a stop often
+//! arrives twice (Slurm signals every process of a job, and a batch
+//! script passes its own signal on; Ctrl-C reaches a shell and its child).
 //!
 //! After a hang-up the terminal is gone and every write to it fails; `say`
 //! and `warn` drop what cannot be written instead of panicking as `println!`
@@ -27,7 +30,8 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The run reached its last step, or the command did its work.
 pub const FINISHED: i32 = 0;
@@ -48,7 +52,8 @@ Exit status:
   129  SIGHUP: the terminal hung up; checkpoint and outputs written; --resume continues
   130  SIGINT; checkpoint and outputs written; --resume continues
   143  SIGTERM (a scheduler's stop, kill); checkpoint and outputs written; --resume continues
-A second signal ends the process at once (the newest checkpoint is kept), with its status.";
+A second signal, 2 s or more after the first, ends the process at once (the newest
+checkpoint is kept), with its status.";
 
 /// A signal that stops a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,14 +100,18 @@ impl std::fmt::Display for Signal {
     }
 }
 
+/// Signals within this time of the first are the same stop, sent twice.
+pub const REPEAT_GRACE: Duration = Duration::from_secs(2);
+
 /// SIGTERM, SIGHUP and SIGINT, as flags to check.
 ///
-/// Whoever takes a signal ends the process at once on the second one. Until
-/// the first is taken, a second of the same kind ends it right in the
-/// handler, with 128 + its number (`register_conditional_shutdown`).
-/// A SIGHUP the process was started with ignored (`nohup`) stays ignored.
+/// Whoever takes a signal stops the run on the first one and ends the
+/// process at once on a second one ([`Signals::take`] drops repeats within
+/// [`REPEAT_GRACE`]). A SIGHUP the process was started with ignored
+/// (`nohup`) stays ignored.
 pub struct Signals {
     flags: Vec<(Signal, Arc<AtomicBool>)>,
+    first: Mutex<Option<Instant>>,
 }
 
 impl Signals {
@@ -114,29 +123,37 @@ impl Signals {
                 continue;
             }
             let flag = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register_conditional_shutdown(sig.number(), sig.exit_code(), Arc::clone(&flag))?;
             signal_hook::flag::register(sig.number(), Arc::clone(&flag))?;
             flags.push((sig, flag));
         }
-        Ok(Self { flags })
+        Ok(Self { flags, first: Mutex::new(None) })
     }
 
     /// No handlers (tests).
     #[cfg(test)]
     pub fn none() -> Self {
-        Self { flags: Vec::new() }
+        Self { flags: Vec::new(), first: Mutex::new(None) }
     }
 
     /// A flag set by hand (tests).
     #[cfg(test)]
     pub fn manual(sig: Signal, flag: Arc<AtomicBool>) -> Self {
-        Self { flags: vec![(sig, flag)] }
+        Self { flags: vec![(sig, flag)], first: Mutex::new(None) }
     }
 
-    /// The signal that arrived since the last call, if any (and clears it,
-    /// so that a second one ends the process).
+    /// The signal that arrived since the last call, if any; `None` for a
+    /// repeat within [`REPEAT_GRACE`] of the first.
     pub fn take(&self) -> Option<Signal> {
-        self.flags.iter().find(|(_, f)| f.swap(false, Ordering::AcqRel)).map(|(s, _)| *s)
+        let sig = self.flags.iter().find(|(_, f)| f.swap(false, Ordering::AcqRel)).map(|(s, _)| *s)?;
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        match *first {
+            Some(t) if t.elapsed() < REPEAT_GRACE => None,
+            Some(_) => Some(sig),
+            None => {
+                *first = Some(Instant::now());
+                Some(sig)
+            }
+        }
     }
 }
 
@@ -212,6 +229,19 @@ mod tests {
         for s in Signal::ALL {
             assert!(HELP.contains(&format!("{}  {}", s.exit_code(), s.name())), "{s} missing from the help");
         }
+    }
+
+    #[test]
+    fn a_repeat_within_the_grace_time_is_the_same_stop() {
+        let flag = Arc::new(AtomicBool::new(true));
+        let signals = Signals::manual(Signal::Term, Arc::clone(&flag));
+        assert_eq!(signals.take(), Some(Signal::Term));
+        assert_eq!(signals.take(), None);
+        flag.store(true, Ordering::Release);
+        assert_eq!(signals.take(), None, "a repeat right after the first");
+        *signals.first.lock().unwrap() = Some(Instant::now() - REPEAT_GRACE);
+        flag.store(true, Ordering::Release);
+        assert_eq!(signals.take(), Some(Signal::Term), "a second signal later");
     }
 
     #[test]

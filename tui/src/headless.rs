@@ -198,6 +198,12 @@ pub fn follow_events(
             }
         }
     }
+    if pb.is_some() {
+        // The bar's last line fills the terminal's width and leaves the
+        // cursor in the last column, where an inline image would be drawn
+        // off the screen: start a fresh line.
+        exit::say("");
+    }
     seen
 }
 
@@ -246,8 +252,23 @@ pub fn show_inline(path: &std::path::Path, graphics: Option<&Graphics>) {
         ProtocolType::Iterm2 => conf.use_iterm = true,
         ProtocolType::Halfblocks => {}
     }
+    // viuer asks the terminal once (and remembers): ask with echo off, or
+    // the answer lands on the screen before viuer reads it.
+    if conf.use_sixel || conf.use_kitty {
+        if crossterm::terminal::enable_raw_mode().is_ok() {
+            if conf.use_sixel {
+                viuer::is_sixel_supported();
+            } else {
+                viuer::get_kitty_support();
+            }
+            let _ = crossterm::terminal::disable_raw_mode();
+        }
+    }
     let shown = image::open(path).map_err(|e| e.to_string()).and_then(|img| viuer::print(&img, &conf).map(|_| ()).map_err(|e| e.to_string()));
-    if let Err(e) = shown {
-        exit::warn(format!("(could not show {} inline: {e})", path.display()));
+    match shown {
+        // xterm leaves the cursor on the sixel's last row.
+        Ok(()) if conf.use_sixel => exit::say(""),
+        Ok(()) => {}
+        Err(e) => exit::warn(format!("(could not show {} inline: {e})", path.display())),
     }
 }

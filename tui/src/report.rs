@@ -51,7 +51,14 @@ pub fn render(e: &Report, style: Style) -> String {
     if style.details {
         return format!("error: {e:?}");
     }
-    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    // A library error often repeats its source in its own message
+    // ('reading x: No such file'): print each cause once.
+    let mut chain: Vec<String> = Vec::new();
+    for c in e.chain().map(|c| c.to_string()) {
+        if !chain.iter().any(|prev| prev.contains(&c)) {
+            chain.push(c);
+        }
+    }
     format!("{}{}", prefix(style), chain.join(": "))
 }
 
@@ -97,5 +104,8 @@ mod tests {
         assert_eq!(text, "error: loading recipe 'x.yaml': no such file");
         assert!(!text.contains('\x1b'));
         assert!(render(&e, style(true, &[])).starts_with("\x1b[1;31merror:"));
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let repeated: Report = Err::<(), _>(io).wrap_err("reading 'x': entity not found").unwrap_err();
+        assert_eq!(render(&repeated, style(false, &[])), "error: reading 'x': entity not found");
     }
 }

@@ -172,7 +172,6 @@ pub fn run(handle: EngineHandle, opts: &TuiOptions, signals: &Signals) -> Result
         _ => None,
     };
     let mut input = ThreadedInput::start(opts.graphics, watch);
-    let mut log = ProblemLog::default();
     let outcome = run_loop(&mut tty, &mut app, &events, &mut input, signals, &mut gpu);
     drop(input);
     // ratatui's `Terminal` shows the cursor when dropped and prints an
@@ -181,11 +180,9 @@ pub fn run(handle: EngineHandle, opts: &TuiOptions, signals: &Signals) -> Result
         std::mem::forget(tty);
     }
     drop(guard);
-    log.write(&mut app);
-    if log.written > 0 {
-        if let Some(path) = &log.path {
-            crate::exit::warn(format!("the terminal had {} problem(s); see {}", log.written, path.display()));
-        }
+    write_problems(&mut app);
+    if let (n @ 1.., Some(info)) = (app.problem_count, &app.info) {
+        crate::exit::warn(format!("the terminal had {n} problem(s); see {}", info.output.join("tui.log").display()));
     }
     let graphics = app.previews.graphics().cloned();
     let outcome = match outcome? {
@@ -219,31 +216,19 @@ pub fn run(handle: EngineHandle, opts: &TuiOptions, signals: &Signals) -> Result
 
 /// Appends the app's terminal problems to the run's `tui.log` (not in unit
 /// tests, whose fake runs have no folder).
-#[derive(Default)]
-struct ProblemLog {
-    path: Option<PathBuf>,
-    written: usize,
-}
-
-impl ProblemLog {
-    fn write(&mut self, app: &mut App) {
-        if app.problems.is_empty() || cfg!(test) {
-            return;
-        }
-        let Some(info) = &app.info else { return };
-        let path = info.output.join("tui.log");
-        let step = app.last.as_ref().map_or(info.start_step, |s| s.step);
-        let text: String = app.problems.drain(..).map(|p| format!("{} UTC, step {step}: {p}\n", utc_now())).collect();
-        let _ = std::fs::create_dir_all(&info.output);
-        let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(text.as_bytes())
-        });
-        if appended.is_ok() {
-            self.written += text.lines().count();
-            self.path = Some(path);
-        }
+fn write_problems(app: &mut App) {
+    if app.problems.is_empty() || cfg!(test) {
+        return;
     }
+    let Some(info) = &app.info else { return };
+    let step = app.last.as_ref().map_or(info.start_step, |s| s.step);
+    let text: String = app.problems.drain(..).map(|p| format!("{} UTC, step {step}: {p}\n", utc_now())).collect();
+    let _ = std::fs::create_dir_all(&info.output);
+    // Best effort: the problem is in the log pane already.
+    let _ = std::fs::OpenOptions::new().create(true).append(true).open(info.output.join("tui.log")).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes())
+    });
 }
 
 /// `2025-01-31 23:59:59`, now, in UTC.
@@ -432,19 +417,18 @@ where
     let mut terminal_gone = false;
     let mut input_failures = 0u32;
     let mut keys_off = false;
-    let mut log = ProblemLog::default();
     macro_rules! hang_up {
         ($why:expr) => {{
             terminal_gone = true;
             app.problem(format!("the terminal hung up ({}): saving and exiting", $why));
             if let Action::Exit(o) = app.update(Event::Signal(Signal::Hup)) {
-                log.write(app);
+                write_problems(app);
                 return Ok(o);
             }
         }};
     }
     loop {
-        log.write(app);
+        write_problems(app);
         let now = Instant::now();
         let wait = last_draw.map(|t| (t + FRAME).saturating_duration_since(now)).unwrap_or(Duration::ZERO);
         let wait = wait.max(Duration::from_millis(1));
@@ -498,7 +482,7 @@ where
         if let Some(sig) = signals.take() {
             terminal_gone |= sig == Signal::Hup;
             if let Action::Exit(o) = app.update(Event::Signal(sig)) {
-                log.write(app);
+                write_problems(app);
                 return Ok(o);
             }
         }
@@ -509,7 +493,7 @@ where
                 Ok(ev) => {
                     n += 1;
                     if let Action::Exit(o) = app.update(Event::Train(ev)) {
-                        log.write(app);
+                        write_problems(app);
                         return Ok(o);
                     }
                 }
@@ -517,7 +501,7 @@ where
                 Err(TryRecvError::Disconnected) => {
                     engine_open = false;
                     if let Action::Exit(o) = app.update(Event::EngineGone) {
-                        log.write(app);
+                        write_problems(app);
                         return Ok(o);
                     }
                 }
@@ -532,7 +516,7 @@ where
             }
         }
         if let Action::Exit(o) = app.update(Event::Tick(Instant::now())) {
-            log.write(app);
+            write_problems(app);
             return Ok(o);
         }
         if terminal_gone {
@@ -544,7 +528,7 @@ where
                 if terminal::is_hangup(&e) || input.hung_up() {
                     hang_up!(format!("drawing: {e}"));
                 } else if app.draw_failed(&e.to_string()) == app::Fallback::Headless {
-                    log.write(app);
+                    write_problems(app);
                     return Ok(TuiOutcome::Headless);
                 }
             }

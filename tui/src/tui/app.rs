@@ -286,6 +286,8 @@ pub struct App {
     pub fallback: Fallback,
     /// Terminal problems not yet written to the run's `tui.log`.
     pub problems: Vec<String>,
+    /// Terminal problems in all.
+    pub problem_count: usize,
     control: Sender<Control>,
 }
 
@@ -331,6 +333,7 @@ impl App {
             previews: Previews::new(graphics),
             fallback: Fallback::Full,
             problems: Vec::new(),
+            problem_count: 0,
             overlay: Overlay::None,
             pause_requested: None,
             saved_step: None,
@@ -406,6 +409,7 @@ impl App {
         let text = text.into();
         self.log(Level::Error, text.clone());
         self.problems.push(text);
+        self.problem_count += 1;
     }
 
     /// Drawing failed with `error` (not a hang-up): shows and logs it, and

@@ -217,9 +217,12 @@ pub fn probe() -> Probe {
             p.tmux_sixel = query(false, false).is_some_and(|a| a.sixel);
             if let Some(tmux) = t {
                 let state = TmuxState { version: tmux.version.clone(), attached: tmux.attached(), passthrough: tmux.passthrough() };
+                // The environment is the one tmux started with, maybe in
+                // another terminal: the attached client's type counts.
+                p.iterm2 = false;
                 if state.attached {
                     p.cell = p.cell.or(tmux.client_cell());
-                    p.iterm2 |= tmux.client_termtype().is_some_and(|t| names_iterm2(&t));
+                    p.iterm2 = tmux.client_termtype().is_some_and(|t| names_iterm2(&t));
                     if state.passthrough {
                         p.outer = query(true, true);
                     }
