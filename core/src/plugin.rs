@@ -115,7 +115,7 @@ mod adapter;
 mod api;
 pub mod discovery;
 mod grad;
-mod host;
+pub(crate) mod host;
 pub mod testing;
 
 pub use api::{
