@@ -12,6 +12,8 @@ pub mod engine;
 pub mod experiments;
 pub mod error;
 pub mod fixture;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imageops;
 pub mod models;
 pub mod ops;

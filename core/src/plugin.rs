@@ -116,7 +116,7 @@ mod api;
 mod cache;
 pub mod discovery;
 mod grad;
-mod host;
+pub(crate) mod host;
 pub mod testing;
 
 pub use api::{

@@ -795,7 +795,15 @@ impl Ctx<'_> {
         for (name, w) in raw.models.entries() {
             if let WeightsRef::Path(p) = w {
                 let p = self.relative(p);
-                if let Err(e) = std::fs::File::open(&p) {
+                // A regular file only: opening a FIFO or a device would block.
+                let readable = std::fs::metadata(&p).and_then(|m| {
+                    if m.is_file() {
+                        std::fs::File::open(&p).map(drop)
+                    } else {
+                        Err(std::io::Error::other("not a regular file"))
+                    }
+                });
+                if let Err(e) = readable {
                     return Err(self.error(&format!("models.{name}"), format!(
                         "cannot read weights '{}': {e}; check the path, or use a manifest name (lsd-tui weights list) or 'demo'",
                         p.display()

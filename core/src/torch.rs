@@ -364,7 +364,7 @@ fn read_zip_storages(
         // of a deflate bomb.
         budget.charge(need, &format!("storage member '{name}'"))?;
         let mut input = pickle::Input::new(member, 0);
-        let bytes = input.bytes(need).map_err(|e| format!("reading '{name}': {e}"))?;
+        let bytes = input.bytes_exact(need).map_err(|e| format!("reading '{name}': {e}"))?;
         out.insert(s.key.clone(), bytes);
     }
     Ok(out)
@@ -578,10 +578,53 @@ fn materialise(t: &TensorRef, storage: &[u8], budget: &mut Budget) -> std::resul
     // The tensor's own bytes (an i8 widens to i16), charged before the copy.
     let widened = if t.storage.dtype == StorageDtype::I8 { 2 * numel } else { numel * es };
     budget.charge(widened, "the tensor")?;
+    let runs = |f: &mut dyn FnMut(&[u8])| for_each_run(t, base, numel, storage, f);
+    // Decoded straight into the tensor's typed buffer, which candle then
+    // owns: one copy of the data, not two.
+    fn typed<T: candle_core::WithDType>(
+        numel: u64,
+        es: usize,
+        shape: &[usize],
+        runs: impl Fn(&mut dyn FnMut(&[u8])),
+        decode: impl Fn(&[u8]) -> T,
+    ) -> std::result::Result<Tensor, String> {
+        let mut out: Vec<T> = Vec::new();
+        out.try_reserve_exact(numel as usize).map_err(|_| format!("cannot allocate {numel} elements"))?;
+        runs(&mut |bytes: &[u8]| out.extend(bytes.chunks_exact(es).map(&decode)));
+        Tensor::from_vec(out, shape, &Device::Cpu).map_err(|e| e.to_string())
+    }
+    let arr = |b: &[u8]| -> [u8; 8] {
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(b);
+        a
+    };
     let es = es as usize;
-    let mut data: Vec<u8> = Vec::new();
-    data.try_reserve_exact(nbytes).map_err(|_| format!("cannot allocate {nbytes} bytes"))?;
+    match t.storage.dtype {
+        StorageDtype::F32 => typed(numel, es, &shape, runs, |b| f32::from_le_bytes(arr(b)[..4].try_into().expect("4 bytes"))),
+        StorageDtype::F64 => typed(numel, es, &shape, runs, |b| f64::from_le_bytes(arr(b))),
+        StorageDtype::I64 => typed(numel, es, &shape, runs, |b| i64::from_le_bytes(arr(b))),
+        StorageDtype::I32 => typed(numel, es, &shape, runs, |b| i32::from_le_bytes(arr(b)[..4].try_into().expect("4 bytes"))),
+        StorageDtype::I16 => typed(numel, es, &shape, runs, |b| i16::from_le_bytes([b[0], b[1]])),
+        StorageDtype::I8 => typed(numel, es, &shape, runs, |b| b[0] as i8 as i16),
+        StorageDtype::U8 => typed(numel, es, &shape, runs, |b| b[0]),
+        StorageDtype::Bool => typed(numel, es, &shape, runs, |b| (b[0] != 0) as u8),
+        StorageDtype::F16 | StorageDtype::BF16 => {
+            let mut data: Vec<u8> = Vec::new();
+            data.try_reserve_exact(nbytes).map_err(|_| format!("cannot allocate {nbytes} bytes"))?;
+            runs(&mut |bytes: &[u8]| data.extend_from_slice(bytes));
+            to_tensor(data, t.storage.dtype, &shape)
+        }
+    }
+}
 
+/// Calls `f` with the bytes of the view's elements in row-major order, in
+/// runs as long as the strides allow. The view must have been checked to
+/// lie inside `storage` (as [`materialise`] does).
+fn for_each_run(t: &TensorRef, base: u64, numel: u64, storage: &[u8], f: &mut dyn FnMut(&[u8])) {
+    if numel == 0 {
+        return;
+    }
+    let es = t.storage.dtype.size();
     // Row-major strides, to spot views that are already contiguous.
     let mut contiguous = true;
     let mut expect = 1u64;
@@ -592,40 +635,38 @@ fn materialise(t: &TensorRef, storage: &[u8], budget: &mut Budget) -> std::resul
         expect = expect.saturating_mul(d);
     }
     let start = base as usize * es;
-    if numel == 0 {
-    } else if contiguous {
-        data.extend_from_slice(&storage[start..start + nbytes]);
-    } else {
-        // Odometer over all dimensions but the last; the last is copied
-        // as a run when its stride is 1.
-        let nd = t.size.len();
-        let (inner_n, inner_s) = (t.size[nd - 1] as usize, t.stride[nd - 1] as usize);
-        let outer = numel / t.size[nd - 1];
-        let mut idx = vec![0u64; nd - 1];
-        let mut pos = base as usize;
-        for _ in 0..outer {
-            if inner_s == 1 {
-                data.extend_from_slice(&storage[pos * es..(pos + inner_n) * es]);
-            } else {
-                for j in 0..inner_n {
-                    let p = (pos + j * inner_s) * es;
-                    data.extend_from_slice(&storage[p..p + es]);
-                }
-            }
-            let mut k = nd - 1;
-            while k > 0 {
-                k -= 1;
-                idx[k] += 1;
-                pos += t.stride[k] as usize;
-                if idx[k] < t.size[k] {
-                    break;
-                }
-                pos -= (t.size[k] * t.stride[k]) as usize;
-                idx[k] = 0;
+    if contiguous {
+        f(&storage[start..start + numel as usize * es]);
+        return;
+    }
+    // Odometer over all dimensions but the last; the last is copied as a
+    // run when its stride is 1.
+    let nd = t.size.len();
+    let (inner_n, inner_s) = (t.size[nd - 1] as usize, t.stride[nd - 1] as usize);
+    let outer = numel / t.size[nd - 1];
+    let mut idx = vec![0u64; nd - 1];
+    let mut pos = base as usize;
+    for _ in 0..outer {
+        if inner_s == 1 {
+            f(&storage[pos * es..(pos + inner_n) * es]);
+        } else {
+            for j in 0..inner_n {
+                let p = (pos + j * inner_s) * es;
+                f(&storage[p..p + es]);
             }
         }
+        let mut k = nd - 1;
+        while k > 0 {
+            k -= 1;
+            idx[k] += 1;
+            pos += t.stride[k] as usize;
+            if idx[k] < t.size[k] {
+                break;
+            }
+            pos -= (t.size[k] * t.stride[k]) as usize;
+            idx[k] = 0;
+        }
     }
-    to_tensor(data, t.storage.dtype, &shape)
 }
 
 /// Builds a CPU tensor from little-endian bytes of a storage dtype.

@@ -104,8 +104,7 @@ impl Store {
                 let mut r = check_file(&path, Some(spec), layout.as_ref(), &spec.prefix, progress)?;
                 r.label = format!("{}/{}", entry.name, spec.file);
                 if let Some(ChecksumStatus::Ok { sha256 } | ChecksumStatus::NotPinned { sha256, .. }) = &r.checksum {
-                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    write_stamp(&path, size, sha256)?;
+                    write_stamp(&path, sha256)?;
                 }
                 Ok(r)
             })

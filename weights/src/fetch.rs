@@ -1,34 +1,30 @@
-//! Downloading weights from the Hugging Face hub with `hf-hub`, resumably,
-//! verifying size and SHA-256 before a file is ever used.
+//! Downloading weights from the Hugging Face hub, resumably, verifying size
+//! and SHA-256 before a file is ever used.
 //!
-//! What hf-hub 0.4's sync API does (src/api/sync.rs,
-//! <https://github.com/huggingface/hf-hub/blob/v0.4.3/src/api/sync.rs>):
-//! a `GET {endpoint}/{repo}/resolve/{revision}/{file}` with `Range: bytes=0-0`
-//! and no redirects for the metadata (`x-repo-commit`, `x-linked-etag` or
-//! `etag`, and the size from `Content-Range`), then a `GET` with
-//! `Range: bytes={start}-` into `blobs/{etag}.part`, appending to what an
-//! earlier, interrupted call left there (that is its resume), renaming to
-//! `blobs/{etag}` and linking `snapshots/{commit}/{file}` to it.
+//! The transfer speaks the hub's file-resolution protocol (the one of
+//! hf-hub 0.4's sync API) through [`crate::http`], which adds what hf-hub
+//! lacks: a read timeout (a stalled server fails the fetch with a clear
+//! error after [`FetchOptions::stall_timeout`] instead of hanging, and the
+//! bytes received are kept for the next attempt) and checks of the etag and
+//! commit the server sends (hf-hub makes file paths of them). hf-hub itself
+//! still provides the token file and the cache folder naming.
 //!
-//! What it does not do, and this module adds: no size or checksum check of
-//! the result (a server that ignores `Range` would even append a whole body
-//! to the partial file), no configurable timeouts (ureq's 30 s connect
-//! default, no read timeout), no `HF_TOKEN` variable (only the token file),
-//! no offline mode, and the file is in place before anyone has verified it.
-//! So: offline and unreachable hubs fail before any request with what is
-//! missing (a short TCP connect probe stands in for a connect timeout),
-//! the downloaded blob is verified and only then moved to
-//! `<dir>/<name>/<file>`, and a bad blob is deleted with a message saying so.
+//! Around the transfer: offline and unreachable hubs fail before any
+//! request with what is missing (a short TCP connect probe), the download
+//! goes to `<dir>/.hub/<repo folder>/blobs/<sha256 or etag>.part` (resumed
+//! with `Range` by the next fetch), is verified, and only then moved to
+//! `<dir>/<name>/<file>` (durably: flushed, renamed, folder flushed) and
+//! stamped; a bad download is deleted with a message saying so.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::Cache;
 
 use crate::manifest::{Entry, FileSpec};
-use crate::progress::{Event, HubProgress, Progress};
+use crate::http::{Client, Failure};
+use crate::progress::{Event, Progress};
 use crate::store::{describe_missing, Store};
 use crate::verify::{read_stamp, verify, write_stamp, ChecksumStatus};
 use crate::{Error, Result};
@@ -48,8 +44,10 @@ pub struct FetchOptions {
     pub offline: bool,
     /// Limit for the connection probe made before downloading.
     pub connect_timeout: Duration,
-    /// How often hf-hub retries (resuming) a failed transfer within one fetch.
+    /// How often a failed transfer is retried (resuming) within one fetch.
     pub retries: usize,
+    /// A transfer that receives no byte for this long fails (resumable).
+    pub stall_timeout: Duration,
 }
 
 impl Default for FetchOptions {
@@ -60,6 +58,7 @@ impl Default for FetchOptions {
             offline: false,
             connect_timeout: Duration::from_secs(5),
             retries: 3,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -202,8 +201,7 @@ impl Store {
         if let (Some(part), Some(size)) = (self.partial_path(entry, spec), spec.size) {
             let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
             if have >= size {
-                // hf-hub would ask for `bytes={size}-` (an error) or refuse
-                // the part file; a complete part is finished here instead.
+                // A complete (or overlong) part: finish it here.
                 let status = verify(&part, spec, progress)?;
                 if status.passed() {
                     return self.install(&part, &dest, status).map(|s| report(Outcome::Downloaded { resumed_from: have }, s));
@@ -216,27 +214,48 @@ impl Store {
             }
         }
 
-        let api = ApiBuilder::from_cache(Cache::new(self.hub_dir()))
-            .with_endpoint(opts.endpoint.trim_end_matches('/').to_string())
-            .with_token(opts.token.clone())
-            .with_progress(false)
-            .with_retries(opts.retries)
-            .with_user_agent("lsd-tui", env!("CARGO_PKG_VERSION"))
-            .build()
-            .map_err(|e| Error::Download { url: opts.endpoint.clone(), reason: e.to_string(), resume: String::new() })?;
-        let repo = api.repo(Repo::with_revision(entry.repo.clone(), RepoType::Model, entry.revision.clone()));
-        let url = repo.url(&spec.file);
-        let hub_progress = HubProgress { inner: &mut *progress, what: format!("downloading {}/{}", entry.name, spec.file), pos: 0 };
-        let pointer = repo
-            .download_with_progress(&spec.file, hub_progress)
-            .map_err(|e| self.map_api_error(e, &url, entry, spec))?;
+        let client = Client::new(opts.token.clone(), opts.connect_timeout.max(Duration::from_secs(10)), opts.stall_timeout);
+        let url = self.url(entry, spec, opts);
+        let meta = client.metadata(&url).map_err(|e| self.failure(e, &url, entry, spec, None))?;
+        if let Some(size) = spec.size {
+            if meta.size != size {
+                return Err(Error::Verification {
+                    path: dest.clone(),
+                    problem: format!("the hub's file at {url} has {} bytes, the manifest pins {size}", meta.size),
+                    action: "; nothing was downloaded. The mirror's file changed: update weights/manifest.toml".into(),
+                });
+            }
+        }
+        // Named after the pinned checksum, else the (checked) etag: never
+        // after an unchecked server value.
+        let part = match self.partial_path(entry, spec) {
+            Some(p) => p,
+            None => self.blobs_dir(entry).join(format!("{}.part", meta.etag)),
+        };
+        let blobs = part.parent().expect("partial downloads live in blobs/");
+        std::fs::create_dir_all(blobs).map_err(|e| Error::io("creating", blobs, e))?;
+        let what = format!("downloading {}/{}", entry.name, spec.file);
+        progress.event(Event::Start { what: &what, total: Some(meta.size) });
+        let mut attempt = 0;
+        loop {
+            let mut on_disk = |n: u64| progress.event(Event::Position(n));
+            match client.download(&url, &part, meta.size, &mut on_disk) {
+                Ok(()) => break,
+                Err(e) if attempt < opts.retries && !matches!(e, Failure::Status(_)) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(300 * (1 << attempt.min(5))));
+                }
+                Err(e) => {
+                    progress.event(Event::Finish);
+                    return Err(self.failure(e, &url, entry, spec, Some((&part, attempt > 0))));
+                }
+            }
+        }
+        progress.event(Event::Finish);
 
-        // The snapshot entry is a symlink into blobs/; verify and move the blob.
-        let blob = std::fs::canonicalize(&pointer).map_err(|e| Error::io("reading", &pointer, e))?;
-        let status = verify(&blob, spec, progress)?;
+        let status = verify(&part, spec, progress)?;
         if !status.passed() {
-            remove(&blob)?;
-            let _ = std::fs::remove_file(&pointer);
+            remove(&part)?;
             return Err(Error::Verification {
                 path: dest.clone(),
                 problem: format!("downloaded from {url}: {status}"),
@@ -246,62 +265,57 @@ impl Store {
                 ),
             });
         }
-        let status = self.install(&blob, &dest, status)?;
-        let _ = std::fs::remove_file(&pointer);
+        let status = self.install(&part, &dest, status)?;
         Ok(report(Outcome::Downloaded { resumed_from }, status))
     }
 
-    /// Moves a verified file to `dest` and stamps it.
+    /// The hub URL of a file (`{endpoint}/{repo}/resolve/{revision}/{file}`,
+    /// the revision URL-encoded as hf-hub does).
+    fn url(&self, entry: &Entry, spec: &FileSpec, opts: &FetchOptions) -> String {
+        let repo = hf_hub::Repo::with_revision(entry.repo.clone(), hf_hub::RepoType::Model, entry.revision.clone());
+        format!("{}/{}/resolve/{}/{}", opts.endpoint.trim_end_matches('/'), repo.url(), repo.url_revision(), spec.file)
+    }
+
+    /// Moves a verified file to `dest` durably and stamps it.
     fn install(&self, from: &Path, dest: &Path, status: ChecksumStatus) -> Result<ChecksumStatus> {
-        let parent = dest.parent().expect("weights paths are <dir>/<name>/<file>");
-        std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
-        std::fs::rename(from, dest).map_err(|e| Error::io("moving the download to", dest, e))?;
+        lsd_core::durable::rename(from, dest).map_err(|e| Error::io("moving the download to", dest, std::io::Error::other(e.to_string())))?;
         stamp(dest, &status)?;
         Ok(status)
     }
 
-    fn map_api_error(&self, e: ApiError, url: &str, entry: &Entry, spec: &FileSpec) -> Error {
-        let resume = || match self.partial_path(entry, spec) {
-            Some(p) => match std::fs::metadata(&p) {
-                Ok(m) if m.len() > 0 => format!(
-                    "; {} bytes kept in {}: run `lsd-tui weights fetch {}` again to resume",
-                    m.len(),
-                    p.display(),
-                    entry.name
-                ),
-                _ => String::new(),
-            },
-            None => format!("; a partial download may be kept under {}: run the fetch again to resume", self.hub_dir().display()),
+    /// The error of a failed request, saying what was kept for resuming.
+    fn failure(&self, e: Failure, url: &str, entry: &Entry, spec: &FileSpec, part: Option<(&Path, bool)>) -> Error {
+        let resume = match part.map(|(p, _)| (p, std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))) {
+            Some((p, n)) if n > 0 => format!(
+                "; {n} bytes kept in {}: run `lsd-tui weights fetch {}` again to resume",
+                p.display(),
+                entry.name
+            ),
+            _ => String::new(),
         };
-        let download = |reason: String| Error::Download { url: url.to_string(), reason, resume: resume() };
+        let retried = if part.is_some_and(|(_, r)| r) { " (after retrying)" } else { "" };
         match e {
-            ApiError::RequestError(err) => match *err {
-                ureq::Error::Status(status, _) => {
-                    let hint = match status {
-                        401 | 403 => format!("; access denied to {}: set HF_TOKEN to a token that can read it", entry.repo),
-                        404 => format!(
-                            "; no file '{}' in {} at revision '{}': the mirror moved or was deleted (update weights/manifest.toml)",
-                            spec.file, entry.repo, entry.revision
-                        ),
-                        416 => "; the server refused the resume range: delete the partial download and fetch again".to_string(),
-                        s if s >= 500 => "; the hub failed: try again later".to_string(),
-                        _ => String::new(),
-                    };
-                    Error::Http { url: url.to_string(), status, hint }
-                }
-                ureq::Error::Transport(t) => download(format!("{t}")),
-            },
-            ApiError::TooManyRetries(inner) => match self.map_api_error(*inner, url, entry, spec) {
-                Error::Download { url, reason, resume } => {
-                    Error::Download { url, reason: format!("{reason} (after retrying)"), resume }
-                }
-                other => other,
-            },
-            ApiError::MissingHeader(h) | ApiError::InvalidHeader(h) => {
-                download(format!("the server sent no valid '{h}' header: is HF_ENDPOINT a Hugging Face hub?"))
+            Failure::Status(status) => {
+                let hint = match status {
+                    401 | 403 => format!("; access denied to {}: set HF_TOKEN to a token that can read it", entry.repo),
+                    404 => format!(
+                        "; no file '{}' in {} at revision '{}': the mirror moved or was deleted (update weights/manifest.toml)",
+                        spec.file, entry.repo, entry.revision
+                    ),
+                    416 => "; the server refused the resume range: delete the partial download and fetch again".to_string(),
+                    s if s >= 500 => "; the hub failed: try again later".to_string(),
+                    _ => String::new(),
+                };
+                Error::Http { url: url.to_string(), status, hint: format!("{hint}{resume}") }
             }
-            ApiError::LockAcquisition(p) => download(format!("another process is downloading this file (lock {})", p.display())),
-            other => download(other.to_string()),
+            Failure::Stalled(d) => Error::Download {
+                url: url.to_string(),
+                reason: format!("the server sent nothing for {} s{retried}", d.as_secs()),
+                resume,
+            },
+            Failure::Protocol(m) | Failure::Transport(m) => {
+                Error::Download { url: url.to_string(), reason: format!("{m}{retried}"), resume }
+            }
         }
     }
 }
@@ -317,9 +331,8 @@ fn stamped_status(path: &Path, spec: &FileSpec) -> Option<ChecksumStatus> {
 }
 
 fn stamp(path: &Path, status: &ChecksumStatus) -> Result<()> {
-    let size = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?.len();
     match status {
-        ChecksumStatus::Ok { sha256 } | ChecksumStatus::NotPinned { sha256, .. } => write_stamp(path, size, sha256),
+        ChecksumStatus::Ok { sha256 } | ChecksumStatus::NotPinned { sha256, .. } => write_stamp(path, sha256),
         _ => Ok(()),
     }
 }

@@ -11,14 +11,15 @@
 //! - [`convert`]: torch checkpoint to safetensors.
 //!
 //! The library never draws: progress goes to a [`Progress`] the caller
-//! supplies. Downloads use the `hf-hub` crate; see [`fetch`] for what it
-//! does and what is added around it.
+//! supplies. Downloads speak the hub protocol of the `hf-hub` crate with a
+//! read timeout and checked server values; see [`fetch`] and [`http`].
 #![deny(missing_docs)]
 
 pub mod check;
 pub mod convert;
 pub mod error;
 pub mod fetch;
+pub mod http;
 pub mod layout;
 pub mod manifest;
 pub mod progress;

@@ -38,28 +38,3 @@ pub struct Silent;
 impl Progress for Silent {
     fn event(&mut self, _: Event<'_>) {}
 }
-
-/// Adapts our [`Progress`] to hf-hub's download progress trait.
-pub(crate) struct HubProgress<'a> {
-    pub(crate) inner: &'a mut dyn Progress,
-    pub(crate) what: String,
-    pub(crate) pos: u64,
-}
-
-impl hf_hub::api::Progress for HubProgress<'_> {
-    fn init(&mut self, size: usize, _filename: &str) {
-        // hf-hub calls `init` again (followed by `update(already_on_disk)`)
-        // when it resumes, so restart the count each time.
-        self.pos = 0;
-        self.inner.event(Event::Start { what: &self.what, total: Some(size as u64) });
-    }
-
-    fn update(&mut self, size: usize) {
-        self.pos += size as u64;
-        self.inner.event(Event::Position(self.pos));
-    }
-
-    fn finish(&mut self) {
-        self.inner.event(Event::Finish);
-    }
-}

@@ -6,10 +6,15 @@
 //!
 //! ```text
 //! <dir>/<name>/<file>           verified files, the only ones ever used
-//! <dir>/<name>/<file>.sha256    size and SHA-256 recorded when verified
-//! <dir>/.hub/                   hf-hub's cache, holding in-progress
-//!                               downloads (`blobs/<etag>.part`) only
+//! <dir>/<name>/<file>.sha256    SHA-256, size and mtime recorded when verified
+//! <dir>/.hub/<repo folder>/blobs/<sha256 or etag>.part
+//!                               in-progress downloads
 //! ```
+//!
+//! A file is verified (size, then SHA-256) before its first use by
+//! [`Store::resolve`], and the result remembered in its stamp under its
+//! size and modification time: a file changed or replaced since is hashed
+//! again.
 
 use std::path::{Path, PathBuf};
 
@@ -92,12 +97,17 @@ impl Store {
         self.dir.join(".hub")
     }
 
-    /// The hf-hub partial download of a pinned file. Hub LFS files have their
-    /// SHA-256 as etag, and hf-hub names the partial blob after the etag.
+    /// The partial download of a pinned file, named after its pinned
+    /// SHA-256 (the etag of a hub LFS file), never after a server value.
     pub fn partial_path(&self, entry: &Entry, spec: &FileSpec) -> Option<PathBuf> {
-        let sha = spec.sha256.as_ref()?;
+        let sha = spec.sha256.as_ref().filter(|s| crate::http::valid_etag(s))?;
+        Some(self.blobs_dir(entry).join(format!("{sha}.part")))
+    }
+
+    /// Where the partial downloads of `entry`'s repository go.
+    pub fn blobs_dir(&self, entry: &Entry) -> PathBuf {
         let repo = hf_hub::Repo::with_revision(entry.repo.clone(), hf_hub::RepoType::Model, entry.revision.clone());
-        Some(self.hub_dir().join(repo.folder_name()).join("blobs").join(format!("{sha}.part")))
+        self.hub_dir().join(repo.folder_name()).join("blobs")
     }
 
     /// The state of every file of every entry (no hashing: cheap).
@@ -128,11 +138,19 @@ impl Store {
     /// its first (weights) file, whose directory also holds the entry's other
     /// files (tokenizer, config); anything else is taken as a path.
     /// A known but missing weight is an error giving the fetch command.
+    ///
+    /// Each file of a manifest entry is verified against its pinned size
+    /// and SHA-256 before it is first used, and again whenever its size or
+    /// modification time changed since (see [`crate::verify::write_stamp`]);
+    /// a file that fails is an error saying how to replace it.
     pub fn resolve(&self, name_or_path: &str) -> Result<PathBuf> {
         if let Some(entry) = self.manifest.get(name_or_path) {
             let missing = self.missing(entry);
             if !missing.is_empty() {
                 return Err(Error::Missing { name: entry.name.clone(), missing: describe_missing(&missing) });
+            }
+            for spec in &entry.files {
+                self.verified(entry, spec)?;
             }
             return Ok(self.path(entry, &entry.files[0]));
         }
@@ -149,6 +167,33 @@ impl Store {
             ))
         } else {
             Err(Error::Unknown { name: name_or_path.to_string(), known: self.manifest.names() })
+        }
+    }
+}
+
+impl Store {
+    /// Verifies one present file of `entry` unless its stamp already
+    /// vouches for it (same size and modification time), and stamps it.
+    fn verified(&self, entry: &Entry, spec: &FileSpec) -> Result<()> {
+        let path = self.path(entry, spec);
+        if let Some((_, sha)) = read_stamp(&path) {
+            if spec.sha256.as_ref().is_none_or(|pin| *pin == sha) {
+                return Ok(());
+            }
+        }
+        let status = crate::verify::verify(&path, spec, &mut crate::progress::Silent)?;
+        match &status {
+            crate::verify::ChecksumStatus::Ok { sha256 } | crate::verify::ChecksumStatus::NotPinned { sha256, .. } => {
+                crate::verify::write_stamp(&path, sha256)
+            }
+            _ => Err(Error::Verification {
+                path: path.clone(),
+                problem: status.to_string(),
+                action: format!(
+                    "; it changed since it was fetched. Delete it and run `lsd-tui weights fetch {}`",
+                    entry.name
+                ),
+            }),
         }
     }
 }

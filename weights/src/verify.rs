@@ -107,19 +107,36 @@ pub fn stamp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Records `sha256` and `size` next to `path` (`sha256sum` format plus the size).
-pub fn write_stamp(path: &Path, size: u64, sha256: &str) -> Result<()> {
+/// Records `sha256` next to `path` with the file's size and modification
+/// time (`sha256sum` format plus two comment lines), durably. The stamp
+/// vouches for the file only while both are unchanged.
+pub fn write_stamp(path: &Path, sha256: &str) -> Result<()> {
     let stamp = stamp_path(path);
+    let (size, mtime) = size_and_mtime(path).ok_or_else(|| {
+        Error::io("reading", path, std::io::Error::new(std::io::ErrorKind::NotFound, "cannot stat the file"))
+    })?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    std::fs::write(&stamp, format!("{sha256}  {name}\n# size {size}\n")).map_err(|e| Error::io("writing", &stamp, e))
+    let text = format!("{sha256}  {name}\n# size {size}\n# mtime {mtime}\n");
+    lsd_core::durable::write(&stamp, text.as_bytes())
+        .map_err(|e| Error::io("writing", &stamp, std::io::Error::other(e.to_string())))
+}
+
+/// The file's size and modification time (`seconds.nanoseconds` since the
+/// epoch), the key under which a verification is remembered.
+fn size_and_mtime(path: &Path) -> Option<(u64, String)> {
+    let m = std::fs::metadata(path).ok()?;
+    let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some((m.len(), format!("{}.{:09}", t.as_secs(), t.subsec_nanos())))
 }
 
 /// The `(size, sha256)` recorded by [`write_stamp`], if any and if the file
-/// still has that size (a changed size invalidates the stamp).
+/// still has that size and modification time (a stamp without a time, from
+/// an older version, vouches for nothing).
 pub fn read_stamp(path: &Path) -> Option<(u64, String)> {
     let text = std::fs::read_to_string(stamp_path(path)).ok()?;
     let sha = text.split_whitespace().next()?.to_string();
     let size: u64 = text.lines().find_map(|l| l.strip_prefix("# size "))?.trim().parse().ok()?;
-    let on_disk = std::fs::metadata(path).ok()?.len();
-    (on_disk == size && sha.len() == 64).then_some((size, sha))
+    let mtime = text.lines().find_map(|l| l.strip_prefix("# mtime "))?.trim().to_string();
+    let (on_disk, now) = size_and_mtime(path)?;
+    (on_disk == size && now == mtime && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some((size, sha))
 }

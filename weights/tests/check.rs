@@ -134,13 +134,14 @@ fn resolve_list_and_check_a_store() {
     assert_eq!(store.resolve(arc.to_str().unwrap()).unwrap(), arc);
     assert!(store.resolve("/no/such/file.pth").is_err());
 
-    // Copied in by hand: present but not verified until checked.
+    // Copied in by hand: present but not verified until used or checked.
     let entry = store.manifest.get("arc").unwrap();
     let dest = store.path(entry, &entry.files[0]);
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     std::fs::copy(&arc, &dest).unwrap();
-    assert_eq!(store.resolve("arc").unwrap(), dest);
     assert_eq!(store.list()[0].state, FileState::Unverified);
+    assert_eq!(store.resolve("arc").unwrap(), dest);
+    assert_eq!(store.list()[0].state, FileState::Verified, "resolve verified it");
     let reports = store.check_entry(entry, &mut Silent).unwrap();
     assert!(reports[0].passed(), "{}", reports[0]);
     assert_eq!(store.list()[0].state, FileState::Verified);
@@ -173,4 +174,40 @@ fn convert_reports_clearly() {
     let s = lsd_weights::convert(&input, &out).expect("arcface converts");
     assert!(s.tensors > 100, "{s}");
     assert!(s.details.contains("source_sha256"), "{s}");
+}
+
+/// Issue 15: a weight file already in the store was used at run time with no
+/// check at all. It is now verified (size and SHA-256) before its first use
+/// and whenever its size or modification time changed.
+#[test]
+fn issue_15_a_stored_file_is_verified_before_it_is_used() {
+    let arc = fixture("arcface/model.pth");
+    let (_dir, store) = store_with(&[("arc", &arc)]);
+    let entry = store.manifest.get("arc").unwrap();
+    let dest = store.path(entry, &entry.files[0]);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+
+    // Corrupt from the start (same size): refused, with what to do.
+    let mut bytes = std::fs::read(&arc).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&dest, &bytes).unwrap();
+    let err = store.resolve("arc").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Verification { .. }), "{msg}");
+    assert!(msg.contains("lsd-tui weights fetch arc"), "{msg}");
+
+    // A good file is verified once and remembered by size and mtime.
+    std::fs::copy(&arc, &dest).unwrap();
+    assert_eq!(store.resolve("arc").unwrap(), dest);
+    let stamp = std::fs::read_to_string(format!("{}.sha256", dest.display())).unwrap();
+    assert!(stamp.contains("# mtime "), "{stamp}");
+    assert_eq!(store.resolve("arc").unwrap(), dest);
+
+    // Changed afterwards (same size, new mtime): caught at the next use.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    bytes[n / 2] ^= 1;
+    bytes[n - 100] ^= 1;
+    std::fs::write(&dest, &bytes).unwrap();
+    assert!(matches!(store.resolve("arc"), Err(Error::Verification { .. })));
 }

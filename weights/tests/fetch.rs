@@ -40,6 +40,11 @@ struct HubState {
     files: HashMap<String, Vec<u8>>,
     /// Cut the next `n` body responses after this many bytes.
     cut: Option<(usize, usize)>,
+    /// Send this many bytes of a body, then nothing (the connection stays open).
+    stall_after: Option<usize>,
+    /// Headers sent instead of the real etag and commit (a hostile server).
+    etag: Option<String>,
+    commit: Option<String>,
     seen: Vec<Seen>,
 }
 
@@ -100,11 +105,11 @@ fn serve(conn: TcpStream, state: &Mutex<HubState>) {
     }
     let mut conn = conn;
     let range = headers.get("range").cloned();
-    let (body, cut) = {
+    let (body, cut, stall_after, etag_override, commit) = {
         let mut st = state.lock().unwrap();
         st.seen.push(Seen { path: path.clone(), range: range.clone(), authorization: headers.get("authorization").cloned() });
         let body = st.files.get(&path).cloned();
-        (body, st.cut)
+        (body, st.cut, st.stall_after, st.etag.clone(), st.commit.clone().unwrap_or_else(|| COMMIT.to_string()))
     };
     let Some(data) = body else {
         let msg = "Entry not found";
@@ -129,7 +134,7 @@ fn serve(conn: TcpStream, state: &Mutex<HubState>) {
         let _ = write!(conn, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
-    let etag = sha(&data);
+    let etag = etag_override.unwrap_or_else(|| sha(&data));
     let (status, extra) = if range.is_some() {
         ("206 Partial Content", format!("Content-Range: bytes {start}-{end}/{total}\r\n"))
     } else {
@@ -138,13 +143,20 @@ fn serve(conn: TcpStream, state: &Mutex<HubState>) {
     let body = &data[start..=end];
     let _ = write!(
         conn,
-        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nx-repo-commit: {COMMIT}\r\nx-linked-etag: \"{etag}\"\r\netag: \"{etag}\"\r\nx-linked-size: {total}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nx-repo-commit: {commit}\r\nx-linked-etag: \"{etag}\"\r\netag: \"{etag}\"\r\nx-linked-size: {total}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     if method == "HEAD" {
         return;
     }
-    // A real body request (not hf-hub's one-byte metadata probe) may be cut.
+    // A real body request (not the one-byte metadata probe) may stall.
+    if let (Some(after), true) = (stall_after, body.len() > 1) {
+        let _ = conn.write_all(&body[..after.min(body.len())]);
+        let _ = conn.flush();
+        std::thread::sleep(Duration::from_secs(3600));
+        return;
+    }
+    // A real body request (not the one-byte metadata probe) may be cut.
     if let (Some((n, after)), true) = (cut, body.len() > 1) {
         if n > 0 {
             state.lock().unwrap().cut = Some((n - 1, after));
@@ -388,4 +400,68 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Issue 15: hf-hub 0.4 has no read timeout, so a server that stopped
+/// sending hung the fetch for ever. Now the transfer fails after the stall
+/// timeout with a clear error, and keeps what it received for the next
+/// fetch to resume.
+#[test]
+fn issue_15_a_stalled_download_fails_and_resumes_next_time() {
+    let hub = Hub::start();
+    let (_dir, store, model) = setup(&hub, "main", None);
+    let part_len = model.len() / 3;
+    hub.state.lock().unwrap().stall_after = Some(part_len);
+    let entry = store.manifest.get("tiny").unwrap().clone();
+    let spec = entry.files[0].clone();
+    let opts = FetchOptions { stall_timeout: Duration::from_secs(1), ..hub.opts() };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let store2 = store.clone();
+    let (e2, s2, o2) = (entry.clone(), spec.clone(), opts.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(store2.fetch_file(&e2, &s2, &o2, &mut Silent));
+    });
+    let t = Instant::now();
+    let result = rx.recv_timeout(Duration::from_secs(30)).expect("the stalled fetch did not return within 30 s");
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    let err = result.expect_err("a stalled transfer fails");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Download { .. }), "{msg}");
+    assert!(msg.contains("sent nothing for 1 s") && msg.contains("to resume"), "{msg}");
+    let part = store.partial_path(&entry, &spec).unwrap();
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), part_len as u64, "the bytes received are kept");
+    hub.state.lock().unwrap().stall_after = None;
+    let rep = store.fetch_file(&entry, &spec, &opts, &mut Silent).unwrap();
+    assert_eq!(rep.outcome, Outcome::Downloaded { resumed_from: part_len as u64 });
+    assert_eq!(std::fs::read(&rep.path).unwrap(), model);
+}
+
+/// Issue 15: the etag and commit the server sends became file paths
+/// unchecked, so a hostile HF_ENDPOINT could write outside the cache.
+#[test]
+fn issue_15_server_etags_and_commits_that_name_paths_are_refused() {
+    for (etag, commit) in [
+        (Some("../../../../escaped"), None),
+        (None, Some("../../../../escaped")),
+        (Some("a/b"), None),
+    ] {
+        let hub = Hub::start();
+        let (dir, store, _) = setup(&hub, "main", None);
+        {
+            let mut st = hub.state.lock().unwrap();
+            st.etag = etag.map(str::to_string);
+            st.commit = commit.map(str::to_string);
+        }
+        // An unpinned file: its partial download would be named after the etag.
+        let entry = store.manifest.get("tiny").unwrap();
+        let err = store.fetch_file(entry, &entry.files[1], &hub.opts(), &mut Silent).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("refusing it") && msg.contains("escaped") || msg.contains("a/b"), "{msg}");
+        // Nothing was written anywhere but inside the store.
+        let outside: Vec<PathBuf> = walk(dir.path().parent().unwrap())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("escaped"))
+            .collect();
+        assert!(outside.is_empty(), "{outside:?}");
+    }
 }

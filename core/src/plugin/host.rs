@@ -103,7 +103,7 @@ impl fmt::Display for Fingerprint {
 
 /// The command that rebuilds a plugin so that its fingerprint matches the
 /// host's.
-fn rebuild_command(host: &Fingerprint, plugin: &Fingerprint, manifest_dir: &str) -> String {
+pub(crate) fn rebuild_command(host: &Fingerprint, plugin: &Fingerprint, manifest_dir: &str) -> String {
     // `rustc 1.85.0 (hash date)` → `+1.85.0`; nightlies and betas are named
     // differently by rustup, so for them we say which compiler in words.
     let release = host.rustc.split_whitespace().nth(1).unwrap_or("");

@@ -129,7 +129,7 @@ impl Legacy {
                 })?;
             if wanted.contains(key) && !out.contains_key(key) {
                 budget.charge(nbytes, &format!("storage '{key}'"))?;
-                let bytes = input.bytes(nbytes)?;
+                let bytes = input.bytes_exact(nbytes)?;
                 out.insert(key.clone(), bytes);
             } else {
                 let skip = i64::try_from(nbytes).map_err(|_| "storage too large")?;
