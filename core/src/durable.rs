@@ -177,6 +177,33 @@ mod tests {
         assert_eq!(names, ["a.txt"]);
     }
 
+    /// Issue 15: no write fsynced its folder, and PNGs and experiment
+    /// tables were not fsynced at all. Every writer now flushes the file it
+    /// renames into place and the folder that holds it.
+    #[test]
+    fn issue_15_every_writer_flushes_its_file_and_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let img = image::RgbImage::new(2, 2);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/arcface/model.pth");
+        let writers: Vec<(&str, Box<dyn Fn(&Path) -> Result<()>>)> = vec![
+            ("outputs::write_atomic", Box::new(|p: &Path| crate::outputs::write_atomic(p, b"x"))),
+            ("outputs::write_json", Box::new(|p: &Path| crate::outputs::write_json(p, &serde_json::json!({"a": 1})))),
+            ("experiments table", Box::new(|p: &Path| crate::experiments::table::write_atomic(p, "a,b\n"))),
+            ("render::save_png_atomic", Box::new(move |p: &Path| crate::render::save_png_atomic(&img, p))),
+            ("torch::convert_to_safetensors", Box::new(move |p: &Path| crate::torch::convert_to_safetensors(&src, p).map(drop))),
+        ];
+        for (i, (name, write)) in writers.iter().enumerate() {
+            let path = d.join(format!("out{i}.bin"));
+            testing::take_synced();
+            write(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let synced = testing::take_synced();
+            let tmp = synced.iter().any(|p| p.parent() == Some(d) && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!(".out{i}.bin.tmp"))));
+            assert!(tmp, "{name} did not flush its file: {synced:?}");
+            assert!(synced.iter().any(|p| p == d), "{name} did not flush the folder: {synced:?}");
+        }
+    }
+
     #[test]
     fn a_failed_write_keeps_the_old_file() {
         let dir = tempfile::tempdir().expect("tempdir");
