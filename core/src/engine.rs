@@ -57,7 +57,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::models::stylegan2::{self, Generator, Noise};
 use crate::optim::{self, Optimizer};
 use crate::plugin::{self, EditBatch, FeatureMaps, TermOutput};
-use crate::recipe::{Alpha, Mode, NoiseMode, Norm, Recipe};
+use crate::recipe::{Alpha, AlphaPer, DirectionDraw, DiversityKind, LatentSpace, Mode, NoiseMode, Norm, Recipe};
 use crate::{Error, Result};
 use events::{Control, Level, RunInfo, StepStats, TrainEvent};
 pub use report::{CHECKPOINT_FILE, DIRECTION_FILE};
@@ -302,7 +302,7 @@ impl Engine {
     fn w_plus(&self, seed: u64) -> Result<Tensor> {
         let psi = self.recipe.raw.truncation as f64;
         let trunc = (psi < 1.0).then_some((psi, &self.latent_avg));
-        let w = self.gen.w_from_seed(seed, trunc)?;
+        let w = self.gen.w_from_seed_with(seed, self.recipe.raw.seed_rng, trunc)?;
         Ok(self.gen.broadcast_latent(&w)?.contiguous()?)
     }
 
@@ -366,10 +366,11 @@ impl Engine {
             Mode::Direction => {
                 let k = raw.directions;
                 let mut rng = rng_for(raw.seed, 0);
-                let data: Vec<f32> = (0..k * l * d).map(|_| StandardNormal.sample(&mut rng)).collect();
-                let u = Tensor::from_vec(data, (k, l, d), self.device())?;
+                let rows = self.param_layers();
+                let data: Vec<f32> = (0..k * rows * d).map(|_| StandardNormal.sample(&mut rng)).collect();
+                let u = Tensor::from_vec(data, (k, rows, d), self.device())?;
                 // Every norm starts from unit layers so α means the same at step 0.
-                let u = normalize(&u.broadcast_mul(&self.mask)?, Norm::Layer, &self.mask)?;
+                let u = self.constrain(&u, Norm::Layer)?;
                 self.param = Var::from_tensor(&u)?;
             }
             Mode::Latent => {
@@ -381,13 +382,44 @@ impl Engine {
         Ok(())
     }
 
-    /// The trained tensor as the generator sees it (masked), in the graph.
+    /// The trained tensor as the generator sees it (masked; in W, the tied
+    /// vector broadcast to the layers), `[K, L, D]`, in the graph.
     fn effective(&self) -> Result<Tensor> {
         Ok(self.param.as_tensor().broadcast_mul(&self.mask)?)
     }
 
-    /// The step's seeds and α per sample.
-    fn draw(&self, step: usize) -> (Vec<u64>, Vec<f32>) {
+    /// Rows per direction of the trained tensor: 1 in W (one vector tied
+    /// across the layers), `L` in W+.
+    fn param_layers(&self) -> usize {
+        match self.recipe.raw.space {
+            LatentSpace::W => 1,
+            LatentSpace::Wplus => self.dims().0,
+        }
+    }
+
+    /// The norm constraint on a trained tensor (`[K, 1, D]` in W, `[K, L,
+    /// D]` in W+, masked to the trained layers).
+    fn constrain(&self, param: &Tensor, norm: Norm) -> Result<Tensor> {
+        match self.recipe.raw.space {
+            LatentSpace::W => normalize(param, norm, &Tensor::ones((1, 1, 1), param.dtype(), param.device())?),
+            LatentSpace::Wplus => normalize(&param.broadcast_mul(&self.mask)?, norm, &self.mask),
+        }
+    }
+
+    /// Directions edited per latent in a step: `K`, or 1 when a step edits
+    /// with one relaxed one-hot mixture of the `K` (LELSD).
+    fn directions_per_step(&self) -> usize {
+        let raw = &self.recipe.raw;
+        match raw.mode {
+            Mode::Latent => 1,
+            Mode::Direction if raw.directions > 1 && raw.direction_draw == DirectionDraw::OneHot => 1,
+            Mode::Direction => raw.directions,
+        }
+    }
+
+    /// The step's seeds, α per sample and, when a step edits with one
+    /// mixture of the directions, its coefficients.
+    fn draw(&self, step: usize) -> (Vec<u64>, Vec<f32>, Option<Vec<f32>>) {
         let raw = &self.recipe.raw;
         let mut rng = rng_for(raw.seed, step as u64 + 1);
         let seeds: Vec<u64> = if raw.mode == Mode::Latent {
@@ -401,16 +433,16 @@ impl Engine {
             idx.sort_unstable();
             idx.into_iter().map(|i| raw.seeds[i]).collect()
         };
-        let n = match raw.mode {
-            Mode::Latent => seeds.len(),
-            Mode::Direction => seeds.len() * raw.directions,
+        let n = seeds.len() * self.directions_per_step();
+        let alphas = match (raw.mode, self.recipe.alpha, raw.alpha_per) {
+            (Mode::Latent, _, _) => vec![1.0; n],
+            (_, Alpha::Fixed(a), _) => vec![a; n],
+            (_, alpha @ Alpha::Range { .. }, AlphaPer::Sample) => (0..n).map(|_| alpha.sample(&mut rng)).collect(),
+            (_, alpha @ Alpha::Range { .. }, AlphaPer::Step) => vec![alpha.sample(&mut rng); n],
         };
-        let alphas = match (raw.mode, self.recipe.alpha) {
-            (Mode::Latent, _) => vec![1.0; n],
-            (_, Alpha::Fixed(a)) => vec![a; n],
-            (_, alpha @ Alpha::Range { .. }) => (0..n).map(|_| alpha.sample(&mut rng)).collect(),
-        };
-        (seeds, alphas)
+        let mixture = (raw.mode == Mode::Direction && raw.directions > 1 && raw.direction_draw == DirectionDraw::OneHot)
+            .then(|| relaxed_one_hot(&mut rng, raw.directions, raw.one_hot_temperature as f64));
+        (seeds, alphas, mixture)
     }
 
     /// Originals of `seeds`, `[B, …]`, cached per seed where the image does
@@ -461,12 +493,9 @@ impl Engine {
     fn train_step(&mut self, step: usize) -> Result<StepStats> {
         let mut clock = PhaseClock::start();
         let raw = self.recipe.raw.clone();
-        let (seeds, alphas) = self.draw(step);
+        let (seeds, alphas, mixture) = self.draw(step);
         let b = seeds.len();
-        let k = match raw.mode {
-            Mode::Direction => raw.directions,
-            Mode::Latent => 1,
-        };
+        let k = self.directions_per_step();
         let n = alphas.len();
         // Sample i edits latent i % b with direction i / b.
         let (latent_of, direction): (Vec<u32>, Vec<usize>) = match raw.mode {
@@ -499,11 +528,20 @@ impl Engine {
         };
         clock.lap("originals");
         let u = self.effective()?;
+        // LELSD: the step's one direction is the mixture `Σ c_k u_k`.
+        let edit_u = match &mixture {
+            Some(c) => {
+                let (kk, l, d) = u.dims3()?;
+                let c = Tensor::from_slice(c, (1, kk), u.device())?;
+                c.matmul(&u.reshape((kk, l * d))?)?.reshape((1, l, d))?
+            }
+            None => u.clone(),
+        };
         let mut batch = EditBatch {
             x: original.image,
             x_edit: original_placeholder(&w)?,
             w: w.detach(),
-            u: u.clone(),
+            u: edit_u,
             alpha: alphas.clone(),
             direction,
             prompt: raw.prompt.clone(),
@@ -542,8 +580,21 @@ impl Engine {
         let weights: Vec<f64> = self.setup.terms.iter().map(|t| t.weight).collect();
         let mut total: f64 = values.iter().zip(&weights).map(|(v, w)| v * w).sum();
         let mut objective = plugin::surrogate(&outputs, &weights, &batch)?;
-        if raw.mode == Mode::Direction && k > 1 && raw.diversity > 0.0 {
-            let div = diversity(&u)?;
+        if raw.mode == Mode::Direction && raw.directions > 1 && raw.diversity > 0.0 {
+            let div = match raw.diversity_kind {
+                DiversityKind::SquaredCosine => diversity(&u)?,
+                DiversityKind::Correlation => {
+                    let trained = match (raw.space, &self.recipe.layers) {
+                        (LatentSpace::W, _) => self.param.as_tensor().clone(),
+                        (LatentSpace::Wplus, None) => u.clone(),
+                        (LatentSpace::Wplus, Some(ls)) => {
+                            let idx = Tensor::from_vec(ls.iter().map(|&x| x as u32).collect::<Vec<_>>(), ls.len(), u.device())?;
+                            u.index_select(&idx, 1)?
+                        }
+                    };
+                    correlation_diversity(&trained)?
+                }
+            };
             let v = div.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !v.is_finite() {
                 return Err(non_finite("diversity", human, "value", v));
@@ -574,7 +625,7 @@ impl Engine {
         let before = self.param.as_tensor().copy()?;
         self.opt.step(&self.param, &grad, lr)?;
         if raw.mode == Mode::Direction && raw.norm != Norm::None {
-            let next = normalize(&self.effective()?, raw.norm, &self.mask)?;
+            let next = self.constrain(self.param.as_tensor(), raw.norm)?;
             self.param.set(&next)?;
         }
         let check = self.param.as_tensor().sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -790,6 +841,53 @@ pub fn diversity(u: &Tensor) -> Result<Tensor> {
     let c2 = c.sqr()?;
     let off = (c2.sum_all()? - c2.diagonal_sum()?)?;
     Ok((off / (k * (k - 1)) as f64)?)
+}
+
+/// LELSD's correlation loss of `K` directions `[K, L, D]` (its
+/// `correlation_loss` per layer, averaged over the `L` layers given —
+/// <https://github.com/IVRL/LELSD/blob/main/lelsd.py>): for each layer, the
+/// mean over all `K²` entries of `|corr(u_i, u_j) − δ_ij|`, with `corr` the
+/// cosine. 0 for orthogonal directions, `(K − 1)/K` for parallel or
+/// antiparallel ones. The reference divides by the norms unguarded; here a
+/// zero vector (an untrained direction's layer) is uncorrelated with every
+/// other and contributes nothing, not NaN.
+pub fn correlation_diversity(u: &Tensor) -> Result<Tensor> {
+    let k = u.dim(0)?;
+    if k < 2 {
+        return Ok(Tensor::zeros((), u.dtype(), u.device())?);
+    }
+    let per_layer = u.transpose(0, 1)?.contiguous()?; // [L, K, D]
+    let cov = per_layer.matmul(&per_layer.transpose(1, 2)?)?; // [L, K, K]
+    let sq = per_layer.sqr()?.sum_keepdim(2)?; // [L, K, 1]
+    let nonzero = sq.gt(0.0)?.to_dtype(u.dtype())?.detach();
+    // 1/‖u‖ where ‖u‖ > 0, else 0; the square root is taken of 1 there, so
+    // neither the value nor the gradient divides by zero.
+    let inv = (&nonzero / (sq + (1.0 - &nonzero)?)?.sqrt()?)?;
+    let corr = cov.broadcast_mul(&inv)?.broadcast_mul(&inv.transpose(1, 2)?)?;
+    // δ_ij, minus the diagonal of zero vectors (their corr is 0 there too).
+    let eye = Tensor::eye(k, u.dtype(), u.device())?.unsqueeze(0)?;
+    let target = eye.broadcast_mul(&nonzero)?;
+    // The mean over [L, K, K] is the mean over the layers of each layer's
+    // mean over its K² entries.
+    Ok((corr - target)?.abs()?.mean_all()?)
+}
+
+/// A relaxed one-hot draw of `k` coefficients (Gumbel-softmax with uniform
+/// probabilities and temperature `tau`, as torch's
+/// `RelaxedOneHotCategorical(tau, probs=[1/k]*k).sample()` in LELSD): they
+/// sum to 1, and for small `tau` one of them is almost 1.
+pub fn relaxed_one_hot<R: Rng + ?Sized>(rng: &mut R, k: usize, tau: f64) -> Vec<f32> {
+    let log_p = -(k as f64).ln();
+    let scores: Vec<f64> = (0..k)
+        .map(|_| {
+            let u: f64 = rng.random::<f64>().clamp(f64::EPSILON, 1.0 - f64::EPSILON);
+            (log_p - (-u.ln()).ln()) / tau
+        })
+        .collect();
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| (v / sum) as f32).collect()
 }
 
 trait DiagonalSum {

@@ -16,6 +16,7 @@ pub mod fixture;
 pub mod fuzzing;
 pub mod imageops;
 pub mod models;
+pub mod numpy_rng;
 pub mod ops;
 pub mod optim;
 pub mod outputs;

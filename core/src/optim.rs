@@ -45,7 +45,22 @@ pub fn learning_rate(settings: &Settings, step: usize, total: usize) -> f64 {
             lr * (r + (1.0 - r) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
         }
         Schedule::Step { every, gamma } => lr * (gamma as f64).powi((step / every.max(1)) as i32),
+        Schedule::Halvings { count } => lr * 0.5f64.powi(halvings_before(step, total, count) as i32),
     }
+}
+
+/// How many times `Schedule::Halvings { count }` has halved the rate by
+/// 0-based step `step` of `total`, with LELSD's arithmetic
+/// (<https://github.com/IVRL/LELSD/blob/main/lelsd.py>, `fit`:
+/// `lr_decay_steps = num_batches // (num_lr_halvings + 1)`, and before step
+/// `i`, `if i % lr_decay_steps == lr_decay_steps - 1: lr /= 2`). The rate of
+/// step `i` is therefore `lr / 2^((i + 1) // d)` with `d = total // (count +
+/// 1)`: when `count + 1` divides `total`, the last step gets one more
+/// halving than `count` (200 steps, count 3: halvings before steps 49, 99,
+/// 149 and 199), exactly as the reference runs.
+pub fn halvings_before(step: usize, total: usize, count: usize) -> usize {
+    let d = (total / (count + 1)).max(1);
+    (step + 1) / d
 }
 
 /// One optimiser over one trained tensor.
@@ -227,5 +242,32 @@ mod tests {
         assert!((learning_rate(&s, 0, 12) - 0.05).abs() < 1e-7);
         assert!((learning_rate(&s, 2, 12) - 0.1).abs() < 1e-7);
         assert!(learning_rate(&s, 12, 12).abs() < 1e-9);
+    }
+
+    /// LELSD's loop, written out: `lr_decay_steps = n // (h + 1)`; before
+    /// step `i`, `if i % lr_decay_steps == lr_decay_steps - 1: lr /= 2`.
+    /// The halving steps are listed by hand for the report's runs.
+    #[test]
+    fn halvings_follow_lelsds_step_arithmetic() {
+        let halving_steps = |total: usize, count: usize| -> Vec<usize> {
+            (0..total).filter(|&i| halvings_before(i, total, count) > if i == 0 { 0 } else { halvings_before(i - 1, total, count) }).collect()
+        };
+        // Fig. 8: 200 steps, 3 halvings → d = 50.
+        assert_eq!(halving_steps(200, 3), vec![49, 99, 149, 199]);
+        // LELSD's default: 4 halvings; K = 3 directions at 200·K steps.
+        assert_eq!(halving_steps(600, 4), vec![119, 239, 359, 479, 599]);
+        // 10 steps, 3 halvings → d = 2: a halving before every odd step.
+        assert_eq!(halving_steps(10, 3), vec![1, 3, 5, 7, 9]);
+        // Not divisible: 7 steps, 2 halvings → d = 2.
+        assert_eq!(halving_steps(7, 2), vec![1, 3, 5]);
+        let mut s = settings(OptimizerKind::Adam);
+        s.lr = 1e-3;
+        s.schedule = Schedule::Halvings { count: 3 };
+        let lr = |i| learning_rate(&s, i, 200);
+        assert_eq!(lr(0), 1e-3f32 as f64);
+        assert_eq!(lr(48), 1e-3f32 as f64);
+        assert_eq!(lr(49), 1e-3f32 as f64 / 2.0);
+        assert_eq!(lr(150), 1e-3f32 as f64 / 8.0);
+        assert_eq!(lr(199), 1e-3f32 as f64 / 16.0);
     }
 }

@@ -226,6 +226,9 @@ pub struct DirectionMeta {
     pub seed: u64,
     /// The training seeds.
     pub seeds: Vec<u64>,
+    /// How seeds become z: `numpy`, or empty for the default ChaCha8.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seed_rng: String,
 }
 
 impl DirectionMeta {
@@ -340,6 +343,7 @@ mod tests {
             steps: 10,
             seed: 4,
             seeds: vec![0, 1],
+            seed_rng: "numpy".into(),
         }
     }
 

@@ -249,6 +249,12 @@ pub enum Schedule {
         /// Factor.
         gamma: f32,
     },
+    /// Halve the rate `count` times over the run, with LELSD's and
+    /// CLIPLSD's step arithmetic (see [`crate::optim::halvings_before`]).
+    Halvings {
+        /// `num_lr_halvings` of the reference code.
+        count: usize,
+    },
 }
 
 fn default_lr() -> f32 {
@@ -349,6 +355,88 @@ pub enum NoiseMode {
     Zero,
 }
 
+/// The diversity term of `K ≥ 2` directions (`diversity_kind:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DiversityKind {
+    /// LELSD's correlation loss: per trained W+ layer (once in W), the mean
+    /// over all `K²` entries of `|corr(u_i, u_j) − δ_ij|`, averaged over the
+    /// layers (`lelsd.py`, `correlation_loss` and its use in `fit`).
+    #[default]
+    Correlation,
+    /// The mean over pairs `i ≠ j` of the squared cosine of the flattened
+    /// directions (this project's earlier term; flat near orthogonality,
+    /// and layers of opposite sign can cancel).
+    SquaredCosine,
+}
+
+/// Which directions a step trains when `K ≥ 2` (`direction_draw:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectionDraw {
+    /// LELSD: each step edits the batch with one mixture `Σ c_k u_k`,
+    /// `c` a relaxed one-hot draw (Gumbel-softmax, uniform
+    /// probabilities, temperature `one_hot_temperature`), so about one
+    /// direction per step.
+    #[default]
+    OneHot,
+    /// Every direction edits every latent each step (`batch × K` samples).
+    All,
+}
+
+/// The latent space of the direction (`space:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LatentSpace {
+    /// One 512-vector per W+ layer (`layers` picks which are trained).
+    #[default]
+    #[serde(alias = "w+")]
+    Wplus,
+    /// One 512-vector tied across the layers (`layers`, when given, picks
+    /// where it is added), as LELSD's and CLIPLSD's `latent_space='W'`.
+    W,
+}
+
+/// How often α is drawn from a range (`alpha_per:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AlphaPer {
+    /// One α per sample.
+    #[default]
+    Sample,
+    /// One α per step for the whole batch (LELSD's and CLIPLSD's
+    /// `sample_alpha`, called once per step).
+    Step,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn default_one_hot_temperature() -> f32 {
+    ONE_HOT_TEMPERATURE
+}
+
+fn is_default_one_hot_temperature(t: &f32) -> bool {
+    *t == ONE_HOT_TEMPERATURE
+}
+
+/// LELSD's relaxed one-hot temperature (`onehot_temperature=0.001`).
+pub const ONE_HOT_TEMPERATURE: f32 = 0.001;
+
+/// How a seed becomes z.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedRng {
+    /// A ChaCha8 stream seeded with the seed (the same on every platform).
+    #[default]
+    Chacha,
+    /// NumPy's `RandomState(seed).randn(512)` (MT19937, polar Gaussian), as
+    /// NumPy-based StyleGAN code draws z: the same face for the same seed
+    /// and weights. Seeds must fit in 32 bits.
+    Numpy,
+}
+
 /// The recipe exactly as serde reads it: types are checked, values are not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -373,9 +461,23 @@ pub struct RawRecipe {
     /// K, the number of directions trained together.
     #[serde(default = "one_usize")]
     pub directions: usize,
-    /// LELSD's diversity (correlation) weight, for K > 1.
+    /// The diversity term's weight γ, for K > 1 (LELSD's notebooks use 5).
     #[serde(default)]
     pub diversity: f32,
+    /// Which diversity term: `correlation` (LELSD's, the default) or
+    /// `squared_cosine`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub diversity_kind: DiversityKind,
+    /// For K > 1: `one_hot` (LELSD's relaxed one-hot mixture per step, the
+    /// default) or `all` (every direction every step).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub direction_draw: DirectionDraw,
+    /// The relaxed one-hot temperature τ (LELSD: 0.001).
+    #[serde(default = "default_one_hot_temperature", skip_serializing_if = "is_default_one_hot_temperature")]
+    pub one_hot_temperature: f32,
+    /// `wplus` (default) or `w` (one vector tied across the layers).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub space: LatentSpace,
     /// `mode: latent` only: weight of StyleCLIP's `‖w − w₀‖²` (summed over
     /// W+, averaged over the images; StyleCLIP uses 0.008).
     #[serde(default)]
@@ -389,6 +491,9 @@ pub struct RawRecipe {
     /// The edit strength: a number, or `{min, max, min_abs}`.
     #[serde(default = "default_alpha")]
     pub alpha: RawAlpha,
+    /// A range's α drawn per `sample` (default) or once per `step`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub alpha_per: AlphaPer,
     /// Training seeds: one seed trains a local direction, several a global one.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
@@ -406,6 +511,9 @@ pub struct RawRecipe {
     /// The seed of every random draw of the run.
     #[serde(default)]
     pub seed: u64,
+    /// How a latent seed becomes z: `chacha` (default) or `numpy`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub seed_rng: SeedRng,
     /// The optimiser.
     #[serde(default)]
     pub optimizer: Optimizer,
@@ -777,12 +885,26 @@ impl Ctx<'_> {
         if raw.diversity > 0.0 && raw.directions < 2 {
             return Err(self.error("diversity", "the diversity term needs two or more directions; set directions: 2 or more, or remove diversity"));
         }
+        if !(raw.one_hot_temperature.is_finite() && raw.one_hot_temperature >= ONE_HOT_TEMPERATURE) {
+            return Err(self.error("one_hot_temperature", format!(
+                "expected a temperature >= {ONE_HOT_TEMPERATURE} (LELSD's floor; smaller values overflow the softmax), got {}",
+                raw.one_hot_temperature
+            )));
+        }
+        if raw.mode == Mode::Latent && raw.space == LatentSpace::W {
+            return Err(self.error("space", "mode 'latent' optimises each W+ latent; remove space: w or use mode: direction"));
+        }
+        if raw.seed_rng == SeedRng::Numpy {
+            if let Some(s) = raw.seeds.iter().chain(raw.preview.iter().flat_map(|p| p.seeds.iter().flatten())).find(|&&s| s > u32::MAX as u64) {
+                return Err(self.error("seeds", format!("seed {s} does not fit in 32 bits, which seed_rng: numpy requires (NumPy refuses it); use seeds below 4294967296")));
+            }
+        }
         if raw.mode == Mode::Latent && raw.resample {
             return Err(self.error("resample", "mode 'latent' optimises fixed latents; remove resample: true"));
         }
         let alpha = self.check_alpha(&raw.alpha)?;
         let layers = self.check_layers(raw.layers.as_deref())?;
-        self.check_optimizer(&raw.optimizer)?;
+        self.check_optimizer(&raw.optimizer, raw.steps)?;
         if raw.terms.is_empty() {
             return Err(self.error("terms", "no loss terms; add at least one, e.g. '- plugin: clip'"));
         }
@@ -898,7 +1020,7 @@ impl Ctx<'_> {
         Ok(Some(sorted))
     }
 
-    fn check_optimizer(&self, o: &Optimizer) -> Result<(), RecipeError> {
+    fn check_optimizer(&self, o: &Optimizer, steps: usize) -> Result<(), RecipeError> {
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(self.error("optimizer.lr", format!("expected a learning rate > 0, got {}", o.lr)));
         }
@@ -916,6 +1038,10 @@ impl Ctx<'_> {
             Schedule::Step { gamma, .. } if !(gamma > 0.0 && gamma <= 1.0) => {
                 Err(self.error("optimizer.schedule", format!("expected gamma in (0, 1], got {gamma}")))
             }
+            Schedule::Halvings { count } if count == 0 || count >= steps => Err(self.error("optimizer.schedule", format!(
+                "expected count between 1 and steps - 1 ({}), got {count}: the reference halves every steps / (count + 1) steps",
+                steps.saturating_sub(1)
+            ))),
             Schedule::Cosine { final_ratio, .. } if !(0.0..=1.0).contains(&final_ratio) => {
                 Err(self.error("optimizer.schedule", format!("expected final_ratio in [0, 1], got {final_ratio}")))
             }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use lsd_core::engine::{self, Setup, Weights};
 use lsd_core::models::stylegan2::{self, Generator, Noise};
-use lsd_core::recipe::{parse_seeds, Models, Recipe, RecipeError, WeightsRef};
+use lsd_core::recipe::{parse_seeds, Models, Recipe, RecipeError, SeedRng, WeightsRef};
 use lsd_core::{outputs, plugin, render};
 
 use crate::exit::{self, Signals};
@@ -337,7 +337,8 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
     let psi = d.meta.truncation as f64;
     let mut cells = Vec::new();
     for &seed in &seeds {
-        let w = gen.w_from_seed(seed, (psi < 1.0).then_some((psi, &avg)))?;
+        let rng = if d.meta.seed_rng == "numpy" { SeedRng::Numpy } else { SeedRng::Chacha };
+        let w = gen.w_from_seed_with(seed, rng, (psi < 1.0).then_some((psi, &avg)))?;
         let w = gen.broadcast_latent(&w)?.contiguous()?;
         let mut row = vec![render::tensor_to_rgb(&gen.synthesis(&w, noise, false)?.image)?];
         for &a in &alphas {

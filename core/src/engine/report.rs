@@ -13,7 +13,7 @@ use super::Engine;
 use crate::models::clip::{self, Clip, ClipLoss, ClipTokenizer};
 use crate::models::stylegan2::Noise;
 use crate::outputs::{self, Direction, DirectionMeta, TermRecord, DIRECTION_FORMAT};
-use crate::recipe::{Mode, NoiseMode, Norm, RawAlpha};
+use crate::recipe::{Mode, NoiseMode, Norm, RawAlpha, SeedRng};
 use crate::render;
 use crate::{Error, Result};
 
@@ -238,6 +238,10 @@ impl Engine {
             steps: self.step,
             seed: raw.seed,
             seeds: raw.seeds.clone(),
+            seed_rng: match raw.seed_rng {
+                SeedRng::Chacha => String::new(),
+                SeedRng::Numpy => "numpy".into(),
+            },
         };
         let direction = self.effective()?.detach();
         let latent = match &self.w0 {

@@ -499,3 +499,114 @@ fn issue_15_resume_refuses_another_build_of_a_plugin() {
     let err = res.expect_err("another build").to_string();
     assert!(err.contains("different build of loss term 'probe'"), "{err}");
 }
+
+/// LELSD's correlation loss on hand-computed cases: mean over all `K²`
+/// entries of `|corr − δ|`, per layer, averaged over the layers.
+#[test]
+fn correlation_diversity_by_hand() -> Result<()> {
+    let dev = Device::Cpu;
+    let val = |t: &Tensor| correlation_diversity(t).and_then(|v| Ok(v.to_scalar::<f32>()?)).expect("finite");
+    // Orthogonal: corr = I.
+    assert!(val(&Tensor::new(&[[[1f32, 0.0]], [[0.0, 2.0]]], &dev)?).abs() < 1e-6);
+    // Antiparallel: |corr − I| = [[0, 1], [1, 0]] → 2/4. The absolute
+    // value counts the sign: the squared cosine would give 1 too, but …
+    assert!((val(&Tensor::new(&[[[1f32, 1.0]], [[-2.0, -2.0]]], &dev)?) - 0.5).abs() < 1e-6);
+    // K = 3: corr₁₂ = corr₂₃ = 1/√2, corr₁₃ = 0 → 4/√2 / 9.
+    let three = Tensor::new(&[[[1f32, 0.0]], [[1.0, 1.0]], [[0.0, 1.0]]], &dev)?;
+    assert!((val(&three) - 4.0 / 2f32.sqrt() / 9.0).abs() < 1e-6);
+    // … layers of opposite sign cancel in the flattened cosine, not per layer.
+    let cancel = Tensor::new(&[[[1f32, 0.0], [1.0, 0.0]], [[1.0, 0.0], [-1.0, 0.0]]], &dev)?;
+    assert!(diversity(&cancel)?.to_scalar::<f32>()?.abs() < 1e-6);
+    assert!((val(&cancel) - 0.5).abs() < 1e-6);
+    // Zero vectors (the reference would divide by 0): they add nothing, and
+    // the gradient stays finite. Layer 0 antiparallel (0.5), layer 1 zero.
+    let var = Var::new(&[[[1f32, 0.0], [0.0, 0.0]], [[-3.0, 0.0], [0.0, 0.0]]], &dev)?;
+    let v = correlation_diversity(var.as_tensor())?;
+    assert!((v.to_scalar::<f32>()? - 0.25).abs() < 1e-6);
+    let g = v.backward()?.get(var.as_tensor()).expect("a gradient").flatten_all()?.to_vec1::<f32>()?;
+    assert!(g.iter().all(|x| x.is_finite()), "{g:?}");
+    let one_zero = Tensor::new(&[[[1f32, 0.0]], [[0.0, 0.0]]], &dev)?;
+    assert_eq!(val(&one_zero), 0.0);
+    Ok(())
+}
+
+#[test]
+fn relaxed_one_hot_is_almost_one_hot_and_uniform() {
+    let mut rng = rng_for(5, 1);
+    let (mut wins, mut sharp) = ([0usize; 3], 0);
+    for _ in 0..3000 {
+        let c = relaxed_one_hot(&mut rng, 3, 0.001);
+        assert!((c.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{c:?}");
+        let (i, max) = c.iter().enumerate().fold((0, 0f32), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+        sharp += usize::from(max > 0.99);
+        wins[i] += 1;
+    }
+    // Two Gumbel scores closer than a few τ share the weight: rare.
+    assert!(sharp > 2970, "{sharp} of 3000 draws are one-hot to 1%");
+    assert!(wins.iter().all(|&w| (850..1150).contains(&w)), "{wins:?}");
+    let flat = relaxed_one_hot(&mut rng, 4, 1e6);
+    assert!(flat.iter().all(|v| (v - 0.25).abs() < 1e-3), "{flat:?}");
+}
+
+/// Records each call's α values and the shape of `u`.
+struct Probe(Arc<std::sync::Mutex<Vec<(Vec<f32>, Vec<usize>)>>>);
+
+impl LossTerm for Probe {
+    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+        self.0.lock().expect("not poisoned").push((b.alpha.clone(), b.u.dims().to_vec()));
+        Ok((&b.x_edit - 0.5)?.sqr()?.mean_all()?)
+    }
+}
+
+fn probe_run(extra: &str, out: &Path) -> Vec<(Vec<f32>, Vec<usize>)> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let text = RECIPE.replace("seed: 11\n", &format!("seed: 11\n{extra}")).replace("batch: 1\n", "batch: 2\n");
+    let mut r = recipe(&text, out);
+    r.terms.truncate(1);
+    r.raw.terms.truncate(1);
+    let (_, res) = run_sync(r, quiet(vec![EngineTerm::in_process("probe", 1.0, Probe(seen.clone()))]));
+    res.expect("trains");
+    let v = seen.lock().expect("not poisoned").clone();
+    v
+}
+
+#[test]
+fn one_hot_mixture_alpha_per_step_and_all_directions() {
+    let dir = tempdir();
+    // LELSD's regime: one mixed direction per step, one α per step.
+    let calls = probe_run("directions: 3\ndiversity: 5\nalpha_per: step\n", &dir.path().join("a"));
+    assert_eq!(calls.len(), 4);
+    for (alphas, u) in &calls {
+        assert_eq!(u[0], 1, "one mixture per step");
+        assert_eq!(alphas.len(), 2, "batch 2, one sample per latent");
+        assert!(alphas.iter().all(|a| *a == alphas[0] && a.abs() >= 1.0), "{alphas:?}");
+    }
+    // Every direction every step, α per sample.
+    let calls = probe_run("directions: 3\ndiversity: 5\ndirection_draw: all\n", &dir.path().join("b"));
+    for (alphas, u) in &calls {
+        assert_eq!(u[0], 3);
+        assert_eq!(alphas.len(), 6);
+    }
+    assert!(calls.iter().any(|(a, _)| a.iter().any(|x| *x != a[0])), "α per sample differs within a step");
+}
+
+#[test]
+fn w_space_ties_one_vector_across_the_layers() {
+    let dir = tempdir();
+    for (extra, layers) in [("space: w\n", None), ("space: w\nlayers: [1, 2]\n", Some(vec![1usize, 2]))] {
+        let out = dir.path().join(format!("w{}", layers.is_some()));
+        let text = RECIPE.replace("seed: 11\n", &format!("seed: 11\n{extra}"));
+        let (_, res) = run_sync(recipe(&text, &out), quiet(terms()));
+        res.expect("trains in W");
+        let d = read_direction(&out.join(DIRECTION_FILE), &Device::Cpu).expect("direction");
+        let rows: Vec<Vec<f32>> = d.direction.squeeze(0).and_then(|t| t.to_vec2()).expect("[L, D]");
+        let on: Vec<usize> = (0..rows.len()).filter(|&l| rows[l].iter().any(|v| *v != 0.0)).collect();
+        let want = layers.clone().unwrap_or_else(|| (0..rows.len()).collect());
+        assert_eq!(on, want);
+        for &l in &on {
+            assert_eq!(rows[l], rows[on[0]], "layer {l} carries the tied vector");
+        }
+        let norm: f32 = rows[on[0]].iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm: layer keeps the tied vector unit: {norm}");
+    }
+}

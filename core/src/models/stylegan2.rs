@@ -34,6 +34,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+pub use crate::recipe::SeedRng;
 use crate::{Error, Result};
 
 pub use demo::demo;
@@ -457,7 +458,12 @@ impl Generator {
     /// w `[1, D]` for a seed: [`z_from_seed`], mapping, then truncation
     /// towards `latent_avg` when given.
     pub fn w_from_seed(&self, seed: u64, truncation: Option<(f64, &Tensor)>) -> Result<Tensor> {
-        let w = self.mapping(&z_from_seed(seed, self.cfg.style_dim, &self.device)?)?;
+        self.w_from_seed_with(seed, SeedRng::Chacha, truncation)
+    }
+
+    /// [`Generator::w_from_seed`] with z drawn by `rng` (see [`z_for_seed`]).
+    pub fn w_from_seed_with(&self, seed: u64, rng: SeedRng, truncation: Option<(f64, &Tensor)>) -> Result<Tensor> {
+        let w = self.mapping(&z_for_seed(seed, rng, self.cfg.style_dim, &self.device)?)?;
         match truncation {
             Some((psi, avg)) => truncate(&w, avg, psi),
             None => Ok(w),
@@ -482,6 +488,19 @@ impl Module for Generator {
 pub fn truncate(w: &Tensor, latent_avg: &Tensor, psi: f64) -> Result<Tensor> {
     let avg = latent_avg.flatten_all()?;
     Ok(w.broadcast_sub(&avg)?.affine(psi, 0.0)?.broadcast_add(&avg)?)
+}
+
+/// z `[1, style_dim]` for `seed` drawn by `rng`: [`z_from_seed`] (ChaCha8),
+/// or NumPy's `RandomState(seed).randn(style_dim)` rounded to f32, as
+/// NumPy-based StyleGAN code draws it (CLIPLSD, LELSD).
+pub fn z_for_seed(seed: u64, rng: SeedRng, style_dim: usize, device: &Device) -> Result<Tensor> {
+    match rng {
+        SeedRng::Chacha => z_from_seed(seed, style_dim, device),
+        SeedRng::Numpy => {
+            let data: Vec<f32> = crate::numpy_rng::randn(seed, style_dim)?.into_iter().map(|v| v as f32).collect();
+            Ok(Tensor::from_vec(data, (1, style_dim), device)?)
+        }
+    }
 }
 
 /// A standard-normal z `[1, style_dim]` drawn from a ChaCha8 stream seeded
