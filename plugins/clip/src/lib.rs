@@ -76,6 +76,17 @@ pub struct Params {
     pub image: Option<PathBuf>,
     /// How images are resized to CLIP's input.
     pub resize: ResizeMode,
+    /// Shift to `[0, 1]` and apply CLIP's mean/std (default `true`);
+    /// `false` feeds the resized `[-1, 1]` image as StyleCLIP and CLIPLSD do.
+    pub normalize: Option<bool>,
+    /// Clamp the image to `[-1, 1]` before resizing (StyleCLIP, CLIPLSD).
+    pub clamp: bool,
+}
+
+impl Params {
+    fn normalize(&self) -> bool {
+        self.normalize.unwrap_or(true)
+    }
 }
 
 /// Where the target embedding comes from.
@@ -91,6 +102,8 @@ pub struct ClipTerm {
     clip: Clip,
     tokenizer: ClipTokenizer,
     resize: Resize,
+    clamp: bool,
+    normalize: bool,
     target: Target,
 }
 
@@ -102,6 +115,8 @@ impl std::fmt::Debug for ClipTerm {
         };
         f.debug_struct("ClipTerm")
             .field("resize", &self.resize)
+            .field("clamp", &self.clamp)
+            .field("normalize", &self.normalize)
             .field("target", &target)
             .finish_non_exhaustive()
     }
@@ -170,6 +185,7 @@ impl ClipTerm {
     /// after loading the weights).
     pub fn with_model(clip: Clip, tokenizer: ClipTokenizer, params: &Params) -> Result<Self> {
         let resize = Resize::from(params.resize);
+        let (clamp, normalize) = (params.clamp, params.normalize());
         let target = match (&params.prompt, &params.image) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config(
@@ -178,19 +194,19 @@ impl ClipTerm {
                 ))
             }
             (Some(prompt), None) => {
-                Target::Fixed(ClipLoss::new(clip.clone(), &tokenizer, &[prompt], resize)?)
+                Target::Fixed(ClipLoss::new(clip.clone(), &tokenizer, &[prompt], resize)?.with_input(clamp, normalize))
             }
             (None, Some(path)) => {
                 let device = clip.logit_scale().device().clone();
                 let reference = load_image(path, &device)?;
                 // What `ClipLoss::image_embeds` computes for the edited images.
-                let pixels = clip::preprocess(&reference, resize, clip.image_size())?;
+                let pixels = clip::prepare(&reference, resize, clip.image_size(), clamp, normalize)?;
                 let embeds = clip::normalize(&clip.image_features(&pixels)?)?;
-                Target::Fixed(ClipLoss::from_text_embeds(clip.clone(), &embeds, resize))
+                Target::Fixed(ClipLoss::from_text_embeds(clip.clone(), &embeds, resize).with_input(clamp, normalize))
             }
             (None, None) => Target::BatchPrompt(Mutex::new(None)),
         };
-        Ok(Self { clip, tokenizer, resize, target })
+        Ok(Self { clip, tokenizer, resize, clamp, normalize, target })
     }
 
     /// The [`ClipLoss`] for `prompt` (the batch's), from the cache or
@@ -212,8 +228,8 @@ impl ClipTerm {
                             .into(),
                     ));
                 }
-                let loss =
-                    ClipLoss::new(self.clip.clone(), &self.tokenizer, &[prompt], self.resize)?;
+                let loss = ClipLoss::new(self.clip.clone(), &self.tokenizer, &[prompt], self.resize)?
+                    .with_input(self.clamp, self.normalize);
                 *cache = Some((prompt.to_string(), loss.clone()));
                 Ok(loss)
             }
@@ -257,6 +273,18 @@ impl Plugin for ClipTerm {
                 "auto | styleclip | bilinear",
                 "auto",
                 "resize to CLIP's input: StyleCLIP's ×7/avg-pool for multiples of 32, else bilinear",
+            ),
+            ParamInfo::new(
+                "normalize",
+                "true | false",
+                "true",
+                "CLIP's mean/std on [0, 1] pixels; false feeds the resized [-1, 1] image (StyleCLIP, CLIPLSD)",
+            ),
+            ParamInfo::new(
+                "clamp",
+                "true | false",
+                "false",
+                "clamp the image to [-1, 1] first (StyleCLIP, CLIPLSD)",
             ),
         ]
     }

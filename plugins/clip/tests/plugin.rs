@@ -164,11 +164,11 @@ fn bad_params_name_the_field_and_position() -> Result<()> {
     let lib = PluginLibrary::open(library())?;
     assert_eq!(lib.info().name, "clip");
     let names: Vec<_> = lib.info().params.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["prompt", "image", "resize"]);
+    assert_eq!(names, ["prompt", "image", "resize", "normalize", "clamp"]);
     let ctx = InitContext::default();
     let msg = lib.instantiate("resize: auto\npromt: a cat", &ctx).unwrap_err().to_string();
     assert!(msg.contains("promt") && msg.contains("line 2 column 1"), "{msg}");
-    assert!(msg.contains("`prompt`, `image`, `resize`"), "{msg}");
+    assert!(msg.contains("`prompt`, `image`, `resize`, `normalize`, `clamp`"), "{msg}");
     let msg = lib.instantiate("resize: sideways", &ctx).unwrap_err().to_string();
     assert!(msg.contains("sideways") && msg.contains("line 1"), "{msg}");
     let msg = lib.instantiate("prompt: a\nimage: b.png", &ctx).unwrap_err().to_string();
@@ -207,5 +207,27 @@ fn passes_the_plugin_check() -> Result<()> {
     );
     assert!(report.smoke_value.is_finite());
     assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
+    Ok(())
+}
+
+/// `normalize: false` and `clamp: true` (StyleCLIP's and CLIPLSD's input):
+/// the term equals `1 − cos` of the clamped, resized `[-1, 1]` image fed to
+/// the vision tower by hand, and differs from the normalised default.
+#[test]
+fn raw_clamped_input_matches_the_reference_pipeline() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut batch = image_batch(7, 32)?;
+    // Push some pixels past [-1, 1] so that the clamp matters.
+    batch.x_edit = (&batch.x_edit * 1.8)?;
+    let (clip, tokenizer) = clip::demo(DEMO_MODEL_SEED, &dev)?;
+    let text = clip::normalize(&clip.text_features(&tokenizer.encode_batch(&[&batch.prompt], clip::Padding::Longest, &dev)?.input_ids)?)?;
+    let pixels = clip::preprocess::resize(&batch.x_edit.clamp(-1f32, 1f32)?, Resize::StyleClip, clip.image_size())?;
+    let image = clip::normalize(&clip.image_features(&pixels)?)?;
+    let by_hand = 1.0 - clip::cosine_similarity(&image, &text)?.mean_all()?.to_scalar::<f32>()? as f64;
+    let (_, loaded) = loaded_vs_in_process("normalize: false\nclamp: true\nresize: styleclip", &batch)?;
+    assert!((loaded - by_hand).abs() < 1e-6, "loaded {loaded} by hand {by_hand}");
+    let (_, unclamped) = loaded_vs_in_process("normalize: false\nresize: styleclip", &batch)?;
+    let (_, default) = loaded_vs_in_process("resize: styleclip", &batch)?;
+    assert!((unclamped - loaded).abs() > 1e-6 && (default - loaded).abs() > 1e-6, "{loaded} {unclamped} {default}");
     Ok(())
 }

@@ -129,3 +129,17 @@ pub fn preprocess(xs: &Tensor, method: Resize, size: usize) -> Result<Tensor> {
     let x01 = ((xs + 1.0)? * 0.5)?;
     normalize_pixels(&resize(&x01, method, size)?)
 }
+
+/// [`preprocess`] with StyleCLIP's and CLIPLSD's switches: `clamp` clamps
+/// the image to `[-1, 1]` first; `normalize: false` feeds the resized
+/// `[-1, 1]` image itself, without the `x01` shift and CLIP's mean/std (as
+/// StyleCLIP's `criteria/clip_loss.py` and CLIPLSD's `cliplsd.py` do:
+/// `avg_pool(upsample(image))` straight into `encode_image`).
+pub fn prepare(xs: &Tensor, method: Resize, size: usize, clamp: bool, normalize: bool) -> Result<Tensor> {
+    let xs = if clamp { xs.clamp(-1.0f32, 1.0f32)? } else { xs.clone() };
+    if normalize {
+        preprocess(&xs, method, size)
+    } else {
+        resize(&xs, method, size)
+    }
+}
