@@ -34,11 +34,26 @@ use lsd_core::plugin::{EditBatch, InitContext, LossTerm, OriginalCache, ParamInf
 use lsd_core::Result;
 use serde::Deserialize;
 
-/// The plugin's parameters: none. The struct exists so that a misspelt
-/// key is an error naming the plugin rather than silently ignored.
+/// Which input the backbone sees (`crop:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CropMode {
+    /// StyleCLIP's face crop (`criteria/id_loss.py`).
+    #[default]
+    Styleclip,
+    /// The whole image resized to 112² (CLIPLSD's `cliplsd.py`). λ_ID is not
+    /// comparable between the two: the uncropped image holds background.
+    None,
+}
+
+/// The plugin's parameters (a misspelt key is an error naming the plugin
+/// rather than silently ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {}
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// StyleCLIP's face crop or the whole image.
+    pub crop: CropMode,
+}
 
 /// The `identity` term.
 #[derive(Debug, Clone)]
@@ -86,16 +101,25 @@ impl Plugin for IdentityTerm {
     type Params = Params;
 
     fn params() -> Vec<ParamInfo> {
-        Vec::new()
+        vec![ParamInfo::new(
+            "crop",
+            "styleclip | none",
+            "styleclip",
+            "StyleCLIP's face crop, or the whole image resized to 112² (CLIPLSD); λ differs between them",
+        )]
     }
 
-    fn new(_params: Params, context: &InitContext) -> Result<Self> {
+    fn new(params: Params, context: &InitContext) -> Result<Self> {
         let device = context.device()?;
         let backbone = match weights_path(context, "arcface") {
             Some(path) => Backbone::from_state_dict(lsd_core::torch::load(&path)?, &device)?,
             None => arcface::demo(DEMO_MODEL_SEED, &device)?,
         };
-        Ok(Self::with_backbone(backbone))
+        let crop = match params.crop {
+            CropMode::Styleclip => arcface::Crop::StyleClip,
+            CropMode::None => arcface::Crop::None,
+        };
+        Ok(Self { id_loss: IdLoss::new(backbone).with_crop(crop), reference: OriginalCache::default() })
     }
 }
 

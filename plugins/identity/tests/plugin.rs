@@ -116,11 +116,13 @@ fn an_unchanged_image_has_zero_loss_and_gradient() -> Result<()> {
 fn bad_params_name_the_field_and_position() -> Result<()> {
     let lib = PluginLibrary::open(library())?;
     assert_eq!(lib.info().name, "identity");
-    assert!(lib.info().params.is_empty());
+    assert_eq!(lib.info().params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["crop"]);
     let ctx = InitContext::default();
     assert!(lib.instantiate("", &ctx).is_ok() && lib.instantiate("{}", &ctx).is_ok());
+    let msg = lib.instantiate("size: 112", &ctx).unwrap_err().to_string();
+    assert!(msg.contains("unknown field `size`, expected `crop`"), "{msg}");
     let msg = lib.instantiate("crop: 112", &ctx).unwrap_err().to_string();
-    assert!(msg.contains("unknown field `crop`, there are no fields"), "{msg}");
+    assert!(msg.contains("styleclip") && msg.contains("none"), "{msg}");
     let weights = [("arcface".to_string(), Some(PathBuf::from("/no/such/model_ir_se50.pth")))];
     let msg = lib
         .instantiate("", &InitContext { weights: weights.into(), ..InitContext::default() })
@@ -205,4 +207,24 @@ fn check_original_cache(path: &Path, params: &str, batch: &EditBatch) -> Result<
 #[test]
 fn caches_the_originals_embedding_under_the_sample_keys() -> Result<()> {
     check_original_cache(&library(), "", &image_batch(3, 32, 0.3)?)
+}
+
+/// `crop: none` (CLIPLSD): the backbone sees the whole image resized
+/// bilinearly to 112², not StyleCLIP's face crop; the loaded library and
+/// the in-process term agree, and the value is computed by hand.
+#[test]
+fn crop_none_resizes_the_whole_image() -> Result<()> {
+    let batch = image_batch(3, 32, 0.3)?;
+    let lib = PluginLibrary::open(library())?;
+    let loaded = lib.instantiate("crop: none", &InitContext::default())?.evaluate(&batch)?;
+    let backbone = arcface::demo(DEMO_MODEL_SEED, &Device::Cpu)?;
+    let size = backbone.config().input_size;
+    let feats = |x: &candle_core::Tensor| -> Result<candle_core::Tensor> {
+        Ok(backbone.forward_outputs(&arcface::whole_image_preprocess(x, size)?)?.embedding)
+    };
+    let by_hand = arcface::id_loss_from_embeddings(&feats(&batch.x)?, &feats(&batch.x_edit)?)?.to_scalar::<f32>()? as f64;
+    assert!((loaded.value - by_hand).abs() < 1e-6, "loaded {} by hand {by_hand}", loaded.value);
+    let cropped = lib.instantiate("", &InitContext::default())?.evaluate(&batch)?;
+    assert!((cropped.value - loaded.value).abs() > 1e-6, "the crop changes the value");
+    Ok(())
 }

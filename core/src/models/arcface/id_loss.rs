@@ -45,6 +45,25 @@ pub fn styleclip_preprocess(xs: &Tensor, size: usize) -> Result<Tensor> {
     resample(&crop, Filter::AdaptiveAvg, (size, size))
 }
 
+/// How a generator image becomes the backbone's input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Crop {
+    /// StyleCLIP's face crop ([`styleclip_preprocess`]).
+    #[default]
+    StyleClip,
+    /// The whole image resized to the input size, as CLIPLSD
+    /// (`cliplsd.py`: `torchvision.transforms.Resize(size=[112])` on the
+    /// raw image; torchvision 0.10 resizes tensors bilinearly without
+    /// antialias): [`whole_image_preprocess`].
+    None,
+}
+
+/// CLIPLSD's identity input: the whole `[N, 3, H, W]` image resized
+/// bilinearly (`align_corners=False`, no antialias) to `size × size`.
+pub fn whole_image_preprocess(xs: &Tensor, size: usize) -> Result<Tensor> {
+    resample(xs, Filter::Bilinear, (size, size))
+}
+
 /// `1 − ⟨reference_i, edited_i⟩` per row of two `[N, E]` unit-norm embedding
 /// batches: `[N]`. Neither side is detached here.
 pub fn id_loss_per_pair(reference: &Tensor, edited: &Tensor) -> Result<Tensor> {
@@ -67,12 +86,19 @@ pub fn id_loss_from_embeddings(reference: &Tensor, edited: &Tensor) -> Result<Te
 #[derive(Debug, Clone)]
 pub struct IdLoss {
     backbone: Backbone,
+    crop: Crop,
 }
 
 impl IdLoss {
     /// Wraps a backbone (its input size sets the crop's output size).
     pub fn new(backbone: Backbone) -> Self {
-        Self { backbone }
+        Self { backbone, crop: Crop::StyleClip }
+    }
+
+    /// Sets how images are brought to the backbone (see [`Crop`]).
+    pub fn with_crop(mut self, crop: Crop) -> Self {
+        self.crop = crop;
+        self
     }
 
     /// The wrapped backbone.
@@ -82,7 +108,11 @@ impl IdLoss {
 
     /// `IDLoss.extract_feats`: unit-norm embeddings `[N, E]` of generator images.
     pub fn extract_feats(&self, xs: &Tensor) -> Result<Tensor> {
-        let crop = styleclip_preprocess(xs, self.backbone.config().input_size)?;
+        let size = self.backbone.config().input_size;
+        let crop = match self.crop {
+            Crop::StyleClip => styleclip_preprocess(xs, size)?,
+            Crop::None => whole_image_preprocess(xs, size)?,
+        };
         Ok(self.backbone.forward_outputs(&crop)?.embedding)
     }
 
