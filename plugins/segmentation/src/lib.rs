@@ -103,6 +103,59 @@ pub enum Space {
     Features,
 }
 
+/// How the change of a pixel (or feature-map cell) is measured over its
+/// channels (`change:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// `Σ_c Δ²` (LELSD's `L2`, which averages over the channels: the ratio
+    /// is the same, ε aside).
+    #[default]
+    L2,
+    /// `Σ_c |Δ|` (LELSD's `L1`, up to the same channel factor).
+    L1,
+    /// `1 − cos` of the channel vectors (LELSD's `cos`, torch's
+    /// `cosine_similarity` with `eps = 1e-8`).
+    Cosine,
+}
+
+/// What the term returns (`loss:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossForm {
+    /// `1 −` the in-region share: the out-of-region share, in `[0, 1]`.
+    #[default]
+    Complement,
+    /// `−` the in-region share, weighted per layer: LELSD's and CLIPLSD's
+    /// `localization_loss` (−1 is perfect localisation).
+    Negative,
+}
+
+/// Which side of the mask the edit belongs to (`region:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    /// Inside the classes.
+    #[default]
+    Foreground,
+    /// Outside them (LELSD's `mode='background'`: the indicator is `1 − s`).
+    Background,
+}
+
+/// How the mask is brought to a feature map's resolution (`mask_resize:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskResize {
+    /// From the parse to each map directly: area averaging when shrinking,
+    /// bilinear when enlarging ([`resize_mask`]).
+    #[default]
+    Area,
+    /// LELSD's cascade ([`cascade_masks`]): maps from the finest down, the
+    /// mask resized bilinearly with `align_corners=True` from the previous
+    /// resolution's mask, starting at the parse (512 for BiSeNet).
+    Cascade,
+}
+
 /// A face part, checked against [`bisenet::CLASS_NAMES`] (and LELSD's
 /// aliases) while the parameters are parsed, so that an unknown name is
 /// reported with its line and column.
@@ -148,6 +201,21 @@ pub struct Params {
     pub size: usize,
     /// Guard of the denominator (see the module docs).
     pub epsilon: f64,
+    /// How the change is measured over the channels.
+    pub change: Change,
+    /// `complement` (`1 −` the in-region share) or `negative` (LELSD's `−`).
+    pub loss: LossForm,
+    /// Whether the edit belongs inside (`foreground`) or outside the parts.
+    pub region: Region,
+    /// `space: features`: the feature maps used, 0-based (map `i` is the
+    /// output of the `i + 1`-th styled conv, LELSD's `layer_{i+1}`;
+    /// default: all, LELSD's layers 1..17 at 1024²).
+    pub layers: Option<Vec<usize>>,
+    /// `space: features`: a weight per used map (default equal), divided
+    /// by their sum as in LELSD.
+    pub layer_weights: Option<Vec<f64>>,
+    /// `space: features`: how the mask reaches each map's resolution.
+    pub mask_resize: MaskResize,
 }
 
 impl Default for Params {
@@ -159,6 +227,12 @@ impl Default for Params {
             space: Space::Pixels,
             size: 512,
             epsilon: 1e-6,
+            change: Change::L2,
+            loss: LossForm::Complement,
+            region: Region::Foreground,
+            layers: None,
+            layer_weights: None,
+            mask_resize: MaskResize::Area,
         }
     }
 }
@@ -183,6 +257,28 @@ impl Params {
         // "Is it in range" rather than "out of range", so NaN is rejected.
         if !(self.epsilon > 0.0 && self.epsilon.is_finite()) {
             return bad(format!("`epsilon` is {}, it must be > 0", self.epsilon));
+        }
+        if let Some(layers) = &self.layers {
+            if layers.is_empty() {
+                return bad("`layers` is empty; remove it to use every feature map".into());
+            }
+        }
+        if let Some(w) = &self.layer_weights {
+            if w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) || w.iter().sum::<f64>() <= 0.0 {
+                return bad(format!("`layer_weights` {w:?}: expected weights >= 0 with a positive sum"));
+            }
+            let n = self.layers.as_ref().map(Vec::len);
+            if n.is_some_and(|n| n != w.len()) {
+                return bad(format!(
+                    "`layer_weights` has {} weights for the {} `layers`; give one per layer",
+                    w.len(),
+                    n.unwrap_or(0)
+                ));
+            }
+        }
+        let features_only = self.layers.is_some() || self.layer_weights.is_some() || self.mask_resize != MaskResize::Area;
+        if features_only && self.space != Space::Features {
+            return bad("`layers`, `layer_weights` and `mask_resize` apply to `space: features`; set it or remove them".into());
         }
         Ok(())
     }
@@ -227,6 +323,56 @@ pub fn resize_mask(mask: &Tensor, (height, width): (usize, usize)) -> Result<Ten
     }
     let filter = if height <= h && width <= w { Filter::AdaptiveAvg } else { Filter::Bilinear };
     resample(mask, filter, (height, width))
+}
+
+/// LELSD's mask cascade (`lelsd.py`, `fit`): for maps of resolutions
+/// `sides` (any order), the mask of each, walking from the finest side down;
+/// when the side changes, the mask is the previous one resized bilinearly
+/// with `align_corners=True` (the parse itself at the parse's side, and the
+/// parse is the start). Returned in the order of `sides`.
+pub fn cascade_masks(mask: &Tensor, sides: &[usize]) -> Result<Vec<Tensor>> {
+    let (_, _, h, _) = mask.dims4()?;
+    let mut order: Vec<usize> = (0..sides.len()).collect();
+    order.sort_by(|&a, &b| sides[b].cmp(&sides[a]));
+    let mut out: Vec<Option<Tensor>> = vec![None; sides.len()];
+    let (mut current, mut last) = (mask.clone(), None);
+    for i in order {
+        let side = sides[i];
+        if last != Some(side) {
+            current = if side == h { mask.clone() } else { resample(&current, Filter::BilinearAlignCorners, (side, side))? };
+        }
+        last = Some(side);
+        out[i] = Some(current.clone());
+    }
+    Ok(out.into_iter().map(|m| m.expect("every side visited")).collect())
+}
+
+/// The per-cell change `[N, h, w]` of `[N, C, h, w]` tensors.
+pub fn change_map(a: &Tensor, b: &Tensor, how: Change) -> Result<Tensor> {
+    let d = (a - b)?;
+    Ok(match how {
+        Change::L2 => d.sqr()?.sum(1)?,
+        Change::L1 => d.abs()?.sum(1)?,
+        Change::Cosine => {
+            // torch: x·y / max(‖x‖·‖y‖, eps), eps = 1e-8.
+            let dot = (a * b)?.sum(1)?;
+            let na = a.sqr()?.sum(1)?.sqrt()?;
+            let nb = b.sqr()?.sum(1)?.sqrt()?;
+            let cos = (dot / (na * nb)?.clamp(1e-8, f64::INFINITY)?)?;
+            cos.affine(-1.0, 1.0)?
+        }
+    })
+}
+
+/// The in-region share `Σ s·D / (Σ D + ε)` per sample, `[N]`, of the change
+/// `D` ([`change_map`]) with the indicator `s` `[N, 1, h, w]` already at the
+/// tensors' resolution.
+pub fn in_region_share(a: &Tensor, b: &Tensor, indicator: &Tensor, how: Change, epsilon: f64) -> Result<Tensor> {
+    let d = change_map(a, b, how)?;
+    let s = indicator.detach().to_dtype(a.dtype())?.squeeze(1)?;
+    let inside = (&d * s)?.sum((1, 2))?;
+    let total = (d.sum((1, 2))? + epsilon)?;
+    Ok((inside / total)?)
 }
 
 /// Combines two detached masks per pixel.
@@ -310,9 +456,92 @@ impl SegmentationTerm {
     }
 }
 
+impl SegmentationTerm {
+    /// `true` when every setting is the original formula's
+    /// ([`out_of_region_share`], equal map weights, area resize).
+    fn classic(&self) -> bool {
+        let p = &self.params;
+        p.change == Change::L2
+            && p.loss == LossForm::Complement
+            && p.region == Region::Foreground
+            && p.layers.is_none()
+            && p.layer_weights.is_none()
+            && p.mask_resize == MaskResize::Area
+    }
+
+    /// The general form: `Σ_l w_l · share_l` over the used maps (or the
+    /// image), then `1 −` it or `−` it, averaged over the batch.
+    fn weighted_share_loss(&self, batch: &EditBatch, mask: &Tensor) -> Result<Tensor> {
+        let p = &self.params;
+        let pairs: Vec<(Tensor, Tensor)> = match p.space {
+            Space::Pixels => vec![(batch.x.clone(), batch.x_edit.clone())],
+            Space::Features => {
+                let maps = batch.features.as_ref().filter(|f| !f.x_edit.is_empty()).ok_or_else(no_features)?;
+                let all: Vec<usize> = (0..maps.x_edit.len()).collect();
+                let used = p.layers.clone().unwrap_or(all);
+                if let Some(&bad) = used.iter().find(|&&l| l >= maps.x_edit.len()) {
+                    return Err(Error::Config(format!(
+                        "plugin 'segmentation': `layers` names feature map {bad}, and the generator has {} (0..={})",
+                        maps.x_edit.len(),
+                        maps.x_edit.len() - 1
+                    )));
+                }
+                used.iter().map(|&l| (maps.x[l].clone(), maps.x_edit[l].clone())).collect()
+            }
+        };
+        let weights: Vec<f64> = match &p.layer_weights {
+            Some(w) if w.len() != pairs.len() => {
+                return Err(Error::Config(format!(
+                    "plugin 'segmentation': {} `layer_weights` for {} feature maps; give one per map",
+                    w.len(),
+                    pairs.len()
+                )))
+            }
+            Some(w) => w.iter().map(|v| v / w.iter().sum::<f64>()).collect(),
+            None => vec![1.0 / pairs.len() as f64; pairs.len()],
+        };
+        let mask = mask.detach().to_dtype(batch.x_edit.dtype())?;
+        let sides: Vec<usize> = pairs.iter().map(|(a, _)| a.dim(2)).collect::<candle_core::Result<_>>()?;
+        let masks = match p.mask_resize {
+            MaskResize::Cascade => cascade_masks(&mask, &sides)?,
+            MaskResize::Area => pairs.iter().map(|(a, _)| resize_mask(&mask, (a.dim(2)?, a.dim(3)?))).collect::<Result<_>>()?,
+        };
+        let mut score: Option<Tensor> = None;
+        for (((a, b), m), w) in pairs.iter().zip(&masks).zip(&weights) {
+            if *w == 0.0 {
+                continue;
+            }
+            let indicator = match p.region {
+                Region::Foreground => m.clone(),
+                Region::Background => m.affine(-1.0, 1.0)?,
+            };
+            let share = (in_region_share(a, b, &indicator, p.change, p.epsilon)? * *w)?;
+            score = Some(match score {
+                Some(t) => (t + share)?,
+                None => share,
+            });
+        }
+        let score = score.ok_or_else(|| Error::Config("plugin 'segmentation': every layer weight is 0".into()))?;
+        let per_sample = match p.loss {
+            LossForm::Complement => score.affine(-1.0, 1.0)?,
+            LossForm::Negative => score.neg()?,
+        };
+        Ok(per_sample.mean_all()?)
+    }
+}
+
+fn no_features() -> Error {
+    Error::Config(
+        "plugin 'segmentation' with `space: features` needs the generator's feature maps, and the batch has none".into(),
+    )
+}
+
 impl LossTerm for SegmentationTerm {
     fn loss(&self, batch: &EditBatch) -> Result<Tensor> {
         let mask = self.mask(batch)?;
+        if !self.classic() {
+            return self.weighted_share_loss(batch, &mask);
+        }
         let eps = self.params.epsilon;
         match self.params.space {
             Space::Pixels => out_of_region_share(&batch.x, &batch.x_edit, &mask, eps),
@@ -374,6 +603,12 @@ impl Plugin for SegmentationTerm {
             ),
             ParamInfo::new("size", "integer ≥ 32", "512", "side BiSeNet parses at"),
             ParamInfo::new("epsilon", "f64 > 0", "1e-6", "added to the denominator ΣΔ²"),
+            ParamInfo::new("change", "l2 | l1 | cosine", "l2", "change per cell over the channels: ΣΔ², Σ|Δ| or 1 − cos"),
+            ParamInfo::new("loss", "complement | negative", "complement", "1 − in-region share, or −share (LELSD)"),
+            ParamInfo::new("region", "foreground | background", "foreground", "the edit belongs inside or outside the parts"),
+            ParamInfo::new("layers", "list of map indices", "all", "space: features: the maps used (LELSD's layer i+1)"),
+            ParamInfo::new("layer_weights", "list of f64 ≥ 0", "equal", "space: features: weight per used map, normalised to sum 1"),
+            ParamInfo::new("mask_resize", "area | cascade", "area", "space: features: direct area/bilinear, or LELSD's 2× align_corners cascade"),
         ]
     }
 

@@ -180,3 +180,69 @@ fn gradients_match_finite_differences() -> Result<()> {
     }
     Ok(())
 }
+
+/// LELSD's options on the two-pixel case (ΣΔ²: A 3, B 12; Σ|Δ|: A 3, B 6).
+#[test]
+fn change_measures_regions_and_the_negative_score_by_hand() -> Result<()> {
+    let batch = two_pixels(1.0, 2.0)?;
+    let t = |p: &str| term(p, mask(1., 0.)?, mask(1., 0.)?);
+    // In-region share 3/15 = 0.2: LELSD's loss is −0.2.
+    assert_close(value(&t("loss: negative")?, &batch)?, -0.2);
+    // L1: 3/9 inside → 1 − 1/3.
+    assert_close(value(&t("change: l1")?, &batch)?, 2.0 / 3.0);
+    // Background: the indicator is 1 − s, so B (12/15) counts as inside.
+    assert_close(value(&t("region: background")?, &batch)?, 0.2);
+    assert_close(value(&t("region: background\nloss: negative")?, &batch)?, -0.8);
+    // Cosine over the channels: A unchanged (1 − cos = 0), B flipped (2).
+    let x = Tensor::new(&[1.0f64, 0.5], &DEV)?.reshape((1, 1, 1, 2))?.repeat((1, 3, 1, 1))?;
+    let x_edit = Tensor::new(&[1.0f64, -0.5], &DEV)?.reshape((1, 1, 1, 2))?.repeat((1, 3, 1, 1))?;
+    let w = Tensor::zeros((1, 1, 1), DType::F64, &DEV)?;
+    let flip = EditBatch::new(x, x_edit, w.clone(), w, vec![1.0], "")?;
+    assert_close(value(&t("change: cosine")?, &flip)?, 1.0);
+    assert_close(value(&term("change: cosine", mask(0., 1.)?, mask(0., 1.)?)?, &flip)?, 0.0);
+    Ok(())
+}
+
+/// `layers` and `layer_weights` on the feature case (layer 0: in-region
+/// share 0; layer 1: 0.5), weights normalised to sum 1 as in LELSD.
+#[test]
+fn layer_subsets_and_weights() -> Result<()> {
+    let (batch, m) = feature_case()?;
+    let t = |p: &str| term(&format!("space: features\nepsilon: 1e-12\n{p}"), m.clone(), m.clone());
+    assert_close(value(&t("loss: negative")?, &batch)?, -0.25);
+    assert_close(value(&t("layers: [1]\nloss: negative")?, &batch)?, -0.5);
+    assert_close(value(&t("layer_weights: [1, 3]\nloss: negative")?, &batch)?, -0.375);
+    assert_close(value(&t("layers: [0, 1]\nlayer_weights: [2, 0]")?, &batch)?, 1.0);
+    let msg = t("layers: [2]")?.loss(&batch).unwrap_err().to_string();
+    assert!(msg.contains("feature map 2"), "{msg}");
+    let msg = term("layers: [0]", m.clone(), m.clone()).unwrap_err().to_string();
+    assert!(msg.contains("space: features"), "{msg}");
+    let msg = t("layers: [0, 1]\nlayer_weights: [1]").unwrap_err().to_string();
+    assert!(msg.contains("one per layer"), "{msg}");
+    Ok(())
+}
+
+/// LELSD's cascade: from a 16² parse with values c² along the columns, the
+/// 8² mask is the bilinear (align_corners) resize of the parse and the 4²
+/// mask that of the 8² one — [0, 26.238, 101.238, 225] by hand — not the
+/// direct resize of the parse ([0, 25, 100, 225]).
+#[test]
+fn cascaded_mask_resize_by_hand() -> Result<()> {
+    use lsd_plugin_segmentation::cascade_masks;
+    let row: Vec<f64> = (0..16).map(|c| (c * c) as f64).collect();
+    let parse = Tensor::new(row.as_slice(), &DEV)?.reshape((1, 1, 1, 16))?.repeat((1, 1, 16, 1))?;
+    // Any order in, the same order out; 16 is the parse itself.
+    let masks = cascade_masks(&parse, &[4, 16, 8, 4])?;
+    let first_row = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.narrow(2, 0, 1)?.flatten_all()?.to_vec1::<f64>()?) };
+    assert_eq!(first_row(&masks[1])?, row);
+    let v8 = [0.0, 4.714286, 18.571429, 41.571429, 73.714286, 115.0, 165.428571, 225.0];
+    for (g, w) in first_row(&masks[2])?.iter().zip(v8) {
+        assert!((g - w).abs() < 1e-5, "{g} {w}");
+    }
+    let four = first_row(&masks[0])?;
+    for (g, w) in four.iter().zip([0.0, 26.238095, 101.238095, 225.0]) {
+        assert!((g - w).abs() < 1e-5, "{four:?}");
+    }
+    assert_eq!(first_row(&masks[3])?, four);
+    Ok(())
+}

@@ -124,7 +124,10 @@ fn bad_params_name_the_field_and_position() -> Result<()> {
     let lib = PluginLibrary::open(library())?;
     assert_eq!(lib.info().name, "segmentation");
     let names: Vec<_> = lib.info().params.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["classes", "combine", "mask", "space", "size", "epsilon"]);
+    assert_eq!(
+        names,
+        ["classes", "combine", "mask", "space", "size", "epsilon", "change", "loss", "region", "layers", "layer_weights", "mask_resize"]
+    );
     let ctx = InitContext::default();
     let err = |params: &str| lib.instantiate(params, &ctx).map(|_| ()).unwrap_err().to_string();
 
@@ -136,7 +139,7 @@ fn bad_params_name_the_field_and_position() -> Result<()> {
 
     let msg = err("classes: [hair]\ncombin: union");
     assert!(msg.contains("combin") && msg.contains("line 2 column 1"), "{msg}");
-    assert!(msg.contains("`classes`, `combine`, `mask`, `space`, `size`, `epsilon`"), "{msg}");
+    assert!(msg.contains("`classes`, `combine`, `mask`, `space`, `size`, `epsilon`, `change`"), "{msg}");
     let msg = err("combine: both");
     assert!(msg.contains("both") && msg.contains("line 1"), "{msg}");
     let msg = err("classes: []");
