@@ -5,9 +5,62 @@
 //! returns a [`FixtureReport`]; the tests assert that every case passes and
 //! `lsd-tui check-fixture` prints the same report as a table.
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use candle_core::{DType, Tensor};
 
-use crate::Result;
+use crate::{Error, Result};
+
+/// How many times a fixture's stated float32 error a case may deviate (the
+/// ArcFace and BiSeNet READMEs: "10x is a reasonable atol").
+pub const STATED_ERROR_FACTOR: f64 = 10.0;
+
+/// The float32 error per stored tensor that a fixture directory states in
+/// `tolerances.json` (`{"f32_error": {"name": error, …}}`): the reference
+/// code's own deviation run in float32. Tolerances come from it, so that a
+/// check holds on any fixture set of the documented layout rather than on
+/// constants tuned to one.
+#[derive(Debug, Clone, Default)]
+pub struct StatedErrors(HashMap<String, f64>);
+
+impl StatedErrors {
+    /// Reads `dir/tolerances.json`; a directory without one states nothing.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("tolerances.json");
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        let bad = |reason: String| Error::Fixture { path: path.clone(), reason };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let Some(map) = json.get("f32_error").and_then(serde_json::Value::as_object) else {
+            return Err(bad("expected an object 'f32_error' of tensor names and float32 errors".into()));
+        };
+        let mut errors = HashMap::new();
+        for (name, v) in map {
+            match v.as_f64() {
+                Some(e) if e.is_finite() && e >= 0.0 => {
+                    errors.insert(name.clone(), e);
+                }
+                _ => return Err(bad(format!("f32_error.{name}: expected a number >= 0, got {v}"))),
+            }
+        }
+        Ok(Self(errors))
+    }
+
+    /// The stated error of `name`, if any.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.get(name).copied()
+    }
+
+    /// The absolute tolerance of `name`: [`STATED_ERROR_FACTOR`] × its
+    /// stated error, or `fallback` (the checker's own constant) when the
+    /// directory states none.
+    pub fn atol(&self, name: &str, fallback: f64) -> f64 {
+        self.get(name).map_or(fallback, |e| STATED_ERROR_FACTOR * e)
+    }
+}
 
 /// The outcome of one compared tensor.
 #[derive(Debug, Clone)]
@@ -54,6 +107,9 @@ pub struct FixtureReport {
     pub cases: Vec<CaseResult>,
     /// Expected inputs or outputs that the directory lacks.
     pub missing: Vec<String>,
+    /// The float32 errors the directory states, which set the tolerances
+    /// of the cases they name (see [`StatedErrors::atol`]).
+    pub stated: StatedErrors,
 }
 
 impl FixtureReport {
@@ -173,6 +229,20 @@ pub fn compare(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn stated_errors_set_tolerances_from_the_directory() -> Result<()> {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        assert_eq!(StatedErrors::load(dir.path())?.atol("logits", 6e-4), 6e-4);
+        std::fs::write(dir.path().join("tolerances.json"), r#"{"f32_error": {"logits": 1.7e-5}}"#).expect("written");
+        let stated = StatedErrors::load(dir.path())?;
+        assert!((stated.atol("logits", 6e-4) - 1.7e-4).abs() < 1e-12);
+        assert_eq!(stated.atol("probs", 8e-5), 8e-5);
+        std::fs::write(dir.path().join("tolerances.json"), r#"{"f32_error": {"logits": "big"}}"#).expect("written");
+        let msg = StatedErrors::load(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains("f32_error.logits") && msg.contains("tolerances.json"), "{msg}");
+        Ok(())
+    }
 
     #[test]
     fn compare_detects_errors_and_nan() -> Result<()> {

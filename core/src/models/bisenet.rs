@@ -643,6 +643,26 @@ mod tests {
 
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/bisenet");
 
+    /// The tolerance of a case the directory's `tolerances.json` names is
+    /// 10× the figure stated there: the shipped figure gives the stated
+    /// atol, and a directory stating a far smaller error fails the case.
+    #[test]
+    fn tolerances_come_from_the_directory() -> Result<()> {
+        let report = check_fixture(std::path::Path::new(FIXTURE), &Device::Cpu)?;
+        let case = report.cases.iter().find(|c| c.name == "logits").expect("the case ran");
+        assert!((case.atol - 10.0 * 1.700000e-05).abs() < 1e-15, "{}", report.table());
+        let dir = tempfile::tempdir().expect("a temp dir");
+        for entry in std::fs::read_dir(FIXTURE).expect("the fixture") {
+            let path = entry.expect("an entry").path();
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("a name"))).expect("copied");
+        }
+        std::fs::write(dir.path().join("tolerances.json"), r#"{"f32_error": {"logits": 1e-15}}"#).expect("written");
+        let strict = check_fixture(dir.path(), &Device::Cpu)?;
+        let failed: Vec<&str> = strict.failures().map(|c| c.name.as_str()).collect();
+        assert!(failed.contains(&"logits"), "{}", strict.table());
+        Ok(())
+    }
+
     #[test]
     fn fixture_matches_reference() -> Result<()> {
         // Both checkpoints (torch zip and the pre-1.6 legacy format) load and

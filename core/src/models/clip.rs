@@ -35,7 +35,7 @@ use crate::ops::Linear;
 use crate::{Error, Result};
 
 pub use fixture::check_fixture;
-pub use preprocess::{preprocess, Resize};
+pub use preprocess::{prepare, preprocess, Resize};
 pub use tokenizer::{ClipTokenizer, Padding, TokenBatch, CONTEXT_LENGTH};
 pub use transformer::{ClipTextTransformer, ClipVisionTransformer, TextStates, VisionStates};
 
@@ -416,6 +416,8 @@ pub struct ClipLoss {
     clip: Clip,
     text_embeds: Tensor,
     resize: Resize,
+    clamp: bool,
+    normalize: bool,
 }
 
 impl ClipLoss {
@@ -434,7 +436,15 @@ impl ClipLoss {
 
     /// Uses ready normalised text embeddings `[P, D]` (held as constants).
     pub fn from_text_embeds(clip: Clip, text_embeds: &Tensor, resize: Resize) -> Self {
-        Self { clip, text_embeds: text_embeds.detach(), resize }
+        Self { clip, text_embeds: text_embeds.detach(), resize, clamp: false, normalize: true }
+    }
+
+    /// Sets how images are prepared (see [`prepare`]): the default is
+    /// `clamp: false, normalize: true` (the fixtures' pipeline).
+    pub fn with_input(mut self, clamp: bool, normalize: bool) -> Self {
+        self.clamp = clamp;
+        self.normalize = normalize;
+        self
     }
 
     /// The normalised text embeddings `[P, D]`.
@@ -449,7 +459,7 @@ impl ClipLoss {
 
     /// Normalised image embeddings `[B, D]` of `[-1, 1]` images `xs` `[B, 3, H, W]`.
     pub fn image_embeds(&self, xs: &Tensor) -> Result<Tensor> {
-        let pixels = preprocess(xs, self.resize, self.clip.image_size())?;
+        let pixels = prepare(xs, self.resize, self.clip.image_size(), self.clamp, self.normalize)?;
         normalize(&self.clip.image_features(&pixels)?)
     }
 
@@ -517,6 +527,42 @@ mod tests {
         let report = check_fixture(Path::new(FIXTURE), &Device::Cpu)?;
         println!("{}", report.table());
         assert!(report.passed(), "{}", report.table());
+        Ok(())
+    }
+
+    /// A fixture directory where `image224.input` is NOT the StyleCLIP
+    /// resize of `image64.input`: the shipped set with the 224 batch's
+    /// images 1 and 2 swapped, in the input and in every `image224.*`
+    /// reference alike (only stored numbers, reordered). Each batch is
+    /// right against its own references, so the check must pass.
+    #[test]
+    fn fixture_passes_where_the_resize_relation_is_false() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "tempdir", e))?;
+        for entry in std::fs::read_dir(FIXTURE).map_err(|e| Error::io("reading", FIXTURE, e))? {
+            let path = entry.map_err(|e| Error::io("reading", FIXTURE, e))?.path();
+            let to = dir.path().join(path.file_name().expect("a file name"));
+            std::fs::copy(&path, &to).map_err(|e| Error::io("copying", &path, e))?;
+        }
+        let cases = Path::new(FIXTURE).join("cases.safetensors");
+        let mut tensors = candle_core::safetensors::load(&cases, &Device::Cpu)?;
+        let swap = Tensor::new(&[0u32, 2, 1], &Device::Cpu)?;
+        let mut swapped = 0;
+        for (name, t) in tensors.iter_mut() {
+            if name.starts_with("image224.") && name != "image224.pixel_values_first" {
+                *t = t.index_select(&swap, 0)?;
+                swapped += 1;
+            }
+        }
+        assert!(swapped >= 10, "{swapped} image224 tensors");
+        candle_core::safetensors::save(&tensors, dir.path().join("cases.safetensors"))?;
+        let report = check_fixture(dir.path(), &Device::Cpu)?;
+        println!("{}", report.table());
+        assert!(report.passed(), "{}", report.table());
+        // The relation is indeed false there.
+        let x64 = &tensors["image64.input"].to_dtype(DType::F32)?;
+        let x224 = &tensors["image224.input"].to_dtype(DType::F32)?;
+        let resized = preprocess::resize(x64, Resize::StyleClip, 224)?;
+        assert!((resized - x224)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.01);
         Ok(())
     }
 

@@ -1,12 +1,14 @@
 //! The ArcFace fixture check: `tests/fixtures/arcface/` (see its README.md).
 //!
-//! Tolerances: the fixture README gives, per case, the largest deviation of
-//! the upstream code run in float32 from its float64 references and asks a
-//! float32 reimplementation to land "within a small multiple of these"; the
-//! absolute tolerances below are about ten times those figures. The cases the
-//! README quotes no figure for (stage outputs, the embedding before
-//! `l2_norm`) are held to `1e-5 · max|expected|`, the same relative accuracy
-//! as the embeddings.
+//! Tolerances: the fixture states, per case, the largest deviation of the
+//! upstream code run in float32 from its float64 references
+//! (`tolerances.json`, the README's figures) and asks a float32
+//! reimplementation to land "within a small multiple of these": a case it
+//! names is held to [`STATED_ERROR_FACTOR`] times its figure. The constants
+//! below (about ten times the figures of the shipped fixture) apply only to
+//! cases the directory states nothing for; the cases the README quotes no
+//! figure for (stage outputs, the embedding before `l2_norm`) are held to
+//! `1e-5 · max|expected|`, the same relative accuracy as the embeddings.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +18,7 @@ use candle_nn::VarBuilder;
 
 use super::id_loss::{id_loss_per_pair, styleclip_preprocess, IdLoss};
 use super::{Backbone, Config};
-use crate::fixture::{CaseResult, FixtureReport};
+use crate::fixture::{CaseResult, FixtureReport, StatedErrors, STATED_ERROR_FACTOR};
 use crate::{Error, Result};
 
 /// The case recorded when `model_legacy.pth` cannot be read.
@@ -53,9 +55,10 @@ fn case(report: &mut FixtureReport, cases: &HashMap<String, Tensor>, name: &str,
         report.missing(name);
         return Ok(());
     };
-    let atol = match tolerance(name) {
-        Tol::Abs(a) => a,
-        Tol::OfMax(f) => f * expected.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+    let atol = match (report.stated.get(name), tolerance(name)) {
+        (Some(e), _) => STATED_ERROR_FACTOR * e,
+        (None, Tol::Abs(a)) => a,
+        (None, Tol::OfMax(f)) => f * expected.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
     };
     report.compare(name, actual, expected, atol, 0.0)?;
     Ok(())
@@ -134,6 +137,7 @@ fn load_backbone(path: &Path, bn_eps: Option<f64>, device: &Device) -> Result<Ba
 /// or expected output is recorded in `report.missing`.
 pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     let mut report = FixtureReport::new("arcface");
+    report.stated = StatedErrors::load(dir)?;
     let cases_path = dir.join("cases.safetensors");
     if !cases_path.exists() {
         report.missing("cases.safetensors");
@@ -164,7 +168,8 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
             Ok(net) => {
                 if let (Some(faces), Some(expected)) = (cases.get("faces_112"), cases.get("embeddings")) {
                     let emb = net.forward_outputs(faces)?.embedding;
-                    let Tol::Abs(atol) = tolerance("embeddings") else { unreachable!("fixed above") };
+                    let Tol::Abs(floor) = tolerance("embeddings") else { unreachable!("fixed above") };
+                    let atol = report.stated.atol("embeddings", floor);
                     report.compare("model_legacy.pth: embeddings", &emb, expected, atol, 0.0)?;
                 }
             }

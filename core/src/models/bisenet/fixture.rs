@@ -1,11 +1,14 @@
 //! Checks [`BiSeNet`] against the reference fixture in
 //! `tests/fixtures/bisenet/` (see the README there).
 //!
-//! Tolerances. The fixture README states PyTorch's own float32 error against
-//! the float64 references for the outputs but no per-tensor `atol`, so the
-//! rule of the project's StyleGAN2 fixture is applied: about 30x the stated
-//! float32 error, rounded up. Intermediates with no stated error use the
-//! logits' tolerance; the normalisation is checked to float32 rounding.
+//! Tolerances. The fixture states PyTorch's own float32 error against the
+//! float64 references per output tensor (`tolerances.json`, the README's
+//! figures); a tensor it names is held to [`STATED_ERROR_FACTOR`] times its
+//! figure. The constants below (about 30x the shipped fixture's figures,
+//! rounded up) apply only where the directory states nothing: the
+//! intermediates use the logits' constant, the class probabilities other
+//! than `prob_hair` the probabilities', and the normalisation is checked to
+//! float32 rounding. The parse's near-tie threshold is the logits' tolerance.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +16,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor, Var};
 
 use super::{class_index, normalize, parse, probabilities, soft_mask, BiSeNet};
-use crate::fixture::{CaseResult, FixtureReport};
+use crate::fixture::{CaseResult, FixtureReport, StatedErrors};
 use crate::Result;
 
 /// Main-batch logits: 30 x 1.70e-5 (README), rounded up. Also the near-tie
@@ -41,6 +44,7 @@ pub(super) const LEGACY_CASE: &str = "model_legacy.pth";
 /// `model_legacy.pth` (when present) loads to the same tensors.
 pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     let mut report = FixtureReport::new("bisenet");
+    report.stated = StatedErrors::load(dir)?;
     let model_path = dir.join("model.pth");
     let cases_path = dir.join("cases.safetensors");
     if !model_path.exists() {
@@ -150,46 +154,32 @@ impl MainCase {
         for ((name, expected), actual) in self.expected.iter().zip(ours) {
             report.compare(name, actual, expected, LOGITS_ATOL, 0.0)?;
         }
-        report.compare("logits", &trace.logits, &self.logits, LOGITS_ATOL, 0.0)?;
+        let logits_atol = report.stated.atol("logits", LOGITS_ATOL);
+        report.compare("logits", &trace.logits, &self.logits, logits_atol, 0.0)?;
         report.push(compare_parse(
             "parsing",
             &trace.logits,
             &self.logits,
             &self.parsing,
-            LOGITS_ATOL,
+            logits_atol,
         )?);
 
         let probs = probabilities(&trace.logits)?;
         for (name, expected) in &self.probs {
             let class =
                 class_index(name.trim_start_matches("prob_")).expect("fixture names are classes");
-            report.compare(
-                name,
-                &probs.narrow(1, class, 1)?.squeeze(1)?,
-                expected,
-                PROB_ATOL,
-                0.0,
-            )?;
+            let atol = report.stated.atol(name, PROB_ATOL);
+            report.compare(name, &probs.narrow(1, class, 1)?.squeeze(1)?, expected, atol, 0.0)?;
         }
         let hair = soft_mask(&probs, &[class_index("hair").expect("hair is a class")])?;
         let objective = (hair * &self.r)?.sum_all()?;
-        report.compare(
-            "hair_objective",
-            &objective.reshape(1)?,
-            &self.objective,
-            OBJECTIVE_ATOL,
-            0.0,
-        )?;
+        let atol = report.stated.atol("hair_objective", OBJECTIVE_ATOL);
+        report.compare("hair_objective", &objective.reshape(1)?, &self.objective, atol, 0.0)?;
         let grads = objective.backward()?;
         match grads.get(&input) {
             Some(grad) => {
-                report.compare(
-                    "grad_hair_objective_wrt_input",
-                    grad,
-                    &self.grad,
-                    GRAD_ATOL,
-                    0.0,
-                )?;
+                let atol = report.stated.atol("grad_hair_objective_wrt_input", GRAD_ATOL);
+                report.compare("grad_hair_objective_wrt_input", grad, &self.grad, atol, 0.0)?;
             }
             None => report.push(CaseResult::failed(
                 "grad_hair_objective_wrt_input",
@@ -224,14 +214,9 @@ impl RectCase {
             0.0,
         )?;
         let logits = net.forward(&self.input)?;
-        report.compare("rect_logits", &logits, &self.logits, RECT_LOGITS_ATOL, 0.0)?;
-        report.push(compare_parse(
-            "rect_parsing",
-            &logits,
-            &self.logits,
-            &self.parsing,
-            RECT_LOGITS_ATOL,
-        )?);
+        let atol = report.stated.atol("rect_logits", RECT_LOGITS_ATOL);
+        report.compare("rect_logits", &logits, &self.logits, atol, 0.0)?;
+        report.push(compare_parse("rect_parsing", &logits, &self.logits, &self.parsing, atol)?);
         Ok(())
     }
 }

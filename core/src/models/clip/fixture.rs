@@ -127,9 +127,11 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     if let Some(x) = ctx.get("image224.input")? {
         check_image(&mut ctx, &clip, &text, p, "image224", &x, Resize::Auto)?;
     }
+    // Each batch is checked against its own references only: that the
+    // shipped `image224.input` is the StyleCLIP resize of `image64.input`
+    // is a property of that fixture set, which its README says not to rely
+    // on in general.
     if let Some(x) = ctx.get("image64.input")? {
-        let styleclip = preprocess::resize(&x, Resize::StyleClip, 224)?;
-        ctx.check_as("image224.input = styleclip(image64.input)", "image224.input", &styleclip)?;
         check_image(&mut ctx, &clip, &text, p, "image64.styleclip", &x, Resize::StyleClip)?;
         check_image(&mut ctx, &clip, &text, p, "image64.bilinear", &x, Resize::Bilinear)?;
     }
@@ -234,15 +236,9 @@ fn check_image(
 ) -> Result<()> {
     let x = Var::from_tensor(input)?;
     let pixels = preprocess::preprocess(x.as_tensor(), resize, clip.image_size())?;
-    // The fixture's 224 input is the exact StyleCLIP resize of the 64 one,
-    // so both paths must give the stored first-image pixel values.
-    if resize != Resize::Bilinear {
-        let first = pixels.narrow(0, 0, 1)?;
-        ctx.check_as(
-            &format!("{prefix}.pixel_values_first"),
-            "image224.pixel_values_first",
-            &first,
-        )?;
+    // The stored pixel values are those of the 224 batch's first image.
+    if prefix == "image224" {
+        ctx.check("image224.pixel_values_first", &pixels.narrow(0, 0, 1)?)?;
     }
     let states = clip.vision_model.forward_states(&pixels)?;
     let embeds = clip.project_image(&states.pooled)?;
