@@ -647,6 +647,21 @@ pub fn heat_map(
     title: &str,
     footer: Option<&str>,
 ) -> RgbImage {
+    heat_map_in(values, row_labels, col_headers, title, footer, None)
+}
+
+/// [`heat_map`] with the colour scale fixed to `range` (`(low, high)`,
+/// values outside take the end colours) instead of the values' min..max, so
+/// that maps of different runs compare (the report's Fig. 5 uses
+/// `[0.1, 0.3]`).
+pub fn heat_map_in(
+    values: &[Vec<f64>],
+    row_labels: &[String],
+    col_headers: &[RgbImage],
+    title: &str,
+    footer: Option<&str>,
+    range: Option<(f64, f64)>,
+) -> RgbImage {
     let n_rows = values.len() as u32;
     let n_cols = values.iter().map(Vec::len).max().unwrap_or(0).max(col_headers.len()) as u32;
     let head_h = col_headers.iter().map(|c| c.height()).max().unwrap_or(0);
@@ -668,13 +683,13 @@ pub fn heat_map(
             lo = lo.min(v);
             hi = hi.max(v);
         }
-        if lo > hi {
-            (0.0, 1.0)
-        } else {
-            (lo, hi)
+        match range {
+            Some(r) => r,
+            None if lo > hi => (0.0, 1.0),
+            None => (lo, hi),
         }
     };
-    let norm = |v: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+    let norm = |v: f64| if hi > lo { ((v - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 0.5 };
 
     let scale_labels = [fmt_cell(hi), fmt_cell(lo)];
     let scale_w =
@@ -928,6 +943,14 @@ mod tests {
         assert!(count(&hm, colormap(1.0)) > 0 && count(&hm, colormap(0.0)) > 0);
         let flat = heat_map(&[vec![0.5, 0.5]], &["p".into()], &[], "", None);
         assert!(flat.width() > 0);
+        // A fixed scale [0.1, 0.3]: 0.15 and 0.25 get the colours a quarter
+        // and three quarters along, not the scale's ends.
+        let fixed = heat_map_in(&[vec![0.15, 0.25]], &["p".into()], &[], "", None, Some((0.1, 0.3)));
+        let free = heat_map(&[vec![0.15, 0.25]], &["p".into()], &[], "", None);
+        for t in [0.25, 0.75] {
+            assert!(count(&fixed, colormap(t)) > count(&free, colormap(t)) + 50, "cell of colour {t}");
+        }
+        assert!(count(&free, colormap(0.0)) > count(&fixed, colormap(0.0)) + 50);
     }
 
     #[test]

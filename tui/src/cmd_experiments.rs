@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lsd_core::engine::Weights;
 use lsd_core::experiments::models::{ClipModel, GeneratorModel, Source};
 use lsd_core::experiments::{ablation, generalize, seeds, similarity, Progress, Stop};
-use lsd_core::recipe::{Models, Recipe, WeightsRef};
+use lsd_core::recipe::{Models, Recipe, SeedRng, WeightsRef};
 
 use crate::exit::{self, Signal, Signals};
 
@@ -44,6 +44,14 @@ pub struct SimilarityArgs {
     /// Side of the thumbnails in the heat map, in pixels.
     #[arg(long, default_value_t = 64)]
     pub thumb: u32,
+    /// Fix the heat map's colour scale to `LOW,HIGH` (the report's Fig. 5:
+    /// `0.1,0.3`); default: the values' own range.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub scale: Option<Vec<f64>>,
+    /// How a seed becomes z: `chacha` (default) or `numpy`
+    /// (`RandomState(seed).randn(512)`, as NumPy-based StyleGAN code).
+    #[arg(long, value_parser = ["chacha", "numpy"], default_value = "chacha")]
+    pub seed_rng: String,
     /// Output folder.
     #[arg(long, default_value = "runs/similarity")]
     pub out: PathBuf,
@@ -209,11 +217,19 @@ pub fn similarity(a: SimilarityArgs) -> Result<i32> {
         bail!("truncation '{}' is outside (0, 1]; 0.7 is usual, 1 disables it", a.truncation);
     }
     let device = lsd_core::plugin::parse_device(&a.device)?;
-    let gen = GeneratorModel::load(&source(&a.generator, "generator")?, &device)
+    let mut gen = GeneratorModel::load(&source(&a.generator, "generator")?, &device)
         .wrap_err("loading the generator")?;
+    if a.seed_rng == "numpy" {
+        gen.seed_rng = SeedRng::Numpy;
+    }
+    let scale = match a.scale.as_deref() {
+        None => None,
+        Some(&[lo, hi]) if lo.is_finite() && hi.is_finite() && lo < hi => Some((lo, hi)),
+        Some(v) => bail!("--scale {v:?}: expected LOW,HIGH with LOW < HIGH, e.g. --scale 0.1,0.3"),
+    };
     let clip = ClipModel::load(&source(&a.clip, "CLIP")?, &device).wrap_err("loading CLIP")?;
     let cfg =
-        similarity::Config { prompts: a.prompts, seeds, truncation: a.truncation, thumb: a.thumb };
+        similarity::Config { prompts: a.prompts, seeds, truncation: a.truncation, thumb: a.thumb, scale };
     let on_signal = OnSignal::install()?;
     let (bar, mut update) = progress_bar("images");
     let result = similarity::run(&cfg, &gen, &clip, &mut |p| {
@@ -275,8 +291,10 @@ fn load(common: &RecipeArgs) -> Result<Loaded> {
     let device_name = common.device.clone().unwrap_or_else(|| recipe.raw.device.clone());
     let device = lsd_core::plugin::parse_device(&device_name)?;
     let src = |p: &Option<PathBuf>| p.clone().map_or(Source::Demo, Source::File);
-    let gen = GeneratorModel::load(&src(&weights.generator), &device)
+    let mut gen = GeneratorModel::load(&src(&weights.generator), &device)
         .wrap_err("loading the generator")?;
+    // Measure the same faces the recipe trains on.
+    gen.seed_rng = recipe.raw.seed_rng;
     let clip = ClipModel::load(&src(&weights.clip), &device).wrap_err("loading CLIP")?;
     Ok(Loaded { recipe, weights, device, gen, clip })
 }

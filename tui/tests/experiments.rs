@@ -366,3 +366,72 @@ fn the_slurm_script_passes_sigterm_on_and_a_rerun_finishes_the_shard() {
     let losses = std::fs::read_to_string(folder.join("losses.csv")).unwrap();
     assert_eq!(losses.lines().count() - 1, 20, "the resumed direction did not train all its steps");
 }
+
+/// Runs a script of `examples/recipes/report/` with the built binary and
+/// the demo networks; returns its output folder.
+fn report_script(dir: &Path, script: &str, envs: &[(&str, &str)], args: &[&str]) -> PathBuf {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = dir.join(script.trim_end_matches(".sh"));
+    let o = Command::new("sh")
+        .arg(format!("{root}/examples/recipes/report/{script}"))
+        .args(args)
+        .current_dir(dir)
+        .env("LSD_TUI", env!("CARGO_BIN_EXE_lsd-tui"))
+        .env("LSD_PLUGIN_PATH", plugin_dir())
+        .env("DEVICE", "cpu")
+        .env("OUT", &out)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("sh runs");
+    let text = format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{script}: {text}");
+    out
+}
+
+/// The report's presets: every recipe parses, and every figure's script
+/// runs a few steps on the demo networks and writes its figure.
+#[test]
+fn report_presets_parse_and_run_on_the_demo_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let presets = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/recipes/report");
+    let mut recipes = 0;
+    for entry in std::fs::read_dir(presets).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            lsd_core::recipe::Recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            recipes += 1;
+        }
+    }
+    assert_eq!(recipes, 3);
+
+    let out = report_script(dir.path(), "fig5-similarity.sh", &[("GENERATOR", "demo"), ("CLIP", "demo"), ("SEEDS", "2..4")], &[]);
+    let (_, rows) = read_csv(&out.join("similarity.csv"));
+    assert_eq!(rows.len(), 6, "the six prompts");
+    assert!(out.join("similarity.png").is_file());
+
+    // Figs. 6–7: the recipe with 4 steps (`run` takes no --steps; 3
+    // halvings need 4 steps or more).
+    let recipe = dir.path().join("fig6-7.yaml");
+    let text = std::fs::read_to_string(format!("{presets}/fig6-7-local-direction.yaml")).unwrap();
+    std::fs::write(&recipe, text.replace("steps: 200 ", "steps: 4 ")).unwrap();
+    let out = report_script(dir.path(), "fig6-7-strips.sh", &[("RECIPE", recipe.to_str().unwrap())], &["--models", "demo"]);
+    let losses = std::fs::read_to_string(out.join("losses.csv")).unwrap();
+    assert_eq!(losses.lines().count() - 1, 4);
+    assert!(out.join("strips.png").is_file());
+
+    let out = report_script(
+        dir.path(),
+        "fig8-generalize.sh",
+        &[("TRAIN_SEEDS", "1..3"), ("TEST_SEEDS", "100..103")],
+        &["--models", "demo", "--steps", "4"],
+    );
+    let (header, rows) = read_csv(&out.join("generalize.csv"));
+    assert!(!rows.is_empty(), "{header:?}");
+    assert!(out.join("generalize.png").is_file());
+
+    let out = report_script(dir.path(), "fig9-ablation.sh", &[], &["--models", "demo", "--steps", "4"]);
+    let (_, rows) = read_csv(&out.join("ablation.csv"));
+    let variants: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!((variants.len(), rows.len()), (4, 20), "four variants × five α: {variants:?}");
+    assert!(out.join("ablation.png").is_file());
+}

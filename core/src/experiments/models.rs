@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use crate::demo::DEMO_MODEL_SEED;
 use crate::models::clip::{self, Clip, ClipTokenizer};
 use crate::models::stylegan2::{self, Generator};
+use crate::recipe::SeedRng;
 use crate::Result;
 
 /// Where a network's weights come from.
@@ -50,6 +51,8 @@ pub struct GeneratorModel {
     pub latent_avg: Tensor,
     /// Where it came from.
     pub source: Source,
+    /// How a seed becomes z (the recipe's `seed_rng`; ChaCha8 by default).
+    pub seed_rng: SeedRng,
 }
 
 impl GeneratorModel {
@@ -66,13 +69,13 @@ impl GeneratorModel {
                 (g, avg)
             }
         };
-        Ok(Self { generator, latent_avg, source: source.clone() })
+        Ok(Self { generator, latent_avg, source: source.clone(), seed_rng: SeedRng::Chacha })
     }
 
     /// W `[1, style_dim]` for `seed`, truncated with `psi` (1 = none).
     pub fn w(&self, seed: u64, psi: f64) -> Result<Tensor> {
         let trunc = (psi < 1.0).then_some((psi, &self.latent_avg));
-        self.generator.w_from_seed(seed, trunc)
+        self.generator.w_from_seed_with(seed, self.seed_rng, trunc)
     }
 
     /// The image `[1, 3, H, W]` in about `[-1, 1]` of a latent (W or W+),

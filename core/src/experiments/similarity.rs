@@ -16,7 +16,7 @@ use super::table::{csv_line, csv_number, ellipsize, text_table, write_atomic};
 use super::Progress;
 use crate::models::clip::preprocess::Resize;
 use crate::models::clip::ClipLoss;
-use crate::render::{heat_map, save_png_atomic, tensor_to_rgb};
+use crate::render::{heat_map_in, save_png_atomic, tensor_to_rgb};
 use crate::{Error, Result};
 
 /// What to measure.
@@ -30,6 +30,8 @@ pub struct Config {
     pub truncation: f64,
     /// Side of the thumbnails in the heat map, in pixels.
     pub thumb: u32,
+    /// The heat map's colour scale `(low, high)`; `None`: the values' range.
+    pub scale: Option<(f64, f64)>,
 }
 
 /// The measured table and the images it was measured on.
@@ -172,7 +174,7 @@ impl Similarity {
             .collect();
         let title = format!("CLIP similarity (cosine), truncation {}", self.config.truncation);
         let footer = self.demo.then_some(crate::demo::DEMO_LABEL);
-        heat_map(&self.values, &self.config.prompts, &thumbs, &title, footer)
+        heat_map_in(&self.values, &self.config.prompts, &thumbs, &title, footer, self.config.scale)
     }
 
     /// Writes `similarity.csv`, `similarity.png`, `similarity.json` and
@@ -242,6 +244,7 @@ mod tests {
             seeds: vec![0, 1, 2],
             truncation: 0.7,
             thumb: 32,
+            scale: None,
         };
         let mut calls = 0;
         let s = run(&cfg, &gen, &clip, &mut |p| {
