@@ -10,9 +10,10 @@
 //! according to [`Norm`]. The default, `norm: layer`, gives each trained
 //! layer's 512-vector unit length, so `x_edit = G(w + α·u)` moves every
 //! edited layer's style by exactly `α` in W — the same scale as classic
-//! W-space editing, whichever layers are trained. (LELSD's reference code
-//! normalises over the batch axis instead of the latent axis; that couples
-//! the step size to the batch and is not offered.) `norm: total` gives the
+//! W-space editing, whichever layers are trained. (LELSD's reference code,
+//! with `unit_norm`, divides its W+ directions `[K, L, D]` by their norm
+//! over axis 1 — the layer axis, for each latent coordinate — instead of
+//! the latent axis; that is not offered.) `norm: total` gives the
 //! whole W+ direction unit Frobenius norm, so α is the distance travelled in
 //! W+ and each layer moves by about `α/√layers`; `norm: none` leaves `u` free
 //! (α is then only a scale). The constraint is applied once when `u` is
@@ -28,14 +29,21 @@
 //! weights of `generator`, `clip`, `arcface`, `bisenet` (`demo` — the
 //! default —, a manifest name such as `stylegan2-ffhq-1024`, or a path
 //! relative to the recipe); `mode` is `direction` (K = `directions`
-//! directions, LELSD's `diversity` term for K ≥ 2, optional `layers`) or
+//! directions, a `diversity` term for K ≥ 2 — `diversity_kind`
+//! `correlation`, LELSD's, by default — trained `direction_draw: one_hot`
+//! (LELSD's relaxed one-hot mixture, one direction per step, the default)
+//! or `all`; optional `layers`; `space: wplus` or `w`, one vector tied
+//! across the layers) or
 //! `latent` (StyleCLIP's per-image latent optimisation: every training
 //! seed's latent is optimised, `batch`, `alpha` and `norm` do not apply,
 //! `latent_l2` weighs `‖w − w₀‖²`); `alpha` is a number or `{min, max,
 //! min_abs}`; `seeds` (one seed: a local direction) with `batch` latents
 //! per step, or `resample: true` for `batch` fresh latents every step (a
 //! global direction); `optimizer` (`adam`, `adamw`, `sgd`; `lr`, `betas`,
-//! `weight_decay`, `momentum`, `schedule`); `preview` (`every`, `alphas`,
+//! `weight_decay`, `momentum`, `schedule`: `constant`, `cosine`, `step` or
+//! LELSD's `halvings`); `alpha_per` (`sample` or `step`); `seed_rng`
+//! (`chacha` or `numpy`, NumPy's `RandomState(seed).randn`); `preview`
+//! (`every`, `alphas`,
 //! `seeds`); `checkpoint_every`; `output`; `device`.
 //!
 //! Each term's `params` are handed to its plugin exactly as written (cut
