@@ -15,13 +15,14 @@
 //!    `--resume` exact); with seeded noise they are computed per batch, and
 //!    cached when the batch never changes.
 //! 3. `x_edit = G(w + α·u)` for every latent and every direction (`N =
-//!    batch × K` samples), with the generator's feature maps when a term
-//!    asked for them.
+//!    batch × K` samples; with `direction_draw: one_hot`, LELSD's, `u` is
+//!    the step's one relaxed one-hot mixture `Σ c_k u_k` and `N = batch`),
+//!    with the generator's feature maps when a term asked for them.
 //! 4. Each term's value and input gradients ([`plugin::differentiate`] for
 //!    in-process terms, the plugin's own backward for plugins); a
 //!    non-finite value or gradient stops the run naming the term and step.
 //! 5. One backward pass through the generator of the vector–Jacobian
-//!    surrogate [`plugin::surrogate`] (plus LELSD's diversity term and the
+//!    surrogate [`plugin::surrogate`] (plus the diversity term and the
 //!    latent L2 term, which live in the host graph).
 //! 6. The optimiser step ([`crate::optim`]), then the norm constraint (see
 //!    [`crate::recipe`] for what α means under each [`Norm`]).
@@ -33,8 +34,9 @@
 //! # Reproducibility
 //!
 //! Every random draw comes from ChaCha8 seeded with the recipe's `seed`:
-//! stream 0 draws the initial direction, stream `s + 1` the latents and α
-//! of step `s`. Per-step randomness is thus a function of `(seed, step)`,
+//! stream 0 draws the initial direction, stream `s + 1` the latents, α and
+//! the one-hot mixture of step `s`. (A latent seed becomes z by its own
+//! draw: ChaCha8 or, with `seed_rng: numpy`, NumPy's `RandomState`.) Per-step randomness is thus a function of `(seed, step)`,
 //! and a checkpoint (trained tensor, optimiser state, step, loss history)
 //! is all `--resume` needs to end with the same direction as an
 //! uninterrupted run, bit for bit on the CPU.
@@ -827,8 +829,9 @@ pub fn normalize(u: &Tensor, norm: Norm, mask: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// LELSD's diversity (correlation) term of `K` directions `[K, L, D]`: the
-/// mean over pairs `k ≠ l` of the squared cosine similarity of the
+/// The squared-cosine diversity term of `K` directions `[K, L, D]`
+/// (`diversity_kind: squared_cosine`; LELSD's is [`correlation_diversity`]):
+/// the mean over pairs `k ≠ l` of the squared cosine similarity of the
 /// flattened directions. 0 when they are orthogonal, 1 when parallel.
 pub fn diversity(u: &Tensor) -> Result<Tensor> {
     let k = u.dim(0)?;
