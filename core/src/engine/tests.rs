@@ -610,3 +610,27 @@ fn w_space_ties_one_vector_across_the_layers() {
         assert!((norm - 1.0).abs() < 1e-4, "norm: layer keeps the tied vector unit: {norm}");
     }
 }
+
+/// The reference regime (W, free norm, halvings, one α per step, two
+/// directions drawn one-hot with the correlation term) resumes exactly:
+/// its per-step draws are a function of (seed, step), and its `[K, 1, D]`
+/// tensor round-trips through the checkpoint.
+#[test]
+fn the_reference_regime_resumes_exactly() {
+    let dir = tempdir();
+    let text = RECIPE.replace(
+        "seed: 11\n",
+        "seed: 11\nspace: w\nnorm: none\nalpha_per: step\ndirections: 2\ndiversity: 5\nseed_rng: numpy\noptimizer: {lr: 0.001, schedule: {kind: halvings, count: 1}}\n",
+    );
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    run_sync(recipe(&text, &straight), quiet(terms())).1.expect("straight run");
+    let s = run_sync(recipe(&text, &split), Setup { stop_after: Some(3), ..quiet(terms()) }).1.expect("first half");
+    assert_eq!(s.steps, 3);
+    run_sync(recipe(&text, &split), Setup { resume: true, ..quiet(terms()) }).1.expect("second half");
+    assert_eq!(direction_bytes(&straight), direction_bytes(&split));
+    let csv = |d: &Path| std::fs::read_to_string(d.join("losses.csv")).expect("csv");
+    assert_eq!(csv(&straight), csv(&split));
+    // The lr column: halved once, before step 2 of 4 (d = 4 / 2 = 2).
+    let lrs: Vec<f64> = csv(&straight).lines().skip(1).map(|l| l.rsplit(',').next().expect("lr").parse().expect("a number")).collect();
+    assert_eq!(lrs, [0.001f32 as f64, 0.001f32 as f64 / 2.0, 0.001f32 as f64 / 2.0, 0.001f32 as f64 / 4.0]);
+}
