@@ -42,3 +42,33 @@ pub fn settle_thread_count() {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }
+
+/// Tensor-sized allocations at or above this many bytes get pages of their
+/// own, returned to the system when freed.
+const MMAP_THRESHOLD: usize = 1 << 20;
+
+/// Makes freed tensor memory go back to the system (glibc on Linux; a
+/// no-op elsewhere).
+///
+/// glibc serves a large block from its own mapping only until the first
+/// such block is freed; it then raises that threshold (up to 32 MiB), and
+/// every later activation or weight buffer comes from heaps that keep freed
+/// memory resident: loading the networks and the first backward pass leave
+/// hundreds of MiB behind (`bench step --size 256`: 2 504 → 1 874 MiB peak
+/// resident, see `docs/performance.md`). A fixed 1 MiB threshold keeps
+/// every tensor buffer in its own mapping at no measured cost in speed; the
+/// plugins share the process's allocator, so this covers them too.
+///
+/// `MALLOC_MMAP_THRESHOLD_` in the environment wins, as glibc documents.
+/// Call it at the start of `main`.
+pub fn settle_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: `mallopt` only changes the allocator's parameters; glibc
+        // takes its own lock, so it is sound at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        }
+    }
+}
+
