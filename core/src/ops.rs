@@ -20,6 +20,7 @@ pub mod profile;
 pub(crate) mod cpu;
 #[cfg(test)]
 mod testing;
+mod winograd;
 
 pub use conv::{BatchNormParams, Conv2d, ConvTranspose2d};
 pub use fir::Fir;
