@@ -278,6 +278,9 @@ impl Engine {
         };
         engine.key_salt = engine.key_salt()?;
         engine.init_param()?;
+        // The networks are loaded (the terms by the caller, the generator
+        // above): what loading freed goes back to the system.
+        crate::ops::release_free_memory();
         Ok(engine)
     }
 

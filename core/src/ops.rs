@@ -44,32 +44,48 @@ pub fn settle_thread_count() {
     }
 }
 
-/// Tensor-sized allocations at or above this many bytes get pages of their
-/// own, returned to the system when freed.
-const MMAP_THRESHOLD: usize = 1 << 20;
+/// Heaps glibc's allocator may use (see [`settle_allocator`]).
+const ARENAS: i32 = 2;
 
-/// Makes freed tensor memory go back to the system (glibc on Linux; a
+/// Lets every thread reuse the memory the others freed (glibc on Linux; a
 /// no-op elsewhere).
 ///
-/// glibc serves a large block from its own mapping only until the first
-/// such block is freed; it then raises that threshold (up to 32 MiB), and
-/// every later activation or weight buffer comes from heaps that keep freed
-/// memory resident: loading the networks and the first backward pass leave
-/// hundreds of MiB behind (`bench step --size 256`: 2 504 → 1 874 MiB peak
-/// resident, see `docs/performance.md`). A fixed 1 MiB threshold keeps
-/// every tensor buffer in its own mapping at no measured cost in speed; the
-/// plugins share the process's allocator, so this covers them too.
+/// glibc gives each new thread its own heap ("arena", up to 8 per core),
+/// and memory freed in one is reused only by the threads of that one. The
+/// tensors here are few and large and move between the engine, the plugin
+/// calls and the compute threads, so each heap ends up holding its own
+/// freed copies: `bench step --size 256` peaked at 2 085 MiB with the
+/// default and 1 918 MiB with two heaps, at the same speed (see
+/// `docs/performance.md`). `MALLOC_ARENA_MAX` in the environment wins.
 ///
-/// `MALLOC_MMAP_THRESHOLD_` in the environment wins, as glibc documents.
-/// Call it at the start of `main`.
+/// Call it at the very start of `main`, before any other thread exists.
 pub fn settle_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: `mallopt` only changes the allocator's parameters; glibc
-        // takes its own lock, so it is sound at any time.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: `mallopt` only changes the allocator's parameters and
+        // takes the allocator's own lock.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
         }
     }
 }
 
+/// Hands the memory freed so far back to the system (glibc on Linux; a
+/// no-op elsewhere). Call it once the networks are loaded.
+///
+/// glibc keeps freed heap memory resident for reuse, and loading the
+/// networks frees a lot of it (the file buffers, the tensors converted or
+/// folded at load): `bench step --size 256` measured 1.5 GiB resident after
+/// its set-up, 0.6 GiB of it free. Trimming once after loading returns
+/// that; the steps themselves keep reusing their own freed memory, which is
+/// faster than mapping fresh pages for every tensor (a fixed 1 MiB
+/// `M_MMAP_THRESHOLD` was measured: the same peak saving, but about 40 %
+/// more system time per generator pass, from the page faults).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free pages of the allocator's own
+    // heaps to the system; glibc takes its own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

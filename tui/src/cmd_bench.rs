@@ -303,8 +303,10 @@ fn step(a: StepArgs) -> Result<()> {
     let setup_s = t_setup.elapsed().as_secs_f64();
     // The set-up draws every network's random weights at once (a real run
     // loads them from files), so its peak is not the run's: measure the
-    // steps' own peak from here.
+    // steps' own peak from here, after handing back what the set-up freed
+    // (as the engine does once its networks are loaded).
     let setup_peak = peak_rss_mib();
+    lsd_core::ops::release_free_memory();
     let setup_rss = rss_mib();
     let steps_peak_measured = reset_peak_rss();
     let total = a.warmup + a.steps;
