@@ -10,10 +10,10 @@
 //!    `batch` of them drawn per step), or `batch` fresh seeds
 //!    (`resample: true`). Each seed's `w` is the mapping of its z, truncated.
 //! 2. `x = G(w)` without gradient. With stored or zero noise an image does
-//!    not depend on its batch, so originals are computed one seed at a time
-//!    and cached (bit-identical whatever the batch composition, which keeps
-//!    `--resume` exact); with seeded noise they are computed per batch, and
-//!    cached when the batch never changes.
+//!    not depend on its batch: the seeds not cached render in one batch and
+//!    are cached per seed (bit-identical whatever the batch composition,
+//!    which keeps `--resume` exact); with seeded noise they are computed
+//!    per batch, and cached when the batch never changes.
 //! 3. `x_edit = G(w + α·u)` for every latent and every direction (`N =
 //!    batch × K` samples; with `direction_draw: one_hot`, LELSD's, `u` is
 //!    the step's one relaxed one-hot mixture `Σ c_k u_k` and `N = batch`),
@@ -280,6 +280,9 @@ impl Engine {
         };
         engine.key_salt = engine.key_salt()?;
         engine.init_param()?;
+        // The networks are loaded (the terms by the caller, the generator
+        // above): what loading freed goes back to the system.
+        crate::ops::release_free_memory();
         Ok(engine)
     }
 
@@ -466,22 +469,28 @@ impl Engine {
             }
             return Ok(o);
         }
-        let cacheable = !self.recipe.raw.resample;
-        let mut rows = Vec::new();
-        for &s in seeds {
-            let o = match self.cache.get(&s) {
-                Some(o) => o.clone(),
-                None => {
-                    let out = self.gen.synthesis(&self.w_plus(s)?, noise, features)?;
-                    let o = Original { image: out.image.detach(), features: out.features.iter().map(Tensor::detach).collect() };
-                    if cacheable && self.cache.len() < CACHE_LIMIT {
-                        self.cache.insert(s, o.clone());
-                    }
-                    o
-                }
-            };
-            rows.push(o);
+        // The seeds not cached render in one batch; each image is bit for
+        // bit the one rendered alone (the generator computes per-sample
+        // layers row by row), so the cache does not depend on batching.
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<u64> =
+            seeds.iter().copied().filter(|s| !self.cache.contains_key(s) && seen.insert(*s)).collect();
+        let mut rendered = HashMap::new();
+        if !missing.is_empty() {
+            let out = self.gen.synthesis(&self.w_batch(&missing)?, noise, features)?;
+            for (i, &s) in missing.iter().enumerate() {
+                let image = out.image.narrow(0, i, 1)?.detach();
+                let features = out.features.iter().map(|f| Ok(f.narrow(0, i, 1)?.detach())).collect::<Result<_>>()?;
+                rendered.insert(s, Original { image, features });
+            }
         }
+        let cacheable = !self.recipe.raw.resample;
+        for &s in &missing {
+            if cacheable && self.cache.len() < CACHE_LIMIT {
+                self.cache.insert(s, rendered[&s].clone());
+            }
+        }
+        let rows: Vec<&Original> = seeds.iter().map(|s| rendered.get(s).unwrap_or_else(|| &self.cache[s])).collect();
         let image = Tensor::cat(&rows.iter().map(|o| &o.image).collect::<Vec<_>>(), 0)?;
         let n_maps = rows.first().map_or(0, |o| o.features.len());
         let features = (0..n_maps)

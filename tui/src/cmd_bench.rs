@@ -14,7 +14,10 @@
 //!
 //! Both report the median after warm-up and the peak resident memory
 //! (`VmHWM` of /proc/self/status; GPU memory is not counted), as one JSON
-//! line at the end. With `--profile` they add a `breakdown`: milliseconds
+//! line at the end. For `step` the peak covers the steps only (the peak is
+//! restarted after the set-up, whose random weight draws a real run does
+//! not make); the set-up's own peak and the resident size after it are
+//! reported beside it. With `--profile` they add a `breakdown`: milliseconds
 //! per step (or pass) in each op family of [`lsd_core::ops::profile`]
 //! (conv, transposed conv, FIR, element-wise, linear; counted in this
 //! process, so a plugin's own ops are not among them), and for `step` the
@@ -122,10 +125,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// Peak resident memory in MiB (`VmHWM`), where /proc has it.
 fn peak_rss_mib() -> Option<f64> {
+    proc_status_mib("VmHWM:")
+}
+
+/// Resident memory now in MiB (`VmRSS`), where /proc has it.
+fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+fn proc_status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Restarts the peak (`VmHWM`) from the current resident size, so that a
+/// later [`peak_rss_mib`] covers only what ran since (Linux ≥ 4.0; false
+/// where that is not possible).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn median(xs: &mut [f64]) -> f64 {
@@ -282,6 +301,14 @@ fn step(a: StepArgs) -> Result<()> {
     };
     drop(nets);
     let setup_s = t_setup.elapsed().as_secs_f64();
+    // The set-up draws every network's random weights at once (a real run
+    // loads them from files), so its peak is not the run's: measure the
+    // steps' own peak from here, after handing back what the set-up freed
+    // (as the engine does once its networks are loaded).
+    let setup_peak = peak_rss_mib();
+    lsd_core::ops::release_free_memory();
+    let setup_rss = rss_mib();
+    let steps_peak_measured = reset_peak_rss();
     let total = a.warmup + a.steps;
     let text = format!(
         "name: bench\nprompt: {prompt}\nsteps: {total}\nalpha: 3\nbatch: {b}\n{latents}\ncheckpoint_every: 0\npreview: {{every: 0, alphas: [3]}}\noptimizer: {{kind: adam, lr: 0.01}}\nterms:\n  - plugin: clip\n  - plugin: identity\n  - plugin: segmentation\n",
@@ -341,7 +368,9 @@ fn step(a: StepArgs) -> Result<()> {
         "steps": timed.len(),
         "setup_s": setup_s,
         "local": a.local,
-        "peak_rss_mib": peak_rss_mib(),
+        "setup_peak_rss_mib": setup_peak,
+        "rss_after_setup_mib": setup_rss,
+        "peak_rss_mib": if steps_peak_measured { peak_rss_mib() } else { None },
         "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
     });
     if a.profile {

@@ -112,6 +112,7 @@ fn main() -> std::process::ExitCode {
     // Before any thread starts: the CPU thread count is settled once for
     // the process (the plugins' copies of Candle read the same variable).
     lsd_core::ops::settle_thread_count();
+    lsd_core::ops::settle_allocator();
     let style = report::Style::detect();
     if let Err(e) = report::install(style) {
         exit::warn(format!("warning: could not install the error reporter: {e}"));

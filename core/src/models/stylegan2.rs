@@ -627,6 +627,33 @@ mod tests {
         Ok(())
     }
 
+    /// An image rendered in a batch is bit for bit the image rendered alone
+    /// (the engine caches originals per seed, whatever batch drew them).
+    #[test]
+    fn batched_images_equal_images_rendered_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        let (gen, _) = demo(1, &dev)?;
+        let ws = [3u64, 8, 21]
+            .iter()
+            .map(|&s| gen.broadcast_latent(&gen.w_from_seed(s, None)?))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = Tensor::cat(&ws, 0)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+        };
+        for noise in [Noise::Stored, Noise::Zero] {
+            let all = gen.synthesis(&batch, noise, true)?;
+            for (i, w) in ws.iter().enumerate() {
+                let alone = gen.synthesis(w, noise, true)?;
+                assert_eq!(bits(&all.image.narrow(0, i, 1)?)?, bits(&alone.image)?, "image {i}, {noise:?}");
+                for (j, (f, g)) in all.features.iter().zip(&alone.features).enumerate() {
+                    assert_eq!(bits(&f.narrow(0, i, 1)?)?, bits(g)?, "feature map {j} of image {i}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn demo_is_deterministic() -> Result<()> {
         let dev = Device::Cpu;

@@ -363,6 +363,11 @@ mod tests {
             // backward (where neighbouring bands overlap on the input).
             (1, 64, 4, 64, 61, 3, 3, 1, 1, true),
             (1, 128, 3, 125, 70, 3, 3, 2, 1, false),
+            // Winograd F(2x2, 3x3): odd and even sides, non-square, batch > 1,
+            // and several bands of tile rows.
+            (2, 16, 24, 9, 13, 3, 3, 1, 1, true),
+            (1, 20, 16, 8, 8, 3, 3, 1, 1, false),
+            (1, 128, 16, 40, 130, 3, 3, 1, 1, true),
         ];
         for p in 0..=3 {
             for s in 1..=2 {
@@ -402,7 +407,7 @@ mod tests {
     fn conv_gradient_matches_finite_differences() -> Result<()> {
         let mut d = Draw::new(2);
         for case in
-            [(2, 2, 3, 5, 4, 3, 3, 1, 1, true), (1, 2, 2, 7, 6, 3, 3, 2, 1, false), (1, 3, 2, 6, 5, 3, 2, 2, 0, true)]
+            [(2, 2, 3, 5, 4, 3, 3, 1, 1, true), (1, 2, 2, 7, 6, 3, 3, 2, 1, false), (1, 3, 2, 6, 5, 3, 2, 2, 0, true), (1, 16, 16, 9, 8, 3, 3, 1, 1, true)]
         {
             let (conv, x, r) = build(&mut d, case, DType::F64)?;
             check_finite_differences(&x, &r, |x| conv.forward(x))?;

@@ -8,18 +8,22 @@
 //! repacking per call. The input gradient is the adjoint: `col = Wᵀ · G`,
 //! then col2im scatters every column back onto the input pixels it read.
 //! The output pixels are processed in bands of whole rows so that the
-//! column buffer stays a few MiB at any image size.
+//! column buffer stays a few MiB at any image size. A 3×3, stride-1,
+//! padding-1 convolution of a big enough layer runs as Winograd's
+//! F(2×2, 3×3) instead ([`super::winograd`]), in both directions.
 
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 use gemm::Parallelism;
+
+use super::winograd;
 use rayon::prelude::*;
 
 /// Elements of one im2col band (8 MiB in f32): large enough for `gemm` to
 /// run at full speed, small enough to stay out of the way at 512².
-const BAND_ELEMS: usize = 1 << 21;
+pub(crate) const BAND_ELEMS: usize = 1 << 21;
 
 /// Threads for `gemm`, read once: Candle's `get_num_threads` re-reads the
 /// CPU list on every call unless `RAYON_NUM_THREADS` is set.
@@ -295,6 +299,9 @@ fn bands(g: &ConvGeom) -> impl Iterator<Item = (usize, usize)> {
 /// `[c_out, c_in, kh, kw]` (both contiguous) plus an optional per-channel
 /// `bias`: `[B, c_out, oh, ow]`.
 pub(crate) fn conv2d<T: WithDType>(g: &ConvGeom, x: &[T], weight: &[T], bias: Option<&[T]>) -> Vec<T> {
+    if winograd::applies(g) {
+        return winograd::conv3x3(g, x, weight, bias, winograd::Role::Forward);
+    }
     let (oh, ow) = g.oh_ow();
     let (k, in_sz, out_px) = (g.k(), g.c_in * g.h * g.w, oh * ow);
     let batch = x.len() / in_sz.max(1);
@@ -324,6 +331,9 @@ pub(crate) fn conv2d<T: WithDType>(g: &ConvGeom, x: &[T], weight: &[T], bias: Op
 /// The input gradient of [`conv2d`] (its adjoint in `x`): `dy`
 /// `[B, c_out, oh, ow]` to `[B, c_in, h, w]`.
 pub(crate) fn conv2d_backward_data<T: WithDType>(g: &ConvGeom, dy: &[T], weight: &[T]) -> Vec<T> {
+    if winograd::applies(g) {
+        return winograd::conv3x3(g, dy, weight, None, winograd::Role::BackwardData);
+    }
     let (oh, ow) = g.oh_ow();
     let (k, in_px, out_sz) = (g.k(), g.h * g.w, g.c_out * oh * ow);
     let batch = dy.len() / out_sz.max(1);

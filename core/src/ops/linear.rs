@@ -19,6 +19,8 @@ use crate::{Error, Result};
 struct LinearKernel {
     weight_t: Tensor,
     bias: Option<Tensor>,
+    /// One product per row (see [`Linear::row_independent`]).
+    per_row: bool,
 }
 
 impl LinearKernel {
@@ -50,7 +52,13 @@ impl LinearForward {
         let x = cpu::slice::<T>(s, l)?;
         let bias = self.kernel.bias.as_ref().filter(|_| self.with_bias);
         let y = cpu::with_data(&self.kernel.weight_t, |w| {
-            cpu::with_opt_data(bias, |b| cpu::linear(x, w, b, d_in, d_out))
+            cpu::with_opt_data(bias, |b| {
+                if self.kernel.per_row {
+                    x.chunks(d_in.max(1)).flat_map(|row| cpu::linear(row, w, b, d_in, d_out)).collect()
+                } else {
+                    cpu::linear(x, w, b, d_in, d_out)
+                }
+            })
         })??;
         Ok(T::to_cpu_storage_owned(y))
     }
@@ -138,7 +146,19 @@ impl Linear {
             Some(b) => Some(b.flatten_all()?.contiguous()?),
             None => None,
         };
-        Ok(Self { kernel: Arc::new(LinearKernel { weight_t: weight.t()?.contiguous()?, bias }) })
+        Ok(Self { kernel: Arc::new(LinearKernel { weight_t: weight.t()?.contiguous()?, bias, per_row: false }) })
+    }
+
+    /// The same layer computing each row of its input on its own, so that a
+    /// row's output does not depend on the other rows: bit for bit the
+    /// output of that row alone. (`gemm` takes a matrix-vector path for one
+    /// row and blocks a product by its shape, so a row of a batched product
+    /// can differ from the row alone in the last bit.) For small per-sample
+    /// layers (a generator's styles), where the batch is a few rows.
+    pub fn row_independent(self) -> Self {
+        let k = &self.kernel;
+        let kernel = LinearKernel { weight_t: k.weight_t.clone(), bias: k.bias.clone(), per_row: true };
+        Self { kernel: Arc::new(kernel) }
     }
 
     /// `weightᵀ`, `[in, out]`.
@@ -237,6 +257,25 @@ mod tests {
         let gr_ref = x.broadcast_matmul(lin.weight_t())?;
         assert!(rel_diff(&dx, &dx_ref)? <= 1e-12 && rel_diff(&gr, &gr_ref)? <= 1e-12);
         check_finite_differences(&r, &x, bwd)
+    }
+
+    /// A row-independent layer gives each row exactly its value alone, and
+    /// the same function as the batched product.
+    #[test]
+    fn row_independent_rows_equal_rows_alone() -> Result<()> {
+        let mut d = Draw::new(15);
+        let (lin, x, r) = build(&mut d, &[5], 64, 48, true, DType::F32)?;
+        let rows = lin.clone().row_independent();
+        let y = rows.forward(&x)?;
+        for i in 0..5 {
+            let alone = rows.forward(&x.narrow(0, i, 1)?)?;
+            let got = y.narrow(0, i, 1)?;
+            assert_eq!(got.flatten_all()?.to_vec1::<f32>()?, alone.flatten_all()?.to_vec1::<f32>()?, "row {i}");
+        }
+        let (y_ref, g_ref) = value_and_grad(&x, &r, |x| lin.forward(x))?;
+        let (y_rows, g_rows) = value_and_grad(&x, &r, |x| rows.forward(x))?;
+        assert!(rel_diff(&y_rows, &y_ref)? <= 1e-5 && rel_diff(&g_rows, &g_ref)? <= 1e-5);
+        Ok(())
     }
 
     #[test]

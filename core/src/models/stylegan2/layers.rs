@@ -75,6 +75,12 @@ impl EqualLinear {
         Ok(Self { linear: Linear::new(weight, Some(bias))?, activate })
     }
 
+    /// The same layer computing each sample on its own
+    /// ([`Linear::row_independent`]).
+    pub fn row_independent(self) -> Self {
+        Self { linear: self.linear.row_independent(), ..self }
+    }
+
     /// `xs` `[…, in]` to `[…, out]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = self.linear.forward(xs)?;
@@ -143,8 +149,11 @@ impl ModulatedConv2d {
         let scale = 1.0 / ((in_ch * kernel_size * kernel_size) as f64).sqrt();
         let weight = (vb.get((1, out_ch, in_ch, kernel_size, kernel_size), "weight")? * scale)?
             .squeeze(0)?;
+        // The style and demodulation layers compute each sample on its own,
+        // so that an image does not depend on what it is batched with (the
+        // engine renders originals in batches and caches them per seed).
         let wsq = if demodulate {
-            Some(Linear::new(weight.sqr()?.sum(D::Minus1)?.sum(D::Minus1)?, None)?)
+            Some(Linear::new(weight.sqr()?.sum(D::Minus1)?.sum(D::Minus1)?, None)?.row_independent())
         } else {
             None
         };
@@ -162,7 +171,7 @@ impl ModulatedConv2d {
         } else {
             Conv::Same(Conv2d::new(weight, None, 1, kernel_size / 2)?)
         };
-        let modulation = EqualLinear::new(style_dim, in_ch, 1.0, false, vb.pp("modulation"))?;
+        let modulation = EqualLinear::new(style_dim, in_ch, 1.0, false, vb.pp("modulation"))?.row_independent();
         Ok(Self { conv, wsq, modulation })
     }
 
