@@ -190,6 +190,9 @@ impl Store {
             let note = format!("{}: {status}; deleted it, downloading again", dest.display());
             progress.event(Event::Note(&note));
         }
+        if let Some(url) = &spec.url {
+            return Err(Error::ByHand { name: entry.name.clone(), url: url.clone(), path: dest.clone() });
+        }
         if opts.offline {
             return Err(Error::Offline {
                 missing: describe_missing(&[(spec, dest.clone())]),
