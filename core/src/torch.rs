@@ -353,23 +353,38 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// `source_file` and `source_sha256`. The output is written atomically and
 /// durably ([`crate::durable`]), so it never exists half-written.
 pub fn convert_to_safetensors(input: &Path, output: &Path) -> Result<ConvertSummary> {
-    let source_sha256 = sha256_file(input)?;
     let (tensors, skipped) = read(input, None)?;
+    let (bytes, source_sha256) = write_converted(input, output, &tensors, Vec::new())?;
+    Ok(ConvertSummary { tensors: tensors.len(), skipped, bytes, source_sha256 })
+}
+
+/// Writes `tensors` converted from `input` to the safetensors file
+/// `output`, atomically and durably ([`crate::durable`]), with metadata
+/// `format` = `pt`, `source_file`, `source_sha256` and `extra`. Returns
+/// the output's size and the input's SHA-256.
+pub fn write_converted(
+    input: &Path,
+    output: &Path,
+    tensors: &[(String, Tensor)],
+    extra: Vec<(String, String)>,
+) -> Result<(u64, String)> {
+    if output.file_name().is_none() {
+        return Err(Error::Checkpoint { path: output.to_path_buf(), reason: "the output path has no file name".into() });
+    }
+    let source_sha256 = sha256_file(input)?;
     let source_file = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("source_file".to_string(), source_file),
         ("source_sha256".to_string(), source_sha256.clone()),
     ]);
-    if output.file_name().is_none() {
-        return Err(Error::Checkpoint { path: output.to_path_buf(), reason: "the output path has no file name".into() });
-    }
+    metadata.extend(extra);
     crate::durable::write_with(output, |tmp| {
         safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), tmp)
             .map_err(|e| format!("writing safetensors failed: {e}"))
     })?;
     let bytes = std::fs::metadata(output).map_err(|e| Error::io("reading", output, e))?.len();
-    Ok(ConvertSummary { tensors: tensors.len(), skipped, bytes, source_sha256 })
+    Ok((bytes, source_sha256))
 }
 
 /// The pickled object of a torch file, and how to get at its storages.

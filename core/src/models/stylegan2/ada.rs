@@ -493,7 +493,6 @@ pub struct ConvertSummary {
 /// generator is built from the tensors first, so a file that would not
 /// load is never written.
 pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
-    let source_sha256 = crate::torch::sha256_file(input)?;
     let (net, tensors) = crate::torch::load_network(input, NETWORK)?;
     let config = AdaConfig::from_network(&net, &tensors).map_err(|e| in_file(input, e))?;
     build(&config, VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu)).map_err(|e| in_file(input, e))?;
@@ -502,23 +501,9 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
     let mut named: Vec<(String, Tensor)> =
         tensors.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?))).collect::<Result<_>>()?;
     named.sort_by_key(|(k, _)| (order.get(k).copied().unwrap_or(usize::MAX), k.clone()));
-    let source_file = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let config_json = serde_json::to_string(&config).map_err(|e| Error::Config(e.to_string()))?;
-    let metadata = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("layout".to_string(), LAYOUT.to_string()),
-        (CONFIG_KEY.to_string(), config_json),
-        ("source_file".to_string(), source_file),
-        ("source_sha256".to_string(), source_sha256.clone()),
-    ]);
-    if output.file_name().is_none() {
-        return Err(Error::Checkpoint { path: output.to_path_buf(), reason: "the output path has no file name".into() });
-    }
-    crate::durable::write_with(output, |tmp| {
-        safetensors::serialize_to_file(named.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), tmp)
-            .map_err(|e| format!("writing safetensors failed: {e}"))
-    })?;
-    let bytes = std::fs::metadata(output).map_err(|e| Error::io("reading", output, e))?.len();
+    let extra = vec![("layout".to_string(), LAYOUT.to_string()), (CONFIG_KEY.to_string(), config_json)];
+    let (bytes, source_sha256) = crate::torch::write_converted(input, output, &named, extra)?;
     Ok(ConvertSummary { tensors: named.len(), bytes, source_sha256, config })
 }
 

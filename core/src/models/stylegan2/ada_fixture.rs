@@ -124,11 +124,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// An input tensor, or `None` after recording it as missing.
     fn input(&mut self, name: &str) -> Option<Tensor> {
-        let t = self.ctx.cases.get(name).cloned();
-        if t.is_none() {
-            self.report.missing(format!("{}{name}", self.prefix));
-        }
-        t
+        super::fixture::case_input(self.ctx.cases, self.report, self.prefix, name)
     }
 
     /// Compares `actual` with the expected tensor `name`.
