@@ -226,7 +226,7 @@ impl Engine {
                     Some(a) => a,
                     None => {
                         // Training checkpoints have no latent_avg: estimate it.
-                        let d = gen.config().style_dim;
+                        let d = gen.z_dim();
                         let zs = (0..4096u64)
                             .map(|i| stylegan2::z_from_seed(1_000_000 + i, d, &device))
                             .collect::<Result<Vec<_>>>()?;

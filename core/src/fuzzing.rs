@@ -17,7 +17,9 @@
 //!   standing in for a library's memory.
 //! - [`fixture`]: the fixture-directory readers (`config.json` and
 //!   `cases.safetensors` of the StyleGAN2 and ArcFace fixtures).
-//! - [`hostile`]: the hand-made hostile files of issue 15.
+//! - [`hostile`]: the hand-made hostile files of issue 15, and a small
+//!   StyleGAN2-ADA network pickle ([`hostile::network_pickle`]) whose
+//!   mutations reach the persistent-object and nested-storage readers.
 //! - [`Mutator`]: the deterministic mutations the property tests apply to
 //!   the seed corpus in `fuzz/corpus/`.
 
@@ -301,6 +303,105 @@ pub mod hostile {
         f
     }
 
+    /// `torch.storage._load_from_bytes(b)`, `b` a legacy stream of one
+    /// float32 storage `key` holding `data` (as network pickles hold
+    /// storages).
+    pub fn storage_stream(key: &str, data: &[f32]) -> Vec<u8> {
+        let mut obj = Pickle::default();
+        obj.op(b"\x80\x02(").s("storage").global("torch", "FloatStorage").s(key).s("cpu").num(data.len() as i64);
+        obj.op(b"NtQ.");
+        legacy(&obj.0, &[(key, data.to_vec())])
+    }
+
+    /// `_rebuild_parameter(_rebuild_tensor_v2(<storage stream>, 0, size,
+    /// contiguous stride, False, OrderedDict()), True, OrderedDict())`.
+    pub fn stream_parameter(p: &mut Pickle, key: &str, size: &[i64]) {
+        let n: i64 = size.iter().product();
+        let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.25).collect();
+        let blob = storage_stream(key, &data);
+        let mut stride = vec![1i64; size.len()];
+        for i in (0..size.len().saturating_sub(1)).rev() {
+            stride[i] = stride[i + 1] * size[i + 1];
+        }
+        p.global("torch._utils", "_rebuild_parameter").op(b"(");
+        p.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
+        p.global("torch.storage", "_load_from_bytes").op(b"B").op(&(blob.len() as u32).to_le_bytes()).op(&blob);
+        p.op(b"\x85R").num(0).ints(size).ints(&stride);
+        p.op(b"\x89").global("collections", "OrderedDict").op(b")R").op(b"tR");
+        p.op(b"\x88").global("collections", "OrderedDict").op(b")RtR");
+    }
+
+    /// A small network pickle in StyleGAN2-ADA's snapshot format:
+    /// `{'G_ema': <persistent Generator>, 'D': <persistent Discriminator>,
+    /// 'training_set_kwargs': EasyDict(...)}`, the generator with one
+    /// parameter, a buffer, a sub-module, NumPy scalar attributes and a
+    /// module source that must never run.
+    pub fn network_pickle() -> Vec<u8> {
+        let mut p = Pickle::default();
+        let module = |p: &mut Pickle, class: &str, fill: &dyn Fn(&mut Pickle)| {
+            p.global("torch_utils.persistence", "_reconstruct_persistent_obj").op(b"}(");
+            p.s("type").s("class").s("version").int(6);
+            p.s("module_src").s("import os\nos.system('echo never run')\n");
+            p.s("class_name").s(class).s("state").op(b"}(");
+            fill(p);
+            p.op(b"u").op(b"u\x85R");
+        };
+        let scalar = |p: &mut Pickle, v: f64| {
+            p.global("numpy._core.multiarray", "scalar").global("numpy", "dtype").s("f8").op(b"\x89\x88\x87R");
+            p.op(b"(").int(3).s("<").op(b"NNN").int(-1).int(-1).int(0).op(b"tb");
+            p.op(b"C\x08").op(&v.to_le_bytes()).op(b"\x86R");
+        };
+        p.op(b"\x80\x04}(").s("G_ema");
+        module(&mut p, "Generator", &|p| {
+            p.s("training").op(b"\x89").s("_parameters").op(b"}(").s("weight");
+            stream_parameter(p, "140001", &[2, 3]);
+            p.op(b"u").s("_buffers").op(b"}(").s("w_avg");
+            stream_parameter(p, "140002", &[3]);
+            p.op(b"u").s("_non_persistent_buffers_set").op(b"\x8f");
+            p.s("_modules").op(b"}(").s("fc0");
+            module(p, "FullyConnectedLayer", &|p| {
+                p.s("_parameters").op(b"}(").s("bias");
+                stream_parameter(p, "140003", &[2]);
+                p.op(b"u").s("activation").s("lrelu").s("weight_gain");
+                scalar(p, 0.5);
+            });
+            p.op(b"u").s("conv_clamp").int(256).s("w_dim").int(3);
+        });
+        p.s("D");
+        module(&mut p, "Discriminator", &|p| {
+            p.s("_parameters").op(b"}(").s("weight");
+            stream_parameter(p, "140004", &[4]);
+            p.op(b"u");
+        });
+        p.s("training_set_kwargs").global("dnnlib.util", "EasyDict").op(b")\x81(").s("resolution").int(64).op(b"u");
+        p.op(b"u.");
+        p.0
+    }
+
+    /// A network pickle whose `G_ema` has `refs` parameters, each a fresh
+    /// `_load_from_bytes` of one memoised storage stream of `numel` floats:
+    /// every call is a new storage, so only the load's budget stops the
+    /// copies.
+    pub fn stream_repeated(refs: usize, numel: usize) -> Vec<u8> {
+        let blob = storage_stream("1", &vec![0.5; numel]);
+        let mut p = Pickle::default();
+        p.op(b"\x80\x04}(").s("G_ema").global("torch_utils.persistence", "_reconstruct_persistent_obj").op(b"}(");
+        p.s("type").s("class").s("class_name").s("Generator").s("state").op(b"}(").s("_parameters").op(b"}(");
+        for i in 0..refs {
+            p.s(&format!("p{i}")).global("torch._utils", "_rebuild_tensor_v2").op(b"(");
+            p.global("torch.storage", "_load_from_bytes");
+            if i == 0 {
+                p.op(b"B").op(&(blob.len() as u32).to_le_bytes()).op(&blob).put(0);
+            } else {
+                p.get(0);
+            }
+            p.op(b"\x85R").num(0).ints(&[numel as i64]).ints(&[1]);
+            p.op(b"\x89").global("collections", "OrderedDict").op(b")R").op(b"tR");
+        }
+        p.op(b"uu").op(b"u\x85Ru.");
+        p.0
+    }
+
     /// A zip whose pickle names one memoised tensor `refs` times, over a
     /// storage of `numel` floats (issue 15: 100 000 × one 64 MiB storage).
     pub fn repeated_tensor(refs: usize, numel: usize) -> Vec<u8> {
@@ -417,6 +518,8 @@ pub mod hostile {
             ("hostile-deflate-bomb".into(), raw(deflate_bomb(4 << 20))),
             ("hostile-legacy-repeated".into(), raw(legacy_repeated(2000, 64))),
             ("hostile-long-shape".into(), raw(long_shape(2000))),
+            ("valid-network-pickle".into(), raw(network_pickle())),
+            ("hostile-stream-repeated".into(), raw(stream_repeated(200, 256))),
         ]
     }
 }
@@ -536,6 +639,9 @@ pub fn tokens(target: &str) -> Vec<Vec<u8>> {
             b"ctorch._utils\n_rebuild_tensor_v2\n", b"ctorch\nFloatStorage\n", b"ctorch\nHalfStorage\n",
             b"ccollections\nOrderedDict\n", b"cargparse\nNamespace\n", b"c_codecs\nencode\n",
             b"ctorch._utils\n_rebuild_parameter\n", b"ctorch\nSize\n", b"\x8c\x07storage", b"\x8c\x030",
+            b"ctorch_utils.persistence\n_reconstruct_persistent_obj\n", b"ctorch.storage\n_load_from_bytes\n",
+            b"cdnnlib.util\nEasyDict\n", b"cnumpy\ndtype\n", b"cnumpy._core.multiarray\nscalar\n",
+            b"\x8c\x05class", b"\x8c\nclass_name", b"\x8c\x05state", b"\x8c\x0b_parameters", b"\x8c\x08_modules",
             b"\x8c\x03cpu", b"J\xff\xff\xff\x7f", b"J\x00\x00\x00\x80", b"K\x00", b"M\xff\xff",
             b"\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80", b"X\xff\xff\xff\x7f", b"B\x00\x00\x00\x01",
             b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06", b"{\"", b"\"dtype\":\"F32\"", b"\"shape\":[",

@@ -10,7 +10,13 @@
 //! - the legacy stream format (PyTorch < 1.6, e.g. rosinality's converted
 //!   StyleGAN2 weights, the ArcFace IR-SE50 and BiSeNet face-parsing
 //!   checkpoints), see module `legacy`;
-//! - safetensors.
+//! - safetensors;
+//! - plain pickles of persistent-class networks: NVIDIA's StyleGAN2-ADA
+//!   snapshots (`network-snapshot-*.pkl`, `ffhq.pkl`), whose storages are
+//!   nested legacy streams inside the pickle. Each network is read as a
+//!   record (class name, plain attributes, parameters and buffers under
+//!   their `state_dict()` names, see [`load_network`]); the Python source it
+//!   embeds, which the upstream loader executes, is never looked at.
 //!
 //! The format is chosen by content, not by extension. Tensors are strided
 //! views of storages (`_rebuild_tensor_v2(storage, offset, size, stride)`);
@@ -66,6 +72,61 @@ pub enum Format {
     TorchLegacy,
     /// safetensors.
     Safetensors,
+    /// A plain pickle of persistent-class networks (StyleGAN2-ADA `.pkl`).
+    NetworkPickle,
+}
+
+/// A plain attribute of a pickled network object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    /// `None`.
+    None,
+    /// A bool.
+    Bool(bool),
+    /// An int (or an integer NumPy scalar).
+    Int(i64),
+    /// A float (or a floating-point NumPy scalar).
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// Anything else (a dict, a list, …), not looked into.
+    Other,
+}
+
+impl Attr {
+    /// The value as a float, for ints and floats.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Self::Int(i) => Some(*i as f64),
+            Self::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+}
+
+/// One persistent-class object of a network pickle (a `torch.nn.Module`
+/// of StyleGAN2-ADA's `training/networks.py`), read as data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    /// The class name the file gives (`Generator`, `SynthesisLayer`, …).
+    pub class_name: String,
+    /// The plain attributes of its state (`conv_clamp`, `w_dim`, …), in file
+    /// order; private ones (`_parameters`, `_init_kwargs`, …) are left out.
+    pub attrs: Vec<(String, Attr)>,
+    /// Its sub-modules (`_modules`), in registration order.
+    pub children: Vec<(String, Network)>,
+}
+
+impl Network {
+    /// The attribute `name`, if the object has it.
+    pub fn attr(&self, name: &str) -> Option<&Attr> {
+        self.attrs.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+    }
+
+    /// The sub-module at the dotted `path` (`synthesis.b8.conv0`).
+    pub fn get(&self, path: &str) -> Option<&Network> {
+        path.split('.').try_fold(self, |net, step| net.children.iter().find(|(n, _)| n == step).map(|(_, c)| c))
+    }
 }
 
 /// Loads every tensor of a checkpoint (torch zip, legacy torch or
@@ -85,6 +146,104 @@ pub fn load_with_key(path: &Path, key: Option<&str>) -> Result<HashMap<String, T
     Ok(read(path, key)?.0.into_iter().collect())
 }
 
+/// Loads the network object `key` of a network pickle (`G_ema` of a
+/// StyleGAN2-ADA snapshot): its record ([`Network`]) and its parameters and
+/// buffers under their `state_dict()` names (`mapping.fc0.weight`,
+/// `synthesis.b4.const`, …). Only that network's storages are materialised;
+/// the other objects of the file (`G`, `D`, `augment_pipe`) are parsed as
+/// data and dropped. Nothing in the file is executed.
+pub fn load_network(path: &Path, key: &str) -> Result<(Network, HashMap<String, Tensor>)> {
+    let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    if detect(path)? != Format::NetworkPickle {
+        return Err(err(format!("not a network pickle; '{key}' is read from a StyleGAN2-ADA .pkl snapshot")));
+    }
+    let mut budget = budget_for(path)?;
+    let (mut file, _) = open_torch(path, &mut budget).map_err(err)?;
+    let u = file.object();
+    let value = match u.obj(&u.root) {
+        Some(Obj::Dict(items)) => items
+            .iter()
+            .rev()
+            .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let Some(value) = value else {
+        let tops = top_keys(u);
+        return Err(err(format!("the pickle has no '{key}'; its top-level keys are: {tops}")));
+    };
+    let network = network_record(u, &value, key).map_err(err)?;
+    let (entries, _) = flatten(u, &mut budget).map_err(err)?;
+    let entries = select(entries, Some(key)).map_err(err)?;
+    let tensors = build_tensors(path, &mut file, entries, &mut budget).map_err(err)?;
+    Ok((network, tensors.into_iter().collect()))
+}
+
+/// The string keys of a pickle's root dict, for error messages.
+fn top_keys(u: &Unpickled) -> String {
+    match u.obj(&u.root) {
+        Some(Obj::Dict(items)) => items
+            .iter()
+            .filter_map(|(k, _)| match k {
+                Value::Str(s) => Some(s.chars().take(64).collect::<String>()),
+                _ => None,
+            })
+            .take(20)
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "(the root is not a dict)".into(),
+    }
+}
+
+/// The record of the persistent object `v` and its sub-modules. Each
+/// object is visited once: a shared or cyclic module graph (which no saved
+/// network has) is refused.
+fn network_record(u: &Unpickled, v: &Value, name: &str) -> std::result::Result<Network, String> {
+    fn visit(u: &Unpickled, v: &Value, name: &str, seen: &mut HashSet<usize>, depth: usize) -> std::result::Result<Network, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("network objects nested deeper than {MAX_DEPTH} levels"));
+        }
+        let (Value::Obj(i), Some(Obj::Persistent { class_name, state })) = (v, u.obj(v)) else {
+            return Err(format!("'{name}' is {}, not a pickled network object", pickle::describe(v)));
+        };
+        if !seen.insert(*i) {
+            return Err(format!("the network object '{name}' appears twice in the module tree"));
+        }
+        let Some(Obj::Dict(items)) = u.obj(state) else { return Err(format!("'{name}' has no state dict")) };
+        let mut attrs = Vec::new();
+        let mut children = Vec::new();
+        for (k, val) in items {
+            let Value::Str(k) = k else { continue };
+            if &**k == "_modules" {
+                let Some(Obj::Dict(mods)) = u.obj(val) else { return Err(format!("'{name}._modules' is not a dict")) };
+                for (mk, mv) in mods {
+                    let Value::Str(mk) = mk else { return Err(format!("'{name}' has a sub-module without a name")) };
+                    if matches!(mv, Value::None) {
+                        continue;
+                    }
+                    let child = format!("{name}.{mk}");
+                    children.push((mk.to_string(), visit(u, mv, &child, seen, depth + 1)?));
+                }
+                continue;
+            }
+            if k.starts_with('_') {
+                continue;
+            }
+            let attr = match val {
+                Value::None => Attr::None,
+                Value::Bool(b) => Attr::Bool(*b),
+                Value::Int(n) => Attr::Int(*n),
+                Value::Float(f) => Attr::Float(*f),
+                Value::Str(s) => Attr::Str(s.to_string()),
+                _ => Attr::Other,
+            };
+            attrs.push((k.to_string(), attr));
+        }
+        Ok(Network { class_name: class_name.to_string(), attrs, children })
+    }
+    visit(u, v, name, &mut HashSet::new(), 0)
+}
+
 /// Names, dtypes and shapes of a checkpoint's tensors, in file order,
 /// without reading tensor data (torch formats) — for listing a file.
 pub fn inspect(path: &Path) -> Result<Vec<TensorInfo>> {
@@ -95,7 +254,7 @@ pub fn inspect(path: &Path) -> Result<Vec<TensorInfo>> {
             .into_iter()
             .map(|(name, t)| TensorInfo { name, dtype: t.dtype(), shape: t.dims().to_vec() })
             .collect()),
-        Format::TorchZip | Format::TorchLegacy => {
+        Format::TorchZip | Format::TorchLegacy | Format::NetworkPickle => {
             let mut budget = budget_for(path)?;
             let (ckpt, _) = open_torch(path, &mut budget).map_err(err)?;
             let (entries, _) = flatten(ckpt.object(), &mut budget).map_err(err)?;
@@ -132,6 +291,9 @@ pub fn detect(path: &Path) -> Result<Format> {
     if legacy::sniff(head) {
         return Ok(Format::TorchLegacy);
     }
+    if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        return Ok(Format::NetworkPickle);
+    }
     if head.len() > 262 && &head[257..262] == b"ustar" {
         return Err(err("this is the tar-based torch.save format of PyTorch before 0.4, which \
                         is not supported; re-save it with a current torch.save"
@@ -141,7 +303,34 @@ pub fn detect(path: &Path) -> Result<Format> {
     if st_header || path.extension().is_some_and(|e| e == "safetensors") {
         return Ok(Format::Safetensors);
     }
-    Err(err("unknown file format: neither a torch checkpoint (zip or legacy) nor safetensors".into()))
+    Err(err("unknown file format: neither a torch checkpoint (zip or legacy), a network pickle nor safetensors".into()))
+}
+
+/// The `__metadata__` of a safetensors file (empty when it has none),
+/// read from the header alone.
+pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let mut f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| err("bad safetensors file: shorter than its header length".into()))?;
+    let n = u64::from_le_bytes(len);
+    // The crate's own limit on a header.
+    if n > 100_000_000 {
+        return Err(err(format!("bad safetensors file: a header of {n} bytes")));
+    }
+    let mut header = Vec::new();
+    f.take(n).read_to_end(&mut header).map_err(|e| Error::io("reading", path, e))?;
+    if header.len() as u64 != n {
+        return Err(err("bad safetensors file: the header is truncated".into()));
+    }
+    check_safetensors_header(&[&len[..], &header].concat()).map_err(err)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| err(format!("bad safetensors header: {e}")))?;
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
 }
 
 /// SHA-256 of a file's content, as lowercase hex.
@@ -164,35 +353,52 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// `source_file` and `source_sha256`. The output is written atomically and
 /// durably ([`crate::durable`]), so it never exists half-written.
 pub fn convert_to_safetensors(input: &Path, output: &Path) -> Result<ConvertSummary> {
-    let source_sha256 = sha256_file(input)?;
     let (tensors, skipped) = read(input, None)?;
+    let (bytes, source_sha256) = write_converted(input, output, &tensors, Vec::new())?;
+    Ok(ConvertSummary { tensors: tensors.len(), skipped, bytes, source_sha256 })
+}
+
+/// Writes `tensors` converted from `input` to the safetensors file
+/// `output`, atomically and durably ([`crate::durable`]), with metadata
+/// `format` = `pt`, `source_file`, `source_sha256` and `extra`. Returns
+/// the output's size and the input's SHA-256.
+pub fn write_converted(
+    input: &Path,
+    output: &Path,
+    tensors: &[(String, Tensor)],
+    extra: Vec<(String, String)>,
+) -> Result<(u64, String)> {
+    if output.file_name().is_none() {
+        return Err(Error::Checkpoint { path: output.to_path_buf(), reason: "the output path has no file name".into() });
+    }
+    let source_sha256 = sha256_file(input)?;
     let source_file = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("source_file".to_string(), source_file),
         ("source_sha256".to_string(), source_sha256.clone()),
     ]);
-    if output.file_name().is_none() {
-        return Err(Error::Checkpoint { path: output.to_path_buf(), reason: "the output path has no file name".into() });
-    }
+    metadata.extend(extra);
     crate::durable::write_with(output, |tmp| {
         safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), tmp)
             .map_err(|e| format!("writing safetensors failed: {e}"))
     })?;
     let bytes = std::fs::metadata(output).map_err(|e| Error::io("reading", output, e))?.len();
-    Ok(ConvertSummary { tensors: tensors.len(), skipped, bytes, source_sha256 })
+    Ok((bytes, source_sha256))
 }
 
 /// The pickled object of a torch file, and how to get at its storages.
 enum TorchFile {
     Zip { archive: zip::ZipArchive<File>, prefix: String, object: Unpickled },
     Legacy(legacy::Legacy),
+    /// A plain pickle: every storage is inside it.
+    Plain(Unpickled),
 }
 
 impl TorchFile {
     fn object(&self) -> &Unpickled {
         match self {
-            Self::Zip { object, .. } => object,
+            Self::Zip { object, .. } | Self::Plain(object) => object,
             Self::Legacy(l) => &l.object,
         }
     }
@@ -225,17 +431,29 @@ fn read(path: &Path, key: Option<&str>) -> Result<(Vec<(String, Tensor)>, usize)
     let (mut file, _) = open_torch(path, &mut budget).map_err(err)?;
     let (entries, skipped) = flatten(file.object(), &mut budget).map_err(err)?;
     let entries = select(entries, key).map_err(err)?;
+    Ok((build_tensors(path, &mut file, entries, &mut budget).map_err(err)?, skipped))
+}
 
-    // Only the storages the selected tensors use are read.
-    let wanted: HashSet<String> = entries.iter().map(|(_, t)| t.storage.key.clone()).collect();
-    let storages = match &mut file {
-        TorchFile::Zip { archive, prefix, .. } => read_zip_storages(archive, prefix, &entries, &wanted, &mut budget),
+/// Reads the storages `entries` use and materialises the tensors, in
+/// entry order.
+fn build_tensors(
+    path: &Path,
+    file: &mut TorchFile,
+    entries: Vec<(String, TensorRef)>,
+    budget: &mut Budget,
+) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    // Only the storages the selected tensors use are read; those inside
+    // the pickle are already in memory.
+    let wanted: HashSet<String> =
+        entries.iter().filter(|(_, t)| t.storage.inline.is_none()).map(|(_, t)| t.storage.key.clone()).collect();
+    let storages = match file {
+        TorchFile::Zip { archive, prefix, .. } => read_zip_storages(archive, prefix, &entries, &wanted, budget)?,
         TorchFile::Legacy(l) => {
             let dtypes = storage_dtypes(&l.object);
-            l.read_storages(path, &dtypes, &wanted, &mut budget)
+            l.read_storages(path, &dtypes, &wanted, budget)?
         }
-    }
-    .map_err(err)?;
+        TorchFile::Plain(_) => HashMap::new(),
+    };
 
     // Each storage is dropped after its last distinct tensor, to keep the
     // peak memory near one copy of the weights.
@@ -256,8 +474,11 @@ fn read(path: &Path, key: Option<&str>) -> Result<(Vec<(String, Tensor)>, usize)
             continue;
         }
         let key = t.storage.key.as_str();
-        let bytes = storages.get(key).ok_or_else(|| err(format!("storage '{key}' was not read")))?;
-        let tensor = materialise(t, bytes, &mut budget).map_err(|e| err(format!("tensor '{name}': {e}")))?;
+        let bytes = match &t.storage.inline {
+            Some(inline) => inline.bytes(),
+            None => storages.get(key).ok_or_else(|| format!("storage '{key}' was not read"))?,
+        };
+        let tensor = materialise(t, bytes, budget).map_err(|e| format!("tensor '{name}': {e}"))?;
         out.push((name.clone(), tensor.clone()));
         built.insert(vk, tensor);
         let left = uses.get_mut(key).expect("every entry's storage was counted");
@@ -266,7 +487,7 @@ fn read(path: &Path, key: Option<&str>) -> Result<(Vec<(String, Tensor)>, usize)
             storages.remove(key);
         }
     }
-    Ok((out, skipped))
+    Ok(out)
 }
 
 /// Keeps the entries under `key` (with the prefix stripped), or all.
@@ -332,6 +553,12 @@ fn open_torch(path: &Path, budget: &mut Budget) -> std::result::Result<(TorchFil
                 pickle::unpickle(&mut input, PidStyle::Zip, budget).map_err(|e| format!("{pkl}: {e}"))?
             };
             Ok((TorchFile::Zip { archive, prefix, object }, format))
+        }
+        Format::NetworkPickle => {
+            let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+            let mut input = pickle::Input::new(std::io::BufReader::new(file).take(budget.left()), 0);
+            let object = pickle::unpickle(&mut input, PidStyle::Plain, budget)?;
+            Ok((TorchFile::Plain(object), format))
         }
         Format::Safetensors => Err("not a torch checkpoint".into()),
     }
@@ -500,6 +727,34 @@ fn flatten(u: &Unpickled, budget: &mut Budget) -> std::result::Result<(Vec<(Stri
                             continue;
                         }
                         self.descend(Step::Key(k), v, depth)?;
+                    }
+                }
+                // A pickled module: its `state_dict()` names, i.e. its own
+                // parameters, then its persistent buffers, then its
+                // sub-modules', without the `_parameters`/`_modules` steps.
+                Obj::Persistent { state, .. } => {
+                    let Some(Obj::Dict(fields)) = self.u.obj(state) else { return Ok(()) };
+                    let field = |name: &str| {
+                        fields.iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if &**s == name)).map(|(_, v)| v)
+                    };
+                    let transient: Vec<&Value> = match field("_non_persistent_buffers_set").and_then(|v| self.u.obj(v)) {
+                        Some(Obj::Set(items) | Obj::List(items)) => items.iter().collect(),
+                        _ => Vec::new(),
+                    };
+                    for part in ["_parameters", "_buffers", "_modules"] {
+                        let Some(Obj::Dict(items)) = field(part).and_then(|v| self.u.obj(v)) else { continue };
+                        for (k, v) in items {
+                            let Value::Str(name) = k else {
+                                self.skipped += 1;
+                                continue;
+                            };
+                            let dropped = part == "_buffers"
+                                && transient.iter().any(|t| matches!(t, Value::Str(s) if s == name));
+                            if dropped || matches!(v, Value::None) {
+                                continue;
+                            }
+                            self.descend(Step::Key(k), v, depth)?;
+                        }
                     }
                 }
                 Obj::List(items) | Obj::Tuple(items) => {
@@ -992,7 +1247,7 @@ mod tests {
         // contiguous [4, 2, 3] storage starting at element 5.
         let storage: Vec<u8> = f32_bytes((0..5 + 24).map(|i| i as f32));
         let t = TensorRef {
-            storage: pickle::StorageRef { key: "0".into(), dtype: StorageDtype::F32, numel: 29, view: None },
+            storage: pickle::StorageRef { key: "0".into(), dtype: StorageDtype::F32, numel: 29, view: None, inline: None },
             offset: 5,
             size: vec![2, 3, 4],
             stride: vec![3, 1, 6],
@@ -1170,5 +1425,169 @@ mod tests {
                 candle_core::pickle::read_all(fixture(rel)).unwrap().into_iter().collect();
             assert_identical(&ours, &theirs);
         }
+    }
+
+    /// The fixture's `generator.keys.json`: `G_ema`'s state-dict names and shapes.
+    fn ada_keys() -> Vec<(String, Vec<usize>)> {
+        let text = std::fs::read_to_string(fixture("stylegan2-ada/generator.keys.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut out: Vec<(String, Vec<usize>)> = json["state_dict_keys_of_G_ema"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn network_pickle_g_ema_is_read_as_data() {
+        let path = fixture("stylegan2-ada/network.pkl");
+        assert_eq!(detect(&path).unwrap(), Format::NetworkPickle);
+        let (net, tensors) = load_network(&path, "G_ema").unwrap();
+        let mut got: Vec<(String, Vec<usize>)> = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+        got.sort();
+        assert_eq!(got, ada_keys());
+        assert!(tensors.values().all(|t| t.dtype() == DType::F32));
+        // Plain attributes, NumPy scalars among them, and the module tree.
+        assert_eq!(net.class_name, "Generator");
+        assert_eq!(net.attr("w_dim"), Some(&Attr::Int(128)));
+        assert_eq!(net.attr("num_ws"), Some(&Attr::Int(10)));
+        let conv = net.get("synthesis.b8.conv0").unwrap();
+        assert_eq!(conv.class_name, "SynthesisLayer");
+        assert_eq!(conv.attr("conv_clamp").and_then(Attr::as_f64), Some(256.0));
+        assert_eq!(conv.attr("up").and_then(Attr::as_f64), Some(2.0));
+        let affine = net.get("synthesis.b8.conv0.affine").unwrap();
+        let gain = affine.attr("weight_gain").and_then(Attr::as_f64).unwrap();
+        assert!((gain - 1.0 / 128f64.sqrt()).abs() < 1e-12, "{gain}");
+        assert!(net.attrs.iter().all(|(k, _)| !k.starts_with('_')));
+        // The same names through the generic reader, and the other networks.
+        let all = load(&path).unwrap();
+        assert!(all.keys().any(|k| k.starts_with("D.")) && all.keys().any(|k| k.starts_with("G.")));
+        let g_ema = load_with_key(&path, Some("G_ema")).unwrap();
+        assert_eq!(g_ema.len(), tensors.len());
+        for (k, t) in &tensors {
+            assert_eq!(raw(t), raw(&g_ema[k]), "{k}");
+            assert_eq!(raw(t), raw(&all[&format!("G_ema.{k}")]), "{k}");
+        }
+        let listed = inspect(&path).unwrap();
+        assert!(listed.iter().any(|i| i.name == "G_ema.synthesis.b4.const" && i.shape == [64, 4, 4]));
+        let e = load_network(&path, "nothing").unwrap_err().to_string();
+        assert!(e.contains("'nothing'") && e.contains("G_ema"), "{e}");
+        let e = load_network(&path, "training_set_kwargs").unwrap_err().to_string();
+        assert!(e.contains("not a pickled network object"), "{e}");
+    }
+
+    /// The bytes of `network.pkl` with `from` replaced by `to` (first
+    /// occurrence). The reader ignores the protocol-4 frame sizes, so
+    /// lengths may change.
+    fn patched(from: &[u8], to: &[u8]) -> Vec<u8> {
+        let bytes = std::fs::read(fixture("stylegan2-ada/network.pkl")).unwrap();
+        let at = bytes.windows(from.len()).position(|w| w == from).expect("the pattern is in the file");
+        [&bytes[..at], to, &bytes[at + from.len()..]].concat()
+    }
+
+    /// Where the first nested storage stream lies: (offset of its BINBYTES
+    /// length, offset of its data, its length).
+    fn first_stream(bytes: &[u8]) -> (usize, usize, usize) {
+        let name = b"_load_from_bytes";
+        let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
+        let b = at + bytes[at..].iter().position(|&c| c == b'B').unwrap();
+        let len = u32::from_le_bytes(bytes[b + 1..b + 5].try_into().unwrap()) as usize;
+        (b + 1, b + 5, len)
+    }
+
+    #[test]
+    fn hostile_network_pickles_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("evil.pkl");
+        let expect = |bytes: &[u8], needles: &[&str]| {
+            std::fs::write(&path, bytes).unwrap();
+            let e = load_network(&path, "G_ema").unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "'{n}' not in: {e}");
+            }
+        };
+        // The persistent-object reducer swapped for another global.
+        let persist = b"\x8c\x17torch_utils.persistence\x94\x8c\x1b_reconstruct_persistent_obj";
+        expect(&patched(persist, b"\x8c\x08builtins\x94\x8c\x04exec"), &["builtins.exec", "refusing"]);
+        expect(&patched(persist, b"\x8c\x17torch_utils.persistence\x94\x8c\x0c_load_source"), &[
+            "torch_utils.persistence._load_source",
+        ]);
+        // A non-class persistent object.
+        expect(&patched(b"\x8c\x05class", b"\x8c\x06module"), &["type \"module\"", "only 'class'"]);
+        // The storage reducer swapped for another global.
+        expect(&patched(b"\x8c\x10_load_from_bytes", b"\x8c\x04load"), &["torch.storage.load"]);
+        let bytes = std::fs::read(fixture("stylegan2-ada/network.pkl")).unwrap();
+        let (len_at, data_at, len) = first_stream(&bytes);
+        // A corrupt stream: a broken magic number.
+        let mut corrupt = bytes.clone();
+        corrupt[data_at + 5] ^= 0xff;
+        expect(&corrupt, &["storage stream #0", "magic number"]);
+        // Truncated: the stream loses its last 4 bytes (its length says so).
+        let mut cut = bytes[..data_at + len - 4].to_vec();
+        cut[len_at..len_at + 4].copy_from_slice(&(len as u32 - 4).to_le_bytes());
+        cut.extend_from_slice(&bytes[data_at + len..]);
+        expect(&cut, &["storage stream #0", "truncated"]);
+        // Oversized: the element count claims far more than the stream holds.
+        let mut big = bytes.clone();
+        let count_at = data_at + len - 4 * 1024 - 8;
+        assert_eq!(u64::from_le_bytes(big[count_at..count_at + 8].try_into().unwrap()), 1024);
+        big[count_at..count_at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        expect(&big, &["storage stream #0", "claims 1152921504606846976 elements"]);
+        // Extra bytes after the storage's data.
+        let mut extra = bytes[..data_at + len].to_vec();
+        extra.extend_from_slice(&[0u8; 16]);
+        extra[len_at..len_at + 4].copy_from_slice(&(len as u32 + 16).to_le_bytes());
+        extra.extend_from_slice(&bytes[data_at + len..]);
+        expect(&extra, &["storage stream #0", "16 unexpected bytes"]);
+        // A BINBYTES length past the end of the file.
+        let mut past = bytes.clone();
+        past[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        expect(&past, &["more than a checkpoint of this size can need"]);
+        past[len_at..len_at + 4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        expect(&past, &["truncated"]);
+        // A stream nested in a stream.
+        let mut inner = fuzzing_stream_in_stream();
+        let mut p = P::default();
+        p.op(b"\x80\x04}(").s("G_ema").global("torch.storage", "_load_from_bytes");
+        p.op(b"B").op(&(inner.len() as u32).to_le_bytes());
+        p.0.append(&mut inner);
+        p.op(b"\x85Ru.");
+        expect(&p.0, &["storage stream inside a storage stream"]);
+        // Cut anywhere, the file errors without panicking.
+        let n = bytes.len();
+        for i in 1..40 {
+            std::fs::write(&path, &bytes[..n * i / 40]).unwrap();
+            assert!(load_network(&path, "G_ema").is_err(), "cut at {}", n * i / 40);
+        }
+    }
+
+    /// A legacy storage stream whose storage object is itself a
+    /// `_load_from_bytes` of another stream.
+    fn fuzzing_stream_in_stream() -> Vec<u8> {
+        let inner = crate::fuzzing::hostile::storage_stream("1", &[1.0, 2.0]);
+        let mut obj = P::default();
+        obj.op(b"\x80\x02").global("torch.storage", "_load_from_bytes");
+        obj.op(b"B").op(&(inner.len() as u32).to_le_bytes()).op(&inner).op(b"\x85R.");
+        crate::fuzzing::hostile::legacy(&obj.0, &[])
+    }
+
+    #[test]
+    fn built_network_pickle_reads_its_records_and_scalars() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small.pkl");
+        std::fs::write(&path, crate::fuzzing::hostile::network_pickle()).unwrap();
+        let (net, tensors) = load_network(&path, "G_ema").unwrap();
+        let mut names: Vec<_> = tensors.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["fc0.bias", "w_avg", "weight"]);
+        assert_eq!(tensors["weight"].to_vec2::<f32>().unwrap(), [[0.0, 0.25, 0.5], [0.75, 1.0, 1.25]]);
+        assert_eq!(net.attr("conv_clamp"), Some(&Attr::Int(256)));
+        assert_eq!(net.get("fc0").unwrap().attr("weight_gain"), Some(&Attr::Float(0.5)));
+        assert_eq!(net.get("fc0").unwrap().attr("activation"), Some(&Attr::Str("lrelu".into())));
+        let d = load_with_key(&path, Some("D")).unwrap();
+        assert_eq!(d["weight"].to_vec1::<f32>().unwrap(), [0.0, 0.25, 0.5, 0.75]);
     }
 }

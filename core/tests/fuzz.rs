@@ -268,7 +268,7 @@ fn issue_15_hostile_checkpoints_stay_within_memory_and_time() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     type Build = fn() -> Vec<u8>;
-    let cases: [(&str, Build, bool); 6] = [
+    let cases: [(&str, Build, bool); 7] = [
         // About 1 MB of pickle naming one memoised 64 MiB storage 100 000 times.
         ("repeated-tensor", || hostile::repeated_tensor(100_000, 16 << 20), true),
         // 100 distinct views, each nearly all of a 16 MiB storage.
@@ -277,6 +277,9 @@ fn issue_15_hostile_checkpoints_stay_within_memory_and_time() {
         ("deflate-bomb", || hostile::deflate_bomb(256 << 20), true),
         // The legacy format: 100 000 names for one 4 MiB storage.
         ("legacy-repeated", || hostile::legacy_repeated(100_000, 1 << 20), true),
+        // A network pickle: one 16 MiB storage stream, loaded afresh for
+        // each of 1 000 parameters.
+        ("stream-repeated", || hostile::stream_repeated(1000, 4 << 20), false),
         // A safetensors shape of a million ones.
         ("long-shape", || hostile::long_shape(1_000_000), false),
         // A 1 MiB key reused at each of 90 levels, 2 500 times per level
@@ -390,6 +393,10 @@ fn write_seed_corpus() {
         let bytes = std::fs::read(fixture(rel)).expect("fixture");
         put("checkpoint", &format!("fixture-{name}-legacy-head"), &[&[0u8][..], &bytes[..bytes.len().min(48 << 10)]].concat());
     }
+    // The head of a StyleGAN2-ADA network pickle: persistent objects and
+    // the first nested storage streams.
+    let pkl = std::fs::read(fixture("stylegan2-ada/network.pkl")).expect("fixture");
+    put("checkpoint", "fixture-stylegan2-ada-network-head", &[&[0u8][..], &pkl[..pkl.len().min(48 << 10)]].concat());
     put("checkpoint", "fixture-clip-safetensors-reduced", &[&[0u8][..], &reduced_safetensors("clip/model.safetensors", 8)].concat());
     // Small valid files in each container.
     let mut p = hostile::Pickle::default();

@@ -14,6 +14,10 @@ use lsd_core::models::{arcface, bisenet, clip, stylegan2};
 pub enum FixtureModel {
     /// rosinality StyleGAN2 generator (config.json, generator.pt, cases.safetensors).
     Stylegan2,
+    /// NVIDIA StyleGAN2-ADA network pickles (config.json, network.pkl,
+    /// network-clamp.pkl, cases.safetensors).
+    #[value(name = "stylegan2-ada")]
+    Stylegan2Ada,
     /// Hugging Face CLIP (config.json, tokenizer.json, model.safetensors, cases.*).
     Clip,
     /// ArcFace IR-SE50 (config.json, model.pth, cases.safetensors).
@@ -45,6 +49,7 @@ pub fn run(args: CheckFixtureArgs) -> Result<()> {
     }
     let report: FixtureReport = match args.model {
         FixtureModel::Stylegan2 => stylegan2::check_fixture(&args.dir, &device),
+        FixtureModel::Stylegan2Ada => stylegan2::ada_fixture::check_fixture(&args.dir, &device),
         FixtureModel::Clip => clip::check_fixture(&args.dir, &device),
         FixtureModel::Arcface => arcface::check_fixture(&args.dir, &device),
         FixtureModel::Bisenet => bisenet::check_fixture(&args.dir, &device),

@@ -102,7 +102,8 @@ pub fn list(store: &Store, out: &mut dyn Write) -> Result<()> {
 
 /// `weights fetch NAME…|--all`.
 pub fn fetch(store: &Store, opts: &FetchOptions, names: &[String], all: bool, out: &mut dyn Write) -> Result<bool> {
-    let entries = if all || names.is_empty() {
+    let everything = all || names.is_empty();
+    let entries = if everything {
         store.manifest.weights.iter().collect()
     } else {
         store.manifest.select(names)?
@@ -120,6 +121,11 @@ pub fn fetch(store: &Store, opts: &FetchOptions, names: &[String], all: bool, ou
                     Outcome::Downloaded { resumed_from } => format!("downloaded (resumed at {})", mb(resumed_from)),
                 };
                 w(out, format_args!("{}/{}: {how}, {}\n  {}", r.name, r.file, rep.checksum, rep.path.display()))?;
+            }
+            // With everything asked for, a file published outside the hub
+            // is a note, not a failure.
+            Err(e @ lsd_weights::Error::ByHand { .. }) if everything => {
+                w(out, format_args!("{}/{}: not downloaded: {e}", r.name, r.file))?;
             }
             Err(e) => {
                 ok = false;

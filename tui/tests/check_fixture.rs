@@ -43,7 +43,7 @@ fn perturb(tensors: &mut HashMap<String, Tensor>, key: &str, by: f64) {
 
 #[test]
 fn every_shipped_fixture_passes() {
-    for model in ["stylegan2", "clip", "arcface", "bisenet"] {
+    for model in ["stylegan2", "stylegan2-ada", "clip", "arcface", "bisenet"] {
         let (ok, text) = check(model, &fixture(model));
         assert!(ok, "{model}:\n{text}");
         assert!(text.contains(", 0 failed"), "{model}:\n{text}");
@@ -63,6 +63,17 @@ fn a_perturbed_expected_tensor_fails_and_is_named() {
     let dir = edited_copy("arcface", |t| perturb(t, "embeddings", 1e-4));
     let (ok, text) = check("arcface", dir.path());
     assert!(!ok && text.lines().any(|l| l.contains("embeddings") && l.ends_with("FAIL")), "{text}");
+}
+
+#[test]
+fn a_perturbed_stylegan2_ada_case_fails_and_is_named() {
+    let dir = edited_copy("stylegan2-ada", |t| perturb(t, "features.05", 1e-3));
+    let (ok, text) = check("stylegan2-ada", dir.path());
+    assert!(!ok, "{text}");
+    let failing: Vec<&str> = text.lines().filter(|l| l.ends_with("FAIL")).collect();
+    // The pickle and its conversion, nothing else.
+    assert_eq!(failing.len(), 2, "{text}");
+    assert!(failing.iter().all(|l| l.contains("features.05 (b32.conv0)")), "{text}");
 }
 
 #[test]

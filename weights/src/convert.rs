@@ -2,6 +2,11 @@
 //! to safetensors, with the conversion itself done by lsd-core
 //! (`lsd_core::torch::convert_to_safetensors`), then a reload of the output
 //! to confirm every input tensor arrived with its shape.
+//!
+//! A StyleGAN2-ADA network pickle (`ffhq.pkl`) converts to its generator
+//! alone (`G_ema`'s state dict, with its configuration in the metadata:
+//! `lsd_core::models::stylegan2::ada::convert`), checked against the
+//! layout that configuration implies.
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +57,9 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
 }
 
 fn run(input: &Path, output: &Path, fail: &dyn Fn(String) -> Error) -> Result<ConvertSummary> {
+    if lsd_core::torch::detect(input).ok() == Some(lsd_core::torch::Format::NetworkPickle) {
+        return run_network_pickle(input, output, fail);
+    }
     let details = lsd_core::torch::convert_to_safetensors(input, output).map_err(|e| fail(e.to_string()))?;
     let details = format!("{details:?}");
     // Reload both and compare: the output must hold every input tensor.
@@ -63,4 +71,31 @@ fn run(input: &Path, output: &Path, fail: &dyn Fn(String) -> Error) -> Result<Co
     }
     let bytes = std::fs::metadata(output).map_err(|e| Error::io("reading", output, e))?.len();
     Ok(ConvertSummary { input: input.to_path_buf(), output: output.to_path_buf(), tensors: got.len(), bytes, details })
+}
+
+/// The generator of a StyleGAN2-ADA network pickle to safetensors.
+fn run_network_pickle(input: &Path, output: &Path, fail: &dyn Fn(String) -> Error) -> Result<ConvertSummary> {
+    use lsd_core::models::stylegan2::ada;
+    let summary = ada::convert(input, output).map_err(|e| fail(e.to_string()))?;
+    let cfg = &summary.config;
+    let expected = crate::layout::Layout { source: format!("{} of {}", ada::NETWORK, input.display()), keys: cfg.state_dict_shapes() };
+    let got = crate::layout::load_shapes(output).map_err(|e| fail(format!("the output does not load: {e}")))?;
+    let status = expected.compare(&got, "");
+    if !status.passed() || got.len() != expected.keys.len() {
+        return Err(fail(format!("the output does not hold exactly the generator's tensors: {status}")));
+    }
+    let clamp = cfg.conv_clamp.map_or("none".to_string(), |c| c.to_string());
+    let details = format!(
+        "{} of a StyleGAN2-ADA network pickle: {}x{}, z {}, w {}, {} mapping layers, conv_clamp {clamp}; \
+         configuration in the '{}' metadata; source sha256 {}",
+        ada::NETWORK,
+        cfg.img_resolution,
+        cfg.img_resolution,
+        cfg.z_dim,
+        cfg.w_dim,
+        cfg.mapping_layers,
+        ada::CONFIG_KEY,
+        summary.source_sha256
+    );
+    Ok(ConvertSummary { input: input.to_path_buf(), output: output.to_path_buf(), tensors: got.len(), bytes: summary.bytes, details })
 }

@@ -36,6 +36,16 @@ pub enum Error {
         known: String,
     },
 
+    /// A file published outside the hub, which is not downloaded.
+    #[error("'{name}' is published outside the Hugging Face hub, so it is not downloaded here: download {url} to '{path}' yourself, then run `lsd-tui weights check {name}`")]
+    ByHand {
+        /// The manifest name.
+        name: String,
+        /// The publisher's URL.
+        url: String,
+        /// Where the file belongs.
+        path: std::path::PathBuf,
+    },
     /// A known weight has not been downloaded (or is incomplete).
     #[error("weight '{name}' is not downloaded (missing: {missing}); run `lsd-tui weights fetch {name}`")]
     Missing {

@@ -132,6 +132,8 @@ impl Store {
         let missing: Vec<(&Entry, &FileSpec, PathBuf)> = entries
             .iter()
             .flat_map(|e| self.missing(e).into_iter().map(move |(s, p)| (*e, s, p)))
+            // Files published outside the hub are never downloaded.
+            .filter(|(_, s, _)| s.url.is_none())
             .collect();
         if !missing.is_empty() {
             let list: Vec<_> = missing.iter().map(|(_, s, p)| (*s, p.clone())).collect();
@@ -189,6 +191,9 @@ impl Store {
             remove(&dest)?;
             let note = format!("{}: {status}; deleted it, downloading again", dest.display());
             progress.event(Event::Note(&note));
+        }
+        if let Some(url) = &spec.url {
+            return Err(Error::ByHand { name: entry.name.clone(), url: url.clone(), path: dest.clone() });
         }
         if opts.offline {
             return Err(Error::Offline {

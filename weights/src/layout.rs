@@ -3,8 +3,9 @@
 //!
 //! The layouts in `weights/layouts/*.keys.json` are the key lists recorded
 //! from the reference networks (copies of `tests/fixtures/<model>/*.keys.json`).
-//! Two JSON shapes occur: `"keys": [{"name", "shape", "dtype"}, …]` and
-//! `"keys": {"name": {"shape", "dtype"}, …}`; both are read.
+//! Three JSON shapes occur: `"keys": [{"name", "shape", "dtype"}, …]`,
+//! `"keys": {"name": {"shape", "dtype"}, …}` and `"keys": {"name": shape, …}`;
+//! all are read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +18,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("vit-b-32.keys.json", include_str!("../layouts/vit-b-32.keys.json")),
     ("arcface_ir_se50.keys.json", include_str!("../layouts/arcface_ir_se50.keys.json")),
     ("bisenet_19.keys.json", include_str!("../layouts/bisenet_19.keys.json")),
+    ("ffhq-1024-ada.keys.json", include_str!("../layouts/ffhq-1024-ada.keys.json")),
 ];
 
 /// Tensor names and shapes a checkpoint must contain, in a fixed order (the
@@ -120,9 +122,9 @@ impl Layout {
             JsonKeys::Map(m) => m
                 .into_iter()
                 .map(|(name, v)| {
-                    let shape = v
-                        .get("shape")
-                        .and_then(|s| serde_json::from_value::<Vec<usize>>(s.clone()).ok())
+                    // `{"shape": [...], "dtype": ...}`, or the shape alone.
+                    let shape = serde_json::from_value::<Vec<usize>>(v.get("shape").unwrap_or(&v).clone())
+                        .ok()
                         .ok_or_else(|| bad(format!("key '{name}' has no integer 'shape' list")))?;
                     Ok((name, shape))
                 })
@@ -187,6 +189,7 @@ mod tests {
             ("vit-b-32.keys.json", 398),
             ("arcface_ir_se50.keys.json", 397),
             ("bisenet_19.keys.json", 191),
+            ("ffhq-1024-ada.keys.json", 182),
         ] {
             let l = Layout::builtin(file).expect(file);
             assert_eq!(l.keys.len(), n, "{file}");

@@ -47,8 +47,13 @@ pub struct FileSpec {
     pub size: Option<u64>,
     /// Pinned lowercase hex SHA-256 (`None`: not pinned yet).
     pub sha256: Option<String>,
-    /// `torch-legacy`, `torch`, `safetensors` or `json`.
+    /// `torch-legacy`, `torch`, `network-pickle`, `safetensors` or `json`.
     pub format: String,
+    /// The publisher's own download URL, for a file that is not on the
+    /// hub: `weights fetch` then says where to put it instead of
+    /// downloading it.
+    #[serde(default)]
+    pub url: Option<String>,
     /// File name in `weights/layouts/` listing the expected tensors.
     pub layout: Option<String>,
     /// Prefix put in front of every layout key when matching (`g_ema.`).
@@ -146,6 +151,11 @@ mod tests {
         assert!(clip.files.iter().all(|f| !f.pinned()), "clip is not pinned: no invented numbers");
         assert_eq!(m.get("arcface-ir-se50").unwrap().files[0].size, Some(175_367_323));
         assert!(m.get("stylegan2-ffhq-1024").unwrap().licence.contains("non-commercial"));
+        // NVIDIA's own snapshot: not on the hub, not pinned (no invented numbers).
+        let ada = m.get("stylegan2-ada-ffhq-1024").unwrap();
+        assert!(ada.files[0].url.as_deref().is_some_and(|u| u.ends_with("/stylegan2-ada-pytorch/pretrained/ffhq.pkl")));
+        assert!(!ada.files[0].pinned());
+        assert_eq!(ada.files[0].format, "network-pickle");
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn pinned(path: &Path) -> FileSpec {
         size: Some(bytes.len() as u64),
         sha256: Some(hex::encode(Sha256::digest(&bytes))),
         format: "torch".into(),
+        url: None,
         layout: None,
         prefix: String::new(),
     }

@@ -465,3 +465,35 @@ fn issue_15_server_etags_and_commits_that_name_paths_are_refused() {
         assert!(outside.is_empty(), "{outside:?}");
     }
 }
+
+/// A file with the publisher's `url` is never requested, not even from the
+/// hub: fetching it says where to put it, offline as online, and it does not
+/// count as missing for the checks before any request.
+#[test]
+fn a_file_published_outside_the_hub_is_never_downloaded() {
+    let hub = Hub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+        [[weights]]
+        name = "byhand"
+        description = "d"
+        repo = "publisher/project"
+        licence = "NC"
+        [[weights.files]]
+        file = "net.pkl"
+        url = "https://example.invalid/net.pkl"
+        format = "network-pickle"
+    "#;
+    let store = Store::new(dir.path(), Manifest::parse(text, "test manifest").unwrap());
+    let entries = store.manifest.select(&["byhand".into()]).unwrap();
+    for offline in [false, true] {
+        let opts = FetchOptions { offline, ..hub.opts() };
+        let results = store.fetch(&entries, &opts, &mut Silent).unwrap();
+        assert_eq!(results.len(), 1);
+        let err = results[0].result.as_ref().unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::ByHand { .. }), "{msg}");
+        assert!(msg.contains("https://example.invalid/net.pkl") && msg.contains("net.pkl") && msg.contains("weights check byhand"), "{msg}");
+    }
+    assert!(hub.seen().is_empty(), "nothing was requested");
+}

@@ -100,7 +100,7 @@ impl GeneratorModel {
 /// `1_000_000 + i`, as the training engine draws them, so that truncation
 /// matches its runs), in batches.
 fn estimate_latent_avg(g: &Generator) -> Result<Tensor> {
-    let d = g.config().style_dim;
+    let d = g.z_dim();
     let mut sum = Tensor::zeros(d, DType::F32, g.device())?;
     for chunk in (0..LATENT_AVG_SAMPLES).collect::<Vec<_>>().chunks(256) {
         let zs = chunk

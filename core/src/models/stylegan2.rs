@@ -16,7 +16,14 @@
 //! Checkpoint: `stylegan2-ffhq-config-f.pt` (converted from NVIDIA's
 //! TensorFlow release by rosinality's `convert_weight.py`), a dict
 //! `{'g_ema': state_dict, 'latent_avg': [512]}`.
+//!
+//! The same generator also runs NVIDIA's StyleGAN2-ADA PyTorch snapshots
+//! (`ffhq.pkl` and the other `network-snapshot-*.pkl`), whose layout and
+//! few differences (gains, the activation clamp) are in [`ada`];
+//! [`Generator::load`] reads either.
 
+pub mod ada;
+pub mod ada_fixture;
 pub mod demo;
 pub mod fixture;
 pub mod layers;
@@ -264,6 +271,23 @@ pub struct Generator {
     /// Seeded noise maps already drawn, by `(seed, batch)`: drawing them on
     /// the host and uploading them is the same work every step.
     seeded_noise: Arc<Mutex<HashMap<(u64, usize), Vec<Option<Tensor>>>>>,
+    /// Dimension of z (w's, `style_dim`, in rosinality's layout; its own in
+    /// StyleGAN2-ADA's).
+    z_dim: usize,
+}
+
+/// The layers of a generator built elsewhere than [`Generator::new`] (the
+/// StyleGAN2-ADA layout, [`ada::build`]), in rosinality's structure.
+pub(crate) struct Parts {
+    pub mapping: Vec<EqualLinear>,
+    /// `[1, C4, 4, 4]`.
+    pub input: Tensor,
+    pub conv1: StyledConv,
+    pub to_rgb1: ToRgb,
+    pub convs: Vec<StyledConv>,
+    pub to_rgbs: Vec<ToRgb>,
+    /// `[1, 1, s, s]` per styled conv, in forward order.
+    pub noises: Vec<Tensor>,
 }
 
 /// Most `(seed, batch)` noise draws a generator keeps.
@@ -297,6 +321,24 @@ impl Generator {
                 Ok(vb.get((1, 1, s, s), &format!("noises.noise_{i}"))?)
             })
             .collect::<Result<Vec<_>>>()?;
+        let parts = Parts { mapping, input, conv1, to_rgb1, convs, to_rgbs, noises };
+        Self::from_parts(cfg, cfg.style_dim, parts, vb.device())
+    }
+
+    /// The generator of `cfg`'s geometry with z of `z_dim` and the given
+    /// layers.
+    pub(crate) fn from_parts(cfg: &Config, z_dim: usize, parts: Parts, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let Parts { mapping, input, conv1, to_rgb1, convs, to_rgbs, noises } = parts;
+        if noises.len() != cfg.num_layers() || convs.len() != cfg.num_layers() - 1 {
+            return Err(Error::Config(format!(
+                "{} styled convs and {} noise maps for a {}x{} generator",
+                convs.len() + 1,
+                noises.len(),
+                cfg.size,
+                cfg.size
+            )));
+        }
         Ok(Self {
             cfg: cfg.clone(),
             mapping,
@@ -306,16 +348,34 @@ impl Generator {
             convs,
             to_rgbs,
             noises,
-            device: vb.device().clone(),
+            device: device.clone(),
             seeded_noise: Arc::default(),
+            z_dim,
         })
     }
 
-    /// Loads a rosinality checkpoint (`.pt` with `g_ema`, or a safetensors
-    /// export with `g_ema.*` keys or bare state-dict keys) and infers its
-    /// configuration. Returns the generator and `latent_avg` `[style_dim]`
-    /// when the file has one (converted checkpoints do, training ones don't).
+    /// Loads a generator file and infers its configuration: a rosinality
+    /// checkpoint (`.pt` with `g_ema`, or a safetensors export with
+    /// `g_ema.*` keys or bare state-dict keys), a StyleGAN2-ADA network
+    /// pickle (`.pkl`, its `G_ema`), or a safetensors file converted from
+    /// one ([`ada::convert`]). Returns the generator and `latent_avg`
+    /// `[style_dim]` when the file has one (converted rosinality
+    /// checkpoints do, training ones don't; StyleGAN2-ADA's `w_avg` always).
+    /// Every place that loads a generator for a recipe goes through here.
     pub fn load(path: &Path, device: &Device) -> Result<(Self, Option<Tensor>)> {
+        match crate::torch::detect(path)? {
+            crate::torch::Format::NetworkPickle => {
+                let (gen, avg, _) = ada::load_pickle(path, device)?;
+                return Ok((gen, Some(avg)));
+            }
+            crate::torch::Format::Safetensors => {
+                if let Some(cfg) = ada::converted_config(path)? {
+                    let (gen, avg) = ada::load_converted(path, &cfg, device)?;
+                    return Ok((gen, Some(avg)));
+                }
+            }
+            _ => {}
+        }
         let tensors = crate::torch::load(path)?;
         let prefix = if tensors.keys().any(|k| k.starts_with("g_ema.")) { "g_ema" } else { "" };
         let cfg = Config::from_tensors(&tensors, prefix)?;
@@ -336,6 +396,11 @@ impl Generator {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Dimension of z, the mapping's input.
+    pub fn z_dim(&self) -> usize {
+        self.z_dim
     }
 
     /// Mapping network z → w: PixelNorm, then `n_mlp` EqualLinear layers,
@@ -463,7 +528,7 @@ impl Generator {
 
     /// [`Generator::w_from_seed`] with z drawn by `rng` (see [`z_for_seed`]).
     pub fn w_from_seed_with(&self, seed: u64, rng: SeedRng, truncation: Option<(f64, &Tensor)>) -> Result<Tensor> {
-        let w = self.mapping(&z_for_seed(seed, rng, self.cfg.style_dim, &self.device)?)?;
+        let w = self.mapping(&z_for_seed(seed, rng, self.z_dim, &self.device)?)?;
         match truncation {
             Some((psi, avg)) => truncate(&w, avg, psi),
             None => Ok(w),

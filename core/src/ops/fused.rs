@@ -206,6 +206,10 @@ impl CustomOp2 for ChannelDot {
 /// `lrelu(y·demod[b, o] + noise_weight·noise + bias[o], 0.2)·√2`, in one
 /// pass. `demod` carries the demodulation, so the conv before it runs with
 /// one shared weight for the whole batch (rosinality's `fused=False` form).
+///
+/// StyleGAN2-ADA's layers end with a clamp of that result to `±clamp`
+/// ([`Self::with_clamp`], `bias_act(…, clamp=conv_clamp·gain)`); without
+/// one (rosinality) nothing changes.
 #[derive(Debug, Clone)]
 pub struct Epilogue {
     /// `activate.bias`, `[C]`, for the stock path.
@@ -215,6 +219,8 @@ pub struct Epilogue {
     /// The same constants on the host, read once, for the CPU kernel.
     bias_host: Arc<[f64]>,
     noise_weight_host: f64,
+    /// Outputs are clamped to `±clamp` when set.
+    clamp: Option<f64>,
 }
 
 impl Epilogue {
@@ -223,7 +229,13 @@ impl Epilogue {
         let c = bias.dims1()?;
         let bias_host: Arc<[f64]> = bias.to_dtype(DType::F64)?.to_vec1::<f64>()?.into();
         let noise_weight_host = noise_weight.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
-        Ok(Self { bias: bias.reshape((1, c, 1, 1))?, noise_weight, bias_host, noise_weight_host })
+        Ok(Self { bias: bias.reshape((1, c, 1, 1))?, noise_weight, bias_host, noise_weight_host, clamp: None })
+    }
+
+    /// The same epilogue, its output clamped to `±clamp` (`None`: not
+    /// clamped). The clamp's gradient is zero where it cuts, as torch's.
+    pub fn with_clamp(self, clamp: Option<f64>) -> Self {
+        Self { clamp, ..self }
     }
 
     /// `ys` `[B, C, H, W]`, `demod` `[B, C]`, `noise` `[1 or B, 1, H, W]`
@@ -239,7 +251,8 @@ impl Epilogue {
             Some(n) => Some(n.to_dtype(ys.dtype())?.contiguous()?),
             None => None,
         };
-        let op = EpilogueOp { bias: self.bias_host.clone(), noise_weight: self.noise_weight_host, noise };
+        let op =
+            EpilogueOp { bias: self.bias_host.clone(), noise_weight: self.noise_weight_host, noise, clamp: self.clamp };
         let out = ys.contiguous()?.apply_op2(&demod.contiguous()?, op)?;
         debug_assert_eq!(out.dims(), &[b, c, h, w]);
         Ok(out)
@@ -248,7 +261,11 @@ impl Epilogue {
     /// The stock-Candle composition of [`Self::forward`].
     pub fn forward_stock(&self, ys: &Tensor, demod: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
         let ys = self.add_noise_stock(&demodulate_stock(ys, demod)?, noise)?;
-        lrelu_gain(&ys.broadcast_add(&self.bias.to_dtype(ys.dtype())?)?)
+        let ys = lrelu_gain(&ys.broadcast_add(&self.bias.to_dtype(ys.dtype())?)?)?;
+        match self.clamp {
+            Some(c) => Ok(ys.clamp(-c, c)?),
+            None => Ok(ys),
+        }
     }
 
     /// `ys + noise_weight·noise` (stock ops, for traces).
@@ -309,6 +326,7 @@ struct EpilogueOp {
     noise_weight: f64,
     /// `[1 or B, 1, H, W]`, contiguous, in the input's dtype.
     noise: Option<Tensor>,
+    clamp: Option<f64>,
 }
 
 /// A plane's constants in the kernel's dtype.
@@ -343,6 +361,7 @@ impl EpilogueOp {
 
     fn forward<T: WithDType>(&self, ys: &[T], demod: &[T], (c, hw): (usize, usize)) -> candle_core::Result<Vec<T>> {
         let (slope, gain) = (T::from_f64(LRELU_SLOPE), T::from_f64(std::f64::consts::SQRT_2));
+        let clamp = self.clamp.map(T::from_f64);
         self.with_noise(|noise: Option<&[T]>| {
             let mut out = vec![T::from_f64(0.0); ys.len()];
             if hw == 0 {
@@ -351,7 +370,14 @@ impl EpilogueOp {
             out.par_chunks_mut(hw).zip(ys.par_chunks(hw)).enumerate().for_each(|(p, (o, y))| {
                 let k = self.plane(noise, p, c, hw);
                 let d = demod[p];
-                let act = |z: T| (if z >= T::from_f64(0.0) { z } else { z * slope }) * gain;
+                let act = |z: T| {
+                    let y = (if z >= T::from_f64(0.0) { z } else { z * slope }) * gain;
+                    match clamp {
+                        Some(c) if y > c => c,
+                        Some(c) if y < T::from_f64(0.0) - c => T::from_f64(0.0) - c,
+                        _ => y,
+                    }
+                };
                 match k.noise {
                     // The stock order: ((y·d) + noise·w) + bias.
                     Some(n) => {
@@ -380,6 +406,7 @@ impl EpilogueOp {
         (c, hw): (usize, usize),
     ) -> candle_core::Result<Vec<T>> {
         let (slope, gain) = (T::from_f64(LRELU_SLOPE), T::from_f64(std::f64::consts::SQRT_2));
+        let clamp = self.clamp.map(T::from_f64);
         let planes = demod.len();
         self.with_noise(|noise: Option<&[T]>| {
             let mut out = vec![T::from_f64(0.0); ys.len() + planes];
@@ -400,7 +427,13 @@ impl EpilogueOp {
                             Some(n) => yv * d + n[i] * k.noise_weight + k.bias,
                             None => yv * d + k.bias,
                         };
-                        let dz = if z >= T::from_f64(0.0) { gv * gain } else { gv * gain * slope };
+                        let (y, dz) = if z >= T::from_f64(0.0) { (z * gain, gv * gain) } else { (z * slope * gain, gv * gain * slope) };
+                        // Zero where the clamp cut (torch's clamp passes the
+                        // gradient on its bounds).
+                        let dz = match clamp {
+                            Some(c) if y > c || y < T::from_f64(0.0) - c => T::from_f64(0.0),
+                            _ => dz,
+                        };
                         *gyv = dz * d;
                         acc += (dz * yv).to_f64();
                     }
@@ -572,13 +605,15 @@ mod tests {
     #[test]
     fn epilogue_matches_stock() -> Result<()> {
         for (i, &(b, c, h, w, nb)) in EPILOGUE_SHAPES.iter().enumerate() {
-            for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
+            for (dtype, tol, clamp) in
+                [(DType::F32, 1e-6, None), (DType::F64, 1e-14, None), (DType::F32, 1e-6, Some(0.6)), (DType::F64, 1e-14, Some(0.6))]
+            {
                 let seed = 10 * i as u64;
-                let epi = epilogue(seed, c, dtype)?;
+                let epi = epilogue(seed, c, dtype)?.with_clamp(clamp);
                 let noise = if nb > 0 { Some(randn(seed + 2, (nb, 1, h, w), dtype)?) } else { None };
                 let args = [randn(seed + 3, (b, c, h, w), dtype)?, (randn(seed + 4, (b, c), dtype)?.abs()? + 0.5)?];
                 let r = randn(seed + 5, (b, c, h, w), dtype)?;
-                let what = format!("epilogue {:?} {dtype:?}", (b, c, h, w, nb));
+                let what = format!("epilogue {:?} {dtype:?} clamp {clamp:?}", (b, c, h, w, nb));
                 check(
                     &args,
                     &r,
@@ -628,7 +663,13 @@ mod tests {
         let epi = epilogue(4, 3, f64_)?;
         let noise = randn(5, (1, 1, 2, 3), f64_)?;
         let args = [randn(6, (2, 3, 2, 3), f64_)?, (randn(7, (2, 3), f64_)?.abs()? + 0.5)?];
-        finite_differences(&args, &randn(8, (2, 3, 2, 3), f64_)?, |a| epi.forward(&a[0], &a[1], Some(&noise)))
+        finite_differences(&args, &randn(8, (2, 3, 2, 3), f64_)?, |a| epi.forward(&a[0], &a[1], Some(&noise)))?;
+        // With a clamp that cuts some outputs (none of them near the bound).
+        let clamped = epi.with_clamp(Some(0.8));
+        let out = clamped.forward(&args[0], &args[1], Some(&noise))?.flatten_all()?.to_vec1::<f64>()?;
+        assert!(out.iter().any(|v| v.abs() == 0.8), "the clamp cuts: {out:?}");
+        assert!(out.iter().all(|v| (v.abs() - 0.8).abs() > 1e-4 || v.abs() == 0.8));
+        finite_differences(&args, &randn(8, (2, 3, 2, 3), f64_)?, |a| clamped.forward(&a[0], &a[1], Some(&noise)))
     }
 
     #[test]

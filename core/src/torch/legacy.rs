@@ -14,13 +14,18 @@
 //! 6. per key: an 8-byte little-endian element count, then
 //!    `count * element_size` raw little-endian bytes
 //!    (`_set_from_file` / `THPStorage_readFileRaw`).
+//!
+//! The same stream, holding a single storage, is how a plainly pickled
+//! storage travels (`torch.storage._load_from_bytes`, in network pickles):
+//! [`storage_from_bytes`].
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Seek};
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
+use std::rc::Rc;
 
-use super::pickle::{self, Budget, Input, Obj, PidStyle, StorageDtype, Unpickled, Value};
+use super::pickle::{self, Budget, Inline, Input, Obj, PidStyle, StorageDtype, StorageRef, Unpickled, Value};
 
 /// `torch.serialization.MAGIC_NUMBER`, little-endian as pickle's LONG1 has it.
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -53,18 +58,33 @@ pub(crate) fn read_head(path: &Path, budget: &mut Budget) -> Result<Legacy, Stri
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let file_len = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
     let mut input = Input::new(BufReader::new(file), 0);
+    let (object, keys) = parse_head(&mut input, budget, false)?;
+    Ok(Legacy { object, keys, data_start: input.pos(), file_len })
+}
 
-    let magic = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
+/// The five pickles of a legacy stream: checks the magic number, the
+/// protocol version and the byte order, and returns the object and the
+/// storage keys in the order their data follows. `nested`: the stream is a
+/// storage inside a pickle (see [`storage_from_bytes`]).
+fn parse_head<R: Read>(input: &mut Input<R>, budget: &mut Budget, nested: bool) -> Result<(Unpickled, Vec<String>), String> {
+    let mut next = |input: &mut Input<R>| {
+        if nested {
+            pickle::unpickle_nested(input, PidStyle::Legacy, budget)
+        } else {
+            pickle::unpickle(input, PidStyle::Legacy, budget)
+        }
+    };
+    let magic = next(input)?;
     match &magic.root {
         Value::BigInt(b) if b[..] == MAGIC => {}
         _ => return Err("not a torch checkpoint: the legacy magic number is wrong".into()),
     }
-    let version = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
+    let version = next(input)?;
     match version.root {
         Value::Int(PROTOCOL_VERSION) => {}
         _ => return Err("unsupported legacy torch protocol version (expected 1001)".into()),
     }
-    let sys_info = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
+    let sys_info = next(input)?;
     if let Some(Obj::Dict(items)) = sys_info.obj(&sys_info.root) {
         let big = items.iter().any(|(k, v)| {
             matches!((k, v), (Value::Str(k), Value::Bool(false)) if &**k == "little_endian")
@@ -75,8 +95,8 @@ pub(crate) fn read_head(path: &Path, budget: &mut Budget) -> Result<Legacy, Stri
                 .into());
         }
     }
-    let object = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
-    let keys_pickle = pickle::unpickle(&mut input, PidStyle::Legacy, budget)?;
+    let object = next(input)?;
+    let keys_pickle = next(input)?;
     let keys = match keys_pickle.obj(&keys_pickle.root) {
         Some(Obj::List(items)) => items
             .iter()
@@ -88,7 +108,43 @@ pub(crate) fn read_head(path: &Path, budget: &mut Budget) -> Result<Legacy, Stri
             .collect::<Result<Vec<_>, _>>()?,
         _ => return Err("the storage key list after the object is missing".into()),
     };
-    Ok(Legacy { object, keys, data_start: input.pos(), file_len })
+    Ok((object, keys))
+}
+
+/// The storage of `torch.storage._load_from_bytes(blob)`: `blob` is a
+/// complete legacy stream whose object is one storage, followed by that
+/// storage's data and nothing else. The bytes stay in `blob` (no copy);
+/// the storage's size is checked against them exactly.
+pub(crate) fn storage_from_bytes(blob: &Rc<[u8]>, budget: &mut Budget) -> Result<StorageRef, String> {
+    let mut input = Input::new(&blob[..], 0);
+    let (object, keys) = parse_head(&mut input, budget, true)?;
+    let mut storage = match object.obj(&object.root) {
+        Some(Obj::Storage(s)) => s.clone(),
+        _ => return Err(format!("its object is {}, not a storage", pickle::describe(&object.root))),
+    };
+    if keys.len() != 1 || keys[0] != storage.key {
+        return Err(format!("it lists {} storages; a storage stream holds exactly its own", keys.len()));
+    }
+    let at = input.pos();
+    let count = u64::from_le_bytes(input.array()?);
+    if count != storage.numel {
+        return Err(format!(
+            "the data at byte {at} claims {count} elements, the storage has {}",
+            storage.numel
+        ));
+    }
+    let start = input.pos();
+    let left = blob.len() as u64 - start;
+    let len = count.checked_mul(storage.dtype.size() as u64).ok_or("the storage size overflows")?;
+    if len > left {
+        return Err(format!("truncated: the storage needs {len} bytes of data, {left} follow"));
+    }
+    if len < left {
+        return Err(format!("{} unexpected bytes after the storage's {len} bytes of data", left - len));
+    }
+    let (start, len) = (start as usize, len as usize);
+    storage.inline = Some(Inline { blob: blob.clone(), start, len });
+    Ok(storage)
 }
 
 impl Legacy {

@@ -12,6 +12,15 @@
 //! globals torch emits: `torch/_tensor.py` (`__reduce_ex__`) and
 //! `torch/_utils.py` (`_rebuild_tensor_v2`).
 //!
+//! NVIDIA's StyleGAN2-ADA network pickles add a few more globals, read the
+//! same way: `torch_utils.persistence._reconstruct_persistent_obj(meta)` is a
+//! record ([`Obj::Persistent`]: the class name and the module's state; the
+//! module source the upstream loader would execute is data here, and
+//! dropped), each storage is `torch.storage._load_from_bytes(b)` over a
+//! nested legacy `torch.save` stream (parsed by `legacy::storage_from_bytes`,
+//! never more than one level deep), plus `dnnlib.util.EasyDict` (a dict)
+//! and NumPy scalars and dtypes.
+//!
 //! Containers live in an arena ([`Obj`], addressed by index) so that the
 //! memo can share them and mutations after memoisation (a dict is memoised
 //! empty, then filled by `SETITEMS`) are seen through every reference.
@@ -76,6 +85,32 @@ pub(crate) struct StorageRef {
     /// Legacy storage views: element offset into the root storage and
     /// element count of the view.
     pub view: Option<(u64, u64)>,
+    /// The root storage's bytes when they were inside the pickle itself
+    /// (`torch.storage._load_from_bytes`), not in a zip member or after
+    /// the pickles of a legacy file.
+    pub inline: Option<Inline>,
+}
+
+/// Storage bytes held inside a pickled `bytes` value: `len` bytes from
+/// `start`, checked to lie inside `blob` when built.
+#[derive(Clone)]
+pub(crate) struct Inline {
+    pub blob: Rc<[u8]>,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Inline {
+    /// The storage's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.blob[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for Inline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inline({} bytes at {} of a {}-byte blob)", self.len, self.start, self.blob.len())
+    }
 }
 
 /// A tensor: a strided view of a storage (`_rebuild_tensor_v2` arguments).
@@ -104,6 +139,16 @@ pub(crate) enum Global {
     FrozenSet,
     TorchSize,
     CodecsEncode,
+    /// `torch_utils.persistence._reconstruct_persistent_obj`.
+    PersistentObj,
+    /// `torch.storage._load_from_bytes`.
+    LoadFromBytes,
+    /// `dnnlib.util.EasyDict`.
+    EasyDict,
+    /// `numpy.dtype`.
+    NumpyDtype,
+    /// `numpy.core.multiarray.scalar` (`numpy._core` since NumPy 2).
+    NumpyScalar,
 }
 
 /// A pickle value. Containers are indices into the arena.
@@ -134,6 +179,12 @@ pub(crate) enum Obj {
     /// pickled module): surfaced as a non-tensor leaf. The name is kept for
     /// debugging output.
     Opaque(#[allow(dead_code)] &'static str),
+    /// A persistent-class object of a network pickle, as a record: its
+    /// class name (`Generator`, `SynthesisLayer`, …) and its state (the
+    /// module's `__dict__`, a dict). Nothing of it is run.
+    Persistent { class_name: Rc<str>, state: Value },
+    /// A NumPy dtype (`f8`, `i4`, …), for the scalars built from it.
+    NpDtype { code: Rc<str>, big_endian: bool },
 }
 
 /// Result of running one pickle.
@@ -153,11 +204,13 @@ impl Unpickled {
 }
 
 /// How to read persistent ids: the zip format has 5-tuples, the legacy
-/// format 6-tuples with view metadata.
+/// format 6-tuples with view metadata; a plain pickle (a network pickle)
+/// has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PidStyle {
     Zip,
     Legacy,
+    Plain,
 }
 
 /// Counts the bytes read so that errors can give an offset.
@@ -271,6 +324,11 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
         ("builtins" | "__builtin__", "set") => Global::Set,
         ("builtins" | "__builtin__", "frozenset") => Global::FrozenSet,
         ("_codecs", "encode") => Global::CodecsEncode,
+        ("torch_utils.persistence", "_reconstruct_persistent_obj") => Global::PersistentObj,
+        ("torch.storage", "_load_from_bytes") => Global::LoadFromBytes,
+        ("dnnlib.util", "EasyDict") => Global::EasyDict,
+        ("numpy", "dtype") => Global::NumpyDtype,
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Global::NumpyScalar,
         _ => return None,
     })
 }
@@ -348,6 +406,12 @@ impl Budget {
 struct Machine<'a, R> {
     input: &'a mut Input<R>,
     budget: &'a mut Budget,
+    /// Whether this pickle is itself a storage stream inside a pickle
+    /// (which may not hold another).
+    nested: bool,
+    /// Storage streams read so far (their storages' keys are made unique
+    /// with it).
+    streams: usize,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
@@ -364,9 +428,26 @@ pub(crate) fn unpickle<R: Read>(
     pid_style: PidStyle,
     budget: &mut Budget,
 ) -> Result<Unpickled, String> {
+    run(input, pid_style, budget, false)
+}
+
+/// [`unpickle`] for the pickles of a storage stream inside a pickle
+/// (`torch.storage._load_from_bytes`): the same machine, except that
+/// another storage stream is refused, so nesting stops at one level.
+pub(crate) fn unpickle_nested<R: Read>(
+    input: &mut Input<R>,
+    pid_style: PidStyle,
+    budget: &mut Budget,
+) -> Result<Unpickled, String> {
+    run(input, pid_style, budget, true)
+}
+
+fn run<R: Read>(input: &mut Input<R>, pid_style: PidStyle, budget: &mut Budget, nested: bool) -> Result<Unpickled, String> {
     let mut m = Machine {
         input,
         budget,
+        nested,
+        streams: 0,
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
@@ -400,6 +481,19 @@ fn str_of(v: &Value) -> Option<String> {
         Value::Str(s) => Some(s.to_string()),
         Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
         _ => None,
+    }
+}
+
+/// An IEEE half-precision value.
+fn f16_to_f64(h: u16) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f64;
+    sign * match exp {
+        0 => frac * 2f64.powi(-24),
+        31 if frac == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
     }
 }
 
@@ -751,9 +845,22 @@ impl<R: Read> Machine<'_, R> {
             }
             b'b' => {
                 // The state of an object: an OrderedDict's `_metadata`, a
-                // Namespace's attributes. Nothing we keep needs it.
-                self.pop()?;
-                self.top()?;
+                // Namespace's attributes. Nothing we keep needs it but a
+                // NumPy dtype's byte order (`(3, '<', …)`).
+                let state = self.pop()?;
+                let target = self.top()?.clone();
+                let big = match self.objs.get(match state {
+                    Value::Obj(i) => i,
+                    _ => usize::MAX,
+                }) {
+                    Some(Obj::Tuple(t)) => matches!(t.get(1), Some(Value::Str(o)) if &**o == ">"),
+                    _ => false,
+                };
+                if let Value::Obj(i) = target {
+                    if let Some(Obj::NpDtype { big_endian, .. }) = self.objs.get_mut(i) {
+                        *big_endian = big;
+                    }
+                }
             }
             b'Q' => {
                 let pid = self.pop()?;
@@ -776,7 +883,7 @@ impl<R: Read> Machine<'_, R> {
     fn new_object(&mut self, cls: &Value, args: &Value) -> Result<Value, String> {
         match cls {
             Value::Global(Global::Namespace) => self.new_obj(Obj::Opaque("argparse.Namespace")),
-            Value::Global(Global::OrderedDict) => self.new_obj(Obj::Dict(Vec::new())),
+            Value::Global(Global::OrderedDict | Global::EasyDict) => self.new_obj(Obj::Dict(Vec::new())),
             Value::Global(Global::Set | Global::FrozenSet) => self.new_obj(Obj::Set(Vec::new())),
             Value::Global(Global::TorchSize) => self.call(cls, args, 0),
             other => Err(format!("cannot instantiate {}", describe(other))),
@@ -858,8 +965,137 @@ impl<R: Read> Machine<'_, R> {
                 Ok(Value::Bytes(bytes.into()))
             }
             Global::Namespace => self.new_obj(Obj::Opaque("argparse.Namespace")),
+            Global::EasyDict => {
+                let d = self.new_obj(Obj::Dict(Vec::new()))?;
+                if let Some(src) = a.first() {
+                    let items = match self.objs.get(match src {
+                        Value::Obj(i) => *i,
+                        _ => usize::MAX,
+                    }) {
+                        Some(Obj::Dict(items)) => items.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+                        _ => return Err("EasyDict expects a dict".into()),
+                    };
+                    self.set_items(&d, items)?;
+                }
+                Ok(d)
+            }
+            Global::PersistentObj => self.persistent_obj(&a),
+            Global::LoadFromBytes => {
+                if self.nested {
+                    return Err("a storage stream inside a storage stream; a network pickle nests them one level deep".into());
+                }
+                let Some(Value::Bytes(blob)) = a.first() else {
+                    return Err("torch.storage._load_from_bytes expects bytes".into());
+                };
+                let blob = blob.clone();
+                let n = self.streams;
+                self.streams += 1;
+                let mut storage = super::legacy::storage_from_bytes(&blob, self.budget)
+                    .map_err(|e| format!("the storage stream #{n} ({} bytes) inside the pickle: {e}", blob.len()))?;
+                storage.key = format!("stream{n}.{}", storage.key);
+                self.new_obj(Obj::Storage(storage))
+            }
+            Global::NumpyDtype => {
+                let code = match a.first() {
+                    Some(Value::Str(s)) if s.len() <= 16 => s.clone(),
+                    _ => return Err("numpy.dtype expects a short type code".into()),
+                };
+                self.new_obj(Obj::NpDtype { code, big_endian: false })
+            }
+            Global::NumpyScalar => self.numpy_scalar(&a),
             Global::Storage(_) | Global::Token(_) => Err(format!("cannot call {}", describe(func))),
         }
+    }
+
+    /// The value of a string key of a dict object, if any (the last one,
+    /// as a Python dict keeps).
+    fn dict_get(&self, d: &Value, key: &str) -> Option<Value> {
+        match self.objs.get(match d {
+            Value::Obj(i) => *i,
+            _ => return None,
+        })? {
+            Obj::Dict(items) => items
+                .iter()
+                .rev()
+                .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
+
+    /// `_reconstruct_persistent_obj(meta)`: the record of `meta`'s class
+    /// name and state. `meta['module_src']` (the Python source the upstream
+    /// loader executes) is never looked at.
+    fn persistent_obj(&mut self, a: &[Value]) -> Result<Value, String> {
+        let meta = a.first().ok_or("_reconstruct_persistent_obj expects its meta dict")?;
+        if !matches!(self.obj_mut(meta), Ok(Obj::Dict(_))) {
+            return Err(format!("_reconstruct_persistent_obj expects a dict, found {}", describe(meta)));
+        }
+        match self.dict_get(meta, "type") {
+            Some(Value::Str(t)) if &*t == "class" => {}
+            Some(Value::Str(t)) => {
+                let shown: String = t.chars().take(40).collect();
+                return Err(format!("persistent object of type {shown:?}; only 'class' objects are read"));
+            }
+            _ => return Err("persistent object without a 'type'".into()),
+        }
+        let class_name = match self.dict_get(meta, "class_name") {
+            Some(Value::Str(s)) if !s.is_empty() && s.len() <= 256 => s,
+            _ => return Err("persistent object without a 'class_name' string".into()),
+        };
+        let state = self.dict_get(meta, "state").ok_or("persistent object without a 'state'")?;
+        if !matches!(self.obj_mut(&state), Ok(Obj::Dict(_))) {
+            return Err(format!("the state of the persistent {class_name} is {}, not a dict", describe(&state)));
+        }
+        self.new_obj(Obj::Persistent { class_name, state })
+    }
+
+    /// `numpy.core.multiarray.scalar(dtype, bytes)`: a float, int or bool;
+    /// other kinds become an opaque leaf.
+    fn numpy_scalar(&mut self, a: &[Value]) -> Result<Value, String> {
+        let (code, big) = match a.first().and_then(|v| match v {
+            Value::Obj(i) => self.objs.get(*i),
+            _ => None,
+        }) {
+            Some(Obj::NpDtype { code, big_endian }) => (code.clone(), *big_endian),
+            _ => return Err("numpy scalar without a numpy.dtype".into()),
+        };
+        let bytes = match a.get(1) {
+            Some(Value::Bytes(b)) => b.clone(),
+            _ => return Err("numpy scalar without its bytes".into()),
+        };
+        let code = code.trim_start_matches(['<', '>', '=', '|']);
+        let (kind, size) = code.split_at(code.len().min(1));
+        let Ok(size) = size.parse::<usize>() else { return self.new_obj(Obj::Opaque("numpy scalar")) };
+        if !matches!(kind, "f" | "i" | "u" | "b") || !matches!(size, 1 | 2 | 4 | 8) {
+            return self.new_obj(Obj::Opaque("numpy scalar"));
+        }
+        if bytes.len() != size {
+            return Err(format!("numpy scalar of dtype {code} has {} bytes, not {size}", bytes.len()));
+        }
+        let mut le = [0u8; 8];
+        le[..size].copy_from_slice(&bytes);
+        if big {
+            le[..size].reverse();
+        }
+        let signed = |n: usize| {
+            let v = u64::from_le_bytes(le);
+            let shift = 64 - 8 * n as u32;
+            ((v << shift) as i64) >> shift
+        };
+        Ok(match (kind, size) {
+            ("f", 8) => Value::Float(f64::from_le_bytes(le)),
+            ("f", 4) => Value::Float(f32::from_le_bytes([le[0], le[1], le[2], le[3]]) as f64),
+            ("f", 2) => Value::Float(f16_to_f64(u16::from_le_bytes([le[0], le[1]]))),
+            ("i", n) => Value::Int(signed(n)),
+            ("u", 8) => match i64::try_from(u64::from_le_bytes(le)) {
+                Ok(v) => Value::Int(v),
+                Err(_) => return self.new_obj(Obj::Opaque("numpy scalar")),
+            },
+            ("u", _) => Value::Int(u64::from_le_bytes(le) as i64),
+            ("b", 1) => Value::Bool(le[0] != 0),
+            _ => return self.new_obj(Obj::Opaque("numpy scalar")),
+        })
     }
 
     fn nonneg(v: Option<&Value>, what: &str) -> Result<u64, String> {
@@ -902,6 +1138,9 @@ impl<R: Read> Machine<'_, R> {
             Some(Value::Bytes(b)) => std::str::from_utf8(b).ok(),
             _ => None,
         };
+        if self.pid_style == PidStyle::Plain {
+            return Err("a persistent id in a plain pickle; only torch.save files have them".into());
+        }
         if kind == Some("module") && self.pid_style == PidStyle::Legacy {
             return self.new_obj(Obj::Opaque("pickled nn.Module"));
         }
@@ -911,7 +1150,7 @@ impl<R: Read> Machine<'_, R> {
         }
         let want = match self.pid_style {
             PidStyle::Zip => 5,
-            PidStyle::Legacy => 6,
+            PidStyle::Legacy | PidStyle::Plain => 6,
         };
         if t.len() != want {
             return Err(format!("storage persistent id has {} fields, expected {want}", t.len()));
@@ -940,7 +1179,7 @@ impl<R: Read> Machine<'_, R> {
                 Some((Self::nonneg(vm.get(1), "view offset")?, Self::nonneg(vm.get(2), "view size")?))
             }
         };
-        self.new_obj(Obj::Storage(StorageRef { key, dtype, numel, view }))
+        self.new_obj(Obj::Storage(StorageRef { key, dtype, numel, view, inline: None }))
     }
 }
 

@@ -73,6 +73,21 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     Ok(report)
 }
 
+/// The case tensor `name`, or `None` after recording `{prefix}{name}` as
+/// missing.
+pub(super) fn case_input(
+    cases: &HashMap<String, Tensor>,
+    report: &mut FixtureReport,
+    prefix: &str,
+    name: &str,
+) -> Option<Tensor> {
+    let t = cases.get(name).cloned();
+    if t.is_none() {
+        report.missing(format!("{prefix}{name}"));
+    }
+    t
+}
+
 /// The fixture's tensors and tolerances.
 struct Cases<'a> {
     cases: &'a HashMap<String, Tensor>,
@@ -91,11 +106,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// An input tensor, or `None` after recording it as missing.
     fn input(&mut self, name: &str) -> Option<Tensor> {
-        let t = self.ctx.cases.get(name).cloned();
-        if t.is_none() {
-            self.report.missing(format!("{}{name}", self.prefix));
-        }
-        t
+        case_input(self.ctx.cases, self.report, self.prefix, name)
     }
 
     /// Compares `actual` with the expected tensor `name` at its atol.

@@ -70,9 +70,14 @@ impl EqualLinear {
         vb: VarBuilder,
     ) -> Result<Self> {
         let scale = lr_mul / (in_dim as f64).sqrt();
-        let weight = (vb.get((out_dim, in_dim), "weight")? * scale)?;
-        let bias = (vb.get(out_dim, "bias")? * lr_mul)?;
-        Ok(Self { linear: Linear::new(weight, Some(bias))?, activate })
+        Self::with_gains(vb.get((out_dim, in_dim), "weight")?, vb.get(out_dim, "bias")?, scale, lr_mul, activate)
+    }
+
+    /// The layer of the raw `weight` `[out, in]` and `bias` `[out]` with
+    /// explicit run-time gains (`weight_gain`, `bias_gain` of StyleGAN2-ADA's
+    /// `FullyConnectedLayer`; `lr_mul / sqrt(in)` and `lr_mul` here).
+    pub fn with_gains(weight: Tensor, bias: Tensor, weight_gain: f64, bias_gain: f64, activate: bool) -> Result<Self> {
+        Ok(Self { linear: Linear::new((weight * weight_gain)?, Some((bias * bias_gain)?))?, activate })
     }
 
     /// The same layer computing each sample on its own
@@ -149,9 +154,28 @@ impl ModulatedConv2d {
         let scale = 1.0 / ((in_ch * kernel_size * kernel_size) as f64).sqrt();
         let weight = (vb.get((1, out_ch, in_ch, kernel_size, kernel_size), "weight")? * scale)?
             .squeeze(0)?;
+        let modulation = EqualLinear::new(style_dim, in_ch, 1.0, false, vb.pp("modulation"))?;
+        Self::from_weight(weight, modulation, demodulate, upsample, blur_kernel)
+    }
+
+    /// The layer of `weight` `[out, in, k, k]` with its run-time gain
+    /// already applied, and the style's `modulation` layer. rosinality
+    /// scales the weight by `1/sqrt(in·k·k)`; StyleGAN2-ADA's
+    /// `SynthesisLayer` uses it unscaled (the demodulation normalises it
+    /// away but for the `1e-8`), its `ToRGBLayer` scales the style instead,
+    /// which is the same product.
+    pub fn from_weight(
+        weight: Tensor,
+        modulation: EqualLinear,
+        demodulate: bool,
+        upsample: bool,
+        blur_kernel: &[f64],
+    ) -> Result<Self> {
+        let kernel_size = weight.dim(3)?;
         // The style and demodulation layers compute each sample on its own,
         // so that an image does not depend on what it is batched with (the
         // engine renders originals in batches and caches them per seed).
+        let modulation = modulation.row_independent();
         let wsq = if demodulate {
             Some(Linear::new(weight.sqr()?.sum(D::Minus1)?.sum(D::Minus1)?, None)?.row_independent())
         } else {
@@ -163,7 +187,7 @@ impl ModulatedConv2d {
             let p = blur_kernel.len() as i64 - 2 - (kernel_size as i64 - 1);
             let pad0 = (p + 1).div_euclid(2) + 1;
             let pad1 = p.div_euclid(2) + 1;
-            let blur = Fir::new(blur_kernel, 4.0, 1, (pad0 as usize, pad1 as usize), vb.device())?;
+            let blur = Fir::new(blur_kernel, 4.0, 1, (pad0 as usize, pad1 as usize), weight.device())?;
             // The weight laid out [in, out, k, k], not flipped (model.py
             // ModulatedConv2d.forward, fused=False: weight.transpose(0, 1),
             // conv_transpose2d(input, weight, padding=0, stride=2)).
@@ -171,7 +195,6 @@ impl ModulatedConv2d {
         } else {
             Conv::Same(Conv2d::new(weight, None, 1, kernel_size / 2)?)
         };
-        let modulation = EqualLinear::new(style_dim, in_ch, 1.0, false, vb.pp("modulation"))?.row_independent();
         Ok(Self { conv, wsq, modulation })
     }
 
@@ -232,7 +255,12 @@ impl StyledConv {
         let conv =
             ModulatedConv2d::new(in_ch, out_ch, 3, style_dim, true, upsample, blur_kernel, vb.pp("conv"))?;
         let epilogue = Epilogue::new(vb.get(out_ch, "activate.bias")?, vb.get(1, "noise.weight")?)?;
-        Ok(Self { conv, epilogue })
+        Ok(Self::from_parts(conv, epilogue))
+    }
+
+    /// The layer of a demodulating `conv` and its `epilogue`.
+    pub fn from_parts(conv: ModulatedConv2d, epilogue: Epilogue) -> Self {
+        Self { conv, epilogue }
     }
 
     /// `noise`: `[1 or B, 1, H, W]` at the output resolution, or `None` for
@@ -259,12 +287,15 @@ impl StyledConv {
 
 /// `ToRGB`: a 1x1 modulated conv without demodulation, plus bias, plus the
 /// up-sampled previous RGB output (`upfirdn2d` up 2, pad (2, 1)).
+/// StyleGAN2-ADA clamps the layer's own output (before the skip sum) to
+/// `±conv_clamp`; rosinality does not clamp.
 #[derive(Debug, Clone)]
 pub struct ToRgb {
     conv: ModulatedConv2d,
     /// `bias`, `[1, 3, 1, 1]`.
     bias: Tensor,
     upsample: Option<Fir>,
+    clamp: Option<f64>,
 }
 
 impl ToRgb {
@@ -278,14 +309,29 @@ impl ToRgb {
     ) -> Result<Self> {
         let conv = ModulatedConv2d::new(in_ch, 3, 1, style_dim, false, false, blur_kernel, vb.pp("conv"))?;
         let bias = vb.get((1, 3, 1, 1), "bias")?;
+        Self::from_parts(conv, bias, upsample, blur_kernel, None)
+    }
+
+    /// The layer of a non-demodulating `conv`, its `bias` (`[C]` or
+    /// `[1, C, 1, 1]`), whether it up-samples a skip input, and the clamp
+    /// of its output.
+    pub fn from_parts(
+        conv: ModulatedConv2d,
+        bias: Tensor,
+        upsample: bool,
+        blur_kernel: &[f64],
+        clamp: Option<f64>,
+    ) -> Result<Self> {
+        let c = bias.elem_count();
+        let bias = bias.reshape((1, c, 1, 1))?;
         let upsample = if upsample {
             // model.py Upsample: p = len(k) - 2, pad0 = (p + 1) // 2 + 1, pad1 = p // 2.
             let p = blur_kernel.len().saturating_sub(2);
-            Some(Fir::new(blur_kernel, 4.0, 2, ((p + 1) / 2 + 1, p / 2), vb.device())?)
+            Some(Fir::new(blur_kernel, 4.0, 2, ((p + 1) / 2 + 1, p / 2), bias.device())?)
         } else {
             None
         };
-        Ok(Self { conv, bias, upsample })
+        Ok(Self { conv, bias, upsample, clamp })
     }
 
     /// `skip` is the previous ToRGB output, required when this block
@@ -300,6 +346,10 @@ impl ToRgb {
     ) -> Result<Tensor> {
         // Not demodulated: `ys` is the modulated conv's output as is.
         let ys = self.conv.forward(xs, w, &format!("{name}.conv"), trace)?.ys.broadcast_add(&self.bias)?;
+        let ys = match self.clamp {
+            Some(c) => ys.clamp(-c, c)?,
+            None => ys,
+        };
         let ys = match (&self.upsample, skip) {
             (Some(up), Some(skip)) => {
                 trace.record(|| format!("{name}.upsample.in"), skip)?;
