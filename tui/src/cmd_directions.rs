@@ -98,7 +98,11 @@ pub fn sefa(a: SefaArgs) -> Result<()> {
     let f = sefa::factorize(&tensors, &prefix, n_latent, &layers)?;
     let direction = f.directions(a.top, n_latent, &candle_core::Device::Cpu)?;
     let layer_text = a.layers.as_deref().unwrap_or("all");
-    let meta = direction_io::external_meta("sefa", &format!("SeFa, layers {layer_text}"), &a.generator, &sha, &layers);
+    let name = match &a.layers {
+        Some(text) => format!("sefa-{}", text.replace(' ', "")),
+        None => "sefa".to_string(),
+    };
+    let meta = direction_io::external_meta(&name, &format!("SeFa, layers {layer_text}"), &a.generator, &sha, &layers);
     outputs::write_direction(&a.out, &Direction { direction, latent: None, meta })?;
     let total: f64 = f.values.iter().sum();
     println!("wrote {} ({} directions of SeFa on {} layers, {:.2}s)", a.out.display(), a.top.min(f.values.len()), layers.len(), start.elapsed().as_secs_f64());

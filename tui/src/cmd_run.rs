@@ -337,7 +337,8 @@ fn parse_alpha_list(flag: &str, text: &str) -> Result<Vec<f32>> {
     parse_alphas(text).map_err(|e| eyre!("{}", e.to_string().replace("--alphas", flag)))
 }
 
-/// One direction of a direction file, `[1, L, D]`, and the file's metadata.
+/// One direction of a direction file, `[1, L, D]`, and the file's metadata
+/// with its name (`name@K` in a file of several directions).
 fn load_one_direction(path: &Path, index: usize, device: &candle_core::Device) -> Result<(candle_core::Tensor, outputs::DirectionMeta)> {
     let d = outputs::read_direction(path, device)?;
     if d.meta.mode == "latent" {
@@ -347,7 +348,11 @@ fn load_one_direction(path: &Path, index: usize, device: &candle_core::Device) -
     if index >= k {
         bail!("direction {index} of {}: the file has {k} direction(s) (0..{})", path.display(), k - 1);
     }
-    Ok((d.direction.narrow(0, index, 1)?, d.meta))
+    let mut meta = d.meta;
+    if k > 1 {
+        meta.name = format!("{}@{index}", meta.name);
+    }
+    Ok((d.direction.narrow(0, index, 1)?, meta))
 }
 
 /// Parses `--edit FILE=α` / `FILE@K=α`.
@@ -470,9 +475,11 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             let shift = (&v * b as f64)?;
             cells.push(alphas.iter().map(|&a| edited(w, a, Some(&shift))).collect::<Result<Vec<_>>>()?);
         }
-        let rows: Vec<String> = alphas2.iter().map(|b| format!("{}: b={b}", m2.name)).collect();
+        let rows: Vec<String> = alphas2.iter().map(|b| format!("b={b}")).collect();
         let cols: Vec<String> = alphas.iter().map(|a| format!("a={a}")).collect();
-        render::grid(&cells, &rows, &cols, &format!("{title}, {} ({})", m2.name, images[0].0), footer)
+        let main_name = main.as_ref().map_or("", |(_, m)| m.name.as_str());
+        let title = format!("{}: a × {main_name}, b × {}{}", images[0].0, m2.name, &title[title.find(" + ").unwrap_or(title.len())..]);
+        render::grid(&cells, &rows, &cols, &title, footer)
     } else {
         let mut cells = Vec::new();
         for (_, w) in &images {
