@@ -188,4 +188,21 @@ mod tests {
         let e = load(&dir.path().join("missing.pt"), 6, 4, &Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");
     }
+
+    /// `torch.save(latents, "x.pt")` of a bare `[2, L, D]` tensor, as the
+    /// inversion encoders write it, read by the restricted torch reader.
+    #[test]
+    fn a_torch_file_of_the_bare_tensor_loads() {
+        use crate::fuzzing::hostile::{zip, Pickle};
+        let (l, d) = (3, 4);
+        let mut pkl = Pickle::default();
+        pkl.op(b"\x80\x02").tensor("0", 2 * 12, 0, &[2, 3, 4], &[12, 4, 1], false).op(b".");
+        let data: Vec<u8> = (0..24).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("inverted.pt");
+        std::fs::write(&p, zip(&pkl.0, &[("0", data)], false)).unwrap();
+        let imgs = load(&p, l, d, &Device::Cpu).unwrap();
+        assert_eq!(imgs.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(), ["inverted[0]", "inverted[1]"]);
+        assert_eq!(imgs[1].w_plus.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (12..24).map(|i| i as f32).collect::<Vec<_>>());
+    }
 }

@@ -32,7 +32,10 @@
 //! `latent` (StyleCLIP's per-image latent optimisation: every training
 //! seed's latent is optimised, `batch`, `alpha` and `norm` do not apply,
 //! `latent_l2` weighs `‖w − w₀‖²`); `alpha` is a number or `{min, max,
-//! min_abs}`; `seeds` (one seed: a local direction) with `batch` latents
+//! min_abs}`; `layers` is a list or presets and ranges (`coarse`, `medium`,
+//! `fine`, `0-3,8`: [`crate::layers`]); `latents` lists latent files (a
+//! photo's W+, [`crate::latents`]) trained on with the seeds;
+//! `seeds` (one seed: a local direction) with `batch` latents
 //! per step, or `resample: true` for `batch` fresh latents every step (a
 //! global direction); `optimizer` (`adam`, `adamw`, `sgd`; `lr`, `betas`,
 //! `weight_decay`, `momentum`, `schedule`); `preview` (`every`, `alphas`,
@@ -806,8 +809,8 @@ impl Ctx<'_> {
         }
         if raw.mode == Mode::Direction && !raw.resample && raw.batch > raw.seeds.len() + raw.latents.len() {
             return Err(self.error("batch", format!(
-                "batch {} is larger than the {} training seed(s); list more seeds or set resample: true to draw latents each step",
-                raw.batch, raw.seeds.len()
+                "batch {} is larger than the {} training seed(s) and latent file(s); list more seeds or set resample: true to draw latents each step",
+                raw.batch, raw.seeds.len() + raw.latents.len()
             )));
         }
         if !(raw.latent_l2.is_finite() && raw.latent_l2 >= 0.0) {

@@ -93,6 +93,12 @@ pub struct RunArgs {
     /// written); `--resume` continues.
     #[arg(long, value_name = "STEP")]
     pub stop_after: Option<usize>,
+    /// A latent file (a real photo's W+ from e4e, pSp or ReStyle: `.npy`,
+    /// `.pt` or `.safetensors`) to train on besides the recipe's seeds and
+    /// `latents` (as `latents:` in the recipe; write `seeds: []` there to
+    /// train on latent files alone). Repeatable.
+    #[arg(long = "latent", value_name = "FILE")]
+    pub latents: Vec<PathBuf>,
 }
 
 /// `lsd-tui apply` arguments.
@@ -188,6 +194,17 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     if args.models == Some(ModelsOverride::Demo) {
         recipe.raw.models = Models::default();
+    }
+    if !args.latents.is_empty() {
+        // Part of the resolved recipe (recipe.yaml, its hash), as if written there.
+        let cwd = std::env::current_dir().wrap_err("reading the current folder")?;
+        let paths: Vec<PathBuf> = args.latents.iter().map(|p| cwd.join(p)).collect();
+        recipe.raw.latents.extend(paths.iter().cloned());
+        recipe.latents.extend(paths);
+        if recipe.raw.preview.as_ref().is_none_or(|p| p.seeds.is_none()) && !recipe.preview.seeds.iter().any(|&s| lsd_core::latents::index(s).is_some()) {
+            // The recipe had no latent files: this is the first image.
+            recipe.preview.seeds.push(lsd_core::latents::key(0));
+        }
     }
     let opts = Options {
         headless: args.headless,

@@ -290,6 +290,14 @@ fn sefa_import_export_and_apply_with_latents_layers_edits_grids_and_gifs() {
     npy(&tmp.path().join("us.npy"), &[2, 10, 32], &[w.clone(), w.clone()].concat());
     ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--latent", &p("me.npy"), "--latent", &p("us.npy"), "--alphas", "-2,2", "--out", &p("photo.png")]);
     let one_row = png(&tmp.path().join("photo.png"));
+    // `run --latent`: trained on with the recipe's seed, previewed and labelled by name.
+    let recipe = tmp.path().join("r.yaml");
+    std::fs::write(&recipe, "prompt: a smiling face\nsteps: 2\nseeds: [0]\nterms:\n  - plugin: clip\n").expect("recipe");
+    ok(&["run", &p("r.yaml"), "--headless", "--latent", &p("me.npy"), "--output", &p("r")]);
+    for f in ["strip-0.png", "strip-me.png", "direction.safetensors"] {
+        assert!(tmp.path().join("r").join(f).is_file(), "missing {f}");
+    }
+    assert!(std::fs::read_to_string(tmp.path().join("r/recipe.yaml")).expect("recipe.yaml").contains("me.npy"));
     ok(&["apply", &p("sefa.safetensors"), "--latent", &p("me.npy"), "--alphas", "-2,2", "--layers", "fine", "--out", &p("fine.png")]);
     ok(&["apply", &p("sefa.safetensors"), "--latent", &p("me.npy"), "--alphas", "-2,2", "--layers", "coarse", "--out", &p("coarse.png")]);
     let (fine, coarse) = (png(&tmp.path().join("fine.png")), png(&tmp.path().join("coarse.png")));
