@@ -304,6 +304,12 @@ fn sefa_import_export_and_apply_with_latents_layers_edits_grids_and_gifs() {
     assert_eq!(fine.dimensions(), coarse.dimensions());
     assert!(one_row.height() > fine.height() + 2 * 64, "4 rows vs 1: {} vs {}", one_row.height(), fine.height());
     assert_ne!(fine.as_raw(), coarse.as_raw(), "the layers must change the edit");
+    // --truncation re-draws the seeds' images (the direction's ψ is 0.7).
+    ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--alphas", "2", "--truncation", "0.4", "--out", &p("t4.png")]);
+    ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--alphas", "2", "--out", &p("t7.png")]);
+    assert_ne!(png(&tmp.path().join("t4.png")).as_raw(), png(&tmp.path().join("t7.png")).as_raw());
+    let bad = run(&["apply", &p("sefa.safetensors"), "--truncation", "1.5"], tmp.path());
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected 0 < ψ <= 1"), "{}", text(&bad));
     // A latent inverted for a generator of another size.
     npy(&tmp.path().join("other.npy"), &[14, 32], &[0.0; 14 * 32]);
     let bad = run(&["apply", &p("sefa.safetensors"), "--latent", &p("other.npy")], tmp.path());
