@@ -181,6 +181,9 @@ struct Engine {
     key_salt: u64,
     /// What a checkpoint must match to be resumed (see `report.rs`).
     provenance: Option<report::Provenance>,
+    /// The recipe's latent-file images, keyed by [`crate::latents::key`]
+    /// among the seeds.
+    latents: Vec<crate::latents::LatentImage>,
 }
 
 /// Wall time per phase of a step.
@@ -208,7 +211,7 @@ const TAIL_COLUMNS: [&str; 2] = ["grad_norm", "lr"];
 const CACHE_LIMIT: usize = 64;
 
 impl Engine {
-    fn new(recipe: Recipe, setup: Setup, tx: Sender<TrainEvent>) -> Result<Self> {
+    fn new(mut recipe: Recipe, setup: Setup, tx: Sender<TrainEvent>) -> Result<Self> {
         if setup.terms.len() != recipe.terms.len() {
             return Err(Error::Config(format!(
                 "the setup has {} loss terms for the recipe's {}",
@@ -237,6 +240,14 @@ impl Engine {
             }
         };
         let (l, d) = (gen.config().n_latent(), gen.config().style_dim);
+        if let Some(spec) = recipe.layer_preset.clone() {
+            let layers = spec.resolve(l).map_err(|e| recipe_error(&recipe, "layers", e))?;
+            recipe.layers = Some(layers);
+        }
+        let latents = crate::latents::load_all(&recipe.latents, l, d, &device)?;
+        if let Some(&s) = recipe.preview.seeds.iter().find(|&&s| crate::latents::index(s).is_some_and(|i| i >= latents.len())) {
+            return Err(recipe_error(&recipe, "preview.seeds", format!("seed {s} is reserved for latent files, and there are only {}", latents.len())));
+        }
         if let Some(layers) = &recipe.layers {
             if let Some(&bad) = layers.iter().find(|&&x| x >= l) {
                 return Err(recipe_error(&recipe, "layers", format!(
@@ -274,6 +285,7 @@ impl Engine {
             generator_sha: None,
             key_salt: 0,
             provenance: None,
+            latents,
             recipe,
             setup,
             tx,
@@ -303,12 +315,33 @@ impl Engine {
         (self.gen.config().n_latent(), self.gen.config().style_dim)
     }
 
-    /// `w` of a seed, `[1, L, D]`.
+    /// `w` of a seed, `[1, L, D]` (a latent file's own, for its key).
     fn w_plus(&self, seed: u64) -> Result<Tensor> {
+        if let Some(i) = crate::latents::index(seed) {
+            let img = self.latents.get(i).ok_or_else(|| Error::Config(format!("no latent image {i}")))?;
+            return Ok(img.w_plus.clone());
+        }
         let psi = self.recipe.raw.truncation as f64;
         let trunc = (psi < 1.0).then_some((psi, &self.latent_avg));
         let w = self.gen.w_from_seed_with(seed, self.recipe.raw.seed_rng, trunc)?;
         Ok(self.gen.broadcast_latent(&w)?.contiguous()?)
+    }
+
+    /// The training images: the seeds, then the latent files' images
+    /// ([`crate::latents::key`]).
+    fn train_keys(&self) -> Vec<u64> {
+        let mut keys = self.recipe.raw.seeds.clone();
+        keys.extend((0..self.latents.len()).map(crate::latents::key));
+        keys
+    }
+
+    /// How an image is named in previews and file names: the seed, or the
+    /// latent file's label.
+    fn image_label(&self, key: u64) -> String {
+        match crate::latents::index(key).and_then(|i| self.latents.get(i)) {
+            Some(img) => img.label.clone(),
+            None => key.to_string(),
+        }
     }
 
     fn w_batch(&self, seeds: &[u64]) -> Result<Tensor> {
@@ -379,7 +412,7 @@ impl Engine {
                 self.param = Var::from_tensor(&u)?;
             }
             Mode::Latent => {
-                let seeds = raw.seeds.clone();
+                let seeds = self.train_keys();
                 self.w0 = Some(self.w_batch(&seeds)?);
                 self.param = Var::zeros((seeds.len(), l, d), DType::F32, self.device())?;
             }
@@ -427,16 +460,17 @@ impl Engine {
     fn draw(&self, step: usize) -> (Vec<u64>, Vec<f32>, Option<Vec<f32>>) {
         let raw = &self.recipe.raw;
         let mut rng = rng_for(raw.seed, step as u64 + 1);
+        let keys = self.train_keys();
         let seeds: Vec<u64> = if raw.mode == Mode::Latent {
-            raw.seeds.clone()
+            keys
         } else if raw.resample {
             (0..raw.batch).map(|_| rng.random::<u32>() as u64).collect()
-        } else if raw.batch >= raw.seeds.len() {
-            raw.seeds.clone()
+        } else if raw.batch >= keys.len() {
+            keys
         } else {
-            let mut idx = rand::seq::index::sample(&mut rng, raw.seeds.len(), raw.batch).into_vec();
+            let mut idx = rand::seq::index::sample(&mut rng, keys.len(), raw.batch).into_vec();
             idx.sort_unstable();
-            idx.into_iter().map(|i| raw.seeds[i]).collect()
+            idx.into_iter().map(|i| keys[i]).collect()
         };
         let n = seeds.len() * self.directions_per_step();
         let alphas = match (raw.mode, self.recipe.alpha, raw.alpha_per) {
@@ -463,7 +497,7 @@ impl Engine {
             }
             let out = self.gen.synthesis(&self.w_batch(seeds)?, noise, features)?;
             let o = Original { image: out.image.detach(), features: out.features.iter().map(Tensor::detach).collect() };
-            let fixed = !self.recipe.raw.resample && seeds.len() == self.recipe.raw.seeds.len();
+            let fixed = !self.recipe.raw.resample && seeds.len() == self.train_keys().len();
             if fixed {
                 self.batch_cache = Some((seeds.to_vec(), o.clone()));
             }

@@ -17,6 +17,7 @@ pub mod generalize;
 pub mod models;
 pub mod seeds;
 pub mod similarity;
+pub mod sweep;
 pub mod table;
 pub mod train;
 

@@ -6,7 +6,9 @@
 //! (the `lsd-tui` binary or the `lsd-weights` crate).
 #![deny(missing_docs)]
 
+pub mod animate;
 pub mod demo;
+pub mod direction_io;
 pub mod durable;
 pub mod engine;
 pub mod experiments;
@@ -15,13 +17,17 @@ pub mod fixture;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imageops;
+pub mod layers;
+pub mod latents;
 pub mod models;
 pub mod numpy_rng;
+pub mod npy;
 pub mod ops;
 pub mod optim;
 pub mod outputs;
 pub mod recipe;
 pub mod render;
+pub mod sefa;
 pub mod plugin;
 pub mod torch;
 

@@ -37,7 +37,10 @@
 //! `latent` (StyleCLIP's per-image latent optimisation: every training
 //! seed's latent is optimised, `batch`, `alpha` and `norm` do not apply,
 //! `latent_l2` weighs `‖w − w₀‖²`); `alpha` is a number or `{min, max,
-//! min_abs}`; `seeds` (one seed: a local direction) with `batch` latents
+//! min_abs}`; `layers` is a list or presets and ranges (`coarse`, `medium`,
+//! `fine`, `0-3,8`: [`crate::layers`]); `latents` lists latent files (a
+//! photo's W+, [`crate::latents`]) trained on with the seeds;
+//! `seeds` (one seed: a local direction) with `batch` latents
 //! per step, or `resample: true` for `batch` fresh latents every step (a
 //! global direction); `optimizer` (`adam`, `adamw`, `sgd`; `lr`, `betas`,
 //! `weight_decay`, `momentum`, `schedule`: `constant`, `cosine`, `step` or
@@ -490,9 +493,11 @@ pub struct RawRecipe {
     /// W+, averaged over the images; StyleCLIP uses 0.008).
     #[serde(default)]
     pub latent_l2: f32,
-    /// W+ layers the direction may change (default: all).
+    /// W+ layers the direction may change (default: all): a list of
+    /// numbers, or text with presets and ranges (`coarse`, `medium`,
+    /// `fine`, `0-3,8`; see [`crate::layers`]).
     #[serde(default)]
-    pub layers: Option<Vec<usize>>,
+    pub layers: Option<RawLayers>,
     /// How the direction is normalised.
     #[serde(default)]
     pub norm: Norm,
@@ -505,6 +510,11 @@ pub struct RawRecipe {
     /// Training seeds: one seed trains a local direction, several a global one.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
+    /// Latent files of more training images (real photos inverted with e4e,
+    /// pSp or ReStyle; see [`crate::latents`]), relative to the recipe;
+    /// `seeds: []` trains on them alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latents: Vec<PathBuf>,
     /// Latents per step. With `resample: true` they are drawn afresh each
     /// step; otherwise `batch` of the training seeds are drawn per step (all
     /// of them when equal). Not used in `mode: latent`, which optimises every
@@ -539,6 +549,25 @@ pub struct RawRecipe {
     /// `cpu` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+}
+
+/// `layers:` as written: a list of layer numbers, or presets and ranges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawLayers {
+    /// `[0, 1, 2]`.
+    List(Vec<usize>),
+    /// `coarse`, `fine`, `0-3,8`, …
+    Text(String),
+}
+
+/// The first training seed, and the first latent file's first image.
+fn default_preview_seeds(raw: &RawRecipe) -> Vec<u64> {
+    let mut seeds: Vec<u64> = raw.seeds.first().copied().into_iter().collect();
+    if !raw.latents.is_empty() {
+        seeds.push(crate::latents::key(0));
+    }
+    seeds
 }
 
 fn one_usize() -> usize {
@@ -681,8 +710,14 @@ pub struct Recipe {
     pub raw: RawRecipe,
     /// The edit strength.
     pub alpha: Alpha,
-    /// Trained W+ layers (sorted, unique); `None` = all.
+    /// Trained W+ layers (sorted, unique); `None` = all, or a preset
+    /// not resolved yet (see `layer_preset`).
     pub layers: Option<Vec<usize>>,
+    /// `layers` given with a preset (`coarse`, `medium`, `fine`), which the
+    /// engine resolves against the loaded generator into `layers`.
+    pub layer_preset: Option<crate::layers::LayerSpec>,
+    /// The latent files (`latents`), resolved against the recipe's folder.
+    pub latents: Vec<PathBuf>,
     /// The loss terms.
     pub terms: Vec<Term>,
     /// Preview settings.
@@ -820,6 +855,11 @@ fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> RecipeError {
         if let Some(at) = locate::locate(text, &locate::parse_path("alpha")) {
             (line, column) = at;
         }
+    } else if detail.contains("untagged enum RawLayers") {
+        key = "layers".into();
+        if let Some(at) = locate::locate(text, &locate::parse_path("layers")) {
+            (line, column) = at;
+        }
     }
     let hint = if detail.contains("unknown field") {
         "; remove it or fix its spelling (keys are case-sensitive)"
@@ -831,6 +871,8 @@ fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> RecipeError {
         "; use one of the values listed"
     } else if detail.contains("invalid type") || detail.contains("invalid value") {
         "; fix the value's type"
+    } else if detail.contains("untagged enum RawLayers") {
+        "; expected a list of layers ([0, 1, 2]) or text (coarse, medium, fine, 0-3,8)"
     } else if detail.contains("did not match any variant") {
         "; expected a number (alpha: 3) or a range (alpha: {min: -3, max: 3, min_abs: 1})"
     } else if key.is_empty() {
@@ -875,13 +917,16 @@ impl Ctx<'_> {
         if raw.batch == 0 || raw.batch > 1024 {
             return Err(self.error("batch", format!("expected a batch of 1 to 1024, got {}", raw.batch)));
         }
-        if raw.seeds.is_empty() {
-            return Err(self.error("seeds", "give at least one training seed, e.g. seeds: [0]"));
+        if raw.seeds.is_empty() && raw.latents.is_empty() {
+            return Err(self.error("seeds", "give at least one training seed, e.g. seeds: [0], or a latent file under 'latents'"));
         }
-        if raw.mode == Mode::Direction && !raw.resample && raw.batch > raw.seeds.len() {
+        if let Some(s) = raw.seeds.iter().find(|&&s| crate::latents::index(s).is_some()) {
+            return Err(self.error("seeds", format!("seed {s} is reserved for latent files; use seeds below {}", crate::latents::KEY_BASE)));
+        }
+        if raw.mode == Mode::Direction && !raw.resample && raw.batch > raw.seeds.len() + raw.latents.len() {
             return Err(self.error("batch", format!(
-                "batch {} is larger than the {} training seed(s); list more seeds or set resample: true to draw latents each step",
-                raw.batch, raw.seeds.len()
+                "batch {} is larger than the {} training seed(s) and latent file(s); list more seeds or set resample: true to draw latents each step",
+                raw.batch, raw.seeds.len() + raw.latents.len()
             )));
         }
         if !(raw.latent_l2.is_finite() && raw.latent_l2 >= 0.0) {
@@ -911,7 +956,20 @@ impl Ctx<'_> {
             return Err(self.error("resample", "mode 'latent' optimises fixed latents; remove resample: true"));
         }
         let alpha = self.check_alpha(&raw.alpha)?;
-        let layers = self.check_layers(raw.layers.as_deref())?;
+        let (layers, layer_preset) = match &raw.layers {
+            Some(RawLayers::Text(text)) => {
+                let spec = crate::layers::LayerSpec::parse(text).map_err(|e| self.error("layers", e))?;
+                if spec.is_numeric() {
+                    let list = spec.resolve(32).map_err(|e| self.error("layers", e))?;
+                    (self.check_layers(Some(list.as_slice()))?, None)
+                } else {
+                    (None, Some(spec))
+                }
+            }
+            Some(RawLayers::List(list)) => (self.check_layers(Some(list.as_slice()))?, None),
+            None => (None, None),
+        };
+        let latents = raw.latents.iter().map(|p| self.relative(p)).collect();
         self.check_optimizer(&raw.optimizer, raw.steps)?;
         if raw.terms.is_empty() {
             return Err(self.error("terms", "no loss terms; add at least one, e.g. '- plugin: clip'"));
@@ -961,6 +1019,8 @@ impl Ctx<'_> {
             file: self.file.to_path_buf(),
             alpha,
             layers,
+            layer_preset,
+            latents,
             terms,
             preview,
             output,
@@ -1110,7 +1170,7 @@ impl Ctx<'_> {
             Mode::Latent => vec![0.5, 1.0],
         };
         let Some(p) = p else {
-            return Ok(Preview { every: default_preview_every(), alphas: default_alphas, seeds: vec![raw.seeds[0]] });
+            return Ok(Preview { every: default_preview_every(), alphas: default_alphas, seeds: default_preview_seeds(raw) });
         };
         let alphas = p.alphas.clone().unwrap_or(default_alphas);
         if alphas.is_empty() || alphas.len() > 16 {
@@ -1119,12 +1179,12 @@ impl Ctx<'_> {
         if alphas.iter().any(|a| !a.is_finite()) {
             return Err(self.error("preview.alphas", "α values must be finite numbers"));
         }
-        let seeds = p.seeds.clone().unwrap_or_else(|| vec![raw.seeds[0]]);
+        let seeds = p.seeds.clone().unwrap_or_else(|| default_preview_seeds(raw));
         if seeds.is_empty() || seeds.len() > 8 {
             return Err(self.error("preview.seeds", format!("expected 1 to 8 preview seeds, got {}", seeds.len())));
         }
         if raw.mode == Mode::Latent {
-            if let Some(s) = seeds.iter().find(|s| !raw.seeds.contains(s)) {
+            if let Some(s) = seeds.iter().find(|s| !raw.seeds.contains(s) && crate::latents::index(**s).is_none()) {
                 return Err(self.error("preview.seeds", format!(
                     "seed {s} is not a training seed; mode 'latent' optimises only the training seeds' latents, so preview those"
                 )));
@@ -1497,5 +1557,24 @@ terms:
             let e = parse_seeds(bad).expect_err(bad);
             assert!(e.contains("0..10"), "{e}");
         }
+    }
+
+    #[test]
+    fn latents_and_layer_presets() {
+        let text = "prompt: gray hair\nsteps: 5\nterms:\n  - plugin: clip\nseeds: []\nlatents: [me.npy]\nlayers: fine\n";
+        let r = Recipe::parse(text, Path::new("p.yaml")).expect("valid");
+        assert_eq!(r.latents, vec![PathBuf::from("me.npy")]);
+        assert_eq!(r.layers, None);
+        assert_eq!(r.layer_preset.as_ref().map(|s| s.text()), Some("fine"));
+        assert_eq!(r.preview.seeds, vec![crate::latents::key(0)]);
+        // The resolved recipe keeps both, and reads back the same.
+        let again = Recipe::parse(&r.to_yaml(), Path::new("p.yaml")).expect("round trip");
+        assert_eq!(again.raw, r.raw);
+        // Numbers as text resolve at once; lists are unchanged; no latents, no key.
+        let text = "prompt: x\nsteps: 5\nterms:\n  - plugin: clip\nlayers: 0-2,5\n";
+        let r = Recipe::parse(text, Path::new("p.yaml")).expect("valid");
+        assert_eq!((r.layers.clone(), r.layer_preset.clone()), (Some(vec![0, 1, 2, 5]), None));
+        assert!(!r.to_yaml().contains("latents"), "an empty list is not written, so old hashes stay");
+        assert_eq!(r.preview.seeds, vec![0]);
     }
 }

@@ -18,7 +18,7 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use indicatif::{ProgressBar, ProgressStyle};
 use lsd_core::engine::Weights;
 use lsd_core::experiments::models::{ClipModel, GeneratorModel, Source};
-use lsd_core::experiments::{ablation, generalize, seeds, similarity, Progress, Stop};
+use lsd_core::experiments::{ablation, generalize, seeds, similarity, sweep, Progress, Stop};
 use lsd_core::recipe::{Models, Recipe, SeedRng, WeightsRef};
 
 use crate::exit::{self, Signal, Signals};
@@ -29,9 +29,15 @@ pub struct SimilarityArgs {
     /// Text prompts (the table's rows).
     #[arg(long, num_args = 1.., required = true)]
     pub prompts: Vec<String>,
-    /// Image seeds (the columns): a range `0..10` (end excluded), `0..=9`, or a list `1,2,5`.
-    #[arg(long, default_value = "0..10")]
-    pub seeds: String,
+    /// Image seeds (the columns): a range `0..10` (end excluded), `0..=9`,
+    /// or a list `1,2,5` (default `0..10`, or none when `--latent` is given).
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// A latent file (a real photo's W+ from e4e, pSp or ReStyle: `.npy`,
+    /// `.pt` or `.safetensors`): more columns, labelled by file name.
+    /// Repeatable.
+    #[arg(long = "latent", value_name = "FILE")]
+    pub latents: Vec<PathBuf>,
     /// Generator weights: `demo`, a name from `lsd-tui weights list`, or a file.
     #[arg(long, default_value = "demo")]
     pub generator: String,
@@ -116,13 +122,44 @@ pub struct AblationArgs {
     pub cell: u32,
 }
 
+/// `lsd-tui sweep` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// The recipe (YAML) every run starts from.
+    pub recipe: PathBuf,
+    /// A setting and its values, `KEY=V1,V2,…`: a term's field by its plugin
+    /// name (`identity.weight=0.1,0.5,1`) or a recipe key (`alpha=2,3`,
+    /// `optimizer.lr=0.05,0.1`). Repeatable: every combination is one run.
+    #[arg(long = "set", value_name = "KEY=VALUES", required = true)]
+    pub settings: Vec<String>,
+    /// Train with this many steps instead of the recipe's (e.g. 2 for a smoke test).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// `demo`: use the seeded demo networks for every model, whatever the recipe names.
+    #[arg(long, value_parser = ["demo"])]
+    pub models: Option<String>,
+    /// `cpu` or `cuda:N` (default: the recipe's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Output folder (default: runs/<recipe name>-sweep).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run only part I of N of the grid (0-based), e.g. `$SLURM_ARRAY_TASK_ID/8`;
+    /// join the shard folders afterwards with `lsd-tui merge`.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Side of one grid cell in pixels (images are shrunk to fit).
+    #[arg(long, default_value_t = 96)]
+    pub cell: u32,
+}
+
 /// `lsd-tui merge` arguments.
 #[derive(Debug, clap::Args)]
 pub struct MergeArgs {
     /// The folder to merge into (created if needed; may be one of the shards).
     #[arg(long)]
     pub out: PathBuf,
-    /// The shard folders written by `generalize --shard I/N`.
+    /// The shard folders written by `generalize --shard I/N` or `sweep --shard I/N`.
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
 }
@@ -212,7 +249,11 @@ impl OnSignal {
 /// Fig. 5.
 pub fn similarity(a: SimilarityArgs) -> Result<i32> {
     let start = Instant::now();
-    let seeds = seeds::parse_seeds(&a.seeds)?;
+    let seeds = match (&a.seeds, a.latents.is_empty()) {
+        (Some(text), _) => seeds::parse_seeds(text)?,
+        (None, true) => (0..10).collect(),
+        (None, false) => Vec::new(),
+    };
     if !(a.truncation > 0.0 && a.truncation <= 1.0) {
         bail!("truncation '{}' is outside (0, 1]; 0.7 is usual, 1 disables it", a.truncation);
     }
@@ -229,7 +270,7 @@ pub fn similarity(a: SimilarityArgs) -> Result<i32> {
     };
     let clip = ClipModel::load(&source(&a.clip, "CLIP")?, &device).wrap_err("loading CLIP")?;
     let cfg =
-        similarity::Config { prompts: a.prompts, seeds, truncation: a.truncation, thumb: a.thumb, scale };
+        similarity::Config { prompts: a.prompts, seeds, latents: a.latents, truncation: a.truncation, thumb: a.thumb, scale };
     let on_signal = OnSignal::install()?;
     let (bar, mut update) = progress_bar("images");
     let result = similarity::run(&cfg, &gen, &clip, &mut |p| {
@@ -375,8 +416,39 @@ pub fn ablation(a: AblationArgs) -> Result<i32> {
     })
 }
 
-/// Joins `generalize --shard` folders.
+/// Trains and measures a grid of recipe settings.
+pub fn sweep(a: SweepArgs) -> Result<i32> {
+    let start = Instant::now();
+    let common = RecipeArgs { recipe: a.recipe, steps: a.steps, models: a.models, device: a.device, out: a.out };
+    let settings = a.settings.iter().map(|s| sweep::parse_setting(s)).collect::<lsd_core::Result<Vec<_>>>()?;
+    let shard = a.shard.as_deref().map(seeds::parse_shard).transpose()?;
+    let l = load(&common)?;
+    let on_signal = OnSignal::install()?;
+    let cfg = sweep::Config { settings, steps: common.steps, shard, stop: on_signal.stop.clone() };
+    let out = default_out(&common, &l.recipe, "sweep");
+    let (bar, mut update) = progress_bar("runs");
+    let result = sweep::run(&l.recipe, &cfg, &out, &l.weights, &l.gen, &l.clip, &l.device, &mut update);
+    bar.finish_and_clear();
+    on_signal.finish(result.map_err(Into::into), |summary| {
+        let (csv, png) = summary.write(&out, a.cell)?;
+        print!("{}", summary.to_table());
+        println!("wrote {}", csv.display());
+        println!("wrote {}", png.display());
+        eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
+        Ok(())
+    })
+}
+
+/// Joins `generalize --shard` or `sweep --shard` folders.
 pub fn merge(a: MergeArgs) -> Result<()> {
+    if a.shards.first().is_some_and(|s| s.join(sweep::SWEEP_FILE).is_file()) {
+        let summary = sweep::merge(&a.out, &a.shards).wrap_err_with(|| format!("merging into '{}'", a.out.display()))?;
+        let (csv, png) = summary.write(&a.out, 96)?;
+        print!("{}", summary.to_table());
+        println!("wrote {}", csv.display());
+        println!("wrote {}", png.display());
+        return Ok(());
+    }
     let summary = generalize::merge(&a.out, &a.shards)
         .wrap_err_with(|| format!("merging into '{}'", a.out.display()))?;
     print!("{}", summary.to_table());

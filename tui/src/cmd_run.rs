@@ -22,7 +22,8 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use lsd_core::engine::{self, Setup, Weights};
 use lsd_core::models::stylegan2::{self, Generator, Noise};
 use lsd_core::recipe::{parse_seeds, Models, Recipe, RecipeError, SeedRng, WeightsRef};
-use lsd_core::{outputs, plugin, render};
+use lsd_core::layers::LayerSpec;
+use lsd_core::{latents, outputs, plugin, render};
 
 use crate::exit::{self, Signals};
 use crate::headless::{self, Outcome};
@@ -92,16 +93,60 @@ pub struct RunArgs {
     /// written); `--resume` continues.
     #[arg(long, value_name = "STEP")]
     pub stop_after: Option<usize>,
+    /// A latent file (a real photo's W+ from e4e, pSp or ReStyle: `.npy`,
+    /// `.pt` or `.safetensors`) to train on besides the recipe's seeds and
+    /// `latents` (as `latents:` in the recipe; write `seeds: []` there to
+    /// train on latent files alone). Repeatable.
+    #[arg(long = "latent", value_name = "FILE")]
+    pub latents: Vec<PathBuf>,
 }
 
 /// `lsd-tui apply` arguments.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// A `direction.safetensors` written by `lsd-tui run`.
-    pub direction: PathBuf,
-    /// Seeds of the images to edit: `3`, `1,2,5` or `0..10`.
-    #[arg(long, default_value = "0..4")]
-    pub seeds: String,
+    /// A `direction.safetensors` written by `lsd-tui run` (or by `sefa`,
+    /// `direction import`), swept over `--alphas`; may be left out when
+    /// `--edit` is given.
+    pub direction: Option<PathBuf>,
+    /// Another direction with its own α, added to every edited image:
+    /// `FILE=α`, or `FILE@K=α` for direction K of a file with several.
+    /// Repeatable: the edits add up, and DIRECTION's sweep goes on top.
+    #[arg(long = "edit", value_name = "FILE=ALPHA")]
+    pub edits: Vec<String>,
+    /// A 2-D grid of one image instead of rows: this direction's
+    /// `--alphas2` down, DIRECTION's `--alphas` across.
+    #[arg(long, value_name = "FILE")]
+    pub grid_with: Option<PathBuf>,
+    /// α values of the rows of the 2-D grid (`--grid-with`).
+    #[arg(long, default_value = "-3,0,3", allow_hyphen_values = true)]
+    pub alphas2: String,
+    /// Also write an animated GIF of DIRECTION's α sweep (smallest to
+    /// largest α and back) beside the PNG, and an MP4 where `ffmpeg` is on
+    /// the PATH.
+    #[arg(long)]
+    pub animate: bool,
+    /// Frames of the animation from the smallest to the largest α.
+    #[arg(long, default_value_t = 16)]
+    pub frames: usize,
+    /// Seeds of the images to edit: `3`, `1,2,5` or `0..10` (default
+    /// `0..4`, or none when `--latent` is given).
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// A latent file to edit (a real photo inverted with e4e, pSp or
+    /// ReStyle): `.npy`, `.pt` or `.safetensors` of shape `[18, 512]`,
+    /// `[N, 18, 512]` or `[512]` (W) at 1024²; rows are labelled by file
+    /// name. Repeatable; the rows come after the seeds' rows.
+    #[arg(long = "latent", value_name = "FILE")]
+    pub latents: Vec<PathBuf>,
+    /// The W+ layers the edit acts on: `coarse` (0-3), `medium` (4-7),
+    /// `fine` (8 to the last), numbers and ranges (`0-3,8`) or a mix;
+    /// default: the layers the direction was trained on.
+    #[arg(long, value_name = "LAYERS")]
+    pub layers: Option<String>,
+    /// Truncation ψ of the seeds' latents (default: the direction's; latent
+    /// files are used as they are).
+    #[arg(long, value_name = "PSI")]
+    pub truncation: Option<f32>,
     /// α values of the columns, comma separated (`-3,0,3`).
     #[arg(long, default_value = "-3,0,3", allow_hyphen_values = true)]
     pub alphas: String,
@@ -149,6 +194,17 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     if args.models == Some(ModelsOverride::Demo) {
         recipe.raw.models = Models::default();
+    }
+    if !args.latents.is_empty() {
+        // Part of the resolved recipe (recipe.yaml, its hash), as if written there.
+        let cwd = std::env::current_dir().wrap_err("reading the current folder")?;
+        let paths: Vec<PathBuf> = args.latents.iter().map(|p| cwd.join(p)).collect();
+        recipe.raw.latents.extend(paths.iter().cloned());
+        recipe.latents.extend(paths);
+        if recipe.raw.preview.as_ref().is_none_or(|p| p.seeds.is_none()) && !recipe.preview.seeds.iter().any(|&s| lsd_core::latents::index(s).is_some()) {
+            // The recipe had no latent files: this is the first image.
+            recipe.preview.seeds.push(lsd_core::latents::key(0));
+        }
     }
     let opts = Options {
         headless: args.headless,
@@ -293,70 +349,259 @@ fn parse_alphas(text: &str) -> Result<Vec<f32>> {
     Ok(alphas)
 }
 
-/// Applies a saved direction to other images over an α sweep.
-pub fn apply(args: ApplyArgs) -> Result<()> {
-    let seeds = parse_seeds(&args.seeds).map_err(|e| eyre!("--seeds: {e}"))?;
-    let alphas = parse_alphas(&args.alphas)?;
-    let device = plugin::parse_device(&args.device).map_err(|e| eyre!("--device: {e}"))?;
-    let d = outputs::read_direction(&args.direction, &device)?;
+/// Parses `-3,0,3` for `flag`.
+fn parse_alpha_list(flag: &str, text: &str) -> Result<Vec<f32>> {
+    parse_alphas(text).map_err(|e| eyre!("{}", e.to_string().replace("--alphas", flag)))
+}
+
+/// One direction of a direction file, `[1, L, D]`, and the file's metadata
+/// with its name (`name@K` in a file of several directions).
+fn load_one_direction(path: &Path, index: usize, device: &candle_core::Device) -> Result<(candle_core::Tensor, outputs::DirectionMeta)> {
+    let d = outputs::read_direction(path, device)?;
     if d.meta.mode == "latent" {
-        bail!("{} holds per-image latents of a 'mode: latent' run, not a direction; apply needs a direction run", args.direction.display());
+        bail!("{} holds per-image latents of a 'mode: latent' run, not a direction; apply needs a direction run", path.display());
     }
     let k = d.direction.dim(0)?;
-    if args.index >= k {
-        bail!("--index {}: the file has {k} direction(s) (0..{})", args.index, k - 1);
+    if index >= k {
+        bail!("direction {index} of {}: the file has {k} direction(s) (0..{})", path.display(), k - 1);
     }
-    let demo = d.meta.generator == "demo";
-    let (gen, avg) = if demo {
-        stylegan2::demo(lsd_core::demo::DEMO_MODEL_SEED, &device)?
-    } else {
-        let path = lsd_weights::resolve(&d.meta.generator)?;
-        let sha = lsd_core::torch::sha256_file(&path)?;
-        if sha != d.meta.generator_sha256 {
-            eprintln!(
-                "warning: {} has SHA-256 {sha}, but the direction was trained with {}; the edit may not transfer",
-                path.display(),
-                d.meta.generator_sha256
-            );
-        }
-        let (g, avg) = Generator::load(&path, &device)?;
-        let avg = avg.ok_or_else(|| eyre!("{} has no latent_avg; use a converted g_ema checkpoint", path.display()))?;
-        (g, avg)
+    let mut meta = d.meta;
+    if k > 1 {
+        meta.name = format!("{}@{index}", meta.name);
+    }
+    Ok((d.direction.narrow(0, index, 1)?, meta))
+}
+
+/// Parses `--edit FILE=α` / `FILE@K=α`.
+fn parse_edit(text: &str) -> Result<(PathBuf, usize, f32)> {
+    let bad = || eyre!("--edit '{text}': expected FILE=ALPHA or FILE@K=ALPHA, e.g. --edit runs/smile/direction.safetensors=2");
+    let (file, alpha) = text.rsplit_once('=').ok_or_else(bad)?;
+    let alpha: f32 = alpha.trim().parse().ok().filter(|a: &f32| a.is_finite()).ok_or_else(bad)?;
+    let (file, index) = match file.rsplit_once('@') {
+        Some((f, k)) if k.parse::<usize>().is_ok() => (f, k.parse().map_err(|_| bad())?),
+        _ => (file, 0),
     };
-    let dims = (gen.config().n_latent(), gen.config().style_dim);
-    let shape = d.direction.dims();
-    if (shape[1], shape[2]) != dims {
-        bail!("the direction is [{}, {}] per direction but this generator's W+ is {dims:?}", shape[1], shape[2]);
+    Ok((PathBuf::from(file), index, alpha))
+}
+
+/// Applies saved directions to images: an α sweep of one direction, a sum
+/// of several (`--edit`), a 2-D grid of two (`--grid-with`), and an
+/// animation of the sweep (`--animate`).
+pub fn apply(args: ApplyArgs) -> Result<()> {
+    let seeds = match (&args.seeds, args.latents.is_empty()) {
+        (Some(text), _) => parse_seeds(text).map_err(|e| eyre!("--seeds: {e}"))?,
+        (None, true) => vec![0, 1, 2, 3],
+        (None, false) => Vec::new(),
+    };
+    let alphas = parse_alphas(&args.alphas)?;
+    let device = plugin::parse_device(&args.device).map_err(|e| eyre!("--device: {e}"))?;
+    let main = args.direction.as_deref().map(|p| load_one_direction(p, args.index, &device)).transpose()?;
+    let mut edits = Vec::new();
+    for text in &args.edits {
+        let (path, k, a) = parse_edit(text)?;
+        let (u, meta) = load_one_direction(&path, k, &device)?;
+        edits.push((u, meta, a));
     }
-    let u = d.direction.narrow(0, args.index, 1)?;
-    let noise = match d.meta.noise.as_str() {
+    let second = args.grid_with.as_deref().map(|p| load_one_direction(p, 0, &device)).transpose()?;
+    let metas: Vec<&outputs::DirectionMeta> =
+        main.iter().map(|(_, m)| m).chain(edits.iter().map(|(_, m, _)| m)).chain(second.iter().map(|(_, m)| m)).collect();
+    let Some(&first) = metas.first() else {
+        bail!("nothing to apply: give a direction file, or --edit FILE=ALPHA");
+    };
+    if let Some(other) = metas.iter().find(|m| (&m.generator, &m.generator_sha256) != (&first.generator, &first.generator_sha256)) {
+        bail!(
+            "the directions come from different generators ('{}' and '{}'); apply directions of one generator together",
+            first.generator,
+            other.generator
+        );
+    }
+    let (gen, avg) = apply_generator(first, &device)?;
+    let demo = first.generator == "demo";
+    let dims = (gen.config().n_latent(), gen.config().style_dim);
+    let mask = match &args.layers {
+        Some(text) => {
+            let layers = LayerSpec::parse(text).and_then(|s| s.resolve(dims.0)).map_err(|e| eyre!("--layers: {e}"))?;
+            Some(layer_mask(&layers, dims.0, &device)?)
+        }
+        None => None,
+    };
+    let prepare = |u: &candle_core::Tensor| -> Result<candle_core::Tensor> {
+        let shape = u.dims();
+        if (shape[1], shape[2]) != dims {
+            bail!("a direction is [{}, {}] but this generator's W+ is {dims:?}", shape[1], shape[2]);
+        }
+        Ok(match &mask {
+            Some(m) => u.broadcast_mul(m)?,
+            None => u.clone(),
+        })
+    };
+    let u = main.as_ref().map(|(u, _)| prepare(u)).transpose()?;
+    let mut offset = candle_core::Tensor::zeros((1, dims.0, dims.1), candle_core::DType::F32, &device)?;
+    for (v, _, a) in &edits {
+        offset = (offset + (prepare(v)? * *a as f64)?)?;
+    }
+    let noise = match first.noise.as_str() {
         "zero" => Noise::Zero,
-        "seeded" => Noise::Seeded(d.meta.seed),
+        "seeded" => Noise::Seeded(first.seed),
         _ => Noise::Stored,
     };
-    let psi = d.meta.truncation as f64;
-    let mut cells = Vec::new();
-    for &seed in &seeds {
-        let rng = if d.meta.seed_rng == "numpy" { SeedRng::Numpy } else { SeedRng::Chacha };
-        let w = gen.w_from_seed_with(seed, rng, (psi < 1.0).then_some((psi, &avg)))?;
-        let w = gen.broadcast_latent(&w)?.contiguous()?;
-        let mut row = vec![render::tensor_to_rgb(&gen.synthesis(&w, noise, false)?.image)?];
-        for &a in &alphas {
-            let img = gen.synthesis(&(&w + (&u * a as f64)?)?, noise, false)?.image;
-            row.push(render::tensor_to_rgb(&img)?);
-        }
-        cells.push(row);
+    let psi = args.truncation.unwrap_or(first.truncation) as f64;
+    if !(psi.is_finite() && psi > 0.0 && psi <= 1.0) {
+        bail!("--truncation {psi}: expected 0 < ψ <= 1");
     }
-    let rows: Vec<String> = seeds.iter().map(|s| format!("seed {s}")).collect();
-    let mut cols = vec!["original".to_string()];
-    cols.extend(alphas.iter().map(|a| format!("a={a}")));
-    let title = format!("{}: \"{}\"", d.meta.name, d.meta.prompt);
-    let img = render::grid(&cells, &rows, &cols, &title, demo.then_some(lsd_core::demo::DEMO_LABEL));
+    let mut images = Vec::new();
+    for &seed in &seeds {
+        let rng = if first.seed_rng == "numpy" { SeedRng::Numpy } else { SeedRng::Chacha };
+        let w = gen.w_from_seed_with(seed, rng, (psi < 1.0).then_some((psi, &avg)))?;
+        images.push((format!("seed {seed}"), gen.broadcast_latent(&w)?.contiguous()?));
+    }
+    for img in latents::load_all(&args.latents, dims.0, dims.1, &device)? {
+        images.push((img.label, img.w_plus));
+    }
+    if images.is_empty() {
+        bail!("no images: give --seeds or --latent");
+    }
+    // The image of `w` edited by the `--edit` sum and `a` × DIRECTION.
+    let edited = |w: &candle_core::Tensor, a: f32, extra: Option<&candle_core::Tensor>| -> Result<image::RgbImage> {
+        let mut lat = (w + &offset)?;
+        if let Some(u) = &u {
+            lat = (lat + (u * a as f64)?)?;
+        }
+        if let Some(x) = extra {
+            lat = (lat + x)?;
+        }
+        Ok(render::tensor_to_rgb(&gen.synthesis(&lat, noise, false)?.image)?)
+    };
+    let mut title = match &main {
+        Some((_, m)) => format!("{}: \"{}\"", m.name, m.prompt),
+        None => "edits".to_string(),
+    };
+    for (_, m, a) in &edits {
+        title.push_str(&format!(" + {}×{a}", m.name));
+    }
+    let footer = demo.then_some(lsd_core::demo::DEMO_LABEL);
+    let img = if let Some((v, m2)) = &second {
+        let Some(_) = &u else { bail!("--grid-with needs DIRECTION too: the grid is DIRECTION's α across, this one's down") };
+        if images.len() != 1 {
+            bail!("--grid-with draws one image; give one seed (--seeds 3) or one latent");
+        }
+        let alphas2 = parse_alpha_list("--alphas2", &args.alphas2)?;
+        let v = prepare(v)?;
+        let w = &images[0].1;
+        let mut cells = Vec::new();
+        for &b in &alphas2 {
+            let shift = (&v * b as f64)?;
+            cells.push(alphas.iter().map(|&a| edited(w, a, Some(&shift))).collect::<Result<Vec<_>>>()?);
+        }
+        let rows: Vec<String> = alphas2.iter().map(|b| format!("b={b}")).collect();
+        let cols: Vec<String> = alphas.iter().map(|a| format!("a={a}")).collect();
+        let main_name = main.as_ref().map_or("", |(_, m)| m.name.as_str());
+        let title = format!("{}: a × {main_name}, b × {}{}", images[0].0, m2.name, &title[title.find(" + ").unwrap_or(title.len())..]);
+        render::grid(&cells, &rows, &cols, &title, footer)
+    } else {
+        let mut cells = Vec::new();
+        for (_, w) in &images {
+            let mut row = vec![render::tensor_to_rgb(&gen.synthesis(w, noise, false)?.image)?];
+            match &u {
+                Some(_) => row.extend(alphas.iter().map(|&a| edited(w, a, None)).collect::<Result<Vec<_>>>()?),
+                None => row.push(edited(w, 0.0, None)?),
+            }
+            cells.push(row);
+        }
+        let rows: Vec<String> = images.iter().map(|(label, _)| label.clone()).collect();
+        let mut cols = vec!["original".to_string()];
+        match &u {
+            Some(_) => cols.extend(alphas.iter().map(|a| format!("a={a}"))),
+            None => cols.push("edited".into()),
+        }
+        render::grid(&cells, &rows, &cols, &title, footer)
+    };
     render::save_png_atomic(&img, &args.out)?;
-    println!("wrote {} ({} seeds × {} α)", args.out.display(), seeds.len(), alphas.len());
+    println!("wrote {} ({} images × {} α)", args.out.display(), images.len(), alphas.len());
+    if args.animate {
+        if u.is_none() {
+            bail!("--animate sweeps DIRECTION's α: give a direction file");
+        }
+        let lo = alphas.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = alphas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let cols: Vec<String> = images.iter().map(|(l, _)| l.clone()).collect();
+        let mut frames = Vec::new();
+        for a in lsd_core::animate::ping_pong(lo, hi, args.frames) {
+            let row = images.iter().map(|(_, w)| edited(w, a, None)).collect::<Result<Vec<_>>>()?;
+            frames.push(render::grid(&[row], &[format!("a={a:+.2}")], &cols, &title, footer));
+        }
+        let gif = args.out.with_extension("gif");
+        lsd_core::animate::write_gif(&frames, 80, &gif)?;
+        println!("wrote {} ({} frames, α {lo} … {hi} and back)", gif.display(), frames.len());
+        match write_mp4(&frames, 12, &args.out.with_extension("mp4"))? {
+            Some(mp4) => println!("wrote {}", mp4.display()),
+            None => println!("no MP4: ffmpeg is not on the PATH"),
+        }
+    }
     if std::io::stdout().is_terminal() {
         let graphics = headless::inline_graphics(GraphicsMode::Auto);
         headless::show_inline(&args.out, graphics.as_ref());
     }
     Ok(())
+}
+
+/// Encodes `frames` as an H.264 MP4 with `ffmpeg` when it is on the PATH
+/// (`None` otherwise), atomically.
+fn write_mp4(frames: &[image::RgbImage], fps: u32, path: &Path) -> Result<Option<PathBuf>> {
+    let found = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir().wrap_err("creating a folder for the frames")?;
+    for (i, f) in frames.iter().enumerate() {
+        f.save(dir.path().join(format!("frame-{i:05}.png"))).wrap_err("writing a frame")?;
+    }
+    lsd_core::durable::write_with(path, |tmp| {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-framerate", &fps.to_string(), "-i"])
+            .arg(dir.path().join("frame-%05d.png"))
+            // H.264 wants even sides.
+            .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p", "-f", "mp4"])
+            .arg(tmp)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    })?;
+    Ok(Some(path.to_path_buf()))
+}
+
+/// `[1, L, 1]`: 1 on `layers`, 0 elsewhere.
+fn layer_mask(layers: &[usize], n_latent: usize, device: &candle_core::Device) -> Result<candle_core::Tensor> {
+    let m: Vec<f32> = (0..n_latent).map(|i| layers.contains(&i) as u8 as f32).collect();
+    Ok(candle_core::Tensor::from_vec(m, (1, n_latent, 1), device)?)
+}
+
+/// The generator a direction was trained with and its `latent_avg`: the
+/// demo network, or its weights file (a checksum that differs from the
+/// training one is a warning: the edit may not transfer).
+fn apply_generator(meta: &outputs::DirectionMeta, device: &candle_core::Device) -> Result<(Generator, candle_core::Tensor)> {
+    if meta.generator == "demo" {
+        return Ok(stylegan2::demo(lsd_core::demo::DEMO_MODEL_SEED, device)?);
+    }
+    let path = lsd_weights::resolve(&meta.generator)?;
+    let sha = lsd_core::torch::sha256_file(&path)?;
+    if sha != meta.generator_sha256 {
+        eprintln!(
+            "warning: {} has SHA-256 {sha}, but the direction was trained with {}; the edit may not transfer",
+            path.display(),
+            meta.generator_sha256
+        );
+    }
+    let (g, avg) = Generator::load(&path, device)?;
+    let avg = avg.ok_or_else(|| eyre!("{} has no latent_avg; use a converted g_ema checkpoint", path.display()))?;
+    Ok((g, avg))
 }

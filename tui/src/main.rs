@@ -5,6 +5,7 @@
 //! and hands each subcommand to its module.
 
 mod cmd_bench;
+mod cmd_directions;
 mod cmd_experiments;
 mod cmd_fixture;
 mod cmd_plugins;
@@ -41,6 +42,12 @@ enum Command {
     Generalize(cmd_experiments::GeneralizeArgs),
     /// Regulariser ablation grid (report Fig. 9).
     Ablation(cmd_experiments::AblationArgs),
+    /// SeFa: closed-form directions from the generator's style weights.
+    Sefa(cmd_directions::SefaArgs),
+    /// Import InterFaceGAN / GANSpace `.npy` directions; export ours as `.npy`.
+    Direction(cmd_directions::DirectionArgs),
+    /// Train a recipe over a grid of settings (λ sweep), with a summary table and grid.
+    Sweep(cmd_experiments::SweepArgs),
     /// Merge sharded experiment folders.
     Merge(cmd_experiments::MergeArgs),
     /// List, fetch, check and convert model weights.
@@ -146,7 +153,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Similarity(args) => cmd_experiments::similarity(args),
         Command::Generalize(args) => cmd_experiments::generalize(args),
         Command::Ablation(args) => cmd_experiments::ablation(args),
+        Command::Sweep(args) => cmd_experiments::sweep(args),
         Command::Merge(args) => done(cmd_experiments::merge(args)),
+        Command::Sefa(args) => done(cmd_directions::sefa(args)),
+        Command::Direction(args) => done(cmd_directions::direction(args)),
         Command::Weights(args) => done(weights(args)),
         Command::Plugins(args) => done(cmd_plugins::run(args)),
         Command::CheckFixture(args) => done(cmd_fixture::run(args)),

@@ -435,3 +435,51 @@ fn report_presets_parse_and_run_on_the_demo_models() {
     assert_eq!((variants.len(), rows.len()), (4, 20), "four variants × five α: {variants:?}");
     assert!(out.join("ablation.png").is_file());
 }
+
+#[test]
+fn sweep_trains_a_grid_reuses_finished_runs_and_shards_merge_to_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "ablation-gray-hair.yaml");
+    let args = |out: &str, shard: Option<&str>| {
+        let mut a: Vec<String> = ["sweep", &r, "--models", "demo", "--steps", "2", "--set", "identity.weight=0.5,1", "--set", "alpha=2,3", "--out", out]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if let Some(s) = shard {
+            a.extend(["--shard".to_string(), s.to_string()]);
+        }
+        a
+    };
+    let run = |a: Vec<String>| lsd_tui(dir.path(), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let stdout = run(args("whole", None));
+    assert!(stdout.contains("DEMO MODEL") && stdout.contains("clip_gain"), "{stdout}");
+    let whole = dir.path().join("whole");
+    let (header, rows) = read_csv(&whole.join("sweep.csv"));
+    assert_eq!(header, ["identity.weight", "alpha", "edit_alpha", "clip_before", "clip_after", "clip_gain", "id_similarity", "inside_share"]);
+    assert_eq!(rows.len(), 4);
+    assert_eq!((rows[1][0].as_str(), rows[1][1].as_str(), number(&rows[1][2])), ("0.5", "3", 3.0));
+    for row in &rows {
+        let v: Vec<f64> = row[2..].iter().map(|s| number(s)).collect();
+        assert!(v.iter().all(|x| x.is_finite()), "{row:?}");
+        assert!((v[3] - (v[2] - v[1])).abs() < 1e-12, "gain = after − before: {row:?}");
+        assert!((-1.0..=1.0).contains(&v[4]) && (0.0..=1.0).contains(&v[5]), "{row:?}");
+    }
+    let (w, h) = png_size(&whole.join("sweep.png"));
+    assert!(w > 3 * 64 && h > 4 * 64, "{w}x{h}");
+
+    // Again: every run is reused, nothing is retrained or measured again.
+    let measured = whole.join("runs/identity.weight=1,alpha=2/sweep-run.json");
+    let before = std::fs::metadata(&measured).unwrap().modified().unwrap();
+    run(args("whole", None));
+    assert_eq!(std::fs::metadata(&measured).unwrap().modified().unwrap(), before, "measured again");
+
+    // Two shards merged give the same table as one run.
+    run(args("s0", Some("0/2")));
+    run(args("s1", Some("1/2")));
+    assert_eq!(read_csv(&dir.path().join("s0/sweep.csv")).1.len(), 2);
+    lsd_tui(dir.path(), &["merge", "--out", "merged", "s0", "s1"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("merged/sweep.csv")).unwrap(),
+        std::fs::read_to_string(whole.join("sweep.csv")).unwrap()
+    );
+}

@@ -269,3 +269,89 @@ fn errors_for_people_have_no_colour_and_no_source_locations() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("Location") && !err.contains('\x1b'), "{err}");
 }
+
+/// Writes a `<f4` `.npy` file (the format inversion encoders and other
+/// direction methods save).
+fn npy(path: &Path, shape: &[usize], data: &[f32]) {
+    lsd_core::npy::write(path, shape, data).expect("npy written");
+}
+
+fn png(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}
+
+/// SeFa, import and export of `.npy` directions, and `apply` with latent
+/// files, layer presets, composed edits, a 2-D grid and an animation, all
+/// on the demo generator (W+ is [10, 32]).
+#[test]
+fn sefa_import_export_and_apply_with_latents_layers_edits_grids_and_gifs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let ok = |args: &[&str]| {
+        let o = run(args, tmp.path());
+        assert!(o.status.success(), "{args:?}\n{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // SeFa: eigenvectors of the style weights, in our direction format.
+    let out = ok(&["sefa", "--generator", "demo", "--top", "3", "--out", &p("sefa.safetensors")]);
+    assert!(out.contains("eigenvalue") && out.contains("DEMO MODEL"), "{out}");
+    let d = read_direction(&tmp.path().join("sefa.safetensors"), &Device::Cpu).expect("a direction file");
+    assert_eq!(d.direction.dims(), &[3, 10, 32]);
+    // Export ours as .npy, import theirs.
+    ok(&["direction", "export", &p("sefa.safetensors"), &p("sefa.npy")]);
+    let back = lsd_core::npy::read(&tmp.path().join("sefa.npy")).expect("npy");
+    assert_eq!(back.shape, vec![3, 10, 32]);
+    assert_eq!(back.data, d.direction.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32"));
+    let boundary: Vec<f32> = (0..32).map(|i| if i == 5 { 1.0 } else { 0.0 }).collect();
+    npy(&tmp.path().join("smile_boundary.npy"), &[1, 32], &boundary);
+    ok(&["direction", "import", &p("smile_boundary.npy"), "--layers", "coarse", "--out", &p("smile.safetensors")]);
+    let imported = read_direction(&tmp.path().join("smile.safetensors"), &Device::Cpu).expect("imported");
+    let rows = imported.direction.squeeze(0).and_then(|t| t.to_vec2::<f32>()).expect("[10, 32]");
+    assert!(rows[..4].iter().all(|r| r == &boundary) && rows[4..].iter().all(|r| r.iter().all(|&v| v == 0.0)));
+    assert_eq!(imported.meta.name, "smile_boundary");
+
+    // A real photo's latent: rows labelled by file name after the seeds.
+    let w: Vec<f32> = (0..10 * 32).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect();
+    npy(&tmp.path().join("me.npy"), &[10, 32], &w);
+    npy(&tmp.path().join("us.npy"), &[2, 10, 32], &[w.clone(), w.clone()].concat());
+    ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--latent", &p("me.npy"), "--latent", &p("us.npy"), "--alphas", "-2,2", "--out", &p("photo.png")]);
+    let one_row = png(&tmp.path().join("photo.png"));
+    // `run --latent`: trained on with the recipe's seed, previewed and labelled by name.
+    let recipe = tmp.path().join("r.yaml");
+    std::fs::write(&recipe, "prompt: a smiling face\nsteps: 2\nseeds: [0]\nterms:\n  - plugin: clip\n").expect("recipe");
+    ok(&["run", &p("r.yaml"), "--headless", "--latent", &p("me.npy"), "--output", &p("r")]);
+    for f in ["strip-0.png", "strip-me.png", "direction.safetensors"] {
+        assert!(tmp.path().join("r").join(f).is_file(), "missing {f}");
+    }
+    assert!(std::fs::read_to_string(tmp.path().join("r/recipe.yaml")).expect("recipe.yaml").contains("me.npy"));
+    ok(&["apply", &p("sefa.safetensors"), "--latent", &p("me.npy"), "--alphas", "-2,2", "--layers", "fine", "--out", &p("fine.png")]);
+    ok(&["apply", &p("sefa.safetensors"), "--latent", &p("me.npy"), "--alphas", "-2,2", "--layers", "coarse", "--out", &p("coarse.png")]);
+    let (fine, coarse) = (png(&tmp.path().join("fine.png")), png(&tmp.path().join("coarse.png")));
+    assert_eq!(fine.dimensions(), coarse.dimensions());
+    assert!(one_row.height() > fine.height() + 2 * 64, "4 rows vs 1: {} vs {}", one_row.height(), fine.height());
+    assert_ne!(fine.as_raw(), coarse.as_raw(), "the layers must change the edit");
+    // --truncation re-draws the seeds' images (the direction's ψ is 0.7).
+    ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--alphas", "2", "--truncation", "0.4", "--out", &p("t4.png")]);
+    ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--alphas", "2", "--out", &p("t7.png")]);
+    assert_ne!(png(&tmp.path().join("t4.png")).as_raw(), png(&tmp.path().join("t7.png")).as_raw());
+    let bad = run(&["apply", &p("sefa.safetensors"), "--truncation", "1.5"], tmp.path());
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected 0 < ψ <= 1"), "{}", text(&bad));
+    // A latent inverted for a generator of another size.
+    npy(&tmp.path().join("other.npy"), &[14, 32], &[0.0; 14 * 32]);
+    let bad = run(&["apply", &p("sefa.safetensors"), "--latent", &p("other.npy")], tmp.path());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("[10, 32] (one W+)") && err.contains("other.npy"), "{}", text(&bad));
+
+    // Composed edits, a 2-D grid, an animation.
+    ok(&["apply", "--edit", &format!("{}@1=2", p("sefa.safetensors")), "--edit", &format!("{}=-1", p("smile.safetensors")), "--seeds", "0", "--out", &p("sum.png")]);
+    assert!(png(&tmp.path().join("sum.png")).width() >= 2 * 64);
+    ok(&["apply", &p("sefa.safetensors"), "--grid-with", &p("smile.safetensors"), "--alphas", "-2,0,2", "--alphas2", "-1,1", "--seeds", "3", "--out", &p("grid.png")]);
+    let g = png(&tmp.path().join("grid.png"));
+    assert!(g.width() >= 3 * 64 && g.height() >= 2 * 64 && g.height() < 3 * 64 + 80, "{:?}", g.dimensions());
+    let out = ok(&["apply", &p("sefa.safetensors"), "--animate", "--frames", "4", "--seeds", "0,1", "--alphas", "-2,2", "--out", &p("sweep.png")]);
+    assert!(out.contains("sweep.gif"), "{out}");
+    use image::AnimationDecoder;
+    let gif = std::fs::File::open(tmp.path().join("sweep.gif")).expect("the GIF");
+    let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(gif)).expect("a GIF").into_frames().collect_frames().expect("frames");
+    assert_eq!(frames.len(), 6, "4 frames there, 2 back");
+}

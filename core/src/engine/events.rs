@@ -56,8 +56,12 @@ pub struct StepStats {
 /// The original and edited images of one preview seed.
 #[derive(Debug, Clone)]
 pub struct PreviewRow {
-    /// The seed the latent came from.
+    /// The seed the latent came from (a [`crate::latents::key`] for a
+    /// latent file's image).
     pub seed: u64,
+    /// How the image is named: `#3` for a seed, the file's label for a
+    /// latent file.
+    pub label: String,
     /// `G(w)`.
     pub original: Rgb,
     /// `G(w + α·u)` for each α of [`Preview::alphas`].

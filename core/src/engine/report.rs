@@ -264,7 +264,7 @@ impl Engine {
             for &seed in &self.recipe.preview.seeds.clone() {
                 let rows = self.preview_rows(seed)?;
                 let img = self.strip(&rows)?;
-                render::save_png_atomic(&img, &out.join(format!("strip-{seed}.png")))?;
+                render::save_png_atomic(&img, &out.join(format!("strip-{}.png", self.image_label(seed))))?;
             }
             render::save_png_atomic(&self.loss_plot(), &out.join("losses.png"))?;
             let metrics = self.metrics(started)?;
@@ -285,7 +285,11 @@ impl Engine {
             let mut row = vec![r.original.clone()];
             row.extend(r.edits.iter().cloned());
             cells.push(row);
-            labels.push(if rows.len() > 1 { format!("seed {} u{k}", r.seed) } else { format!("seed {}", r.seed) });
+            let name = match crate::latents::index(r.seed) {
+                Some(_) => self.image_label(r.seed),
+                None => format!("seed {}", r.seed),
+            };
+            labels.push(if rows.len() > 1 { format!("{name} u{k}") } else { name });
         }
         let mut cols = vec!["original".to_string()];
         cols.extend(self.preview_alphas.iter().map(|a| format!("a={a}")));
@@ -328,7 +332,7 @@ impl Engine {
         let u = self.effective()?.detach();
         let (w, dirs): (Tensor, Vec<Tensor>) = match (&self.w0, self.recipe.raw.mode) {
             (Some(w0), Mode::Latent) => {
-                let i = self.recipe.raw.seeds.iter().position(|&s| s == seed).ok_or_else(|| {
+                let i = self.train_keys().iter().position(|&s| s == seed).ok_or_else(|| {
                     Error::Config(format!("preview seed {seed} is not a training seed; latent mode only has offsets for those"))
                 })?;
                 (w0.narrow(0, i, 1)?, vec![u.narrow(0, i, 1)?])
@@ -347,7 +351,11 @@ impl Engine {
                 .iter()
                 .map(|&a| render_one(&(&w + (&dir * a as f64)?)?))
                 .collect::<Result<Vec<_>>>()?;
-            rows.push(PreviewRow { seed, original: original.clone(), edits });
+            let label = match crate::latents::index(seed) {
+                Some(_) => self.image_label(seed),
+                None => format!("#{seed}"),
+            };
+            rows.push(PreviewRow { seed, label, original: original.clone(), edits });
         }
         Ok(rows)
     }
@@ -419,7 +427,7 @@ impl Engine {
             for &seed in &seeds {
                 let (w, dir) = match (&self.w0, self.recipe.raw.mode) {
                     (Some(w0), Mode::Latent) => {
-                        let i = self.recipe.raw.seeds.iter().position(|&s| s == seed).unwrap_or(0);
+                        let i = self.train_keys().iter().position(|&s| s == seed).unwrap_or(0);
                         (w0.narrow(0, i, 1)?, u.narrow(0, i, 1)?)
                     }
                     _ => (self.w_plus(seed)?, u.narrow(0, 0, 1)?),
@@ -433,7 +441,7 @@ impl Engine {
                 for (s, v) in sums.iter_mut().zip(&sims) {
                     *s += v;
                 }
-                per_seed.insert(seed.to_string(), serde_json::json!(sims));
+                per_seed.insert(self.image_label(seed), serde_json::json!(sims));
             }
             let mean: Vec<f64> = sums.iter().map(|s| s / seeds.len().max(1) as f64).collect();
             let zero = alphas.iter().position(|&a| a == 0.0).unwrap_or(0);

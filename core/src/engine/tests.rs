@@ -634,3 +634,30 @@ fn the_reference_regime_resumes_exactly() {
     let lrs: Vec<f64> = csv(&straight).lines().skip(1).map(|l| l.rsplit(',').next().expect("lr").parse().expect("a number")).collect();
     assert_eq!(lrs, [0.001f32 as f64, 0.001f32 as f64 / 2.0, 0.001f32 as f64 / 2.0, 0.001f32 as f64 / 4.0]);
 }
+
+/// A latent file that holds seed 1's W+ (as the engine computes it) trains
+/// the same direction as seed 1, labels its strip by the file's name, and a
+/// `layers` preset resolves against the demo generator (10 W+ layers).
+#[test]
+fn a_latent_file_trains_like_its_seed_and_is_labelled_by_name() {
+    let dir = tempdir();
+    let model = crate::experiments::models::GeneratorModel::load(&crate::experiments::models::Source::Demo, &Device::Cpu).unwrap();
+    let w = model.w_plus(1, 0.7).unwrap().squeeze(0).unwrap();
+    let npy = dir.path().join("my-photo.npy");
+    crate::npy::write(&npy, w.dims(), &w.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
+    let base = RECIPE.replace("seeds: [1, 2, 3]", "seeds: [1]\nlayers: fine").replace("steps: 4", "steps: 3");
+    let by_seed = dir.path().join("seed");
+    let (_, res) = run_sync(recipe(&format!("truncation: 0.7\n{base}"), &by_seed), quiet(terms()));
+    res.expect("the seed run succeeds");
+    let text = format!("truncation: 0.7\n{}", base.replace("seeds: [1]", &format!("seeds: []\nlatents: ['{}']", npy.display())));
+    let by_file = dir.path().join("file");
+    let (events, res) = run_sync(recipe(&text, &by_file), Setup { metrics: true, ..Setup::new(terms()) });
+    res.expect("the latent run succeeds");
+    assert_eq!(direction_bytes(&by_seed), direction_bytes(&by_file));
+    assert!(by_file.join("strip-my-photo.png").is_file());
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Preview(p) if p.rows[0].label == "my-photo")));
+    let d = read_direction(&by_file.join(DIRECTION_FILE), &Device::Cpu).unwrap();
+    assert_eq!(d.meta.layers, vec![8, 9]);
+    let u = d.direction.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    assert!(u[..8].iter().flatten().all(|&v| v == 0.0) && u[8].iter().any(|&v| v != 0.0));
+}

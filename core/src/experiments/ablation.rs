@@ -160,7 +160,7 @@ struct SegParams {
 }
 
 /// ArcFace and BiSeNet for the metrics.
-struct Judges {
+pub(super) struct Judges {
     id: IdLoss,
     parser: BiSeNet,
     classes: Vec<usize>,
@@ -183,6 +183,16 @@ fn judges(weights: &Weights, device: &Device, params: &SegParams) -> Result<(Jud
     Ok((Judges { id: IdLoss::new(backbone), parser, classes, size }, names))
 }
 
+/// The judges of `recipe`'s metrics: the inside share uses its
+/// segmentation term's classes and size.
+pub(super) fn judges_for(recipe: &Recipe, weights: &Weights, device: &Device) -> Result<(Judges, Vec<String>)> {
+    let seg_index = term_names(&recipe.terms).iter().position(|n| n == "segmentation");
+    let params: SegParams = seg_index
+        .and_then(|i| yaml_serde::from_str(&recipe.terms[i].params).ok())
+        .unwrap_or_default();
+    judges(weights, device, &params)
+}
+
 impl Judges {
     fn mask(&self, images: &Tensor) -> Result<Tensor> {
         let input = bisenet::preprocess_generator_image(images, (self.size, self.size))?;
@@ -191,7 +201,7 @@ impl Judges {
     }
 
     /// `(id similarity, inside share)` of `x` `[1, 3, H, W]` and edits `[A, 3, H, W]`.
-    fn judge(&self, x: &Tensor, edits: &Tensor) -> Result<Vec<(f64, f64)>> {
+    pub(super) fn judge(&self, x: &Tensor, edits: &Tensor) -> Result<Vec<(f64, f64)>> {
         let a = edits.dim(0)?;
         let (_, _, h, w) = x.dims4()?;
         let fx = self.id.extract_feats(x)?;
@@ -223,11 +233,7 @@ pub fn run(
 ) -> Result<Ablation> {
     let variants = variants(recipe)?;
     let seed = recipe.raw.seeds[0];
-    let seg_index = term_names(&recipe.terms).iter().position(|n| n == "segmentation");
-    let params: SegParams = seg_index
-        .and_then(|i| yaml_serde::from_str(&recipe.terms[i].params).ok())
-        .unwrap_or_default();
-    let (judges, classes) = judges(weights, device, &params)?;
+    let (judges, classes) = judges_for(recipe, weights, device)?;
     let loss = ClipLoss::new(
         clip.clip.clone(),
         &clip.tokenizer,

@@ -602,7 +602,8 @@ pub fn merge(dest: &Path, shards: &[PathBuf]) -> Result<Summary> {
     summarize(dest)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+/// Copies a folder tree.
+pub(super) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io("creating folder", to, e))?;
     for entry in std::fs::read_dir(from).map_err(|e| Error::io("listing", from, e))? {
         let entry = entry.map_err(|e| Error::io("listing", from, e))?;

@@ -26,6 +26,9 @@ pub struct Config {
     pub prompts: Vec<String>,
     /// Image seeds (table columns).
     pub seeds: Vec<u64>,
+    /// Latent files (more columns, after the seeds'; labelled by file
+    /// name; see [`crate::latents`]).
+    pub latents: Vec<PathBuf>,
     /// Truncation ψ (1 = none).
     pub truncation: f64,
     /// Side of the thumbnails in the heat map, in pixels.
@@ -42,8 +45,10 @@ pub struct Similarity {
     /// `values[prompt][seed]`: cosine similarity of the normalised CLIP
     /// embeddings, in `[-1, 1]`.
     pub values: Vec<Vec<f64>>,
-    /// The generated image of each seed, full size.
+    /// The generated image of each column, full size.
     pub images: Vec<RgbImage>,
+    /// The label of each column: `seed N`, or a latent file's label.
+    pub labels: Vec<String>,
     /// Generator weights (`demo` or a path).
     pub generator: String,
     /// CLIP weights (`demo` or a path).
@@ -73,27 +78,35 @@ pub fn run(
     clip: &ClipModel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Similarity> {
-    if cfg.prompts.is_empty() || cfg.seeds.is_empty() {
-        return Err(Error::Config("similarity needs at least one prompt and one seed".into()));
+    if cfg.prompts.is_empty() || (cfg.seeds.is_empty() && cfg.latents.is_empty()) {
+        return Err(Error::Config("similarity needs at least one prompt and one seed or latent file".into()));
+    }
+    let g = gen.generator.config();
+    let mut columns: Vec<(String, Tensor)> = Vec::new();
+    for &seed in &cfg.seeds {
+        columns.push((format!("seed {seed}"), gen.w(seed, cfg.truncation)?));
+    }
+    for l in crate::latents::load_all(&cfg.latents, g.n_latent(), g.style_dim, gen.generator.device())? {
+        columns.push((l.label, l.w_plus));
     }
     let prompts: Vec<&str> = cfg.prompts.iter().map(String::as_str).collect();
     let loss = ClipLoss::new(clip.clip.clone(), &clip.tokenizer, &prompts, Resize::Auto)?;
-    let mut values = vec![Vec::with_capacity(cfg.seeds.len()); prompts.len()];
-    let mut images = Vec::with_capacity(cfg.seeds.len());
-    for (i, &seed) in cfg.seeds.iter().enumerate() {
-        let w = gen.w(seed, cfg.truncation)?;
-        let image = gen.image(&w)?;
+    let mut values = vec![Vec::with_capacity(columns.len()); prompts.len()];
+    let mut images = Vec::with_capacity(columns.len());
+    for (i, (label, w)) in columns.iter().enumerate() {
+        let image = gen.image(w)?;
         let sims = loss.similarity(&image)?.squeeze(0)?.to_dtype(candle_core::DType::F64)?;
         for (row, v) in values.iter_mut().zip(sims.to_vec1::<f64>()?) {
             row.push(v);
         }
         images.push(tensor_to_rgb(&image)?);
-        progress(Progress { done: i + 1, total: cfg.seeds.len(), what: format!("seed {seed}") });
+        progress(Progress { done: i + 1, total: columns.len(), what: label.clone() });
     }
     Ok(Similarity {
         config: cfg.clone(),
         values,
         images,
+        labels: columns.into_iter().map(|(l, _)| l).collect(),
         generator: gen.source.describe(),
         clip: clip.source.describe(),
         demo: gen.source.is_demo() || clip.source.is_demo(),
@@ -114,6 +127,8 @@ pub fn mean(values: &[f64]) -> f64 {
 struct Json<'a> {
     prompts: &'a [String],
     seeds: &'a [u64],
+    /// The column labels, seeds first, then latent files.
+    columns: &'a [String],
     truncation: f64,
     generator: &'a str,
     clip: &'a str,
@@ -126,7 +141,7 @@ impl Similarity {
     /// The table as CSV: `prompt,seed <N>…,mean`.
     pub fn to_csv(&self) -> String {
         let mut header = vec!["prompt".to_string()];
-        header.extend(self.config.seeds.iter().map(|s| format!("seed {s}")));
+        header.extend(self.labels.iter().cloned());
         header.push("mean".into());
         let mut out = csv_line(&header);
         for (p, row) in self.config.prompts.iter().zip(&self.values) {
@@ -141,7 +156,7 @@ impl Similarity {
     /// The table for the terminal (prompts cut to 40 characters, 3 decimals).
     pub fn to_table(&self) -> String {
         let mut header = vec!["prompt \\ seed".to_string()];
-        header.extend(self.config.seeds.iter().map(|s| s.to_string()));
+        header.extend(self.labels.iter().map(|l| l.strip_prefix("seed ").unwrap_or(l).to_string()));
         header.push("mean".into());
         let rows: Vec<Vec<String>> = self
             .config
@@ -169,8 +184,8 @@ impl Similarity {
         let thumbs: Vec<RgbImage> = self
             .images
             .iter()
-            .zip(&self.config.seeds)
-            .map(|(im, seed)| labelled_thumb(im, side, &format!("seed {seed}")))
+            .zip(&self.labels)
+            .map(|(im, label)| labelled_thumb(im, side, label))
             .collect();
         let title = format!("CLIP similarity (cosine), truncation {}", self.config.truncation);
         let footer = self.demo.then_some(crate::demo::DEMO_LABEL);
@@ -188,6 +203,7 @@ impl Similarity {
         let body = Json {
             prompts: &self.config.prompts,
             seeds: &self.config.seeds,
+            columns: &self.labels,
             truncation: self.config.truncation,
             generator: &self.generator,
             clip: &self.clip,
@@ -198,8 +214,9 @@ impl Similarity {
             .map_err(|e| Error::Config(format!("similarity.json: {e}")))?;
         write_atomic(&json, &text)?;
         let mut images = Vec::new();
-        for (seed, im) in self.config.seeds.iter().zip(&self.images) {
-            let p = dir.join("images").join(format!("seed-{seed}.png"));
+        for (label, im) in self.labels.iter().zip(&self.images) {
+            // `seed 3` → `seed-3.png`; a latent file's label as is.
+            let p = dir.join("images").join(format!("{}.png", label.replace(' ', "-")));
             save_png_atomic(im, &p)?;
             images.push(p);
         }
@@ -242,6 +259,7 @@ mod tests {
                 "a, \"quoted\" prompt".into(),
             ],
             seeds: vec![0, 1, 2],
+            latents: Vec::new(),
             truncation: 0.7,
             thumb: 32,
             scale: None,
@@ -273,5 +291,24 @@ mod tests {
         // Same seeds, same numbers.
         let again = run(&cfg, &gen, &clip, &mut |_| {}).unwrap();
         assert_eq!(again.values, s.values);
+    }
+
+    #[test]
+    fn a_latent_file_is_a_column_labelled_by_its_name() {
+        let dev = Device::Cpu;
+        let gen = GeneratorModel::load(&Source::Demo, &dev).unwrap();
+        let clip = ClipModel::load(&Source::Demo, &dev).unwrap();
+        // Seed 1's W+, saved as an inversion encoder would save a photo's.
+        let dir = tempfile::tempdir().unwrap();
+        let w = gen.w_plus(1, 0.7).unwrap().squeeze(0).unwrap();
+        let path = dir.path().join("my photo.npy");
+        crate::npy::write(&path, w.dims(), &w.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
+        let cfg = Config { prompts: vec!["gray hair".into()], seeds: vec![1], latents: vec![path], truncation: 0.7, thumb: 16, scale: None };
+        let s = run(&cfg, &gen, &clip, &mut |_| {}).unwrap();
+        assert_eq!(s.labels, ["seed 1", "my_photo"]);
+        assert_eq!(s.values[0][0], s.values[0][1], "the same latent gives the same similarity");
+        assert!(s.to_csv().starts_with("prompt,seed 1,my_photo,mean\n"));
+        let out = s.write(dir.path()).unwrap();
+        assert!(out.images[1].ends_with("images/my_photo.png"), "{:?}", out.images);
     }
 }

@@ -72,6 +72,7 @@ fn preview(step: usize, alphas: &[f32], seeds: &[u64]) -> Preview {
             let base = 10 * r as u32;
             PreviewRow {
                 seed,
+                label: format!("#{seed}"),
                 original: picture(base),
                 edits: (0..alphas.len()).map(|i| picture(base + 1 + i as u32)).collect(),
             }

@@ -320,7 +320,7 @@ impl App {
             let why = if self.fallback == Fallback::Full { "graphics off (--graphics none)" } else { "images off after drawing errors" };
             let mut lines = vec![Line::from(why).dark_gray()];
             lines.push(Line::from(format!("α: {}", fmt_alphas(&current.alphas))));
-            lines.push(Line::from(format!("seeds: {}", current.rows.iter().map(|r| r.seed.to_string()).collect::<Vec<_>>().join(", "))));
+            lines.push(Line::from(format!("seeds: {}", current.rows.iter().map(|r| r.label.trim_start_matches('#').to_string()).collect::<Vec<_>>().join(", "))));
             lines.push(Line::from(format!("strips are written to {out}/strip-<seed>.png")).dark_gray());
             frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), inner);
             return;
@@ -343,7 +343,7 @@ impl App {
             if grid.gutter > 0 {
                 let g = grid.gutter_rect(r);
                 let mid = Rect::new(g.x, g.y + g.height / 2, g.width, 1);
-                frame.render_widget(Paragraph::new(format!("#{}", row.seed)).dark_gray(), mid);
+                frame.render_widget(Paragraph::new(row.label.as_str()).dark_gray(), mid);
             }
             for c in 0..grid.cols {
                 let rect = grid.tile_rect(r, c);
