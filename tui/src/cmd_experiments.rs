@@ -10,7 +10,7 @@
 //! stopped one. `similarity` trains nothing and writes its tables at the
 //! end, so a signal simply ends it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,13 @@ pub struct RecipeArgs {
     /// The recipe (YAML) every direction is trained with.
     #[arg(long)]
     pub recipe: PathBuf,
+    #[command(flatten)]
+    pub options: TrainingOptions,
+}
+
+/// How the experiments that train from a recipe train and where they write.
+#[derive(Debug, clap::Args)]
+pub struct TrainingOptions {
     /// Train with this many steps instead of the recipe's (e.g. 2 for a smoke test).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -132,18 +139,8 @@ pub struct SweepArgs {
     /// `optimizer.lr=0.05,0.1`). Repeatable: every combination is one run.
     #[arg(long = "set", value_name = "KEY=VALUES", required = true)]
     pub settings: Vec<String>,
-    /// Train with this many steps instead of the recipe's (e.g. 2 for a smoke test).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// `demo`: use the seeded demo networks for every model, whatever the recipe names.
-    #[arg(long, value_parser = ["demo"])]
-    pub models: Option<String>,
-    /// `cpu` or `cuda:N` (default: the recipe's `device`).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Output folder (default: runs/<recipe name>-sweep).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: TrainingOptions,
     /// Run only part I of N of the grid (0-based), e.g. `$SLURM_ARRAY_TASK_ID/8`;
     /// join the shard folders afterwards with `lsd-tui merge`.
     #[arg(long)]
@@ -304,8 +301,8 @@ struct Loaded {
     clip: ClipModel,
 }
 
-fn load(common: &RecipeArgs) -> Result<Loaded> {
-    let mut recipe = Recipe::load(&common.recipe).map_err(|e| eyre!("{e}"))?;
+fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
+    let mut recipe = Recipe::load(recipe).map_err(|e| eyre!("{e}"))?;
     if common.models.is_some() {
         recipe.raw.models = Models::default();
     }
@@ -340,7 +337,7 @@ fn load(common: &RecipeArgs) -> Result<Loaded> {
     Ok(Loaded { recipe, weights, device, gen, clip })
 }
 
-fn default_out(common: &RecipeArgs, recipe: &Recipe, what: &str) -> PathBuf {
+fn default_out(common: &TrainingOptions, recipe: &Recipe, what: &str) -> PathBuf {
     common
         .out
         .clone()
@@ -350,7 +347,7 @@ fn default_out(common: &RecipeArgs, recipe: &Recipe, what: &str) -> PathBuf {
 /// Fig. 8.
 pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
     let start = Instant::now();
-    let l = load(&a.common)?;
+    let l = load(&a.common.recipe, &a.common.options)?;
     let all_train = match &a.train_seeds {
         Some(s) => seeds::parse_seeds(s)?,
         None => l.recipe.raw.seeds.clone(),
@@ -364,12 +361,12 @@ pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
         train_seeds,
         test_seeds: seeds::parse_seeds(&a.test_seeds)?,
         alphas: a.alphas,
-        steps: a.common.steps,
+        steps: a.common.options.steps,
         batch: a.batch,
         shard,
         stop: Stop::new(),
     };
-    let out = default_out(&a.common, &l.recipe, "generalize");
+    let out = default_out(&a.common.options, &l.recipe, "generalize");
     if let Some((i, n)) = shard {
         eprintln!("shard {i}/{n}: training seeds {:?}", cfg.train_seeds);
     }
@@ -392,14 +389,14 @@ pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
 /// Fig. 9.
 pub fn ablation(a: AblationArgs) -> Result<i32> {
     let start = Instant::now();
-    let l = load(&a.common)?;
+    let l = load(&a.common.recipe, &a.common.options)?;
     let alphas = match a.alphas {
         Some(v) => v,
         None => l.recipe.preview.alphas.iter().map(|&x| x as f64).collect(),
     };
     let on_signal = OnSignal::install()?;
-    let cfg = ablation::Config { alphas, steps: a.common.steps, cell: a.cell, stop: on_signal.stop.clone() };
-    let out = default_out(&a.common, &l.recipe, "ablation");
+    let cfg = ablation::Config { alphas, steps: a.common.options.steps, cell: a.cell, stop: on_signal.stop.clone() };
+    let out = default_out(&a.common.options, &l.recipe, "ablation");
     let (bar, mut update) = progress_bar("variants");
     let result = ablation::run(&l.recipe, &cfg, &out, &l.weights, &l.gen, &l.clip, &l.device, &mut update);
     bar.finish_and_clear();
@@ -419,13 +416,13 @@ pub fn ablation(a: AblationArgs) -> Result<i32> {
 /// Trains and measures a grid of recipe settings.
 pub fn sweep(a: SweepArgs) -> Result<i32> {
     let start = Instant::now();
-    let common = RecipeArgs { recipe: a.recipe, steps: a.steps, models: a.models, device: a.device, out: a.out };
+    let common = &a.options;
     let settings = a.settings.iter().map(|s| sweep::parse_setting(s)).collect::<lsd_core::Result<Vec<_>>>()?;
     let shard = a.shard.as_deref().map(seeds::parse_shard).transpose()?;
-    let l = load(&common)?;
+    let l = load(&a.recipe, common)?;
     let on_signal = OnSignal::install()?;
     let cfg = sweep::Config { settings, steps: common.steps, shard, stop: on_signal.stop.clone() };
-    let out = default_out(&common, &l.recipe, "sweep");
+    let out = default_out(common, &l.recipe, "sweep");
     let (bar, mut update) = progress_bar("runs");
     let result = sweep::run(&l.recipe, &cfg, &out, &l.weights, &l.gen, &l.clip, &l.device, &mut update);
     bar.finish_and_clear();
