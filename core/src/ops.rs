@@ -16,6 +16,7 @@ pub mod conv;
 pub mod fir;
 pub mod fused;
 pub mod linear;
+pub mod precision;
 pub mod profile;
 pub(crate) mod cpu;
 #[cfg(test)]
@@ -25,6 +26,7 @@ mod winograd;
 pub use conv::{BatchNormParams, Conv2d, ConvTranspose2d};
 pub use fir::Fir;
 pub use linear::Linear;
+pub use precision::{precision, set_precision, Precision};
 
 /// Fixes the CPU thread count for the whole process, once.
 ///
