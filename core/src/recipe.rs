@@ -47,7 +47,8 @@
 //! LELSD's `halvings`); `alpha_per` (`sample` or `step`); `seed_rng`
 //! (`chacha` or `numpy`, NumPy's `RandomState(seed).randn`); `preview`
 //! (`every`, `alphas`,
-//! `seeds`); `checkpoint_every`; `output`; `device`.
+//! `seeds`); `checkpoint_every`; `output`; `device`; `precision` (`tf32`
+//! or `fp32`, for a GPU).
 //!
 //! Each term's `params` are handed to its plugin exactly as written (cut
 //! out of the file), so the plugin's own `line N column M` maps to the
@@ -549,6 +550,10 @@ pub struct RawRecipe {
     /// `cpu` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// `tf32` or `fp32` products on a GPU; unset: the device's default
+    /// (`tf32` on CUDA, `fp32` on the CPU, see [`crate::ops::precision`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::ops::Precision>,
 }
 
 /// `layers:` as written: a list of layer numbers, or presets and ranges.
@@ -781,8 +786,8 @@ impl Recipe {
     }
 
     /// A hash of the settings that decide the trained direction (the
-    /// resolved recipe without `output`, `device`, `preview` and
-    /// `checkpoint_every`): a checkpoint only resumes a run with the same.
+    /// resolved recipe without `output`, `device`, `precision`, `preview`
+    /// and `checkpoint_every`): a checkpoint only resumes a run with the same.
     pub fn training_hash(&self) -> String {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(self.training_yaml().as_bytes()))
@@ -793,6 +798,7 @@ impl Recipe {
         let mut raw = self.raw.clone();
         raw.output = None;
         raw.device = default_device();
+        raw.precision = None;
         raw.preview = None;
         raw.checkpoint_every = 0;
         raw.name = None;
@@ -1357,6 +1363,21 @@ terms:
         let c = Recipe::parse(&GOOD.replace("steps: 10", "steps: 11"), Path::new("a.yaml")).unwrap();
         assert_eq!(a.hash(), b.hash());
         assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn precision_is_read_kept_and_left_out_of_the_training_hash() {
+        let a = Recipe::parse(GOOD, Path::new("a.yaml")).unwrap();
+        assert_eq!(a.raw.precision, None);
+        assert!(!a.to_yaml().contains("precision"), "an unset precision is not written");
+        let fp32 = Recipe::parse(&format!("{GOOD}\nprecision: fp32\n"), Path::new("a.yaml")).unwrap();
+        assert_eq!(fp32.raw.precision, Some(crate::ops::Precision::Fp32));
+        let again = Recipe::parse(&fp32.to_yaml(), Path::new("a.yaml")).unwrap();
+        assert_eq!(again.raw.precision, Some(crate::ops::Precision::Fp32));
+        assert_ne!(a.hash(), fp32.hash());
+        assert_eq!(a.training_hash(), fp32.training_hash());
+        let bad = Recipe::parse(&format!("{GOOD}\nprecision: bf16\n"), Path::new("a.yaml")).unwrap_err().to_string();
+        assert!(bad.contains("tf32") && bad.contains("fp32"), "{bad}");
     }
 
     #[test]

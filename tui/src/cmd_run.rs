@@ -52,6 +52,10 @@ pub struct DemoArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long)]
     pub device: Option<String>,
+    /// Products on a GPU: `tf32` (the default on CUDA) or `fp32` (the
+    /// reference's exact float32 arithmetic); no effect on the CPU.
+    #[arg(long, value_name = "tf32|fp32")]
+    pub precision: Option<lsd_core::ops::Precision>,
     /// Preview graphics in the TUI, and of the strips shown after the run.
     #[arg(long, value_enum, default_value_t)]
     pub graphics: GraphicsMode,
@@ -79,6 +83,11 @@ pub struct RunArgs {
     /// `cpu`, `cuda` or `cuda:N` (default: the recipe's `device`).
     #[arg(long)]
     pub device: Option<String>,
+    /// Products on a GPU: `tf32` (the default on CUDA) or `fp32` (the
+    /// reference's exact float32 arithmetic); no effect on the CPU
+    /// (default: the recipe's `precision`).
+    #[arg(long, value_name = "tf32|fp32")]
+    pub precision: Option<lsd_core::ops::Precision>,
     /// `demo`: run every network as its seeded demo network, whatever the
     /// recipe names (no downloads; the images mean nothing).
     #[arg(long, value_enum)]
@@ -178,6 +187,7 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
         headless: args.headless,
         resume: args.resume,
         device: args.device,
+        precision: args.precision,
         graphics: args.graphics,
         check: false,
         stop_after: None,
@@ -210,6 +220,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         headless: args.headless,
         resume: args.resume,
         device: args.device,
+        precision: args.precision,
         graphics: args.graphics,
         check: args.check,
         stop_after: args.stop_after,
@@ -221,6 +232,7 @@ struct Options {
     headless: bool,
     resume: bool,
     device: Option<String>,
+    precision: Option<lsd_core::ops::Precision>,
     graphics: GraphicsMode,
     check: bool,
     stop_after: Option<usize>,
@@ -250,6 +262,10 @@ fn start(mut recipe: Recipe, opts: &Options) -> Result<i32> {
     }
     let device = plugin::parse_device(&recipe.raw.device)
         .map_err(|e| eyre!("device '{}': {e}; use cpu, or cuda:N on a build with --features cuda", recipe.raw.device))?;
+    if let Some(p) = opts.precision {
+        recipe.raw.precision = Some(p);
+    }
+    lsd_core::ops::set_precision(recipe.raw.precision.unwrap_or_else(|| lsd_core::ops::Precision::default_for(&device)));
     let models = recipe.raw.models.clone();
     let weights = Weights {
         generator: resolve_weight(&recipe, "generator", &models.generator).unwrap_or_else(|e| recipe_exit(&e)),
