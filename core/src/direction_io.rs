@@ -9,12 +9,15 @@
 //! - [`external_meta`]: the metadata of a direction that was not trained by
 //!   a recipe (imported, or SeFa's), so `lsd-tui apply` knows its generator.
 //! - [`export_npy`]: a direction file's `[K, L, D]` as `<f4` `.npy`.
+//! - [`read_one`] and [`load_given`]: directions out of direction files
+//!   (`FILE` for all of a file's, `FILE@K` for one), for `apply`,
+//!   `similarity` and `generalize`, whatever made them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::outputs::{DirectionMeta, DIRECTION_FORMAT};
+use crate::outputs::{read_direction, DirectionMeta, DIRECTION_FORMAT};
 use crate::{Error, Result};
 
 /// Reads a `.npy` direction for a generator with W+ `[n_latent,
@@ -83,6 +86,76 @@ pub fn external_meta(name: &str, description: &str, generator: &str, generator_s
     }
 }
 
+/// Direction `index` of a direction file, `[1, L, D]`, and the file's
+/// metadata with its name (`name@K` in a file of several directions).
+pub fn read_one(path: &Path, index: usize, device: &Device) -> Result<(Tensor, DirectionMeta)> {
+    let d = read_direction(path, device)?;
+    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    if d.meta.mode == "latent" {
+        return Err(bad("holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into()));
+    }
+    let k = d.direction.dim(0)?;
+    if index >= k {
+        return Err(bad(format!("has {k} direction(s) (0..{}); direction {index} does not exist", k - 1)));
+    }
+    let mut meta = d.meta;
+    if k > 1 {
+        meta.name = format!("{}@{index}", meta.name);
+    }
+    Ok((d.direction.narrow(0, index, 1)?, meta))
+}
+
+/// One direction named on a command line.
+#[derive(Debug, Clone)]
+pub struct GivenDirection {
+    /// The file name, with `@K` in a file of several directions.
+    pub label: String,
+    /// `[1, L, D]`.
+    pub direction: Tensor,
+    /// The file's metadata.
+    pub meta: DirectionMeta,
+}
+
+/// Splits `FILE@K` into the file and `K`; a plain `FILE` gives `None`.
+pub fn parse_ref(text: &str) -> (PathBuf, Option<usize>) {
+    match text.rsplit_once('@') {
+        Some((file, k)) if !file.is_empty() && k.parse::<usize>().is_ok() => (PathBuf::from(file), k.parse().ok()),
+        _ => (PathBuf::from(text), None),
+    }
+}
+
+/// The directions `refs` name (`FILE`: every direction of the file,
+/// `FILE@K`: the K-th), checked against a generator with W+ `[n_latent,
+/// style_dim]`.
+pub fn load_given(refs: &[String], n_latent: usize, style_dim: usize, device: &Device) -> Result<Vec<GivenDirection>> {
+    let mut out = Vec::new();
+    for r in refs {
+        let (path, index) = parse_ref(r);
+        let d = read_direction(&path, device)?;
+        let bad = |reason: String| Error::Checkpoint { path: path.clone(), reason };
+        if d.meta.mode == "latent" {
+            return Err(bad("holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into()));
+        }
+        let (k, l, dim) = d.direction.dims3()?;
+        if (l, dim) != (n_latent, style_dim) {
+            return Err(bad(format!(
+                "its directions are W+ [{l}, {dim}], but the generator's W+ is [{n_latent}, {style_dim}]; give a direction made for this generator"
+            )));
+        }
+        let picked: Vec<usize> = match index {
+            Some(i) if i >= k => return Err(bad(format!("has {k} direction(s) (0..{}); direction {i} does not exist", k - 1))),
+            Some(i) => vec![i],
+            None => (0..k).collect(),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| r.clone());
+        for i in picked {
+            let label = if k > 1 { format!("{name}@{i}") } else { name.clone() };
+            out.push(GivenDirection { label, direction: d.direction.narrow(0, i, 1)?, meta: d.meta.clone() });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +183,37 @@ mod tests {
         crate::npy::write(&p, &[5, 2], &[0.0; 10]).unwrap();
         let e = import_npy(&p, 4, 3, None, &Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("[5, 2]") && e.contains("[K, 3]") && e.contains("[4, 3]"), "{e}");
+    }
+
+    #[test]
+    fn given_directions_are_picked_labelled_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sefa.safetensors");
+        let data: Vec<f32> = (0..3 * 4 * 2).map(|i| i as f32).collect();
+        let direction = Tensor::from_vec(data, (3, 4, 2), &Device::Cpu).unwrap();
+        let meta = external_meta("sefa", "SeFa", "demo", "demo", &[0, 1, 2, 3]);
+        crate::outputs::write_direction(&p, &crate::outputs::Direction { direction, latent: None, meta }).unwrap();
+        let file = p.display().to_string();
+
+        let all = load_given(std::slice::from_ref(&file), 4, 2, &Device::Cpu).unwrap();
+        let labels: Vec<&str> = all.iter().map(|g| g.label.as_str()).collect();
+        assert_eq!(labels, ["sefa.safetensors@0", "sefa.safetensors@1", "sefa.safetensors@2"]);
+        assert_eq!(all[2].direction.dims(), &[1, 4, 2]);
+        assert_eq!(all[2].direction.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], 16.0);
+
+        let one = load_given(&[format!("{file}@1")], 4, 2, &Device::Cpu).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].label, "sefa.safetensors@1");
+        assert_eq!(one[0].direction.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], 8.0);
+        let (u, meta) = read_one(&p, 1, &Device::Cpu).unwrap();
+        assert_eq!(u.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], 8.0);
+        assert_eq!(meta.name, "sefa@1");
+
+        let e = load_given(&[format!("{file}@3")], 4, 2, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("has 3 direction(s)") && e.contains("sefa.safetensors"), "{e}");
+        let e = load_given(std::slice::from_ref(&file), 18, 512, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("[4, 2]") && e.contains("[18, 512]"), "{e}");
+        assert_eq!(parse_ref("a@b.safetensors"), (PathBuf::from("a@b.safetensors"), None));
+        assert_eq!(parse_ref("x.safetensors@12"), (PathBuf::from("x.safetensors"), Some(12)));
     }
 }

@@ -373,19 +373,7 @@ fn parse_alpha_list(flag: &str, text: &str) -> Result<Vec<f32>> {
 /// One direction of a direction file, `[1, L, D]`, and the file's metadata
 /// with its name (`name@K` in a file of several directions).
 fn load_one_direction(path: &Path, index: usize, device: &candle_core::Device) -> Result<(candle_core::Tensor, outputs::DirectionMeta)> {
-    let d = outputs::read_direction(path, device)?;
-    if d.meta.mode == "latent" {
-        bail!("{} holds per-image latents of a 'mode: latent' run, not a direction; apply needs a direction run", path.display());
-    }
-    let k = d.direction.dim(0)?;
-    if index >= k {
-        bail!("direction {index} of {}: the file has {k} direction(s) (0..{})", path.display(), k - 1);
-    }
-    let mut meta = d.meta;
-    if k > 1 {
-        meta.name = format!("{}@{index}", meta.name);
-    }
-    Ok((d.direction.narrow(0, index, 1)?, meta))
+    Ok(lsd_core::direction_io::read_one(path, index, device)?)
 }
 
 /// Parses `--edit FILE=α` / `FILE@K=α`.
