@@ -50,6 +50,15 @@ pub struct SimilarityArgs {
     /// Side of the thumbnails in the heat map, in pixels.
     #[arg(long, default_value_t = 64)]
     pub thumb: u32,
+    /// A direction file to apply to every image (trained, `direction
+    /// import`ed or from `lsd-tui sefa`): `FILE` for all its directions,
+    /// `FILE@K` for one. Each image becomes one column per direction and α.
+    /// Repeatable.
+    #[arg(long = "direction", value_name = "FILE[@K]")]
+    pub directions: Vec<String>,
+    /// α of the edited columns, comma separated (with `--direction`).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, default_value = "-3,0,3")]
+    pub alphas: Vec<f64>,
     /// Fix the heat map's colour scale to `LOW,HIGH` (the report's Fig. 5:
     /// `0.1,0.3`); default: the values' own range.
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
@@ -266,8 +275,21 @@ pub fn similarity(a: SimilarityArgs) -> Result<i32> {
         Some(v) => bail!("--scale {v:?}: expected LOW,HIGH with LOW < HIGH, e.g. --scale 0.1,0.3"),
     };
     let clip = ClipModel::load(&source(&a.clip, "CLIP")?, &device).wrap_err("loading CLIP")?;
-    let cfg =
-        similarity::Config { prompts: a.prompts, seeds, latents: a.latents, truncation: a.truncation, thumb: a.thumb, scale };
+    let g = gen.generator.config();
+    let directions = lsd_core::direction_io::load_given(&a.directions, g.n_latent(), g.style_dim, &device)?;
+    if a.alphas.iter().any(|v| !v.is_finite()) {
+        bail!("--alphas {:?}: give finite numbers, e.g. --alphas -3,0,3", a.alphas);
+    }
+    let cfg = similarity::Config {
+        prompts: a.prompts,
+        seeds,
+        latents: a.latents,
+        truncation: a.truncation,
+        thumb: a.thumb,
+        scale,
+        directions,
+        alphas: a.alphas,
+    };
     let on_signal = OnSignal::install()?;
     let (bar, mut update) = progress_bar("images");
     let result = similarity::run(&cfg, &gen, &clip, &mut |p| {

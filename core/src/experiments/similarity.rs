@@ -4,6 +4,11 @@
 //! the table holds their cosine similarities. It shows how much (or how
 //! little) CLIP's similarity moves between images and prompts, which sets
 //! the scale for the ΔCLIP numbers of the generalisation experiment.
+//!
+//! Given directions (trained, imported or SeFa's, [`crate::direction_io`]),
+//! each image becomes one column per direction and α: `w + α·u`, labelled
+//! `seed 3 smile.safetensors α=+2`. Does a direction move CLIP towards a
+//! prompt? The rows answer it.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +20,7 @@ use super::models::{ClipModel, GeneratorModel};
 use super::table::{csv_line, csv_number, ellipsize, text_table, write_atomic};
 use super::Progress;
 use crate::models::clip::preprocess::Resize;
+use crate::direction_io::GivenDirection;
 use crate::models::clip::ClipLoss;
 use crate::render::{heat_map_in, save_png_atomic, tensor_to_rgb};
 use crate::{Error, Result};
@@ -35,6 +41,10 @@ pub struct Config {
     pub thumb: u32,
     /// The heat map's colour scale `(low, high)`; `None`: the values' range.
     pub scale: Option<(f64, f64)>,
+    /// Directions applied to every image (none: the images as they are).
+    pub directions: Vec<GivenDirection>,
+    /// The α of each edited column, for every direction.
+    pub alphas: Vec<f64>,
 }
 
 /// The measured table and the images it was measured on.
@@ -89,6 +99,7 @@ pub fn run(
     for l in crate::latents::load_all(&cfg.latents, g.n_latent(), g.style_dim, gen.generator.device())? {
         columns.push((l.label, l.w_plus));
     }
+    let columns = edited_columns(columns, &cfg.directions, &cfg.alphas)?;
     let prompts: Vec<&str> = cfg.prompts.iter().map(String::as_str).collect();
     let loss = ClipLoss::new(clip.clip.clone(), &clip.tokenizer, &prompts, Resize::Auto)?;
     let mut values = vec![Vec::with_capacity(columns.len()); prompts.len()];
@@ -113,6 +124,28 @@ pub fn run(
     })
 }
 
+/// Each image `(label, w)` once per direction and α, `w + α·u`; the images
+/// as they are when there are no directions.
+fn edited_columns(images: Vec<(String, Tensor)>, directions: &[GivenDirection], alphas: &[f64]) -> Result<Vec<(String, Tensor)>> {
+    if directions.is_empty() {
+        return Ok(images);
+    }
+    if alphas.is_empty() {
+        return Err(Error::Config("similarity with directions needs at least one α".into()));
+    }
+    let mut out = Vec::with_capacity(images.len() * directions.len() * alphas.len());
+    for (label, w) in &images {
+        for d in directions {
+            let u = d.direction.to_device(w.device())?.to_dtype(w.dtype())?;
+            for &a in alphas {
+                // A seed's W `[1, D]` goes onto every layer of W+ `[1, L, D]`.
+                out.push((format!("{label} {} α={a:+}", d.label), w.broadcast_add(&(&u * a)?)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Mean of the finite values (NaN when there are none).
 pub fn mean(values: &[f64]) -> f64 {
     let f: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
@@ -127,8 +160,13 @@ pub fn mean(values: &[f64]) -> f64 {
 struct Json<'a> {
     prompts: &'a [String],
     seeds: &'a [u64],
-    /// The column labels, seeds first, then latent files.
+    /// The column labels, seeds first, then latent files (each once per
+    /// direction and α when directions were given).
     columns: &'a [String],
+    /// The given directions' labels.
+    directions: Vec<&'a str>,
+    /// The α of the edited columns.
+    alphas: &'a [f64],
     truncation: f64,
     generator: &'a str,
     clip: &'a str,
@@ -204,6 +242,8 @@ impl Similarity {
             prompts: &self.config.prompts,
             seeds: &self.config.seeds,
             columns: &self.labels,
+            directions: self.config.directions.iter().map(|d| d.label.as_str()).collect(),
+            alphas: if self.config.directions.is_empty() { &[] } else { &self.config.alphas },
             truncation: self.config.truncation,
             generator: &self.generator,
             clip: &self.clip,
@@ -263,6 +303,8 @@ mod tests {
             truncation: 0.7,
             thumb: 32,
             scale: None,
+            directions: Vec::new(),
+            alphas: Vec::new(),
         };
         let mut calls = 0;
         let s = run(&cfg, &gen, &clip, &mut |p| {
@@ -303,12 +345,58 @@ mod tests {
         let w = gen.w_plus(1, 0.7).unwrap().squeeze(0).unwrap();
         let path = dir.path().join("my photo.npy");
         crate::npy::write(&path, w.dims(), &w.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
-        let cfg = Config { prompts: vec!["gray hair".into()], seeds: vec![1], latents: vec![path], truncation: 0.7, thumb: 16, scale: None };
+        let cfg = Config { prompts: vec!["gray hair".into()], seeds: vec![1], latents: vec![path], truncation: 0.7, thumb: 16, scale: None, directions: Vec::new(), alphas: Vec::new() };
         let s = run(&cfg, &gen, &clip, &mut |_| {}).unwrap();
         assert_eq!(s.labels, ["seed 1", "my_photo"]);
         assert_eq!(s.values[0][0], s.values[0][1], "the same latent gives the same similarity");
         assert!(s.to_csv().starts_with("prompt,seed 1,my_photo,mean\n"));
         let out = s.write(dir.path()).unwrap();
         assert!(out.images[1].ends_with("images/my_photo.png"), "{:?}", out.images);
+    }
+
+    #[test]
+    fn given_directions_make_one_column_per_direction_and_alpha() {
+        let dev = Device::Cpu;
+        let gen = GeneratorModel::load(&Source::Demo, &dev).unwrap();
+        let clip = ClipModel::load(&Source::Demo, &dev).unwrap();
+        let g = gen.generator.config();
+        let (l, d) = (g.n_latent(), g.style_dim);
+        // Direction 0 is zero (edits nothing); direction 1 moves every layer.
+        let mut data = vec![0f32; l * d];
+        data.extend((0..l * d).map(|i| ((i * 7919 % 13) as f32 - 6.0) / 6.0));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("two.safetensors");
+        let direction = Tensor::from_vec(data, (2, l, d), &dev).unwrap();
+        let meta = crate::direction_io::external_meta("two", "test", "demo", "demo", &(0..l).collect::<Vec<_>>());
+        crate::outputs::write_direction(&file, &crate::outputs::Direction { direction, latent: None, meta }).unwrap();
+        let directions = crate::direction_io::load_given(&[file.display().to_string()], l, d, &dev).unwrap();
+        let plain = Config {
+            prompts: vec!["gray hair".into(), "a smile".into()],
+            seeds: vec![4],
+            latents: Vec::new(),
+            truncation: 0.7,
+            thumb: 16,
+            scale: None,
+            directions: Vec::new(),
+            alphas: Vec::new(),
+        };
+        let before = run(&plain, &gen, &clip, &mut |_| {}).unwrap();
+        let cfg = Config { directions, alphas: vec![0.0, 2.0], ..plain };
+        let s = run(&cfg, &gen, &clip, &mut |_| {}).unwrap();
+        assert_eq!(
+            s.labels,
+            ["seed 4 two.safetensors@0 α=+0", "seed 4 two.safetensors@0 α=+2", "seed 4 two.safetensors@1 α=+0", "seed 4 two.safetensors@1 α=+2"]
+        );
+        for (row, base) in s.values.iter().zip(&before.values) {
+            // α = 0 and the zero direction leave the image as it was.
+            assert_eq!([row[0], row[1], row[2]], [base[0]; 3]);
+            assert_ne!(row[3], base[0], "a real direction at α = 2 changes the image");
+        }
+        let out = s.write(dir.path()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.json).unwrap()).unwrap();
+        assert_eq!(json["directions"], serde_json::json!(["two.safetensors@0", "two.safetensors@1"]));
+        assert_eq!(json["alphas"], serde_json::json!([0.0, 2.0]));
+        let e = run(&Config { alphas: Vec::new(), ..cfg }, &gen, &clip, &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("at least one α"), "{e}");
     }
 }
