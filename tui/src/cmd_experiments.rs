@@ -57,7 +57,7 @@ pub struct SimilarityArgs {
     #[arg(long = "direction", value_name = "FILE[@K]")]
     pub directions: Vec<String>,
     /// α of the edited columns, comma separated (with `--direction`).
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, default_value = "-3,0,3")]
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-3,0,3")]
     pub alphas: Vec<f64>,
     /// Fix the heat map's colour scale to `LOW,HIGH` (the report's Fig. 5:
     /// `0.1,0.3`); default: the values' own range.
@@ -108,8 +108,14 @@ pub struct GeneralizeArgs {
     #[command(flatten)]
     pub common: RecipeArgs,
     /// One local direction per training seed (default: the recipe's seeds): `1..20`, `1,2,5`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "directions")]
     pub train_seeds: Option<String>,
+    /// Measure this direction file instead of training (imported, from
+    /// `lsd-tui sefa`, or another recipe's run): `FILE` for all its
+    /// directions, `FILE@K` for one; the recipe gives the prompt, the
+    /// truncation and the noise. Repeatable; `--shard` splits the list.
+    #[arg(long = "direction", value_name = "FILE[@K]")]
+    pub directions: Vec<String>,
     /// The unseen images every direction is also applied to: `100..150`.
     #[arg(long)]
     pub test_seeds: String,
@@ -370,7 +376,10 @@ fn default_out(common: &TrainingOptions, recipe: &Recipe, what: &str) -> PathBuf
 pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
     let start = Instant::now();
     let l = load(&a.common.recipe, &a.common.options)?;
+    let g = l.gen.generator.config();
+    let directions = lsd_core::direction_io::load_given(&a.directions, g.n_latent(), g.style_dim, &l.device)?;
     let all_train = match &a.train_seeds {
+        _ if !directions.is_empty() => (0..directions.len() as u64).collect(),
         Some(s) => seeds::parse_seeds(s)?,
         None => l.recipe.raw.seeds.clone(),
     };
@@ -387,10 +396,12 @@ pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
         batch: a.batch,
         shard,
         stop: Stop::new(),
+        directions,
     };
     let out = default_out(&a.common.options, &l.recipe, "generalize");
     if let Some((i, n)) = shard {
-        eprintln!("shard {i}/{n}: training seeds {:?}", cfg.train_seeds);
+        let what = if cfg.directions.is_empty() { "training seeds" } else { "given directions" };
+        eprintln!("shard {i}/{n}: {what} {:?}", cfg.train_seeds);
     }
     let on_signal = OnSignal::install()?;
     let cfg = generalize::Config { stop: on_signal.stop.clone(), ..cfg };

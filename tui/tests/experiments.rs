@@ -483,3 +483,68 @@ fn sweep_trains_a_grid_reuses_finished_runs_and_shards_merge_to_the_same_numbers
         std::fs::read_to_string(whole.join("sweep.csv")).unwrap()
     );
 }
+
+#[test]
+fn similarity_and_generalize_measure_given_directions_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = recipe(dir.path(), "generalize-gray-hair.yaml");
+    lsd_tui(dir.path(), &["sefa", "--generator", "demo", "--top", "3", "--out", "sefa.safetensors"]);
+
+    // similarity: each image once per direction and α.
+    let stdout = lsd_tui(
+        dir.path(),
+        &["similarity", "--prompts", "gray hair", "--seeds", "1,2", "--direction", "sefa.safetensors@1", "--alphas", "-2,2", "--out", "sim"],
+    );
+    assert!(stdout.contains("DEMO MODEL"), "{stdout}");
+    let (header, rows) = read_csv(&dir.path().join("sim/similarity.csv"));
+    assert_eq!(
+        header,
+        ["prompt", "seed 1 sefa.safetensors@1 α=-2", "seed 1 sefa.safetensors@1 α=+2", "seed 2 sefa.safetensors@1 α=-2", "seed 2 sefa.safetensors@1 α=+2", "mean"]
+    );
+    assert_eq!(rows.len(), 1);
+
+    // generalize: the file's three directions, measured on every test seed.
+    let args = |out: &str, shard: Option<&str>| {
+        let mut a: Vec<String> = ["generalize", "--recipe", &gen, "--models", "demo", "--direction", "sefa.safetensors", "--test-seeds", "100..102", "--alphas", "1,2", "--out", out]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(s) = shard {
+            a.extend(["--shard".to_string(), s.to_string()]);
+        }
+        a
+    };
+    let run = |a: Vec<String>| lsd_tui(dir.path(), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let stdout = run(args("gen", None));
+    assert!(stdout.contains("3 given direction(s), 2 unseen image(s)"), "{stdout}");
+    let out = dir.path().join("gen");
+    assert!(!out.join("directions/given-0/direction.safetensors").exists(), "nothing is trained");
+    let (_, rows) = read_csv(&out.join("generalize.csv"));
+    assert_eq!(rows.len(), 3 * 2 * 3, "3 directions × 2 images × α 0, 1, 2");
+    assert!(rows.iter().all(|r| r[2] == "unseen"), "a given direction has no image of its own");
+    let summary = read_summary(&out.join("summary.csv"));
+    for (alpha, kind, mean, _, n) in &summary {
+        assert_eq!(*n, if kind == "trained" { 0 } else { 6 }, "{alpha} {kind}");
+        if kind == "unseen" {
+            assert!(mean.is_finite());
+        }
+    }
+    let experiment: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("generalize.json")).unwrap()).unwrap();
+    assert_eq!(experiment["directions"], serde_json::json!(["sefa.safetensors@0", "sefa.safetensors@1", "sefa.safetensors@2"]));
+
+    // A second run keeps the measured folders.
+    let delta = out.join("directions/given-2/delta.csv");
+    let before = std::fs::metadata(&delta).unwrap().modified().unwrap();
+    run(args("gen", None));
+    assert_eq!(std::fs::metadata(&delta).unwrap().modified().unwrap(), before, "measured again");
+
+    // Shards merged give the same numbers as one run.
+    run(args("s0", Some("0/2")));
+    run(args("s1", Some("1/2")));
+    lsd_tui(dir.path(), &["merge", "--out", "merged", "s0", "s1"]);
+    // (The text: the empty "trained" rows hold NaN, which equals nothing.)
+    let text = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(text(&dir.path().join("merged/summary.csv")), text(&out.join("summary.csv")));
+    assert_eq!(read_csv(&dir.path().join("merged/generalize.csv")).1, rows);
+}

@@ -8,6 +8,11 @@
 //! α·u)), t) − cos(E(G(w)), t)`. The report's claim is that the unseen
 //! curve follows the trained one.
 //!
+//! Directions made elsewhere (imported, SeFa's, another recipe's; see
+//! [`crate::direction_io`]) are measured the same way without training:
+//! each in its own folder `directions/given-<I>/`, on every test seed, so
+//! all of their rows are "unseen".
+//!
 //! Every direction folder keeps its own measurements (`delta.csv`), so the
 //! summary is computed from folders alone: shards of a cluster job array
 //! (`--shard I/N`, one block of training seeds each) are joined by
@@ -23,6 +28,7 @@ use super::models::{ClipModel, GeneratorModel};
 use super::table::{csv_line, csv_number, parse_csv_line, text_table, write_atomic};
 use super::train::{load_direction, local_variant, recipe_noise, train_or_reuse};
 use super::Progress;
+use crate::direction_io::GivenDirection;
 use crate::engine::Weights;
 use crate::models::clip::preprocess::Resize;
 use crate::models::clip::ClipLoss;
@@ -55,6 +61,9 @@ pub struct Config {
     pub batch: usize,
     /// `(I, N)` when this is shard `I` of `N`.
     pub shard: Option<(usize, usize)>,
+    /// Directions to measure instead of training (`train_seeds` then holds
+    /// the indices, into this list, of the ones this run measures).
+    pub directions: Vec<GivenDirection>,
 }
 
 /// The description kept in [`EXPERIMENT_FILE`]; shards must agree on all
@@ -83,11 +92,25 @@ pub struct Experiment {
     pub models: Vec<String>,
     /// True when a demo network was used.
     pub demo: bool,
+    /// The given directions' labels, when directions were measured rather
+    /// than trained (`train_seeds` are then indices into this list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directions: Vec<String>,
 }
 
 impl Experiment {
+    /// The prefix of the direction folders: `seed-` or `given-`.
+    fn folder_prefix(&self) -> &'static str {
+        if self.directions.is_empty() {
+            "seed-"
+        } else {
+            "given-"
+        }
+    }
+
     fn compatible(&self, other: &Self) -> std::result::Result<(), String> {
-        let fields: [(&str, bool); 6] = [
+        let fields: [(&str, bool); 7] = [
+            ("given directions", self.directions == other.directions),
             ("prompt", self.prompt == other.prompt),
             ("training settings (recipe or --steps)", self.training_hash == other.training_hash),
             ("truncation", self.truncation == other.truncation),
@@ -174,8 +197,8 @@ pub struct Outputs {
     pub png: PathBuf,
 }
 
-fn direction_folder(out: &Path, seed: u64) -> PathBuf {
-    out.join("directions").join(format!("seed-{seed}"))
+fn direction_folder(out: &Path, prefix: &str, seed: u64) -> PathBuf {
+    out.join("directions").join(format!("{prefix}{seed}"))
 }
 
 fn sorted_alphas(alphas: &[f64]) -> Vec<f64> {
@@ -199,7 +222,11 @@ pub fn run(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     if cfg.train_seeds.is_empty() && cfg.shard.is_none() {
-        return Err(Error::Config("generalize needs at least one training seed".into()));
+        return Err(Error::Config(if cfg.directions.is_empty() {
+            "generalize needs at least one training seed".into()
+        } else {
+            "generalize: no given direction to measure".into()
+        }));
     }
     if cfg.test_seeds.is_empty() {
         return Err(Error::Config("generalize needs at least one test seed".into()));
@@ -220,6 +247,7 @@ pub fn run(
         shard: cfg.shard,
         models: vec![gen.source.describe(), clip.source.describe()],
         demo: gen.source.is_demo() || clip.source.is_demo(),
+        directions: cfg.directions.iter().map(|d| d.label.clone()).collect(),
     };
     if let Ok(text) = std::fs::read_to_string(out.join(EXPERIMENT_FILE)) {
         if let Ok(old) = serde_json::from_str::<Experiment>(&text) {
@@ -241,12 +269,16 @@ pub fn run(
         cfg.test_seeds,
         experiment.models.join("|")
     );
+    if !cfg.directions.is_empty() {
+        measure_given(&measure, cfg, out, &key, progress)?;
+        return summarize(out);
+    }
     let total = cfg.train_seeds.len();
     for (i, &seed) in cfg.train_seeds.iter().enumerate() {
         if cfg.stop.requested() {
             return Err(Error::Config(format!("stopped before seed {seed}; run the same command again to continue")));
         }
-        let folder = direction_folder(out, seed);
+        let folder = direction_folder(out, "seed-", seed);
         let variant = local_variant(&base, seed, &folder, None);
         let trained = train_or_reuse(variant, weights, device, &cfg.stop, &mut |s| {
             progress(Progress {
@@ -262,13 +294,52 @@ pub fn run(
         if !fresh {
             progress(Progress { done: i, total, what: format!("seed {seed}: measuring") });
             let u = load_direction(&folder, device)?;
-            let rows = measure.direction(seed, &u, &cfg.test_seeds)?;
+            let rows = measure.direction(seed, Some(seed), &u, &cfg.test_seeds)?;
             write_atomic(&folder.join(DELTA_FILE), &rows_csv(&rows))?;
             write_atomic(&key_file, &key)?;
         }
         progress(Progress { done: i + 1, total, what: format!("seed {seed}: done") });
     }
     summarize(out)
+}
+
+/// Measures the given directions `cfg.train_seeds` (indices into
+/// `cfg.directions`) on every test seed; a folder already measured with the
+/// same settings is kept.
+fn measure_given(measure: &Measure, cfg: &Config, out: &Path, key: &str, progress: &mut dyn FnMut(Progress)) -> Result<()> {
+    let total = cfg.train_seeds.len();
+    for (i, &index) in cfg.train_seeds.iter().enumerate() {
+        if cfg.stop.requested() {
+            return Err(Error::Config(format!("stopped before direction {index}; run the same command again to continue")));
+        }
+        let given = usize::try_from(index).ok().and_then(|i| cfg.directions.get(i)).ok_or_else(|| {
+            Error::Config(format!("direction {index} does not exist: {} were given", cfg.directions.len()))
+        })?;
+        let folder = direction_folder(out, "given-", index);
+        // The folder is this direction's only if its values are too.
+        let key = format!("{key}|{}|{}", given.label, tensor_sha256(&given.direction)?);
+        let key_file = folder.join(DELTA_KEY_FILE);
+        let fresh = std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) && folder.join(DELTA_FILE).is_file();
+        if !fresh {
+            progress(Progress { done: i, total, what: format!("{}: measuring", given.label) });
+            let rows = measure.direction(index, None, &given.direction, &cfg.test_seeds)?;
+            write_atomic(&folder.join(DELTA_FILE), &rows_csv(&rows))?;
+            write_atomic(&key_file, &key)?;
+        }
+        progress(Progress { done: i + 1, total, what: format!("{}: done", given.label) });
+    }
+    Ok(())
+}
+
+/// Hex SHA-256 of a tensor's float32 values.
+fn tensor_sha256(t: &Tensor) -> Result<String> {
+    use sha2::Digest;
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let mut h = sha2::Sha256::new();
+    for x in v {
+        h.update(x.to_le_bytes());
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 fn write_experiment(out: &Path, e: &Experiment) -> Result<()> {
@@ -337,10 +408,10 @@ impl<'a> Measure<'a> {
         Ok(v)
     }
 
-    /// Rows for direction `u` (trained on `seed`) on its own image and on
-    /// every test seed other than `seed`.
-    fn direction(&self, seed: u64, u: &Tensor, test_seeds: &[u64]) -> Result<Vec<Row>> {
-        let images = std::iter::once(seed).chain(test_seeds.iter().copied().filter(|&t| t != seed));
+    /// Rows for direction `u` (keyed `seed`, trained on image `own` when
+    /// there is one) on its own image and on every other test seed.
+    fn direction(&self, seed: u64, own: Option<u64>, u: &Tensor, test_seeds: &[u64]) -> Result<Vec<Row>> {
+        let images = own.into_iter().chain(test_seeds.iter().copied().filter(|&t| Some(t) != own));
         let mut rows = Vec::new();
         for image_seed in images {
             let w = self.gen.w_plus(image_seed, self.psi)?;
@@ -356,7 +427,7 @@ impl<'a> Measure<'a> {
                 rows.push(Row {
                     direction_seed: seed,
                     image_seed,
-                    trained: image_seed == seed,
+                    trained: Some(image_seed) == own,
                     alpha,
                     before,
                     after: by_alpha[&alpha.to_bits()],
@@ -407,8 +478,9 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Seeds of the direction folders under `out` that hold measurements.
-fn measured_seeds(out: &Path) -> Result<Vec<u64>> {
+/// Keys of the direction folders (`<prefix><key>`) under `out` that hold
+/// measurements.
+fn measured_seeds(out: &Path, prefix: &str) -> Result<Vec<u64>> {
     let dir = out.join("directions");
     let mut seeds = Vec::new();
     let entries = match std::fs::read_dir(&dir) {
@@ -418,7 +490,7 @@ fn measured_seeds(out: &Path) -> Result<Vec<u64>> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("listing", &dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(seed) = name.strip_prefix("seed-").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(seed) = name.strip_prefix(prefix).and_then(|s| s.parse::<u64>().ok()) {
             if entry.path().join(DELTA_FILE).is_file() {
                 seeds.push(seed);
             }
@@ -436,10 +508,11 @@ pub fn summarize(out: &Path) -> Result<Summary> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
     let mut experiment: Experiment = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("'{}': {e}", path.display())))?;
-    let seeds = measured_seeds(out)?;
+    let prefix = experiment.folder_prefix();
+    let seeds = measured_seeds(out, prefix)?;
     let mut rows = Vec::new();
     for &s in &seeds {
-        rows.extend(read_rows(&direction_folder(out, s).join(DELTA_FILE))?);
+        rows.extend(read_rows(&direction_folder(out, prefix, s).join(DELTA_FILE))?);
     }
     let curve = experiment
         .alphas
@@ -501,9 +574,10 @@ impl Summary {
             .collect();
         let e = &self.experiment;
         let mut s = format!(
-            "ΔCLIP similarity to \"{}\": {} direction(s), {} unseen image(s)\n",
+            "ΔCLIP similarity to \"{}\": {} {}direction(s), {} unseen image(s)\n",
             e.prompt,
             e.train_seeds.len(),
+            if e.directions.is_empty() { "" } else { "given " },
             e.test_seeds.len()
         );
         s.push_str(&text_table(&header, &rows));
@@ -533,10 +607,15 @@ impl Summary {
             x_label: "α".into(),
             y_label: "ΔCLIP similarity (mean ± std)".into(),
             log_y: false,
-            series: vec![
-                series(&format!("trained ({} images)", e.train_seeds.len()), PALETTE[0], |c| c.1),
-                series(&format!("unseen ({} images)", e.test_seeds.len()), PALETTE[1], |c| c.2),
-            ],
+            series: if e.directions.is_empty() {
+                vec![
+                    series(&format!("trained ({} images)", e.train_seeds.len()), PALETTE[0], |c| c.1),
+                    series(&format!("unseen ({} images)", e.test_seeds.len()), PALETTE[1], |c| c.2),
+                ]
+            } else {
+                // Given directions have no image of their own.
+                vec![series(&format!("{} given direction(s), {} images", e.train_seeds.len(), e.test_seeds.len()), PALETTE[1], |c| c.2)]
+            },
             size: (720, 440),
         };
         let img = line_plot(&spec);
@@ -585,12 +664,13 @@ pub fn merge(dest: &Path, shards: &[PathBuf]) -> Result<Summary> {
                 m.train_seeds.extend(&e.train_seeds);
             }
         }
-        for seed in measured_seeds(shard)? {
-            let to = direction_folder(dest, seed);
+        let prefix = merged.as_ref().expect("set above").folder_prefix();
+        for seed in measured_seeds(shard, prefix)? {
+            let to = direction_folder(dest, prefix, seed);
             if shard.canonicalize().ok() != dest.canonicalize().ok()
                 && !to.join(DELTA_FILE).is_file()
             {
-                copy_dir(&direction_folder(shard, seed), &to)?;
+                copy_dir(&direction_folder(shard, prefix, seed), &to)?;
             }
         }
     }
@@ -645,6 +725,7 @@ mod tests {
             shard,
             models: vec!["demo".into(), "demo".into()],
             demo: true,
+            directions: Vec::new(),
         }
     }
 
@@ -657,7 +738,7 @@ mod tests {
                     [row(s, i, 0.0, 0.0), row(s, i, 1.0, if i == s { 0.02 } else { 0.01 })]
                 })
                 .collect();
-            write_atomic(&direction_folder(dir, s).join(DELTA_FILE), &rows_csv(&rows)).unwrap();
+            write_atomic(&direction_folder(dir, "seed-", s).join(DELTA_FILE), &rows_csv(&rows)).unwrap();
         }
     }
 
