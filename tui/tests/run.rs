@@ -355,3 +355,64 @@ fn sefa_import_export_and_apply_with_latents_layers_edits_grids_and_gifs() {
     let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(gif)).expect("a GIF").into_frames().collect_frames().expect("frames");
     assert_eq!(frames.len(), 6, "4 frames there, 2 back");
 }
+
+#[test]
+fn animate_writes_an_mp4_through_ffmpeg_when_it_is_on_the_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let o = run(&["sefa", "--generator", "demo", "--top", "1", "--out", &p("sefa.safetensors")], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let animate = |path_dir: &Path| {
+        lsd(&["apply", &p("sefa.safetensors"), "--animate", "--frames", "3", "--seeds", "0", "--alphas", "-2,2", "--out", &p("sweep.png")], tmp.path())
+            .env("PATH", path_dir)
+            .output()
+            .expect("the binary runs")
+    };
+    let mp4 = tmp.path().join("sweep.mp4");
+    let fake = |name: &str, body: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("folder");
+        let script = dir.join("ffmpeg");
+        std::fs::write(&script, format!("#!/bin/sh\nPATH=/usr/bin:/bin\n[ \"$1\" = -version ] && exit 0\n{body}\n")).expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        dir
+    };
+
+    // No ffmpeg: the GIF only, and a word about it.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("folder");
+    let o = animate(&empty);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no MP4: ffmpeg is not on the PATH"), "{}", text(&o));
+    assert!(tmp.path().join("sweep.gif").is_file() && !mp4.exists());
+
+    // ffmpeg gets every frame (3 there, 1 back) as numbered PNGs and writes
+    // the MP4 it is told to, in even sides and yuv420p.
+    let recorder = fake(
+        "recorder",
+        r#"for last; do :; done
+prev=""; for a; do [ "$prev" = -i ] && frames=$(ls "$(dirname "$a")" | grep -c '^frame-.*\.png$'); prev=$a; done
+echo "frames=$frames args=$*" > "$last""#,
+    );
+    let o = animate(&recorder);
+    assert!(o.status.success(), "{}", text(&o));
+    let record = std::fs::read_to_string(&mp4).expect("the MP4 ffmpeg wrote");
+    assert!(record.starts_with("frames=4 "), "{record}");
+    assert!(record.contains("-pix_fmt yuv420p") && record.contains("pad=ceil(iw/2)*2:ceil(ih/2)*2") && record.contains("-f mp4"), "{record}");
+    std::fs::remove_file(&mp4).expect("rm");
+
+    // ffmpeg fails: its message, and no half-written MP4.
+    let failing = fake("failing", "echo 'boom: no encoder' >&2\nexit 1");
+    let o = animate(&failing);
+    assert!(!o.status.success() && text(&o).contains("ffmpeg failed: boom: no encoder"), "{}", text(&o));
+    assert!(!mp4.exists(), "a failed encode left a file");
+
+    // The real one, where this machine has it.
+    let real = Path::new("/usr/bin/ffmpeg");
+    if real.is_file() {
+        let o = animate(real.parent().expect("/usr/bin"));
+        assert!(o.status.success(), "{}", text(&o));
+        let bytes = std::fs::read(&mp4).expect("the MP4");
+        assert_eq!(&bytes[4..8], b"ftyp", "an ISO media file");
+    }
+}
