@@ -519,7 +519,11 @@ fn open_torch(path: &Path, budget: &mut Budget) -> std::result::Result<(TorchFil
         Format::TorchZip => {
             let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
             let mut archive = zip::ZipArchive::new(file).map_err(|e| format!("broken zip archive: {e}"))?;
-            let names: Vec<String> = archive.file_names().map(str::to_string).collect();
+            let names: Vec<String> = archive
+                .file_names()
+                .map(|n| n.map(|n| n.into_owned()))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| format!("broken zip archive: {e}"))?;
             let pkl = names
                 .iter()
                 .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
@@ -1340,7 +1344,7 @@ mod tests {
         let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         for i in 0..archive.len() {
             let mut f = archive.by_index(i).unwrap();
-            let name = f.name().to_string();
+            let name = f.name().unwrap().into_owned();
             if name == "generator/data/3" {
                 continue;
             }

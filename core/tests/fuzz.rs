@@ -380,7 +380,7 @@ fn write_seed_corpus() {
         ("bisenet/model.pth", "bisenet"),
     ] {
         let mut z = zip::ZipArchive::new(std::fs::File::open(fixture(rel)).expect("fixture")).expect("a zip");
-        let pkl_name = z.file_names().find(|n| n.ends_with("/data.pkl")).expect("data.pkl").to_string();
+        let pkl_name = z.file_names().map(|n| n.expect("a UTF-8 name").into_owned()).find(|n| n.ends_with("/data.pkl")).expect("data.pkl");
         let mut pkl = Vec::new();
         z.by_name(&pkl_name).expect("member").read_to_end(&mut pkl).expect("read");
         put("checkpoint", &format!("fixture-{name}-pickle-in-zip"), &[&[2u8][..], &pkl].concat());
