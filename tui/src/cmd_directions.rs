@@ -24,8 +24,8 @@ pub struct SefaArgs {
     #[arg(long, default_value_t = 10)]
     pub top: usize,
     /// The direction file to write (`apply --index K` picks direction K).
-    #[arg(long, default_value = "sefa.safetensors")]
-    pub out: PathBuf,
+    #[arg(long, short = 'o', alias = "out", value_name = "FILE", default_value = "sefa.safetensors")]
+    pub output: PathBuf,
 }
 
 /// `lsd-tui direction …`
@@ -51,8 +51,8 @@ pub enum DirectionSub {
         #[arg(long)]
         layers: Option<String>,
         /// The direction file to write.
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, short = 'o', alias = "out", value_name = "FILE")]
+        output: PathBuf,
     },
     /// Export a direction file's `[K, L, D]` tensor as `.npy` (float32).
     Export {
@@ -103,9 +103,9 @@ pub fn sefa(a: SefaArgs) -> Result<()> {
         None => "sefa".to_string(),
     };
     let meta = direction_io::external_meta(&name, &format!("SeFa, layers {layer_text}"), &a.generator, &sha, &layers);
-    outputs::write_direction(&a.out, &Direction { direction, latent: None, meta })?;
+    outputs::write_direction(&a.output, &Direction { direction, latent: None, meta })?;
     let total: f64 = f.values.iter().sum();
-    println!("wrote {} ({} directions of SeFa on {} layers, {:.2}s)", a.out.display(), a.top.min(f.values.len()), layers.len(), start.elapsed().as_secs_f64());
+    println!("wrote {} ({} directions of SeFa on {} layers, {:.2}s)", a.output.display(), a.top.min(f.values.len()), layers.len(), start.elapsed().as_secs_f64());
     println!("  k  eigenvalue  share");
     for (k, v) in f.values.iter().take(a.top).enumerate() {
         println!("{k:>3}  {v:>10.4}  {:>5.1}%", 100.0 * v / total);
@@ -119,7 +119,7 @@ pub fn sefa(a: SefaArgs) -> Result<()> {
 /// `direction import` / `direction export`.
 pub fn direction(a: DirectionArgs) -> Result<()> {
     match a.command {
-        DirectionSub::Import { input, generator, layers, out } => {
+        DirectionSub::Import { input, generator, layers, output } => {
             let (_, _, cfg, sha) = generator_weights(&generator)?;
             let n_latent = cfg.n_latent();
             let chosen = resolve_layers(layers.as_deref(), n_latent)?;
@@ -127,8 +127,8 @@ pub fn direction(a: DirectionArgs) -> Result<()> {
             let name = lsd_core::latents::label_of(&input);
             let meta = direction_io::external_meta(&name, &format!("imported from {}", input.display()), &generator, &sha, &chosen);
             let k = direction.dim(0)?;
-            outputs::write_direction(&out, &Direction { direction, latent: None, meta })?;
-            println!("wrote {} ({k} direction(s) from {})", out.display(), input.display());
+            outputs::write_direction(&output, &Direction { direction, latent: None, meta })?;
+            println!("wrote {} ({k} direction(s) from {})", output.display(), input.display());
         }
         DirectionSub::Export { input, out } => {
             let d = outputs::read_direction(&input, &candle_core::Device::Cpu)?;

@@ -21,6 +21,7 @@ use lsd_core::experiments::models::{ClipModel, GeneratorModel, Source};
 use lsd_core::experiments::{ablation, generalize, seeds, similarity, sweep, Progress, Stop};
 use lsd_core::recipe::{Models, Recipe, SeedRng, WeightsRef};
 
+use crate::args::{DeviceArg, ModelsArg, Seeds, Shard};
 use crate::exit::{self, Signal, Signals};
 
 /// `lsd-tui similarity` arguments.
@@ -32,7 +33,7 @@ pub struct SimilarityArgs {
     /// Image seeds (the columns): a range `0..10` (end excluded), `0..=9`,
     /// or a list `1,2,5` (default `0..10`, or none when `--latent` is given).
     #[arg(long)]
-    pub seeds: Option<String>,
+    pub seeds: Option<Seeds>,
     /// A latent file (a real photo's W+ from e4e, pSp or ReStyle: `.npy`,
     /// `.pt` or `.safetensors`): more columns, labelled by file name.
     /// Repeatable.
@@ -68,11 +69,10 @@ pub struct SimilarityArgs {
     #[arg(long, value_parser = ["chacha", "numpy"], default_value = "chacha")]
     pub seed_rng: String,
     /// Output folder.
-    #[arg(long, default_value = "runs/similarity")]
-    pub out: PathBuf,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, short = 'o', alias = "out", value_name = "DIR", default_value = "runs/similarity")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// Flags shared by the experiments that train directions from a recipe.
@@ -91,15 +91,13 @@ pub struct TrainingOptions {
     /// Train with this many steps instead of the recipe's (e.g. 2 for a smoke test).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// `demo`: use the seeded demo networks for every model, whatever the recipe names.
-    #[arg(long, value_parser = ["demo"])]
-    pub models: Option<String>,
-    /// `cpu` or `cuda:N` (default: the recipe's `device`).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub models: ModelsArg,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Output folder (default: runs/<recipe name>-<experiment>).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[arg(long, short = 'o', alias = "out", value_name = "DIR")]
+    pub output: Option<PathBuf>,
 }
 
 /// `lsd-tui generalize` arguments.
@@ -109,7 +107,7 @@ pub struct GeneralizeArgs {
     pub common: RecipeArgs,
     /// One local direction per training seed (default: the recipe's seeds): `1..20`, `1,2,5`.
     #[arg(long, conflicts_with = "directions")]
-    pub train_seeds: Option<String>,
+    pub train_seeds: Option<Seeds>,
     /// Measure this direction file instead of training (imported, from
     /// `lsd-tui sefa`, or another recipe's run): `FILE` for all its
     /// directions, `FILE@K` for one; the recipe gives the prompt, the
@@ -118,7 +116,7 @@ pub struct GeneralizeArgs {
     pub directions: Vec<String>,
     /// The unseen images every direction is also applied to: `100..150`.
     #[arg(long)]
-    pub test_seeds: String,
+    pub test_seeds: Seeds,
     /// α values to measure, comma-separated (0 is always added).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true, default_value = "1,2,3,4")]
     pub alphas: Vec<f64>,
@@ -128,7 +126,7 @@ pub struct GeneralizeArgs {
     /// Run only part I of N of the training seeds (0-based), e.g. `$SLURM_ARRAY_TASK_ID/8`;
     /// join the shard folders afterwards with `lsd-tui merge`.
     #[arg(long)]
-    pub shard: Option<String>,
+    pub shard: Option<Shard>,
 }
 
 /// `lsd-tui ablation` arguments.
@@ -159,7 +157,7 @@ pub struct SweepArgs {
     /// Run only part I of N of the grid (0-based), e.g. `$SLURM_ARRAY_TASK_ID/8`;
     /// join the shard folders afterwards with `lsd-tui merge`.
     #[arg(long)]
-    pub shard: Option<String>,
+    pub shard: Option<Shard>,
     /// Side of one grid cell in pixels (images are shrunk to fit).
     #[arg(long, default_value_t = 96)]
     pub cell: u32,
@@ -169,8 +167,8 @@ pub struct SweepArgs {
 #[derive(Debug, clap::Args)]
 pub struct MergeArgs {
     /// The folder to merge into (created if needed; may be one of the shards).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, short = 'o', alias = "out", value_name = "DIR")]
+    pub output: PathBuf,
     /// The shard folders written by `generalize --shard I/N` or `sweep --shard I/N`.
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
@@ -262,14 +260,14 @@ impl OnSignal {
 pub fn similarity(a: SimilarityArgs) -> Result<i32> {
     let start = Instant::now();
     let seeds = match (&a.seeds, a.latents.is_empty()) {
-        (Some(text), _) => seeds::parse_seeds(text)?,
+        (Some(s), _) => s.0.clone(),
         (None, true) => (0..10).collect(),
         (None, false) => Vec::new(),
     };
     if !(a.truncation > 0.0 && a.truncation <= 1.0) {
         bail!("truncation '{}' is outside (0, 1]; 0.7 is usual, 1 disables it", a.truncation);
     }
-    let device = lsd_core::plugin::parse_device(&a.device)?;
+    let device = a.device.open()?;
     let mut gen = GeneratorModel::load(&source(&a.generator, "generator")?, &device)
         .wrap_err("loading the generator")?;
     if a.seed_rng == "numpy" {
@@ -309,12 +307,12 @@ pub fn similarity(a: SimilarityArgs) -> Result<i32> {
     })?;
     bar.finish_and_clear();
     let out =
-        result.write(&a.out).wrap_err_with(|| format!("writing into '{}'", a.out.display()))?;
+        result.write(&a.output).wrap_err_with(|| format!("writing into '{}'", a.output.display()))?;
     print!("{}", result.to_table());
     println!("wrote {}", out.csv.display());
     println!("wrote {}", out.png.display());
     println!("wrote {}", out.json.display());
-    println!("wrote {} images under {}", out.images.len(), a.out.join("images").display());
+    println!("wrote {} images under {}", out.images.len(), a.output.join("images").display());
     eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(exit::FINISHED)
 }
@@ -331,7 +329,7 @@ struct Loaded {
 
 fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
     let mut recipe = Recipe::load(recipe).map_err(|e| eyre!("{e}"))?;
-    if common.models.is_some() {
+    if common.models.demo() {
         recipe.raw.models = Models::default();
     }
     let resolve = |what: &str, w: &WeightsRef| -> Result<Option<PathBuf>> {
@@ -354,7 +352,7 @@ fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
         arcface: resolve("ArcFace", &m.arcface)?,
         bisenet: resolve("BiSeNet", &m.bisenet)?,
     };
-    let device_name = common.device.clone().unwrap_or_else(|| recipe.raw.device.clone());
+    let device_name = common.device.device.clone().unwrap_or_else(|| recipe.raw.device.clone());
     let device = lsd_core::plugin::parse_device(&device_name)?;
     let src = |p: &Option<PathBuf>| p.clone().map_or(Source::Demo, Source::File);
     let mut gen = GeneratorModel::load(&src(&weights.generator), &device)
@@ -367,7 +365,7 @@ fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
 
 fn default_out(common: &TrainingOptions, recipe: &Recipe, what: &str) -> PathBuf {
     common
-        .out
+        .output
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{what}", recipe.name)))
 }
@@ -380,17 +378,17 @@ pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
     let directions = lsd_core::direction_io::load_given(&a.directions, g.n_latent(), g.style_dim, &l.device)?;
     let all_train = match &a.train_seeds {
         _ if !directions.is_empty() => (0..directions.len() as u64).collect(),
-        Some(s) => seeds::parse_seeds(s)?,
+        Some(s) => s.0.clone(),
         None => l.recipe.raw.seeds.clone(),
     };
-    let shard = a.shard.as_deref().map(seeds::parse_shard).transpose()?;
+    let shard = a.shard.map(Shard::pair);
     let train_seeds = match shard {
         Some((i, n)) => seeds::shard(&all_train, i, n),
         None => all_train,
     };
     let cfg = generalize::Config {
         train_seeds,
-        test_seeds: seeds::parse_seeds(&a.test_seeds)?,
+        test_seeds: a.test_seeds.0.clone(),
         alphas: a.alphas,
         steps: a.common.options.steps,
         batch: a.batch,
@@ -451,7 +449,7 @@ pub fn sweep(a: SweepArgs) -> Result<i32> {
     let start = Instant::now();
     let common = &a.options;
     let settings = a.settings.iter().map(|s| sweep::parse_setting(s)).collect::<lsd_core::Result<Vec<_>>>()?;
-    let shard = a.shard.as_deref().map(seeds::parse_shard).transpose()?;
+    let shard = a.shard.map(Shard::pair);
     let l = load(&a.recipe, common)?;
     let on_signal = OnSignal::install()?;
     let cfg = sweep::Config { settings, steps: common.steps, shard, stop: on_signal.stop.clone() };
@@ -472,18 +470,18 @@ pub fn sweep(a: SweepArgs) -> Result<i32> {
 /// Joins `generalize --shard` or `sweep --shard` folders.
 pub fn merge(a: MergeArgs) -> Result<()> {
     if a.shards.first().is_some_and(|s| s.join(sweep::SWEEP_FILE).is_file()) {
-        let summary = sweep::merge(&a.out, &a.shards).wrap_err_with(|| format!("merging into '{}'", a.out.display()))?;
-        let (csv, png) = summary.write(&a.out, 96)?;
+        let summary = sweep::merge(&a.output, &a.shards).wrap_err_with(|| format!("merging into '{}'", a.output.display()))?;
+        let (csv, png) = summary.write(&a.output, 96)?;
         print!("{}", summary.to_table());
         println!("wrote {}", csv.display());
         println!("wrote {}", png.display());
         return Ok(());
     }
-    let summary = generalize::merge(&a.out, &a.shards)
-        .wrap_err_with(|| format!("merging into '{}'", a.out.display()))?;
+    let summary = generalize::merge(&a.output, &a.shards)
+        .wrap_err_with(|| format!("merging into '{}'", a.output.display()))?;
     print!("{}", summary.to_table());
     for f in ["generalize.csv", "summary.csv", "generalize.png"] {
-        println!("wrote {}", a.out.join(f).display());
+        println!("wrote {}", a.output.join(f).display());
     }
     Ok(())
 }

@@ -20,9 +20,9 @@ enum PluginsCommand {
     Check {
         /// The plugin library (`liblsd_plugin_*.so`).
         path: PathBuf,
-        /// Also run it on this device (`cuda:0`) and compare with the CPU.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// Also run it on `--device cuda:N` and compare with the CPU.
+        #[command(flatten)]
+        device: crate::args::DeviceArg,
     },
 }
 
@@ -30,7 +30,7 @@ enum PluginsCommand {
 pub fn run(args: PluginsArgs) -> Result<()> {
     match args.command {
         None => list(),
-        Some(PluginsCommand::Check { path, device }) => check(path, &device),
+        Some(PluginsCommand::Check { path, device }) => check(path, device.name()),
     }
 }
 

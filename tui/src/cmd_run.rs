@@ -21,10 +21,11 @@ use std::time::Duration;
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use lsd_core::engine::{self, Setup, Weights};
 use lsd_core::models::stylegan2::{self, Generator, Noise};
-use lsd_core::recipe::{parse_seeds, Models, Recipe, RecipeError, SeedRng, WeightsRef};
+use lsd_core::recipe::{Models, Recipe, RecipeError, SeedRng, WeightsRef};
 use lsd_core::layers::LayerSpec;
 use lsd_core::{latents, outputs, plugin, render};
 
+use crate::args::{Alphas, DeviceArg, ModelsArg, Seeds};
 use crate::exit::{self, Signals};
 use crate::headless::{self, Outcome};
 use crate::report;
@@ -33,13 +34,6 @@ use crate::tui::GraphicsMode;
 /// The demo recipe, built in so that `lsd-tui demo` works from any folder.
 pub const DEMO_RECIPE: &str = include_str!("../../examples/recipes/demo.yaml");
 
-/// Which networks to swap for demo networks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModelsOverride {
-    /// Every network is its seeded demo network (no downloads).
-    Demo,
-}
-
 /// `lsd-tui demo` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -47,11 +41,10 @@ pub struct DemoArgs {
     #[arg(long)]
     pub headless: bool,
     /// The run folder.
-    #[arg(long, default_value = "runs/demo")]
+    #[arg(long, short = 'o', alias = "out", value_name = "DIR", default_value = "runs/demo")]
     pub output: PathBuf,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long)]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Products on a GPU: `tf32` (the default on CUDA) or `fp32` (the
     /// reference's exact float32 arithmetic); no effect on the CPU.
     #[arg(long, value_name = "tf32|fp32")]
@@ -78,20 +71,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub resume: bool,
     /// The run folder (default: the recipe's `output`, else runs/<name>).
-    #[arg(long)]
+    #[arg(long, short = 'o', alias = "out", value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// `cpu`, `cuda` or `cuda:N` (default: the recipe's `device`).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Products on a GPU: `tf32` (the default on CUDA) or `fp32` (the
     /// reference's exact float32 arithmetic); no effect on the CPU
     /// (default: the recipe's `precision`).
     #[arg(long, value_name = "tf32|fp32")]
     pub precision: Option<lsd_core::ops::Precision>,
-    /// `demo`: run every network as its seeded demo network, whatever the
-    /// recipe names (no downloads; the images mean nothing).
-    #[arg(long, value_enum)]
-    pub models: Option<ModelsOverride>,
+    #[command(flatten)]
+    pub models: ModelsArg,
     /// Preview graphics in the TUI, and of the strips shown after the run.
     #[arg(long, value_enum, default_value_t)]
     pub graphics: GraphicsMode,
@@ -128,7 +118,7 @@ pub struct ApplyArgs {
     pub grid_with: Option<PathBuf>,
     /// α values of the rows of the 2-D grid (`--grid-with`).
     #[arg(long, default_value = "-3,0,3", allow_hyphen_values = true)]
-    pub alphas2: String,
+    pub alphas2: Alphas,
     /// Also write an animated GIF of DIRECTION's α sweep (smallest to
     /// largest α and back) beside the PNG, and an MP4 where `ffmpeg` is on
     /// the PATH.
@@ -140,7 +130,7 @@ pub struct ApplyArgs {
     /// Seeds of the images to edit: `3`, `1,2,5` or `0..10` (default
     /// `0..4`, or none when `--latent` is given).
     #[arg(long)]
-    pub seeds: Option<String>,
+    pub seeds: Option<Seeds>,
     /// A latent file to edit (a real photo inverted with e4e, pSp or
     /// ReStyle): `.npy`, `.pt` or `.safetensors` of shape `[18, 512]`,
     /// `[N, 18, 512]` or `[512]` (W) at 1024²; rows are labelled by file
@@ -158,16 +148,15 @@ pub struct ApplyArgs {
     pub truncation: Option<f32>,
     /// α values of the columns, comma separated (`-3,0,3`).
     #[arg(long, default_value = "-3,0,3", allow_hyphen_values = true)]
-    pub alphas: String,
+    pub alphas: Alphas,
     /// Which direction of a file with several (K > 1).
     #[arg(long, default_value_t = 0)]
     pub index: usize,
     /// The PNG to write.
-    #[arg(long, default_value = "strip.png")]
-    pub out: PathBuf,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, short = 'o', alias = "out", value_name = "PNG", default_value = "strip.png")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// Prints a recipe error and exits with status 2.
@@ -186,7 +175,7 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
     let opts = Options {
         headless: args.headless,
         resume: args.resume,
-        device: args.device,
+        device: args.device.device,
         precision: args.precision,
         graphics: args.graphics,
         check: false,
@@ -202,7 +191,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         recipe.output = out.clone();
         recipe.raw.output = Some(out.clone());
     }
-    if args.models == Some(ModelsOverride::Demo) {
+    if args.models.demo() {
         recipe.raw.models = Models::default();
     }
     if !args.latents.is_empty() {
@@ -219,7 +208,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let opts = Options {
         headless: args.headless,
         resume: args.resume,
-        device: args.device,
+        device: args.device.device,
         precision: args.precision,
         graphics: args.graphics,
         check: args.check,
@@ -353,23 +342,6 @@ fn report_outcome(outcome: Outcome, show: impl FnOnce(&Path)) -> i32 {
     }
 }
 
-/// Parses `-3,0,3`.
-fn parse_alphas(text: &str) -> Result<Vec<f32>> {
-    let alphas = text
-        .split(',')
-        .map(|s| s.trim().parse::<f32>().map_err(|_| eyre!("--alphas: '{s}' is not a number; write e.g. -3,0,3")))
-        .collect::<Result<Vec<_>>>()?;
-    if alphas.is_empty() || alphas.iter().any(|a| !a.is_finite()) {
-        bail!("--alphas: give finite numbers, e.g. -3,0,3");
-    }
-    Ok(alphas)
-}
-
-/// Parses `-3,0,3` for `flag`.
-fn parse_alpha_list(flag: &str, text: &str) -> Result<Vec<f32>> {
-    parse_alphas(text).map_err(|e| eyre!("{}", e.to_string().replace("--alphas", flag)))
-}
-
 /// One direction of a direction file, `[1, L, D]`, and the file's metadata
 /// with its name (`name@K` in a file of several directions).
 fn load_one_direction(path: &Path, index: usize, device: &candle_core::Device) -> Result<(candle_core::Tensor, outputs::DirectionMeta)> {
@@ -393,12 +365,12 @@ fn parse_edit(text: &str) -> Result<(PathBuf, usize, f32)> {
 /// animation of the sweep (`--animate`).
 pub fn apply(args: ApplyArgs) -> Result<()> {
     let seeds = match (&args.seeds, args.latents.is_empty()) {
-        (Some(text), _) => parse_seeds(text).map_err(|e| eyre!("--seeds: {e}"))?,
+        (Some(s), _) => s.0.clone(),
         (None, true) => vec![0, 1, 2, 3],
         (None, false) => Vec::new(),
     };
-    let alphas = parse_alphas(&args.alphas)?;
-    let device = plugin::parse_device(&args.device).map_err(|e| eyre!("--device: {e}"))?;
+    let alphas = args.alphas.0.clone();
+    let device = args.device.open()?;
     let main = args.direction.as_deref().map(|p| load_one_direction(p, args.index, &device)).transpose()?;
     let mut edits = Vec::new();
     for text in &args.edits {
@@ -489,7 +461,7 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
         if images.len() != 1 {
             bail!("--grid-with draws one image; give one seed (--seeds 3) or one latent");
         }
-        let alphas2 = parse_alpha_list("--alphas2", &args.alphas2)?;
+        let alphas2 = args.alphas2.0.clone();
         let v = prepare(v)?;
         let w = &images[0].1;
         let mut cells = Vec::new();
@@ -520,8 +492,8 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
         }
         render::grid(&cells, &rows, &cols, &title, footer)
     };
-    render::save_png_atomic(&img, &args.out)?;
-    println!("wrote {} ({} images × {} α)", args.out.display(), images.len(), alphas.len());
+    render::save_png_atomic(&img, &args.output)?;
+    println!("wrote {} ({} images × {} α)", args.output.display(), images.len(), alphas.len());
     if args.animate {
         if u.is_none() {
             bail!("--animate sweeps DIRECTION's α: give a direction file");
@@ -534,17 +506,17 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             let row = images.iter().map(|(_, w)| edited(w, a, None)).collect::<Result<Vec<_>>>()?;
             frames.push(render::grid(&[row], &[format!("a={a:+.2}")], &cols, &title, footer));
         }
-        let gif = args.out.with_extension("gif");
+        let gif = args.output.with_extension("gif");
         lsd_core::animate::write_gif(&frames, 80, &gif)?;
         println!("wrote {} ({} frames, α {lo} … {hi} and back)", gif.display(), frames.len());
-        match write_mp4(&frames, 12, &args.out.with_extension("mp4"))? {
+        match write_mp4(&frames, 12, &args.output.with_extension("mp4"))? {
             Some(mp4) => println!("wrote {}", mp4.display()),
             None => println!("no MP4: ffmpeg is not on the PATH"),
         }
     }
     if std::io::stdout().is_terminal() {
         let graphics = headless::inline_graphics(GraphicsMode::Auto);
-        headless::show_inline(&args.out, graphics.as_ref());
+        headless::show_inline(&args.output, graphics.as_ref());
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! `main` stays small: it installs error reporting, parses the command line
 //! and hands each subcommand to its module.
 
+mod args;
 mod cmd_bench;
 mod cmd_directions;
 mod cmd_experiments;

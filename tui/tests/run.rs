@@ -416,3 +416,30 @@ echo "frames=$frames args=$*" > "$last""#,
         assert_eq!(&bytes[4..8], b"ftyp", "an ISO media file");
     }
 }
+
+#[test]
+fn bad_values_are_usage_errors_before_anything_loads_and_flags_are_spelled_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (args, flag) in [
+        (&["apply", "missing.safetensors", "--seeds", "1..x"][..], "--seeds"),
+        (&["apply", "missing.safetensors", "--alphas", "1,two"][..], "--alphas"),
+        (&["similarity", "--prompts", "p", "--seeds", "3,3"][..], "--seeds"),
+        (&["generalize", "--recipe", "missing.yaml", "--test-seeds", "1", "--shard", "2/2"][..], "--shard"),
+        (&["run", "missing.yaml", "--models", "real"][..], "--models"),
+    ] {
+        let o = run(args, tmp.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}\n{}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(flag), "{args:?}\n{}", text(&o));
+    }
+    // `--output` everywhere; `-o` and the older `--out` still read.
+    let o = run(&["sefa", "--generator", "demo", "--top", "1", "-o", &tmp.path().join("a.safetensors").display().to_string()], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["sefa", "--generator", "demo", "--top", "1", "--out", &tmp.path().join("b.safetensors").display().to_string()], tmp.path());
+    assert!(o.status.success() && tmp.path().join("a.safetensors").is_file() && tmp.path().join("b.safetensors").is_file(), "{}", text(&o));
+    for cmd in ["demo", "run", "apply", "similarity", "generalize", "ablation", "sweep", "merge", "sefa"] {
+        let o = run(&[cmd, "--help"], tmp.path());
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(help.contains("-o, --output"), "{cmd} --help:\n{help}");
+        assert!(!help.contains("--out "), "{cmd} --help:\n{help}");
+    }
+}

@@ -253,7 +253,7 @@ pub fn run(
         if let Ok(old) = serde_json::from_str::<Experiment>(&text) {
             if let Err(why) = old.compatible(&experiment) {
                 return Err(Error::Config(format!(
-                    "'{}' holds a generalize run with other settings ({why}); use another --out folder",
+                    "'{}' holds a generalize run with other settings ({why}); use another --output folder",
                     out.display()
                 )));
             }

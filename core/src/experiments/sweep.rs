@@ -250,7 +250,7 @@ pub fn run(
     };
     if out.join(SWEEP_FILE).is_file() {
         read_plan(out)?.same_sweep(&plan).map_err(|why| {
-            Error::Config(format!("'{}' holds another sweep ({why}); use another --out", out.display()))
+            Error::Config(format!("'{}' holds another sweep ({why}); use another --output", out.display()))
         })?;
     }
     write_plan(out, &plan)?;

@@ -5,7 +5,7 @@
 #
 #   jid=$(sbatch --parsable examples/recipes/experiments/generalize-slurm.sh)
 #   sbatch --dependency=afterok:$jid --wrap \
-#       "lsd-tui merge --out runs/generalize-fig8 runs/generalize-fig8/shard-*"
+#       "lsd-tui merge --output runs/generalize-fig8 runs/generalize-fig8/shard-*"
 #
 # Time limits, scancel and preemption: Slurm sends SIGTERM, then SIGKILL
 # after KillWait (30 s by default). `--signal=B:TERM@300` below sends the
@@ -40,7 +40,7 @@ TASK=${SLURM_ARRAY_TASK_ID:-0}
     --recipe "${RECIPE:-examples/recipes/experiments/generalize-gray-hair.yaml}" \
     --train-seeds "${TRAIN_SEEDS:-1..41}" --test-seeds "${TEST_SEEDS:-1000..1100}" --alphas 1,2,3,4 \
     --shard "${TASK}/${N}" \
-    --out "${OUT:-runs/generalize-fig8}/shard-${TASK}" \
+    --output "${OUT:-runs/generalize-fig8}/shard-${TASK}" \
     --device "${DEVICE:-cuda:0}" "$@" &
 pid=$!
 for sig in TERM INT HUP; do

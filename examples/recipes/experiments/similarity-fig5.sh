@@ -15,4 +15,4 @@ lsd-tui similarity \
     --clip "${CLIP:-clip-vit-b32}" \
     --truncation 0.7 \
     --device "${DEVICE:-cuda:0}" \
-    --out runs/similarity-fig5 "$@"
+    --output runs/similarity-fig5 "$@"

@@ -6,7 +6,7 @@
 #
 #   jid=$(sbatch --parsable examples/recipes/experiments/sweep-slurm.sh)
 #   sbatch --dependency=afterok:$jid --wrap \
-#       "lsd-tui merge --out runs/sweep-gray-hair runs/sweep-gray-hair/shard-*"
+#       "lsd-tui merge --output runs/sweep-gray-hair runs/sweep-gray-hair/shard-*"
 #
 # Signals, requeueing and exit status work as in generalize-slurm.sh: a
 # SIGTERM before the time limit checkpoints the run being trained, the task
@@ -34,7 +34,7 @@ TASK=${SLURM_ARRAY_TASK_ID:-0}
 "${LSD_TUI:-lsd-tui}" sweep "${RECIPE:-examples/recipes/experiments/ablation-gray-hair.yaml}" \
     --set identity.weight=0.1,0.5,1 --set segmentation.weight=0,0.1 --set alpha=2,3 \
     --shard "${TASK}/${N}" \
-    --out "${OUT:-runs/sweep-gray-hair}/shard-${TASK}" \
+    --output "${OUT:-runs/sweep-gray-hair}/shard-${TASK}" \
     --device "${DEVICE:-cuda:0}" "$@" &
 pid=$!
 for sig in TERM INT HUP; do

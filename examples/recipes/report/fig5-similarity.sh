@@ -34,4 +34,4 @@ set -e
     --clip "${CLIP:-clip-vit-b32}" \
     --truncation 0.7 \
     --device "${DEVICE:-cuda:0}" \
-    --out "${OUT:-runs/report-fig5}" "$@"
+    --output "${OUT:-runs/report-fig5}" "$@"

@@ -14,4 +14,4 @@ out="${OUT:-runs/report-fig6-7}"
     --seeds "${SEEDS:-1,2}" \
     --alphas=-5,-4,-3,-2,-1,0,1,2,3,4,5 \
     --device "${DEVICE:-cuda:0}" \
-    --out "$out/strips.png"
+    --output "$out/strips.png"

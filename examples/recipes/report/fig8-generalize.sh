@@ -19,4 +19,4 @@ here=$(dirname "$0")
     --test-seeds "${TEST_SEEDS:-10000..10050}" \
     --alphas 1,2,3,4,5,6,7,8,9 \
     --device "${DEVICE:-cuda:0}" \
-    --out "${OUT:-runs/report-fig8}" "$@"
+    --output "${OUT:-runs/report-fig8}" "$@"

@@ -11,4 +11,4 @@ here=$(dirname "$0")
     --recipe "${RECIPE:-$here/fig9-ablation.yaml}" \
     --alphas=-1,-0.5,0,0.5,1 \
     --device "${DEVICE:-cuda:0}" \
-    --out "${OUT:-runs/report-fig9}" "$@"
+    --output "${OUT:-runs/report-fig9}" "$@"
