@@ -468,4 +468,19 @@ mod tests {
         )));
         assert!(!discovery::is_plugin_file_name("libfoo.so.txt"));
     }
+
+    #[test]
+    fn the_user_folder_follows_xdg_and_an_installation_finds_its_lib_folder() {
+        let user = |data: Option<&str>, home: Option<&str>| discovery::user_plugin_dir_from(data.map(Into::into), home.map(Into::into));
+        assert_eq!(user(Some("/data"), Some("/home/u")), Some(PathBuf::from("/data/lsd-tui/plugins")));
+        assert_eq!(user(Some("relative"), Some("/home/u")), Some(PathBuf::from("/home/u/.local/share/lsd-tui/plugins")));
+        assert_eq!(user(None, Some("/home/u")), Some(PathBuf::from("/home/u/.local/share/lsd-tui/plugins")));
+        assert_eq!(user(None, None), None);
+        let prefix = tempfile::tempdir().expect("tempdir");
+        let (bin, lib) = (prefix.path().join("bin"), prefix.path().join(discovery::INSTALLED_PLUGIN_DIR));
+        std::fs::create_dir_all(&bin).expect("bin");
+        assert_eq!(discovery::search_dirs_from(None, Some(bin.clone())), [bin.clone()], "no lib folder, nothing added");
+        std::fs::create_dir_all(&lib).expect("lib");
+        assert_eq!(discovery::search_dirs_from(None, Some(bin.clone())), [bin, lib]);
+    }
 }

@@ -1,5 +1,6 @@
-//! `lsd-tui plugins [check PATH]`: what loss plugins are found, with their
-//! fingerprints and parameters, and a full validation of one library.
+//! `lsd-tui plugins [check PATH | install PATH…]`: what loss plugins are
+//! found, with their fingerprints and parameters, a full validation of one
+//! library, and installing libraries into the user's plugin folder.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,18 @@ enum PluginsCommand {
         #[command(flatten)]
         device: crate::args::DeviceArg,
     },
+    /// Check plugin libraries and copy them into the user's plugin folder
+    /// (`$XDG_DATA_HOME/lsd-tui/plugins`, by default
+    /// `~/.local/share/lsd-tui/plugins`), where every run finds them.
+    #[command(after_help = "Examples:\n  lsd-tui plugins install target/release/liblsd_plugin_colour_stats.so\n  lsd-tui plugins install --dir /opt/lsd-tui/lib/lsd-tui/plugins dist/*.so")]
+    Install {
+        /// The plugin libraries (`liblsd_plugin_*.so`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Install into this folder instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Lists or checks plugins.
@@ -31,7 +44,23 @@ pub fn run(args: PluginsArgs) -> Result<()> {
     match args.command {
         None => list(),
         Some(PluginsCommand::Check { path, device }) => check(path, device.name()),
+        Some(PluginsCommand::Install { paths, dir }) => install(&paths, dir),
     }
+}
+
+fn install(paths: &[PathBuf], dir: Option<PathBuf>) -> Result<()> {
+    let dir = match dir.or_else(discovery::user_plugin_dir) {
+        Some(d) => d,
+        None => color_eyre::eyre::bail!("no home folder to install into (HOME is unset); give --dir DIR"),
+    };
+    for p in paths {
+        let to = discovery::install(p, &dir).wrap_err_with(|| format!("installing plugin '{}'", p.display()))?;
+        println!("installed {}", to.display());
+    }
+    if !discovery::search_dirs().contains(&dir) {
+        println!("note: {} is not searched by this binary; add it to {}", dir.display(), discovery::PLUGIN_PATH_VAR);
+    }
+    Ok(())
 }
 
 fn list() -> Result<()> {

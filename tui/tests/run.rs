@@ -443,3 +443,44 @@ fn bad_values_are_usage_errors_before_anything_loads_and_flags_are_spelled_once(
         assert!(!help.contains("--out "), "{cmd} --help:\n{help}");
     }
 }
+
+#[test]
+fn plugins_install_into_the_user_folder_where_runs_find_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let built = PathBuf::from(plugin_path().split(':').next().expect("a folder")).join(format!(
+        "{}lsd_plugin_identity{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    let home = tmp.path().join("home");
+    let plugins = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("LSD_PLUGIN_PATH")
+            .env_remove("XDG_DATA_HOME")
+            .env("HOME", &home)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("the binary runs")
+    };
+    let o = plugins(&["plugins", "install", &built.display().to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let installed = home.join(".local/share/lsd-tui/plugins").join(built.file_name().expect("a name"));
+    assert!(installed.is_file(), "{}", text(&o));
+    assert_eq!(std::fs::read(&installed).expect("installed"), std::fs::read(&built).expect("built"));
+    let listing = String::from_utf8_lossy(&plugins(&["plugins"]).stdout).into_owned();
+    assert!(listing.contains(&home.join(".local/share/lsd-tui/plugins").display().to_string()), "{listing}");
+
+    // A library under another name would never be found: refused, nothing copied.
+    let renamed = tmp.path().join("identity.so");
+    std::fs::copy(&built, &renamed).expect("copy");
+    let o = plugins(&["plugins", "install", "--dir", &tmp.path().join("elsewhere").display().to_string(), &renamed.display().to_string()]);
+    assert!(!o.status.success() && text(&o).contains("lsd_plugin_"), "{}", text(&o));
+    assert!(!tmp.path().join("elsewhere/identity.so").exists());
+    // Not a library at all: refused by the check, nothing copied.
+    let fake = tmp.path().join(format!("{}lsd_plugin_fake{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
+    std::fs::write(&fake, b"not a library").expect("write");
+    let o = plugins(&["plugins", "install", "--dir", &tmp.path().join("elsewhere").display().to_string(), &fake.display().to_string()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!tmp.path().join("elsewhere").join(fake.file_name().expect("name")).exists());
+}

@@ -1,5 +1,8 @@
-//! Finding plugin libraries: next to the executable, in the directories of
-//! `LSD_PLUGIN_PATH`, and at paths a recipe names; listing them with their
+//! Finding plugin libraries: in the directories of `LSD_PLUGIN_PATH`, next
+//! to the executable, in an installation's `<prefix>/lib/lsd-tui/plugins`,
+//! in the user's plugin folder (`$XDG_DATA_HOME/lsd-tui/plugins`, by
+//! default `~/.local/share/lsd-tui/plugins`, where `lsd-tui plugins install`
+//! puts them), and at paths a recipe names; listing them with their
 //! fingerprints and parameters, and checking one library.
 //!
 //! Only files named `<prefix>lsd_plugin_*<suffix>` (`liblsd_plugin_clip.so`,
@@ -10,7 +13,7 @@
 //!
 //! A plugin is code: loading one runs it with the user's rights. Libraries
 //! are therefore only ever looked for in the directories the user chose
-//! (`LSD_PLUGIN_PATH`, the executable's), never in a recipe's folder; a
+//! (`LSD_PLUGIN_PATH`, the installation's, their own), never in a recipe's folder; a
 //! recipe that wants a library of its own names it by path, and that one
 //! file is all that is loaded.
 
@@ -33,10 +36,38 @@ pub const PLUGIN_PATH_VAR: &str = "LSD_PLUGIN_PATH";
 pub const FILE_STEM_PREFIX: &str = "lsd_plugin_";
 
 /// The directories searched for plugins, in priority order: the entries of
-/// `LSD_PLUGIN_PATH`, then the directory of the running executable.
+/// `LSD_PLUGIN_PATH`, the directory of the running executable, the
+/// installation's `<prefix>/lib/lsd-tui/plugins` beside its `bin/`, then
+/// [`user_plugin_dir`]. The binary's own plugins come before the user's, so
+/// that an older installed copy never shadows the ones built with it.
 pub fn search_dirs() -> Vec<PathBuf> {
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
-    search_dirs_from(std::env::var_os(PLUGIN_PATH_VAR), exe_dir)
+    let mut dirs = search_dirs_from(std::env::var_os(PLUGIN_PATH_VAR), exe_dir);
+    if let Some(user) = user_plugin_dir() {
+        if !dirs.contains(&user) {
+            dirs.push(user);
+        }
+    }
+    dirs
+}
+
+/// The folder of an installation's plugins, relative to its `bin/`.
+pub const INSTALLED_PLUGIN_DIR: &str = "lib/lsd-tui/plugins";
+
+/// The user's plugin folder: `$XDG_DATA_HOME/lsd-tui/plugins`, or
+/// `~/.local/share/lsd-tui/plugins` when that is unset or relative (the
+/// XDG base directory rule); `None` without a home folder.
+pub fn user_plugin_dir() -> Option<PathBuf> {
+    user_plugin_dir_from(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+}
+
+/// [`user_plugin_dir`] from explicit values, so it can be tested.
+pub fn user_plugin_dir_from(data_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let data = match data_home.map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d,
+        _ => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".local/share"),
+    };
+    Some(data.join("lsd-tui").join("plugins"))
 }
 
 /// [`search_dirs`] from explicit values (no environment access), so it can
@@ -45,7 +76,12 @@ pub fn search_dirs_from(plugin_path: Option<OsString>, exe_dir: Option<PathBuf>)
     let mut dirs: Vec<PathBuf> = plugin_path
         .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
         .unwrap_or_default();
-    dirs.extend(exe_dir);
+    if let Some(exe) = exe_dir {
+        // `<prefix>/bin/lsd-tui` finds `<prefix>/lib/lsd-tui/plugins`.
+        let installed = exe.parent().map(|prefix| prefix.join(INSTALLED_PLUGIN_DIR)).filter(|d| d.is_dir());
+        dirs.push(exe);
+        dirs.extend(installed);
+    }
     let mut seen = Vec::new();
     dirs.retain(|d| {
         let fresh = !seen.contains(d);
@@ -328,4 +364,34 @@ fn smoke_batch(features: bool) -> Result<EditBatch> {
         });
     }
     Ok(batch)
+}
+
+/// Copies a checked plugin library into `dir` (created if needed), under
+/// its own file name, atomically; returns the installed path.
+///
+/// The library is opened and run once first ([`check`]): a file that is
+/// not a plugin of this build is refused before anything is copied. Its
+/// name must follow the naming convention, or it would never be found.
+pub fn install(path: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !is_plugin_file_name(&name) {
+        return Err(Error::PluginLoad {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a plugin library is found only when its file is named {DLL_PREFIX}{FILE_STEM_PREFIX}<name>{DLL_SUFFIX}; rename it (a cargo package 'lsd-plugin-<name>' builds that name)"
+            ),
+        });
+    }
+    check(path)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating folder", dir, e))?;
+    let to = dir.join(&name);
+    crate::durable::write_with(&to, |tmp| {
+        std::fs::copy(path, tmp).map(|_| ()).map_err(|e| format!("copying '{}': {e}", path.display()))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(|e| Error::io("setting the mode of", &to, e))?;
+    }
+    Ok(to)
 }
