@@ -12,6 +12,7 @@ use lsd_core::{demo, direction_io, sefa};
 
 /// `lsd-tui sefa` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui sefa --generator stylegan2-ffhq-1024 --layers coarse --top 10 --output sefa-coarse.safetensors\n  lsd-tui sefa --generator demo --top 3")]
 pub struct SefaArgs {
     /// Generator weights: `demo`, a name from `lsd-tui weights list`, or a file.
     #[arg(long, default_value = "demo")]

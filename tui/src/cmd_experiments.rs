@@ -26,6 +26,7 @@ use crate::exit::{self, Signal, Signals};
 
 /// `lsd-tui similarity` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui similarity --prompts \"a photo of a person with gray hair\" \"a smiling face\" --seeds 0..10\n  lsd-tui similarity --prompts \"a smiling face\" --latent me.npy --direction sefa.safetensors@0 --alphas -3,0,3")]
 pub struct SimilarityArgs {
     /// Text prompts (the table's rows).
     #[arg(long, num_args = 1.., required = true)]
@@ -102,6 +103,7 @@ pub struct TrainingOptions {
 
 /// `lsd-tui generalize` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui generalize --recipe examples/recipes/experiments/generalize-gray-hair.yaml --train-seeds 1..41 --test-seeds 1000..1100\n  lsd-tui generalize --recipe R.yaml --test-seeds 100..150 --shard $SLURM_ARRAY_TASK_ID/8 --output runs/g/shard-$SLURM_ARRAY_TASK_ID\n  lsd-tui generalize --recipe R.yaml --direction sefa.safetensors --test-seeds 100..150")]
 pub struct GeneralizeArgs {
     #[command(flatten)]
     pub common: RecipeArgs,
@@ -131,6 +133,7 @@ pub struct GeneralizeArgs {
 
 /// `lsd-tui ablation` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui ablation --recipe examples/recipes/experiments/ablation-gray-hair.yaml\n  lsd-tui ablation --recipe R.yaml --models demo --steps 2 --alphas -3,3")]
 pub struct AblationArgs {
     #[command(flatten)]
     pub common: RecipeArgs,
@@ -144,6 +147,7 @@ pub struct AblationArgs {
 
 /// `lsd-tui sweep` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui sweep R.yaml --set identity.weight=0.1,0.5,1 --set segmentation.weight=0,0.1 --set alpha=2,3\n  lsd-tui sweep R.yaml --set optimizer.lr=0.05,0.1 --shard 0/4 --output runs/sweep/shard-0")]
 pub struct SweepArgs {
     /// The recipe (YAML) every run starts from.
     pub recipe: PathBuf,
@@ -165,6 +169,7 @@ pub struct SweepArgs {
 
 /// `lsd-tui merge` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui merge --output runs/generalize-fig8 runs/generalize-fig8/shard-*")]
 pub struct MergeArgs {
     /// The folder to merge into (created if needed; may be one of the shards).
     #[arg(long, short = 'o', alias = "out", value_name = "DIR")]

@@ -36,6 +36,7 @@ pub const DEMO_RECIPE: &str = include_str!("../../examples/recipes/demo.yaml");
 
 /// `lsd-tui demo` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui demo                      # the TUI; q stops with a checkpoint\n  lsd-tui demo --headless          # progress bar or log lines\n  lsd-tui demo --resume            # continue a stopped run")]
 pub struct DemoArgs {
     /// No TUI: a progress bar on a terminal, plain log lines otherwise.
     #[arg(long)]
@@ -59,6 +60,7 @@ pub struct DemoArgs {
 
 /// `lsd-tui run` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui run examples/recipes/gray_hair.yaml\n  lsd-tui run examples/recipes/gray_hair.yaml --models demo --check\n  lsd-tui run my.yaml --device cuda:0 --precision fp32 --output runs/my\n  lsd-tui run my.yaml --resume     # after a stop, a crash or a lost SSH session")]
 pub struct RunArgs {
     /// The recipe (YAML; see examples/recipes/).
     pub recipe: PathBuf,
@@ -102,6 +104,7 @@ pub struct RunArgs {
 
 /// `lsd-tui apply` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  lsd-tui apply runs/gray_hair/direction.safetensors --seeds 0..4 --alphas -3,0,3\n  lsd-tui apply runs/gray_hair/direction.safetensors --latent me.npy --layers fine\n  lsd-tui apply --edit runs/gray_hair/direction.safetensors=2 --edit runs/smile/direction.safetensors=-1 --seeds 7\n  lsd-tui apply sefa.safetensors --index 0 --animate --output sweep.png")]
 pub struct ApplyArgs {
     /// A `direction.safetensors` written by `lsd-tui run` (or by `sefa`,
     /// `direction import`), swept over `--alphas`; may be left out when

@@ -11,6 +11,7 @@ mod cmd_experiments;
 mod cmd_fixture;
 mod cmd_plugins;
 mod cmd_run;
+mod cmd_shell;
 mod cmd_weights;
 mod exit;
 mod headless;
@@ -59,6 +60,10 @@ enum Command {
     CheckFixture(cmd_fixture::CheckFixtureArgs),
     /// Benchmarks (not tests): generator and training-step timings.
     Bench(cmd_bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd_shell::CompletionsArgs),
+    /// Print the man page, or write every command's page into a folder.
+    Man(cmd_shell::ManArgs),
 }
 
 /// `lsd-tui weights …`
@@ -162,5 +167,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plugins(args) => done(cmd_plugins::run(args)),
         Command::CheckFixture(args) => done(cmd_fixture::run(args)),
         Command::Bench(args) => done(cmd_bench::run(args)),
+        Command::Completions(args) => done(cmd_shell::completions::<Cli>(args)),
+        Command::Man(args) => done(cmd_shell::man::<Cli>(args)),
     }
 }

@@ -484,3 +484,57 @@ fn plugins_install_into_the_user_folder_where_runs_find_them() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(!tmp.path().join("elsewhere").join(fake.file_name().expect("name")).exists());
 }
+
+#[test]
+fn install_script_lays_out_binary_plugins_completions_and_man_pages() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // What a build leaves: the binary and the plugin libraries in one folder.
+    let from = tmp.path().join("built");
+    std::fs::create_dir_all(&from).expect("folder");
+    std::fs::copy(BIN, from.join("lsd-tui")).expect("copy the binary");
+    for dir in std::env::split_paths(plugin_path()) {
+        for e in std::fs::read_dir(&dir).expect("plugin folder").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if lsd_core::plugin::discovery::is_plugin_file_name(&name) {
+                std::fs::copy(e.path(), from.join(&name)).expect("copy a plugin");
+            }
+        }
+    }
+    let prefix = tmp.path().join("prefix");
+    let o = Command::new("bash")
+        .arg(root().join("scripts/install.sh"))
+        .args(["--from", &from.display().to_string(), "--prefix", &prefix.display().to_string()])
+        .output()
+        .expect("bash runs");
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "bin/lsd-tui",
+        "share/man/man1/lsd-tui.1",
+        "share/man/man1/lsd-tui-apply.1",
+        "share/bash-completion/completions/lsd-tui",
+        "share/zsh/site-functions/_lsd-tui",
+        "share/fish/vendor_completions.d/lsd-tui.fish",
+    ] {
+        let p = prefix.join(f);
+        assert!(std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false), "{} missing or empty", p.display());
+    }
+    let bash = std::fs::read_to_string(prefix.join("share/bash-completion/completions/lsd-tui")).expect("completions");
+    assert!(bash.contains("generalize") && bash.contains("--output"), "the completions know the commands and flags");
+    let man = std::fs::read_to_string(prefix.join("share/man/man1/lsd-tui-apply.1")).expect("man page");
+    assert!(man.contains(".TH") && man.contains("Examples"), "{man}");
+    // The installed binary finds the installed plugins, with no LSD_PLUGIN_PATH.
+    let o = Command::new(prefix.join("bin/lsd-tui"))
+        .arg("plugins")
+        .env_remove("LSD_PLUGIN_PATH")
+        .env("HOME", tmp.path())
+        .output()
+        .expect("runs");
+    let listing = String::from_utf8_lossy(&o.stdout);
+    let lib = prefix.join("lib/lsd-tui/plugins").display().to_string();
+    for name in ["clip", "identity", "segmentation"] {
+        assert!(listing.lines().any(|l| l.starts_with(name) && l.contains(&lib)), "{name} not found under {lib}:\n{listing}");
+    }
+    // A folder without a binary is a clear error.
+    let o = Command::new("bash").arg(root().join("scripts/install.sh")).args(["--from", &tmp.path().join("nothing").display().to_string()]).output().expect("bash");
+    assert!(!o.status.success() && text(&o).contains("no executable"), "{}", text(&o));
+}
