@@ -26,6 +26,13 @@
 //!   plain `"candle-core"` when only one is). If nothing is found the value
 //!   is `unknown`, which never equals a real version, so the host refuses the
 //!   plugin rather than trusting a guess.
+//!
+//! With the `cuda` feature it also compiles the op layer's kernels
+//! (`src/ops/cuda/kernels.cu`) to PTX in `OUT_DIR/kernels.ptx`, which
+//! `ops::cuda` embeds and the driver JIT-compiles on first use (nvcc from
+//! `$NVCC`, then `PATH`; the target from `CUDA_COMPUTE_CAP`, e.g. 90 for
+//! H100/H200, as for Candle's own kernels). Without it no CUDA toolkit is
+//! needed.
 
 use std::env;
 use std::fs;
@@ -68,6 +75,22 @@ fn main() {
     }
     let candle = candle.unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=LSD_CANDLE_VERSION={candle}");
+
+    #[cfg(feature = "cuda")]
+    cuda::build_ptx();
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    const SOURCE: &str = "src/ops/cuda/kernels.cu";
+
+    pub fn build_ptx() {
+        println!("cargo:rerun-if-changed={SOURCE}");
+        let built = cudaforge::KernelBuilder::new().source_files([SOURCE]).arg("-std=c++17").arg("-O3").build_ptx();
+        if let Err(e) = built {
+            panic!("compiling {SOURCE} to PTX failed (is nvcc in $NVCC or on PATH, and CUDA_COMPUTE_CAP set?): {e}");
+        }
+    }
 }
 
 /// Every `Cargo.lock` in `start` and its ancestors, nearest first.

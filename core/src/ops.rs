@@ -8,15 +8,22 @@
 //! here holds its weight as a constant and implements a Candle `CustomOp`
 //! whose backward computes only the input gradient.
 //!
-//! One op, one interface: on CPU the fast kernel runs; on any other device
-//! the op falls back to the stock-Candle composition it replaces, which is
-//! also the oracle its tests compare against (`*_stock` methods).
+//! One op, one interface: on CPU the fast kernel runs; on a CUDA device
+//! (f32, the `cuda` feature) the op's CUDA kernel or cuDNN call runs once a
+//! runtime probe has found it equal to the stock composition there
+//! ([`probe`]); otherwise the op falls back to the stock-Candle composition
+//! it replaces, which is also the oracle its tests compare against
+//! (`*_stock` methods). Linear layers stay the stock composition on CUDA: it
+//! is one cuBLAS product with the constant weight.
 
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod fir;
 pub mod fused;
 pub mod linear;
 pub mod precision;
+pub mod probe;
 pub mod profile;
 pub(crate) mod cpu;
 #[cfg(test)]

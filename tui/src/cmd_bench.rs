@@ -14,7 +14,14 @@
 //!
 //! Both report the median after warm-up and the peak resident memory
 //! (`VmHWM` of /proc/self/status; GPU memory is not counted), as one JSON
-//! line at the end. For `step` the peak covers the steps only (the peak is
+//! line at the end (also written to `--json FILE`). The warm-up iterations
+//! are reported beside it (`warmup_ms`, …): on a GPU the first use of each
+//! kernel pays for the driver's JIT compilation, cuDNN's plan and the ops'
+//! parity probes, which the timed iterations then exclude. `--precision`
+//! chooses `tf32` or `fp32` products on a GPU (default: `tf32` on CUDA).
+//! On a GPU `--profile`'s op families count host time only (kernels run
+//! asynchronously); the engine phases of `bench step` end in a read-back,
+//! so they are device time. For `step` the peak covers the steps only (the peak is
 //! restarted after the set-up, whose random weight draws a real run does
 //! not make); the set-up's own peak and the resident size after it are
 //! reported beside it. With `--profile` they add a `breakdown`: milliseconds
@@ -30,7 +37,7 @@
 //! terms compute from them are cached after the first step.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -40,7 +47,7 @@ use lsd_core::demo::SeededWeights;
 use lsd_core::engine::events::TrainEvent;
 use lsd_core::engine::{self, EngineTerm, Setup, Weights};
 use lsd_core::models::{arcface, bisenet, clip, stylegan2};
-use lsd_core::ops::profile;
+use lsd_core::ops::{profile, Precision};
 use lsd_core::plugin::{self, discovery, EditBatch, LossTerm, OriginalCache};
 use lsd_core::recipe::Recipe;
 
@@ -90,6 +97,12 @@ struct StepArgs {
     /// Add the time per op family and per engine phase.
     #[arg(long)]
     profile: bool,
+    /// Products on a GPU: `tf32` or `fp32` (default: `tf32` on CUDA).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Also write the result line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// `bench generator` arguments.
@@ -113,6 +126,12 @@ struct GenArgs {
     /// Add the time per op family.
     #[arg(long)]
     profile: bool,
+    /// Products on a GPU: `tf32` or `fp32` (default: `tf32` on CUDA).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Also write the result line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Runs a benchmark.
@@ -310,8 +329,9 @@ fn step(a: StepArgs) -> Result<()> {
     let setup_rss = rss_mib();
     let steps_peak_measured = reset_peak_rss();
     let total = a.warmup + a.steps;
+    let precision = precision(a.precision, &device);
     let text = format!(
-        "name: bench\nprompt: {prompt}\nsteps: {total}\nalpha: 3\nbatch: {b}\n{latents}\ncheckpoint_every: 0\npreview: {{every: 0, alphas: [3]}}\noptimizer: {{kind: adam, lr: 0.01}}\nterms:\n  - plugin: clip\n  - plugin: identity\n  - plugin: segmentation\n",
+        "name: bench\nprompt: {prompt}\nsteps: {total}\nalpha: 3\nbatch: {b}\n{latents}\nprecision: {precision}\ncheckpoint_every: 0\npreview: {{every: 0, alphas: [3]}}\noptimizer: {{kind: adam, lr: 0.01}}\nterms:\n  - plugin: clip\n  - plugin: identity\n  - plugin: segmentation\n",
         b = a.batch,
         latents = if a.local {
             format!("seeds: [{}]", (0..a.batch).map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
@@ -360,6 +380,7 @@ fn step(a: StepArgs) -> Result<()> {
         "size": a.size,
         "batch": a.batch,
         "device": plugin::device_name(&device),
+        "precision": precision.name(),
         "terms": if a.plugins { "plugins" } else { "in-process" },
         "seg_size": a.seg_size,
         "median_ms": median(&mut timed),
@@ -377,8 +398,7 @@ fn step(a: StepArgs) -> Result<()> {
         let per = timed.len().max(1) as f64;
         line["breakdown"] = serde_json::json!({ "phases_ms": phases.per_step(per), "ops_ms": ops_per(per) });
     }
-    println!("{line}");
-    Ok(())
+    report(&line, a.json.as_deref())
 }
 
 /// Engine phase times summed over the timed steps, in first-seen order.
@@ -420,6 +440,20 @@ fn mean_ops(passes: &[Vec<(profile::Family, f64, u64)>]) -> serde_json::Value {
     serde_json::Value::Object(map.collect())
 }
 
+/// Prints the result line, and writes it to `json` when given.
+fn report(line: &serde_json::Value, json: Option<&Path>) -> Result<()> {
+    println!("{line}");
+    if let Some(path) = json {
+        lsd_core::durable::write(path, format!("{line}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The precision of a run on `device`: the flag, or the device's default.
+fn precision(flag: Option<Precision>, device: &Device) -> Precision {
+    flag.unwrap_or_else(|| Precision::default_for(device))
+}
+
 fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
 }
@@ -432,6 +466,8 @@ fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 
 fn generator(a: GenArgs) -> Result<()> {
     let device = plugin::parse_device(&a.device)?;
+    let precision = precision(a.precision, &device);
+    lsd_core::ops::set_precision(precision);
     let cfg = gen_config(a.size)?;
     let gen = stylegan2::Generator::new(&cfg, stylegan2::demo::demo_weights(&cfg, 4)?.into_var_builder(&device))?;
     let (l, d) = (cfg.n_latent(), cfg.style_dim);
@@ -445,6 +481,7 @@ fn generator(a: GenArgs) -> Result<()> {
     };
     let mut fwd = Vec::new();
     let mut fwd_bwd = Vec::new();
+    let mut warm = Vec::new();
     let (mut ops_fwd, mut ops_bwd) = (Vec::new(), Vec::new());
     for i in 0..a.warmup + a.iters {
         let timed = i >= a.warmup;
@@ -469,9 +506,11 @@ fn generator(a: GenArgs) -> Result<()> {
             ops_bwd.push(profile::snapshot());
         }
         eprintln!("pass {}: forward {f:.0} ms, forward+backward {fb:.0} ms", i + 1);
-        if i >= a.warmup {
+        if timed {
             fwd.push(f);
             fwd_bwd.push(fb);
+        } else {
+            warm.push(serde_json::json!({ "forward_ms": round(f), "forward_backward_ms": round(fb) }));
         }
     }
     let mut line = serde_json::json!({
@@ -481,6 +520,8 @@ fn generator(a: GenArgs) -> Result<()> {
         "device": plugin::device_name(&device),
         "forward_ms": median(&mut fwd),
         "forward_backward_ms": median(&mut fwd_bwd),
+        "warmup": warm,
+        "precision": precision.name(),
         "iters": a.iters,
         "peak_rss_mib": peak_rss_mib(),
         "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
@@ -491,6 +532,5 @@ fn generator(a: GenArgs) -> Result<()> {
             "forward_backward_ops_ms": mean_ops(&ops_bwd),
         });
     }
-    println!("{line}");
-    Ok(())
+    report(&line, a.json.as_deref())
 }

@@ -8,12 +8,17 @@
 //! The backward of one is the forward of the other, so gradients of
 //! gradients stay correct. A transposed convolution is the backward-data op
 //! of the convolution it transposes, so it needs no zero insertion.
+//!
+//! On a CUDA device (f32) the same two ops run through cuDNN (forward and
+//! backward-data), once the runtime probe ([`super::probe`]) has found them
+//! equal to the stock composition there.
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, WithDType};
 
 use super::cpu::{self, ConvGeom};
+use super::probe;
 use super::profile::{self, Family};
 use crate::{Error, Result};
 
@@ -47,6 +52,16 @@ struct ConvForward {
 }
 
 impl ConvForward {
+    /// The geometry of the input under `l`, and the output shape.
+    fn geometry(&self, l: &Layout) -> candle_core::Result<(ConvGeom, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let Some(g) = self.kernel.geom(c, h, w) else {
+            candle_core::bail!("lsd-conv2d: input {:?} does not fit kernel {:?}", l.dims(), self.kernel.weight.dims())
+        };
+        let (oh, ow) = g.out_hw().expect("checked by geom");
+        Ok((g, Shape::from((b, g.c_out, oh, ow))))
+    }
+
     fn run<T: WithDType>(&self, g: &ConvGeom, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
         let x = cpu::slice::<T>(s, l)?;
         let bias = self.kernel.bias.as_ref().filter(|_| self.with_bias);
@@ -62,13 +77,25 @@ impl CustomOp1 for ConvForward {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let _t = profile::scope(self.kernel.family);
-        let (b, c, h, w) = l.shape().dims4()?;
-        let Some(g) = self.kernel.geom(c, h, w) else {
-            candle_core::bail!("lsd-conv2d: input {:?} does not fit kernel {:?}", l.dims(), self.kernel.weight.dims())
-        };
-        let (oh, ow) = g.out_hw().expect("checked by geom");
+        let (g, shape) = self.geometry(l)?;
         let y = cpu::dispatch(s, self.name(), || self.run::<f32>(&g, s, l), || self.run::<f64>(&g, s, l))?;
-        Ok((y, Shape::from((b, g.c_out, oh, ow))))
+        Ok((y, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{self, cudnn};
+        let (g, shape) = self.geometry(l)?;
+        let (b, c_out, oh, ow) = shape.dims4()?;
+        let mut y = cudnn::convolve(cudnn::Direction::Forward, &g, b, (s, l), &self.kernel.weight)?;
+        if let Some(bias) = self.kernel.bias.as_ref().filter(|_| self.with_bias) {
+            cuda::add_channel_bias(&s.device, &mut y, bias, c_out, oh * ow)?;
+        }
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s.device.clone()), shape))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -89,6 +116,24 @@ struct ConvBackwardData {
 }
 
 impl ConvBackwardData {
+    /// The geometry of the convolution whose output gradient `l` holds, and
+    /// the input gradient's shape.
+    fn geometry(&self, l: &Layout) -> candle_core::Result<(ConvGeom, Shape)> {
+        let (b, c_out, oh, ow) = l.shape().dims4()?;
+        let (wc_out, c_in, _, _) = self.kernel.weight.dims4()?;
+        let g = self.kernel.geom(c_in, self.h, self.w).filter(|g| g.out_hw() == Some((oh, ow)));
+        let Some(g) = g.filter(|_| c_out == wc_out) else {
+            candle_core::bail!(
+                "lsd-conv2d-backward-data: gradient {:?} is not the output of kernel {:?} on a {}x{} input",
+                l.dims(),
+                self.kernel.weight.dims(),
+                self.h,
+                self.w
+            )
+        };
+        Ok((g, Shape::from((b, c_in, self.h, self.w))))
+    }
+
     fn run<T: WithDType>(&self, g: &ConvGeom, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
         let dy = cpu::slice::<T>(s, l)?;
         let dx = cpu::with_data(&self.kernel.weight, |w| cpu::conv2d_backward_data(g, dy, w))?;
@@ -103,21 +148,21 @@ impl CustomOp1 for ConvBackwardData {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let _t = profile::scope(self.kernel.family);
-        let (b, c_out, oh, ow) = l.shape().dims4()?;
-        let (wc_out, c_in, _, _) = self.kernel.weight.dims4()?;
-        let g = self.kernel.geom(c_in, self.h, self.w).filter(|g| g.out_hw() == Some((oh, ow)));
-        let Some(g) = g.filter(|_| c_out == wc_out) else {
-            candle_core::bail!(
-                "{}: gradient {:?} is not the output of kernel {:?} on a {}x{} input",
-                self.name(),
-                l.dims(),
-                self.kernel.weight.dims(),
-                self.h,
-                self.w
-            )
-        };
+        let (g, shape) = self.geometry(l)?;
         let dx = cpu::dispatch(s, self.name(), || self.run::<f32>(&g, s, l), || self.run::<f64>(&g, s, l))?;
-        Ok((dx, Shape::from((b, c_in, self.h, self.w))))
+        Ok((dx, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::cudnn;
+        let (g, shape) = self.geometry(l)?;
+        let dx = cudnn::convolve(cudnn::Direction::BackwardData, &g, shape.dims4()?.0, (s, l), &self.kernel.weight)?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(dx, s.device.clone()), shape))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -164,16 +209,24 @@ impl Conv2d {
 
     /// `xs` `[B, in, H, W]` to `[B, out, (H + 2p - kh) / s + 1, …]`.
     ///
-    /// On the CPU in f32 and f64 this is im2col + `gemm`; elsewhere, or for
-    /// an input the kernel does not fit, [`Conv2d::forward_stock`].
+    /// On the CPU in f32 and f64 this is im2col + `gemm`; on a CUDA device
+    /// in f32, cuDNN (once probed); elsewhere, or for an input the kernel
+    /// does not fit, [`Conv2d::forward_stock`].
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let k = &self.kernel;
         let fits = xs.dims4().is_ok_and(|(_, c, h, w)| k.geom(c, h, w).is_some());
-        if !fits || !cpu::applies(xs, &[Some(&k.weight), k.bias.as_ref()]) {
+        let weights = [Some(&k.weight), k.bias.as_ref()];
+        let fast = fits && (cpu::applies(xs, &weights) || (probe::cuda_applies(xs, &weights) && probe_conv2d(xs)));
+        if !fast {
             let _t = profile::scope(Family::Conv);
             return self.forward_stock(xs);
         }
-        let op = ConvForward { kernel: k.clone(), with_bias: true };
+        self.forward_fast(xs)
+    }
+
+    /// The custom op, whatever the device.
+    fn forward_fast(&self, xs: &Tensor) -> Result<Tensor> {
+        let op = ConvForward { kernel: self.kernel.clone(), with_bias: true };
         Ok(xs.contiguous()?.apply_op1(op)?)
     }
 
@@ -248,11 +301,18 @@ impl ConvTranspose2d {
             }
             _ => None,
         };
-        let Some((h, w)) = out_hw.filter(|_| cpu::applies(xs, &[Some(&k.weight)])) else {
+        let weights = [Some(&k.weight)];
+        let fast = |_: &_| cpu::applies(xs, &weights) || (probe::cuda_applies(xs, &weights) && probe_transposed(xs));
+        let Some(hw) = out_hw.filter(fast) else {
             let _t = profile::scope(Family::ConvTranspose);
             return self.forward_stock(xs);
         };
-        let op = ConvBackwardData { kernel: k.clone(), h, w };
+        self.forward_fast(xs, hw)
+    }
+
+    /// The custom op for an output of side `hw`, whatever the device.
+    fn forward_fast(&self, xs: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        let op = ConvBackwardData { kernel: self.kernel.clone(), h, w };
         Ok(xs.contiguous()?.apply_op1(op)?)
     }
 
@@ -268,6 +328,49 @@ impl ConvTranspose2d {
         let kernel = self.kernel.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?;
         Ok(up.conv2d(&kernel, k - 1, 1, 1, 1)?)
     }
+}
+
+/// Probes the convolution ops on `xs`'s device (see [`super::probe`]):
+/// 3x3 kernels at stride 1 and 2 with a bias, forward and input gradient
+/// (so both custom ops run).
+fn probe_conv2d(xs: &Tensor) -> bool {
+    let run = |fast: bool| {
+        let dev = xs.device();
+        let u = |seed: u64, shape: &[usize]| probe::uniform(seed, shape, DType::F32, dev);
+        let mut out = Vec::new();
+        for (s, p) in [(1, 1), (2, 1)] {
+            let conv = Conv2d::new(u(1, &[8, 4, 3, 3])?, Some(u(2, &[8])?), s, p)?;
+            let (oh, ow) = ((9 + 2 * p - 3) / s + 1, (8 + 2 * p - 3) / s + 1);
+            let (x, r) = (u(3, &[2, 4, 9, 8])?, u(4, &[2, 8, oh, ow])?);
+            out.extend(probe::value_and_grads(&[x], &r, |a| {
+                if fast {
+                    conv.forward_fast(&a[0])
+                } else {
+                    conv.forward_stock(&a[0])
+                }
+            })?);
+        }
+        Ok(out)
+    };
+    probe::fast_kernel_passes("conv2d", xs, probe::product_tolerance(), || run(true), || run(false))
+}
+
+/// Probes the stride-2 transposed convolution on `xs`'s device.
+fn probe_transposed(xs: &Tensor) -> bool {
+    let run = |fast: bool| {
+        let dev: &Device = xs.device();
+        let u = |seed: u64, shape: &[usize]| probe::uniform(seed, shape, DType::F32, dev);
+        let conv = ConvTranspose2d::new(u(5, &[4, 6, 3, 3])?, 2)?;
+        let (x, r) = (u(6, &[2, 4, 5, 6])?, u(7, &[2, 6, 11, 13])?);
+        probe::value_and_grads(&[x], &r, |a| {
+            if fast {
+                conv.forward_fast(&a[0], (11, 13))
+            } else {
+                conv.forward_stock(&a[0])
+            }
+        })
+    };
+    probe::fast_kernel_passes("conv-transpose2d", xs, probe::product_tolerance(), || run(true), || run(false))
 }
 
 /// The statistics and affine parameters of an eval-mode BatchNorm over `c`

@@ -8,7 +8,10 @@
 //! real sample). Its backward is the adjoint filter (the transpose: the
 //! reversed taps with the pads mirrored, then down-sampling by `up`), itself
 //! the same op with `up` and `down` swapped, whose backward is the forward
-//! again. Elsewhere it runs as the stock-Candle composition
+//! again. On a CUDA device (f32, at most [`CUDA_MAX_TAPS`] taps) the same
+//! op runs as a kernel of `cuda/kernels.cu`, once the runtime probe
+//! ([`super::probe`]) has found it equal to the stock composition there.
+//! Elsewhere it runs as the stock-Candle composition
 //! ([`Fir::forward_stock`]), which is also the tests' oracle.
 //!
 //! Reference: rosinality `op/upfirdn2d.py` (`upfirdn2d_native`)
@@ -22,8 +25,11 @@ use rayon::prelude::*;
 
 use super::conv::zero_insert;
 use super::profile::{self, Family};
-use super::cpu;
+use super::{cpu, probe};
 use crate::{Error, Result};
+
+/// The most taps the CUDA kernel takes (`MAX_TAPS` in `cuda/kernels.cu`).
+pub const CUDA_MAX_TAPS: usize = 8;
 
 /// A separable FIR filter applied per channel, with rosinality's
 /// `upfirdn2d(x, K, up, down=1, pad=(p0, p1))` semantics:
@@ -101,9 +107,16 @@ impl Fir {
     /// Filters `xs` `[B, C, H, W]` channel by channel; output
     /// `[B, C, up·H + p0 + p1 - n + 1, …]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if !(xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64)) {
+        let on_cpu = xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64);
+        let on_cuda = self.taps.len() <= CUDA_MAX_TAPS && probe::cuda_applies(xs, &[]) && self.probe(xs);
+        if !(on_cpu || on_cuda) {
             return self.forward_stock(xs);
         }
+        self.forward_fast(xs)
+    }
+
+    /// The custom op, whatever the device.
+    fn forward_fast(&self, xs: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         let op = FirOp {
             taps: self.taps.clone(),
@@ -113,6 +126,23 @@ impl Fir {
             out: (self.out_size(h)?, self.out_size(w)?),
         };
         Ok(xs.contiguous()?.apply_op1(op)?)
+    }
+
+    /// Probes this filter's taps, up-sampling and padding on `xs`'s device,
+    /// forward and input gradient (the op and its adjoint).
+    fn probe(&self, xs: &Tensor) -> bool {
+        let run = |fast: bool| {
+            let u = |seed: u64, shape: &[usize]| probe::uniform(seed, shape, DType::F32, xs.device());
+            let fir = Fir { k_h: self.k_h.to_device(xs.device())?, k_w: self.k_w.to_device(xs.device())?, ..self.clone() };
+            let x = u(1, &[2, 3, 7, 6])?;
+            let r = u(2, &[2, 3, fir.out_size(7)?, fir.out_size(6)?])?;
+            probe::value_and_grads(&[x], &r, |a| if fast { fir.forward_fast(&a[0]) } else { fir.forward_stock(&a[0]) })
+        };
+        let op = match (self.up, self.pad) {
+            (1, _) => "upfirdn2d-blur",
+            _ => "upfirdn2d-up",
+        };
+        probe::fast_kernel_passes(op, xs, probe::ELEMENTWISE_TOLERANCE, || run(true), || run(false))
     }
 
     /// The stock-Candle composition: zero-insertion, padding, and two
@@ -317,6 +347,25 @@ impl CustomOp1 for FirOp {
             _ => bail!("{}: only f32 and f64 run on the CPU kernel, got {:?}", Self::NAME, s.dtype()),
         };
         Ok((ys, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let args = super::cuda::FirArgs {
+            taps: &self.taps,
+            up: self.up,
+            down: self.down,
+            pad0: self.pad0,
+            planes: b * c,
+            input: (h, w),
+            out: self.out,
+        };
+        Ok((super::cuda::upfirdn2d((s, l), &args)?, Shape::from((b, c, self.out.0, self.out.1))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {

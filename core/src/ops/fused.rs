@@ -6,8 +6,11 @@
 //! Both carry gradients to every operand that depends on the latent: the
 //! input and the style for `modulate`, the conv output and the
 //! demodulation coefficients for the epilogue. The noise map, its weight
-//! and the bias are constants. Elsewhere each op runs as the stock-Candle
-//! composition it replaces (`*_stock`), which is also the tests' oracle.
+//! and the bias are constants. On a CUDA device (f32) the same ops run as
+//! the kernels of `cuda/kernels.cu`, once the runtime probe
+//! ([`super::probe`]) has found them equal to the stock composition there.
+//! Elsewhere each op runs as the stock-Candle composition it replaces
+//! (`*_stock`), which is also the tests' oracle.
 //!
 //! Reference: rosinality `model.py` (`ModulatedConv2d`, `NoiseInjection`)
 //! and `op/fused_act.py`
@@ -20,7 +23,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, 
 use rayon::prelude::*;
 
 use super::profile::{self, Family};
-use super::cpu;
+use super::{cpu, probe};
 use crate::{Error, Result};
 
 /// Negative slope of the fused leaky ReLU.
@@ -29,6 +32,28 @@ pub const LRELU_SLOPE: f64 = 0.2;
 /// Whether `t` runs on the CPU kernels.
 fn on_cpu_kernel(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// Probes [`modulate`] on `xs`'s device: a shared and a per-sample input,
+/// forward and the gradients of the input and the style (all three ops).
+fn probe_modulate(xs: &Tensor) -> bool {
+    let run = |fast: bool| {
+        let u = |seed: u64, shape: &[usize]| probe::uniform(seed, shape, DType::F32, xs.device());
+        let mut out = Vec::new();
+        for bx in [1, 3] {
+            let args = [u(1, &[bx, 4, 5, 6])?, u(2, &[3, 4])?];
+            let r = u(3, &[3, 4, 5, 6])?;
+            out.extend(probe::value_and_grads(&args, &r, |a| {
+                if fast {
+                    modulate_fast(&a[0], &a[1])
+                } else {
+                    modulate_stock(&a[0], &a[1])
+                }
+            })?);
+        }
+        Ok(out)
+    };
+    probe::fast_kernel_passes("modulate", xs, probe::ELEMENTWISE_TOLERANCE, || run(true), || run(false))
 }
 
 /// `xs * s` per sample and channel: `xs` `[B or 1, C, H, W]`, the style
@@ -43,9 +68,16 @@ pub fn modulate(xs: &Tensor, s: &Tensor) -> Result<Tensor> {
             got: xs.dims().to_vec(),
         });
     }
-    if !(on_cpu_kernel(xs) && xs.dtype() == s.dtype()) {
+    let fast = xs.dtype() == s.dtype()
+        && (on_cpu_kernel(xs) || (probe::cuda_applies(xs, &[Some(s)]) && probe_modulate(xs)));
+    if !fast {
         return modulate_stock(xs, s);
     }
+    modulate_fast(xs, s)
+}
+
+/// The custom op of [`modulate`], whatever the device.
+fn modulate_fast(xs: &Tensor, s: &Tensor) -> Result<Tensor> {
     Ok(xs.contiguous()?.apply_op2(&s.contiguous()?, Modulate)?)
 }
 
@@ -110,6 +142,20 @@ impl CustomOp2 for Modulate {
         Ok((out, Shape::from((b, c, h, w))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (bx, c, h, w) = l1.shape().dims4()?;
+        let (b, _) = l2.shape().dims2()?;
+        let out = super::cuda::modulate((s1, l1), (s2, l2), (bx, b, c, h * w))?;
+        Ok((out, Shape::from((b, c, h, w))))
+    }
+
     fn bwd(
         &self,
         xs: &Tensor,
@@ -165,6 +211,19 @@ impl CustomOp2 for ModulateSum {
         });
         Ok((out, Shape::from((1, c, h, w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let out = super::cuda::modulate_sum((s1, l1), (s2, l2), (b, c, h * w))?;
+        Ok((out, Shape::from((1, c, h, w))))
+    }
 }
 
 /// `out[b, c] = Σ_{h,w} g[b, c] * x[b or 0, c]` (summed in f64): the
@@ -198,6 +257,20 @@ impl CustomOp2 for ChannelDot {
                 })
                 .collect()
         });
+        Ok((out, Shape::from((b, c))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let bx = l2.shape().dims4()?.0;
+        let out = super::cuda::channel_dot((s1, l1), (s2, l2), (bx, b, c, h * w))?;
         Ok((out, Shape::from((b, c))))
     }
 }
@@ -242,20 +315,58 @@ impl Epilogue {
     /// (`None`: no noise) to `[B, C, H, W]`. Gradients reach `ys` and
     /// `demod`.
     pub fn forward(&self, ys: &Tensor, demod: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let (b, c, h, w) = ys.dims4()?;
         self.check(ys, demod, noise)?;
-        if !(on_cpu_kernel(ys) && ys.dtype() == demod.dtype()) {
+        let fast = ys.dtype() == demod.dtype()
+            && (on_cpu_kernel(ys) || (probe::cuda_applies(ys, &[Some(demod), noise]) && self.probe(ys)));
+        if !fast {
             return self.forward_stock(ys, demod, noise);
         }
+        self.forward_fast(ys, demod, noise)
+    }
+
+    /// The custom op, whatever the device.
+    fn forward_fast(&self, ys: &Tensor, demod: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+        let (b, c, h, w) = ys.dims4()?;
         let noise = match noise {
             Some(n) => Some(n.to_dtype(ys.dtype())?.contiguous()?),
             None => None,
         };
-        let op =
-            EpilogueOp { bias: self.bias_host.clone(), noise_weight: self.noise_weight_host, noise, clamp: self.clamp };
+        let op = EpilogueOp {
+            bias: self.bias_host.clone(),
+            bias_tensor: self.bias.to_dtype(ys.dtype())?,
+            noise_weight: self.noise_weight_host,
+            noise,
+            clamp: self.clamp,
+        };
         let out = ys.contiguous()?.apply_op2(&demod.contiguous()?, op)?;
         debug_assert_eq!(out.dims(), &[b, c, h, w]);
         Ok(out)
+    }
+
+    /// Probes the epilogue on `ys`'s device, with this epilogue's clamp: with
+    /// a shared and a per-sample noise map and without, forward and the
+    /// gradients of the conv output and the demodulation.
+    fn probe(&self, ys: &Tensor) -> bool {
+        let run = |fast: bool| {
+            let u = |seed: u64, shape: &[usize]| probe::uniform(seed, shape, DType::F32, ys.device());
+            let epi = Epilogue::new(u(1, &[4])?, u(2, &[1])?)?.with_clamp(self.clamp.map(|_| 0.5));
+            let mut out = Vec::new();
+            for nb in [0, 1, 3] {
+                let noise = if nb > 0 { Some(u(3, &[nb, 1, 5, 6])?) } else { None };
+                let args = [u(4, &[3, 4, 5, 6])?, (u(5, &[3, 4])?.abs()? + 0.5)?];
+                let r = u(6, &[3, 4, 5, 6])?;
+                out.extend(probe::value_and_grads(&args, &r, |a| {
+                    if fast {
+                        epi.forward_fast(&a[0], &a[1], noise.as_ref())
+                    } else {
+                        epi.forward_stock(&a[0], &a[1], noise.as_ref())
+                    }
+                })?);
+            }
+            Ok(out)
+        };
+        let op = if self.clamp.is_some() { "styled-conv-epilogue-clamped" } else { "styled-conv-epilogue" };
+        probe::fast_kernel_passes(op, ys, probe::ELEMENTWISE_TOLERANCE, || run(true), || run(false))
     }
 
     /// The stock-Candle composition of [`Self::forward`].
@@ -323,6 +434,10 @@ pub fn lrelu_gain(xs: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 struct EpilogueOp {
     bias: Arc<[f64]>,
+    /// The same bias as a tensor on the input's device and in its dtype
+    /// (read by the CUDA kernel).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    bias_tensor: Tensor,
     noise_weight: f64,
     /// `[1 or B, 1, H, W]`, contiguous, in the input's dtype.
     noise: Option<Tensor>,
@@ -338,6 +453,20 @@ struct PlaneConsts<'a, T> {
 
 impl EpilogueOp {
     const NAME: &'static str = "styled-conv-epilogue";
+
+    /// The constants as the CUDA kernels take them, for `[B, C, H, W]`.
+    #[cfg(feature = "cuda")]
+    fn cuda_args(&self, l: &Layout) -> candle_core::Result<super::cuda::EpilogueArgs<'_>> {
+        let (_, c, h, w) = l.shape().dims4()?;
+        Ok(super::cuda::EpilogueArgs {
+            bias: &self.bias_tensor,
+            noise: self.noise.as_ref(),
+            noise_weight: self.noise_weight,
+            clamp: self.clamp,
+            c,
+            hw: h * w,
+        })
+    }
 
     /// Runs `f` with the noise map's data (or `None`).
     fn with_noise<T: WithDType, R>(
@@ -462,6 +591,18 @@ impl CustomOp2 for EpilogueOp {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let out = super::cuda::epilogue((s1, l1), (s2, l2), &self.cuda_args(l1)?)?;
+        Ok((out, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         ys: &Tensor,
@@ -520,6 +661,21 @@ impl CustomOp3 for EpilogueBwd {
                 g.dtype()
             ),
         };
+        Ok((out, Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let n = l1.shape().elem_count() + l2.shape().elem_count();
+        let out = super::cuda::epilogue_backward((s1, l1), (s2, l2), (s3, l3), &self.0.cuda_args(l1)?)?;
         Ok((out, Shape::from(n)))
     }
 }

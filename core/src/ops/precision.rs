@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use serde::{Deserialize, Serialize};
 
 /// How products are computed on a GPU (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// TensorFloat-32 products, float32 accumulation (GPU default).
@@ -72,9 +72,15 @@ impl FromStr for Precision {
 
 static CURRENT: AtomicU8 = AtomicU8::new(0);
 
-/// Sets the process-wide precision (see the module docs).
+/// Sets the process-wide precision (see the module docs). With the `cuda`
+/// feature this also sets Candle's switch for TF32 cuBLAS products of f32
+/// matrices (each copy of Candle, in the host and in each plugin library,
+/// has its own; each is set by its own call here). cuDNN convolutions read
+/// [`precision`] when their plan is made.
 pub fn set_precision(precision: Precision) {
     CURRENT.store(precision.code(), Ordering::Relaxed);
+    #[cfg(feature = "cuda")]
+    candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
 }
 
 /// The process-wide precision; `fp32` until [`set_precision`] is called.
