@@ -1,7 +1,7 @@
-//! Records, at compile time, what this copy of lsd-core was built with, for
-//! the plugin ABI fingerprint (`lsd_core::plugin::Fingerprint`).
+//! Records, at compile time, what this copy of lsd-plugin-api was built with, for
+//! the plugin ABI fingerprint (the host's `lsd_core::plugin::Fingerprint`).
 //!
-//! Every crate that links lsd-core — the host binary and each plugin cdylib —
+//! Every crate that links lsd-plugin-api — the host binary and each plugin cdylib —
 //! compiles its own copy of it, so the values set here describe the side that
 //! embeds them. Two values cannot be read from inside Rust code:
 //!
@@ -13,15 +13,15 @@
 //!   `DEP_*` variable), hence we read the `Cargo.lock` that governs this
 //!   build. Cargo does not tell a build script where that is, so we look in
 //!   two places and accept a lock file only if it lists this very package
-//!   (`lsd-core` at `CARGO_PKG_VERSION`):
+//!   (`lsd-plugin-api` at `CARGO_PKG_VERSION`):
 //!   1. the ancestors of `OUT_DIR` (`<target>/<profile>/build/…/out`): with
 //!      the default target directory this is the root of the workspace that
-//!      is being built — the plugin author's, when lsd-core is a dependency;
-//!   2. the ancestors of `CARGO_MANIFEST_DIR`: lsd-core's own workspace, the
-//!      right answer when lsd-core is a workspace member or a path dependency
+//!      is being built — the plugin author's, when lsd-plugin-api is a dependency;
+//!   2. the ancestors of `CARGO_MANIFEST_DIR`: lsd-plugin-api's own workspace, the
+//!      right answer when lsd-plugin-api is a workspace member or a path dependency
 //!      and the target directory lives elsewhere (`CARGO_TARGET_DIR`).
 //!
-//!   Within the lock file we take the candle-core that lsd-core's own entry
+//!   Within the lock file we take the candle-core that lsd-plugin-api's own entry
 //!   depends on (`"candle-core 0.11.1"` when several versions are locked,
 //!   plain `"candle-core"` when only one is). If nothing is found the value
 //!   is `unknown`, which never equals a real version, so the host refuses the
