@@ -321,7 +321,7 @@ fn step(a: StepArgs) -> Result<()> {
     );
     let mut recipe = Recipe::parse(&text, Path::new("bench.yaml")).map_err(|e| eyre!("{e}"))?;
     recipe.output = dir.path().join("run");
-    let setup = Setup { device: device.clone(), weights, terms, resume: false, stop_after: None, metrics: false };
+    let setup = Setup { device: device.clone(), weights, metrics: false, ..Setup::new(terms) };
     let (tx, rx) = mpsc::channel();
     let (_ctl, crx) = mpsc::channel();
     let worker = std::thread::spawn(move || engine::run(recipe, setup, &tx, &crx));

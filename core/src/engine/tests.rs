@@ -661,3 +661,38 @@ fn a_latent_file_trains_like_its_seed_and_is_labelled_by_name() {
     let u = d.direction.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
     assert!(u[..8].iter().flatten().all(|&v| v == 0.0) && u[8].iter().any(|&v| v != 0.0));
 }
+
+/// With the warm-up forced on (as on a CUDA device), one untimed pass runs
+/// before step 1 and is reported as a warm-up of its own; step 1 is then an
+/// ordinary step, and the run computes exactly what it computes without it.
+#[test]
+fn a_forced_warm_up_is_reported_before_step_1_and_changes_nothing() {
+    let dir = tempdir();
+    let run_with = |warm_up: Option<bool>, name: &str| {
+        let out = dir.path().join(name);
+        let (events, res) = run_sync(recipe(RECIPE, &out), Setup { warm_up, ..quiet(terms()) });
+        res.expect("the run succeeds");
+        (events, direction_bytes(&out), std::fs::read_to_string(out.join("losses.csv")).expect("csv"))
+    };
+    let (events, warmed, warmed_csv) = run_with(Some(true), "warm");
+    let warm_ups: Vec<(usize, &str)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| if let TrainEvent::WarmUp { what } = e { Some((i, what.as_str())) } else { None })
+        .collect();
+    let first_step = events.iter().position(|e| matches!(e, TrainEvent::Step(_))).expect("a step");
+    let started = events.iter().position(|e| matches!(e, TrainEvent::Started(_))).expect("started");
+    // The generator load, then the kernel warm-up between Started and step 1,
+    // and no "first step" warm-up any more.
+    assert_eq!(warm_ups.len(), 2, "{warm_ups:?}");
+    assert_eq!(warm_ups[1].1, WARM_UP_KERNELS);
+    assert!(started < warm_ups[1].0 && warm_ups[1].0 < first_step, "{warm_ups:?} {started} {first_step}");
+    assert!(!warm_ups.iter().any(|(_, w)| w.starts_with("first step")), "{warm_ups:?}");
+
+    // Off (the CPU default): the first step is reported as the slow one.
+    let (events, plain, plain_csv) = run_with(None, "plain");
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::WarmUp { what } if what.starts_with("first step"))));
+    assert!(!events.iter().any(|e| matches!(e, TrainEvent::WarmUp { what } if what == WARM_UP_KERNELS)));
+    assert_eq!(warmed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    assert_eq!(warmed_csv, plain_csv);
+}
