@@ -42,9 +42,11 @@
 //!    there for how the Candle version is found, and why).
 //! 2. **Plain data only.** After the check, the host calls the function
 //!    pointers of the declaration's [`abi::VTable`]. Inputs are borrowed
-//!    `#[repr(C)]` views ([`abi::FfiTensor`]: `*const f32`, length, dims) of
-//!    host-owned `f32` buffers, valid for the call. Outputs go back through
-//!    host callbacks ([`abi::Sink`]) that copy them into host memory before
+//!    `#[repr(C)]` views ([`abi::FfiTensor`]: kind, pointer, dims, element
+//!    type, CUDA ordinal and stream) of `f32` buffers, valid for the call:
+//!    device pointers when host and plugin compute on the same CUDA device,
+//!    host memory otherwise ([`lsd_plugin_api::view::crossing`]). Outputs go
+//!    back through host callbacks ([`abi::Sink`]) that copy them before
 //!    returning, so memory never changes owner and no allocator crosses.
 //!    Parameters travel as YAML text, the load context and the metadata as
 //!    JSON text.
@@ -95,8 +97,8 @@
 //!   returns.
 //! - Everything built from a library keeps the library loaded.
 //!
-//! The price is two copies per step (device → host → plugin device and
-//! back) of the images and feature maps; the benchmark measures it.
+//! The price is a copy of the images and feature maps each way per step:
+//! device to device on a shared CUDA device, through host memory otherwise.
 //!
 //! # Discovery
 //!
