@@ -20,7 +20,8 @@ pub const DEMO_LABEL: &str = "DEMO MODEL (random weights)";
 /// The seed every demo network is drawn from, so that the host (previews,
 /// `apply`, experiments) and every plugin build the same demo networks.
 /// It is independent of a recipe's own seed, which only drives training.
-pub const DEMO_MODEL_SEED: u64 = 2022;
+/// Defined by the plugin SDK, which hands it to plugins in their context.
+pub use lsd_plugin_api::DEMO_MODEL_SEED;
 
 /// Draws named tensors from one seeded stream, for building demo weights
 /// under the real checkpoint key names.

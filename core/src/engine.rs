@@ -101,12 +101,25 @@ pub struct Setup {
     pub stop_after: Option<usize>,
     /// Compute the CLIP metrics of `metrics.json` with the host's CLIP.
     pub metrics: bool,
+    /// Run one untimed forward and backward pass before step 1 and report
+    /// it as a warm-up ([`TrainEvent::WarmUp`], [`WARM_UP_KERNELS`]), so that
+    /// first-use kernel compilation and cuDNN autotuning are not charged to
+    /// step 1. `None`: on a CUDA device only.
+    pub warm_up: Option<bool>,
 }
 
 impl Setup {
     /// A CPU setup with demo weights and the given terms.
     pub fn new(terms: Vec<EngineTerm>) -> Self {
-        Self { device: Device::Cpu, weights: Weights::demo(), terms, resume: false, stop_after: None, metrics: true }
+        Self {
+            device: Device::Cpu,
+            weights: Weights::demo(),
+            terms,
+            resume: false,
+            stop_after: None,
+            metrics: true,
+            warm_up: None,
+        }
     }
 }
 
@@ -203,6 +216,21 @@ impl PhaseClock {
         self.laps.push((name.to_string(), (now - self.last).as_secs_f64()));
         self.last = now;
     }
+}
+
+/// What the warm-up before step 1 is, as [`TrainEvent::WarmUp`] says it.
+pub const WARM_UP_KERNELS: &str = "kernel compilation";
+
+/// A step's forward and backward pass, before the update.
+struct Pass {
+    /// Each term's value (and the diversity or latent-L2 value).
+    values: Vec<f64>,
+    /// The weighted total.
+    total: f64,
+    /// The gradient with respect to the trained parameters.
+    grad: Tensor,
+    /// Its norm.
+    grad_norm: f64,
 }
 
 /// Columns of the loss history after `step, total` and the terms.
@@ -537,6 +565,35 @@ impl Engine {
     /// error naming the term that went non-finite.
     fn train_step(&mut self, step: usize) -> Result<StepStats> {
         let mut clock = PhaseClock::start();
+        let Pass { values, total, grad, grad_norm } = self.pass(step, &mut clock)?;
+        let raw = &self.recipe.raw;
+        let human = step + 1;
+        let lr = optim::learning_rate(&raw.optimizer, step, raw.steps);
+        let before = self.param.as_tensor().copy()?;
+        self.opt.step(&self.param, &grad, lr)?;
+        if raw.mode == Mode::Direction && raw.norm != Norm::None {
+            let next = self.constrain(self.param.as_tensor(), raw.norm)?;
+            self.param.set(&next)?;
+        }
+        let check = self.param.as_tensor().sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !check.is_finite() {
+            self.param.set(&before)?;
+            return Err(non_finite("direction", human, "update", check));
+        }
+        let mut row = vec![human as f64, total];
+        row.extend(&values);
+        row.extend([grad_norm, lr]);
+        self.history.push(row);
+        self.step = human;
+        clock.lap("update");
+        Ok(StepStats { step: human, terms: values, total, grad_norm, steps_per_sec: 0.0, timings: clock.laps })
+    }
+
+    /// The forward and backward pass of step `step` (0-based): the batch,
+    /// every term with its checks, the objective and its gradient with
+    /// respect to the trained parameters — everything but the update, so
+    /// [`Engine::warm_up`] can run it without changing the run.
+    fn pass(&mut self, step: usize, clock: &mut PhaseClock) -> Result<Pass> {
         let raw = self.recipe.raw.clone();
         let (seeds, alphas, mixture) = self.draw(step);
         let b = seeds.len();
@@ -666,25 +723,16 @@ impl Engine {
             return Err(non_finite("total", human, "gradient norm", grad_norm));
         }
         clock.lap("generator backward");
-        let lr = optim::learning_rate(&raw.optimizer, step, raw.steps);
-        let before = self.param.as_tensor().copy()?;
-        self.opt.step(&self.param, &grad, lr)?;
-        if raw.mode == Mode::Direction && raw.norm != Norm::None {
-            let next = self.constrain(self.param.as_tensor(), raw.norm)?;
-            self.param.set(&next)?;
-        }
-        let check = self.param.as_tensor().sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !check.is_finite() {
-            self.param.set(&before)?;
-            return Err(non_finite("direction", human, "update", check));
-        }
-        let mut row = vec![human as f64, total];
-        row.extend(&values);
-        row.extend([grad_norm, lr]);
-        self.history.push(row);
-        self.step = human;
-        clock.lap("update");
-        Ok(StepStats { step: human, terms: values, total, grad_norm, steps_per_sec: 0.0, timings: clock.laps })
+        Ok(Pass { values, total, grad, grad_norm })
+    }
+
+    /// The next step's forward and backward pass, untimed and discarded:
+    /// compiles and autotunes every kernel the steps use. It changes nothing
+    /// the run computes: the step's draw depends on its number only, and
+    /// the caches it fills hold what the step would compute.
+    fn warm_up(&mut self) -> Result<()> {
+        let mut clock = PhaseClock::start();
+        self.pass(self.step, &mut clock).map(|_| ())
     }
 
     fn info(&self, start_step: usize) -> RunInfo {
@@ -726,6 +774,14 @@ impl Engine {
             self.message(Level::Warn, crate::demo::DEMO_LABEL);
         }
         self.preview()?;
+        let warmed = self.step < total_steps && self.setup.warm_up.unwrap_or_else(|| self.device().is_cuda());
+        if warmed {
+            self.send(TrainEvent::WarmUp { what: WARM_UP_KERNELS.into() });
+            if let Err(e) = self.warm_up() {
+                self.message(Level::Error, format!("{e} (in the warm-up pass before step {})", self.step + 1));
+                return Err(e);
+            }
+        }
         let mut rate: Option<f64> = None;
         let mut stopped_early = false;
         let every_ckpt = self.recipe.raw.checkpoint_every;
@@ -739,7 +795,9 @@ impl Engine {
                 }
             }
             let step = self.step;
-            let first = step == start_step;
+            // Without a warm-up pass, step 1 pays for the first use of every
+            // kernel: it is reported as such and left out of the rate.
+            let first = step == start_step && !warmed;
             if first {
                 self.send(TrainEvent::WarmUp { what: "first step (allocating, compiling kernels)".into() });
             }

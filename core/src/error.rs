@@ -108,6 +108,10 @@ pub enum Error {
         panicked: bool,
     },
 
+    /// A loss term failed with an error of its own code.
+    #[error(transparent)]
+    Term(Box<dyn std::error::Error + Send + Sync>),
+
     /// Another run holds the lock of the run folder.
     #[error(
         "run folder '{}' is in use by {}; wait for that run to end (or stop it), or choose another output folder",
@@ -147,6 +151,38 @@ fn plugin_mismatch(
 
 /// The result type of lsd-core.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<lsd_plugin_api::Error> for Error {
+    /// The SDK's own variants map to the same variants here; an error a term
+    /// wrapped ([`lsd_plugin_api::Error::Other`]) comes back as it was, or as
+    /// [`Error::Term`].
+    fn from(e: lsd_plugin_api::Error) -> Self {
+        match e {
+            lsd_plugin_api::Error::Candle(e) => Self::Candle(e),
+            lsd_plugin_api::Error::BadShape { name, expected, got } => {
+                Self::BadShape { name, expected, got }
+            }
+            lsd_plugin_api::Error::Config(m) => Self::Config(m),
+            lsd_plugin_api::Error::Other(e) => match e.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Self::Term(other),
+            },
+        }
+    }
+}
+
+impl From<Error> for lsd_plugin_api::Error {
+    /// So that a plugin built on lsd-core's models can use `?` on them in
+    /// its [`crate::plugin::LossTerm`].
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(e) => Self::Candle(e),
+            Error::BadShape { name, expected, got } => Self::BadShape { name, expected, got },
+            Error::Config(m) => Self::Config(m),
+            other => Self::Other(Box::new(other)),
+        }
+    }
+}
 
 impl Error {
     /// An I/O error with the file it concerns.

@@ -32,3 +32,5 @@ pub mod plugin;
 pub mod torch;
 
 pub use error::{Error, Result};
+/// Exports a loss-term type from a plugin library (see [`plugin`]).
+pub use lsd_plugin_api::export_plugin;

@@ -1,21 +1,22 @@
-//! Loss plugins: the API a plugin author writes against, and the host that
-//! loads plugin libraries (`cdylib`s, via `libloading`) and evaluates them.
+//! Loss plugins: the host that loads plugin libraries (`cdylib`s, via
+//! `libloading`) and evaluates them, and, re-exported, the API a plugin
+//! author writes against.
 //!
 //! # For plugin authors
 //!
-//! A plugin is ordinary Candle code: a type implementing [`LossTerm`]
-//! (`loss(&self, &EditBatch) -> Result<Tensor>`, a scalar) and [`Plugin`]
-//! (name, version, description, typed parameters, constructor), exported
-//! with one line, `lsd_core::export_plugin!(MyTerm);`. The batch gives the
-//! original images `x` (constants), the edited images `x_edit`, the latents
-//! `w`, the directions `u`, `α`, the prompt, and — when [`LossTerm::needs`]
-//! asks at load time — the generator's feature maps of `x` and `x_edit`.
-//! `examples/plugins/colour-stats` is a complete example with a walkthrough.
+//! The API lives in its own crate, `lsd-plugin-api` (`plugin-api/`), which
+//! links Candle and nothing else of lsd-tui; everything of it is re-exported
+//! here, so `lsd_core::plugin::LossTerm` and `lsd_core::export_plugin!` name
+//! the same items. A plugin is ordinary Candle code: a type implementing
+//! [`LossTerm`] (`loss(&self, &EditBatch) -> Result<Tensor>`, a scalar) and
+//! [`Plugin`] (name, version, description, typed parameters, constructor),
+//! exported with one line, `lsd_plugin_api::export_plugin!(MyTerm);`.
+//! `docs/plugins.md` walks through `examples/plugins/colour-stats`.
 //!
 //! # Design of the boundary
 //!
 //! A `cdylib` links its own copy of every crate it uses: its own std, its
-//! own lsd-core and its own Candle, with their own statics. Candle's tensor
+//! own lsd-plugin-api and its own Candle, with their own statics. Candle's tensor
 //! ids come from a global counter (`candle-core/src/tensor.rs`, `TensorId`)
 //! and gradients are stored by id (`GradStore`), so a tensor created by the
 //! plugin's Candle could carry an id that the host's Candle has also handed
@@ -28,22 +29,24 @@
 //! 1. **One C symbol, checked first.** A plugin exports
 //!    `lsd_plugin_declaration()`, returning a pointer to a `static`
 //!    `#[repr(C)]` [`abi::PluginDeclaration`]. Its first fields — magic
-//!    bytes, the ABI [`Fingerprint`] (API version, rustc version, lsd-core
-//!    version, Candle version, lsd-core features), the plugin's package name
+//!    bytes, the ABI [`Fingerprint`] (API version, rustc version, lsd-plugin-api
+//!    version, Candle version, its features), the plugin's package name
 //!    and manifest directory — have a layout frozen for all versions. The
 //!    host reads them, and refuses the library unless every fingerprint
 //!    field equals its own, printing both side by side with the `cargo
 //!    build` command that rebuilds the plugin. No other function of the
 //!    plugin is called before that check. The fingerprint is computed at
 //!    compile time of each side: `export_plugin!` expands in the plugin crate
-//!    but reads constants of the plugin's own copy of lsd-core, which
-//!    `core/build.rs` fills from `$RUSTC --version` and the lock file (see
+//!    but reads constants of the plugin's own copy of lsd-plugin-api, which
+//!    `plugin-api/build.rs` fills from `$RUSTC --version` and the lock file (see
 //!    there for how the Candle version is found, and why).
 //! 2. **Plain data only.** After the check, the host calls the function
 //!    pointers of the declaration's [`abi::VTable`]. Inputs are borrowed
-//!    `#[repr(C)]` views ([`abi::FfiTensor`]: `*const f32`, length, dims) of
-//!    host-owned `f32` buffers, valid for the call. Outputs go back through
-//!    host callbacks ([`abi::Sink`]) that copy them into host memory before
+//!    `#[repr(C)]` views ([`abi::FfiTensor`]: kind, pointer, dims, element
+//!    type, CUDA ordinal and stream) of `f32` buffers, valid for the call:
+//!    device pointers when host and plugin compute on the same CUDA device,
+//!    host memory otherwise ([`lsd_plugin_api::view::crossing`]). Outputs go
+//!    back through host callbacks ([`abi::Sink`]) that copy them before
 //!    returning, so memory never changes owner and no allocator crosses.
 //!    Parameters travel as YAML text, the load context and the metadata as
 //!    JSON text.
@@ -94,8 +97,8 @@
 //!   returns.
 //! - Everything built from a library keeps the library loaded.
 //!
-//! The price is two copies per step (device → host → plugin device and
-//! back) of the images and feature maps; the benchmark measures it.
+//! The price is a copy of the images and feature maps each way per step:
+//! device to device on a shared CUDA device, through host memory otherwise.
 //!
 //! # Discovery
 //!
@@ -106,371 +109,60 @@
 //!
 //! # Testing plugins
 //!
-//! [`testing`] builds a plugin crate from inside a test and compares the
-//! gradients through the loaded library with the in-process gradients and
-//! finite differences ([`testing::check_plugin_gradients`]).
+//! The dev-only crate `lsd-plugin-testing` (`plugin-testing/`) builds a
+//! plugin crate from inside a test and compares the gradients through the
+//! loaded library with the in-process gradients and finite differences.
 
-pub mod abi;
-mod adapter;
-mod api;
-mod cache;
 pub mod discovery;
-mod grad;
 pub(crate) mod host;
-pub mod testing;
 
-pub use api::{
-    device_name, parse_device, parse_params, EditBatch, FeatureMaps, InitContext, LossTerm, Needs,
-    ParamInfo, Plugin, PluginInfo,
-};
-pub use cache::OriginalCache;
-pub use grad::{differentiate, surrogate, TermOutput};
+use crate::ops::{set_precision, Precision};
+use crate::{Error, Result};
+
 pub use host::{Fingerprint, LoadedTerm, PluginLibrary};
+/// The plugin SDK itself, for its `Error` and `Result` (what a
+/// [`LossTerm`] returns).
+pub use lsd_plugin_api as sdk;
+pub use lsd_plugin_api::{
+    abi, device_name, differentiate, parse_device, parse_params, surrogate, EditBatch,
+    FeatureMaps, InitContext, LossTerm, Needs, OriginalCache, ParamInfo, Plugin, PluginInfo,
+    TermOutput,
+};
+
+/// Sets this copy of lsd-core's process-wide precision to the one the host
+/// sent in `context`, and returns it. A plugin that runs lsd-core's networks
+/// calls it first thing in [`Plugin::new`]: the plugin library has its own
+/// copy of lsd-core, whose setting the host's `set_precision` does not reach.
+pub fn adopt_precision(context: &InitContext) -> Result<Precision> {
+    let precision = context.precision.parse::<Precision>().map_err(|e| {
+        Error::Config(format!("the plugin context's precision: {e}; the host sends tf32 or fp32"))
+    })?;
+    set_precision(precision);
+    Ok(precision)
+}
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::PathBuf;
-    use std::sync::OnceLock;
-
-    use candle_core::{DType, Device, Tensor, Var};
-
-    use super::testing::{
-        batch_to, check_plugin_gradients, compare_outputs, finite_differences, tiny_batch,
-        workspace_test_plugins, GradCheck, ProbeTerm,
-    };
     use super::*;
-    use crate::{Error, Result};
-
-    fn plugins() -> &'static HashMap<&'static str, PathBuf> {
-        static PATHS: OnceLock<HashMap<&'static str, PathBuf>> = OnceLock::new();
-        PATHS.get_or_init(|| workspace_test_plugins().expect("the test plugins build"))
-    }
-
-    fn probe_path() -> PathBuf {
-        plugins()["lsd-plugin-test-probe"].clone()
-    }
-
-    fn probe(params: &str) -> Result<ProbeTerm> {
-        ProbeTerm::from_yaml(params, &InitContext::default())
-    }
+    use crate::ops::precision;
 
     #[test]
-    fn fingerprint_is_filled_in_at_compile_time() {
-        let f = Fingerprint::host();
-        assert!(f.rustc.starts_with("rustc "), "{f}");
-        // Keep in step with the workspace's candle-core.
-        assert!(f.candle.starts_with("0.11."), "{f}");
-        assert_eq!(f.lsd_core, env!("CARGO_PKG_VERSION"));
-        assert_eq!(f.features, if cfg!(feature = "cuda") { "cuda" } else { "" });
-        assert!(f.accepts(&f.clone()));
-        let unknown = Fingerprint { candle: "unknown".into(), ..f.clone() };
-        assert!(!unknown.accepts(&unknown.clone()));
-    }
-
-    #[test]
-    fn params_errors_name_the_field_and_position() {
-        let err = probe("scale: 2.0\nsacle: 3.0\n").unwrap_err().to_string();
-        assert!(err.contains("sacle") && err.contains("test-probe"), "{err}");
-        assert!(err.contains("line 2"), "{err}");
-        let err = probe("mode: sideways").unwrap_err().to_string();
-        assert!(err.contains("sideways") && err.contains("line 1"), "{err}");
-        assert!(probe("").is_ok());
-    }
-
-    #[test]
-    fn in_process_gradients_match_finite_differences() -> Result<()> {
-        let term = probe("features: true")?;
-        let batch = batch_to(&tiny_batch(3, true)?, DType::F64, &Device::Cpu)?;
-        let analytic = differentiate(&term, &batch)?;
-        let numeric = finite_differences(&term, &batch, 1e-6)?;
-        let mut rows = Vec::new();
-        compare_outputs(&analytic, &numeric, &batch, "finite differences", 1e-6, 1e-8, &mut rows)?;
-        let report = testing::GradReport { rows };
-        assert!(report.passed(), "{}", report.table());
-        assert!(analytic.grad_x_edit.is_some() && analytic.grad_w.is_some());
-        assert!(analytic.grad_u.is_some() && analytic.grad_features_edit.len() == 2);
-        Ok(())
-    }
-
-    /// The surrogate chains term gradients through a host graph exactly:
-    /// `x_edit = tanh(A · w_edit)` stands in for the generator, and the
-    /// direction's gradient via `differentiate` + `surrogate` must equal the
-    /// gradient of the loss computed end to end in one graph.
-    #[test]
-    fn surrogate_backward_equals_end_to_end_gradient() -> Result<()> {
-        let dev = Device::Cpu;
-        let base = batch_to(&tiny_batch(5, false)?, DType::F64, &dev)?;
-        let u = Var::from_tensor(&base.u)?;
-        let a = Tensor::randn(0f64, 0.3, (6, 48), &dev)?;
-        let generate = |u: &Tensor| -> Result<EditBatch> {
-            let mut b = base.clone();
-            b.u = u.clone();
-            let w_edit = b.w_edit()?.reshape((2, 6))?;
-            b.x_edit = w_edit.matmul(&a)?.tanh()?.reshape((2, 3, 4, 4))?;
-            Ok(b)
-        };
-        let terms = [(probe("scale: 1.0")?, 0.7), (probe("scale: -2.5")?, 0.2)];
-
-        let b = generate(u.as_tensor())?;
-        let mut direct = Tensor::zeros((), DType::F64, &dev)?;
-        for (t, lambda) in &terms {
-            direct = (direct + (t.loss(&b)? * *lambda)?)?;
+    fn a_plugin_adopts_the_precision_of_its_context() {
+        let before = precision();
+        for p in [Precision::Tf32, Precision::Fp32] {
+            let ctx = InitContext { precision: p.name().into(), ..InitContext::default() };
+            assert_eq!(adopt_precision(&ctx).expect("a valid precision"), p);
+            assert_eq!(precision(), p);
         }
-        let g_direct = direct.backward()?.get(u.as_tensor()).expect("u has a gradient").clone();
-
-        let b = generate(u.as_tensor())?;
-        let outs = terms.iter().map(|(t, _)| differentiate(t, &b)).collect::<Result<Vec<_>>>()?;
-        let weights: Vec<f64> = terms.iter().map(|(_, l)| *l).collect();
-        let s = surrogate(&outs, &weights, &b)?;
-        let g_chain = s.backward()?.get(u.as_tensor()).expect("u has a gradient").clone();
-
-        let diff = (g_direct - &g_chain)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
-        let scale = g_chain.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
-        assert!(scale > 1e-3 && diff <= 1e-12 * scale.max(1.0), "diff {diff:e}, scale {scale:e}");
-        Ok(())
-    }
-
-    #[test]
-    fn loaded_probe_gradients_match_in_process_and_finite_differences() -> Result<()> {
-        for params in ["", "features: true\nscale: 0.5"] {
-            let term = probe(params)?;
-            let batch = tiny_batch(11, term.needs().features)?;
-            let report = check_plugin_gradients(
-                &probe_path(),
-                params,
-                &term,
-                &batch,
-                &GradCheck::default(),
-            )?;
-            assert!(report.passed(), "params {params:?}\n{}", report.table());
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn loaded_plugin_describes_itself() -> Result<()> {
-        let lib = PluginLibrary::open(probe_path())?;
-        assert_eq!(lib.info().name, "test-probe");
-        assert_eq!(lib.info().version, "0.0.1");
-        assert_eq!(lib.package(), "lsd-plugin-test-probe");
-        let names: Vec<&str> = lib.info().params.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["scale", "features", "mode"]);
-        assert_eq!(lib.fingerprint(), &Fingerprint::host());
-        let term = lib.instantiate("features: true", &InitContext::default())?;
-        assert!(term.needs().features);
-        // A term that needs feature maps refuses a batch without them.
-        let err = term.evaluate(&tiny_batch(1, false)?).unwrap_err().to_string();
-        assert!(err.contains("feature maps"), "{err}");
-        Ok(())
-    }
-
-    #[test]
-    fn bad_params_are_reported_by_the_plugin_with_field_and_line() -> Result<()> {
-        let lib = PluginLibrary::open(probe_path())?;
-        let err =
-            lib.instantiate("scale: 1.0\nfeatres: true", &InitContext::default()).unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, Error::PluginCall { call: "init", panicked: false, .. }), "{msg}");
-        assert!(msg.contains("featres") && msg.contains("line 2"), "{msg}");
-        Ok(())
-    }
-
-    #[test]
-    fn term_outlives_its_library_handle() -> Result<()> {
-        let term = {
-            let lib = PluginLibrary::open(probe_path())?;
-            lib.instantiate("", &InitContext::default())?
-        };
-        let out = term.evaluate(&tiny_batch(2, false)?)?;
-        assert!(out.value.is_finite() && out.grad_x_edit.is_some());
-        Ok(())
-    }
-
-    #[test]
-    fn a_panic_in_loss_is_an_error_and_the_host_survives() -> Result<()> {
-        let lib = PluginLibrary::open(probe_path())?;
-        let batch = tiny_batch(4, false)?;
-        let panicking = lib.instantiate("mode: panic", &InitContext::default())?;
-        let err = panicking.evaluate(&batch).unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, Error::PluginCall { call: "loss", panicked: true, .. }), "{msg}");
-        assert!(msg.contains("probe: asked to panic") && msg.contains("testing.rs"), "{msg}");
-        // Poisoned from now on, and says so.
-        let again = panicking.evaluate(&batch).unwrap_err().to_string();
-        assert!(again.contains("panicked in an earlier call"), "{again}");
-        // Other terms of the same library still work.
-        let healthy = lib.instantiate("", &InitContext::default())?;
-        assert!(healthy.evaluate(&batch)?.value.is_finite());
-
-        let err =
-            lib.instantiate("mode: error", &InitContext::default())?.evaluate(&batch).unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, Error::PluginCall { panicked: false, .. }), "{msg}");
-        assert!(msg.contains("probe: asked to fail"), "{msg}");
-
-        let msg = lib.instantiate("mode: non_scalar", &InitContext::default())?.evaluate(&batch);
-        let msg = msg.unwrap_err().to_string();
-        assert!(msg.contains("scalar"), "{msg}");
-        Ok(())
-    }
-
-    #[test]
-    fn mismatched_fingerprint_is_refused_before_any_call() {
-        let path = &plugins()["lsd-plugin-test-bad-fingerprint"];
-        let err = PluginLibrary::open(path).unwrap_err();
-        let msg = err.to_string();
-        let Error::PluginMismatch { fields, rebuild, package, .. } = &err else {
-            panic!("expected a mismatch, got: {msg}");
-        };
-        assert_eq!(package, "lsd-plugin-test-bad-fingerprint");
-        let host = Fingerprint::host();
-        // Both values side by side.
-        assert!(
-            msg.contains(&host.rustc) && msg.contains("rustc 0.0.0 (wrong 1970-01-01)"),
-            "{msg}"
-        );
-        assert!(msg.contains(&host.candle) && msg.contains("0.0.0-wrong"), "{msg}");
-        assert!(fields.iter().any(|[f, h, p]| f == "rustc" && h != p));
-        // The command to rebuild it.
-        assert!(
-            rebuild.contains("cargo") && rebuild.contains("tests/plugins/bad-fingerprint"),
-            "{rebuild}"
-        );
-        assert!(msg.contains(rebuild.as_str()));
-        // None of its functions ran: it counts every call in an exported static.
-        // SAFETY: the test library exports this symbol as a `static AtomicUsize`.
-        let calls = unsafe {
-            let lib = libloading::Library::new(path).expect("loads");
-            let counter = lib
-                .get::<*const std::sync::atomic::AtomicUsize>(b"LSD_TEST_VTABLE_CALLS")
-                .expect("the counter symbol");
-            (**counter).load(std::sync::atomic::Ordering::SeqCst)
-        };
-        assert_eq!(calls, 0, "the host called into a plugin it had refused");
-    }
-
-    #[test]
-    fn non_plugins_and_missing_files_are_clear_errors() -> Result<()> {
-        let err = PluginLibrary::open(&plugins()["lsd-plugin-test-not-a-plugin"]).unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, Error::PluginLoad { .. }), "{msg}");
-        assert!(
-            msg.contains("not an lsd-tui plugin") && msg.contains("lsd_plugin_declaration"),
-            "{msg}"
-        );
-
-        let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "tempdir", e))?;
-        let missing = dir.path().join("liblsd_plugin_nothing.so");
-        let msg = PluginLibrary::open(&missing).unwrap_err().to_string();
-        assert!(msg.contains("no such file") && msg.contains("liblsd_plugin_nothing.so"), "{msg}");
-
-        let garbage = dir.path().join("liblsd_plugin_garbage.so");
-        std::fs::write(&garbage, b"this is not a library")
-            .map_err(|e| Error::io("writing", &garbage, e))?;
-        let msg = PluginLibrary::open(&garbage).unwrap_err().to_string();
-        assert!(msg.contains("cannot load it as a dynamic library"), "{msg}");
-        Ok(())
-    }
-
-    #[test]
-    fn discovery_lists_and_resolves_by_name() -> Result<()> {
-        use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-        let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "tempdir", e))?;
-        let copy = |src: &PathBuf, stem: &str| -> Result<PathBuf> {
-            let dst = dir.path().join(format!("{DLL_PREFIX}{stem}{DLL_SUFFIX}"));
-            std::fs::copy(src, &dst).map_err(|e| Error::io("copying", src, e))?;
-            Ok(dst)
-        };
-        let good = copy(&probe_path(), "lsd_plugin_probe_copy")?;
-        copy(&plugins()["lsd-plugin-test-bad-fingerprint"], "lsd_plugin_bad")?;
-        copy(&probe_path(), "not_following_the_convention")?;
-        let dirs = vec![dir.path().to_path_buf()];
-
-        let found = discovery::list(&dirs);
-        assert_eq!(found.len(), 2, "{found:#?}");
-        let ok: Vec<_> = found.iter().filter_map(|f| f.status.as_ref().ok()).collect();
-        assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].info.name, "test-probe");
-        assert!(found.iter().any(|f| matches!(f.status, Err(Error::PluginMismatch { .. }))));
-
-        assert_eq!(discovery::resolve_in("test-probe", &dirs)?.path(), good);
-        assert_eq!(discovery::resolve_in(good.to_str().expect("utf-8"), &[])?.path(), good);
-        let msg = discovery::resolve_in("no-such-term", &dirs).unwrap_err().to_string();
-        assert!(msg.contains("no-such-term") && msg.contains("LSD_PLUGIN_PATH"), "{msg}");
-        assert!(msg.contains("lsd_plugin_bad"), "{msg}");
-
-        let report = discovery::check(&good)?;
-        assert!(report.smoke_value.is_finite());
-        assert_eq!(report.smoke_gradients, ["x_edit", "w", "u"]);
-        Ok(())
-    }
-
-    /// Issue 15: a bare library name was checked for existence in the
-    /// current folder, then `dlopen`ed through the loader's search path,
-    /// which does not include the current folder: another file, or none.
-    #[test]
-    fn issue_15_a_bare_library_name_loads_the_file_in_the_current_folder() -> Result<()> {
-        use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-        struct Remove(PathBuf);
-        impl Drop for Remove {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        let name = format!("{DLL_PREFIX}lsd_plugin_issue15_{}{DLL_SUFFIX}", std::process::id());
-        let here = std::env::current_dir().map_err(|e| Error::io("reading", ".", e))?.join(&name);
-        let _cleanup = Remove(here.clone());
-        std::fs::copy(probe_path(), &here).map_err(|e| Error::io("copying", &here, e))?;
-        let lib = PluginLibrary::open(&name)?;
-        assert_eq!(lib.path(), here);
-        assert_eq!(lib.info().name, "test-probe");
-        Ok(())
-    }
-
-    /// Issue 15: running a recipe opened every `liblsd_plugin_*` of the
-    /// recipe's folder until one declared the name: a recipe folder from
-    /// elsewhere ran code. Only the directories the user chose are searched.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn issue_15_libraries_next_to_a_recipe_are_not_loaded() {
-        use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let planted = dir.path().join(format!("{DLL_PREFIX}lsd_plugin_planted{DLL_SUFFIX}"));
-        std::fs::copy(probe_path(), &planted).expect("copied");
-        let recipe_file = dir.path().join("r.yaml");
-        let text = "prompt: p\nsteps: 1\nterms:\n  - plugin: no-such-plugin-anywhere\n";
-        std::fs::write(&recipe_file, text).expect("written");
-        let recipe = crate::recipe::Recipe::load(&recipe_file).expect("a valid recipe");
-        let err = crate::engine::load_plugin_terms(&recipe, &crate::engine::Weights::demo(), &Device::Cpu)
-            .expect_err("no such plugin");
-        assert!(err.message.contains("no-such-plugin-anywhere"), "{err}");
-        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-        assert!(!maps.contains(planted.to_str().expect("utf-8")), "the planted library was loaded");
-        // Named by path, the recipe's library is what it gets.
-        let text = "prompt: p\nsteps: 1\nterms:\n  - plugin: ./liblsd_plugin_planted.so\n";
-        std::fs::write(&recipe_file, text.replace("lib", DLL_PREFIX).replace(".so", DLL_SUFFIX)).expect("written");
-        let recipe = crate::recipe::Recipe::load(&recipe_file).expect("a valid recipe");
-        let terms = crate::engine::load_plugin_terms(&recipe, &crate::engine::Weights::demo(), &Device::Cpu).expect("loads");
-        assert_eq!(terms.len(), 1);
-    }
-
-    #[test]
-    fn search_dirs_come_from_the_variable_then_the_executable() {
-        let sep = if cfg!(windows) { ";" } else { ":" };
-        let var = format!("/a{sep}{sep}/b{sep}/a");
-        let dirs = discovery::search_dirs_from(Some(var.into()), Some("/exe".into()));
-        assert_eq!(dirs, [PathBuf::from("/a"), "/b".into(), "/exe".into()]);
-        assert!(discovery::is_plugin_file_name(&format!(
-            "{}lsd_plugin_clip{}",
-            std::env::consts::DLL_PREFIX,
-            std::env::consts::DLL_SUFFIX
-        )));
-        assert!(!discovery::is_plugin_file_name("libfoo.so.txt"));
+        let bad = InitContext { precision: "bf16".into(), ..InitContext::default() };
+        let msg = adopt_precision(&bad).unwrap_err().to_string();
+        assert!(msg.contains("bf16") && msg.contains("tf32"), "{msg}");
+        set_precision(before);
     }
 
     #[test]
     fn the_user_folder_follows_xdg_and_an_installation_finds_its_lib_folder() {
+        use std::path::PathBuf;
         let user = |data: Option<&str>, home: Option<&str>| discovery::user_plugin_dir_from(data.map(Into::into), home.map(Into::into));
         assert_eq!(user(Some("/data"), Some("/home/u")), Some(PathBuf::from("/data/lsd-tui/plugins")));
         assert_eq!(user(Some("relative"), Some("/home/u")), Some(PathBuf::from("/home/u/.local/share/lsd-tui/plugins")));

@@ -228,7 +228,7 @@ fn nets() -> Result<Nets> {
 struct ClipTerm(clip::ClipLoss);
 
 impl LossTerm for ClipTerm {
-    fn loss(&self, b: &EditBatch) -> lsd_core::Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         Ok(self.0.loss(&b.x_edit, 0)?.mean_all()?)
     }
 }
@@ -238,9 +238,9 @@ impl LossTerm for ClipTerm {
 struct IdTerm(arcface::id_loss::IdLoss, OriginalCache);
 
 impl LossTerm for IdTerm {
-    fn loss(&self, b: &EditBatch) -> lsd_core::Result<Tensor> {
-        let reference = self.1.get_or_compute(b, |x| self.0.extract_feats(x))?;
-        self.0.forward_with_reference(&b.x_edit, &reference)
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
+        let reference = self.1.get_or_compute(b, |x| Ok(self.0.extract_feats(x)?))?;
+        Ok(self.0.forward_with_reference(&b.x_edit, &reference)?)
     }
 }
 
@@ -254,11 +254,11 @@ struct SegTerm {
 }
 
 impl LossTerm for SegTerm {
-    fn loss(&self, b: &EditBatch) -> lsd_core::Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         use candle_core::Module;
         let hair = [17usize];
         let (_, _, h, w) = b.x.dims4()?;
-        let mask = |x: &Tensor| -> lsd_core::Result<Tensor> {
+        let mask = |x: &Tensor| -> plugin::sdk::Result<Tensor> {
             let input = bisenet::preprocess_generator_image(&x.detach(), (self.size, self.size))?;
             let probs = bisenet::probabilities(&self.net.forward(&input)?)?;
             let m = bisenet::soft_mask(&probs, &hair)?.unsqueeze(1)?;
@@ -341,7 +341,7 @@ fn step(a: StepArgs) -> Result<()> {
     );
     let mut recipe = Recipe::parse(&text, Path::new("bench.yaml")).map_err(|e| eyre!("{e}"))?;
     recipe.output = dir.path().join("run");
-    let setup = Setup { device: device.clone(), weights, terms, resume: false, stop_after: None, metrics: false };
+    let setup = Setup { device: device.clone(), weights, metrics: false, ..Setup::new(terms) };
     let (tx, rx) = mpsc::channel();
     let (_ctl, crx) = mpsc::channel();
     let worker = std::thread::spawn(move || engine::run(recipe, setup, &tx, &crx));

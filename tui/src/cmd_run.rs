@@ -277,7 +277,7 @@ fn start(mut recipe: Recipe, opts: &Options) -> Result<i32> {
         );
         return Ok(exit::FINISHED);
     }
-    let setup = Setup { device, weights, terms, resume: opts.resume, stop_after: opts.stop_after, metrics: true };
+    let setup = Setup { device, weights, resume: opts.resume, stop_after: opts.stop_after, ..Setup::new(terms) };
     // From here a signal stops the run with its checkpoint and outputs;
     // before, there is nothing to save and the default action is right.
     let signals = Signals::install().wrap_err("installing the SIGTERM/SIGINT/SIGHUP handlers")?;

@@ -18,7 +18,7 @@ fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-        let libs = lsd_core::plugin::testing::build_plugins(
+        let libs = lsd_plugin_testing::build_plugins(
             manifest,
             &["lsd-plugin-clip", "lsd-plugin-identity", "lsd-plugin-segmentation"],
         )

@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 fn plugin_path() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| {
-        let libs = lsd_core::plugin::testing::build_plugins(
+        let libs = lsd_plugin_testing::build_plugins(
             root().join("Cargo.toml"),
             &["lsd-plugin-clip", "lsd-plugin-identity", "lsd-plugin-segmentation"],
         )

@@ -23,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_lsd-tui");
 /// The folders holding the built-in plugins, built here.
 fn plugin_path() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let libs = lsd_core::plugin::testing::build_plugins(
+    let libs = lsd_plugin_testing::build_plugins(
         root.join("Cargo.toml"),
         &["lsd-plugin-clip", "lsd-plugin-identity", "lsd-plugin-segmentation"],
     )

@@ -51,7 +51,12 @@ impl Weights {
     /// from [`DEMO_MODEL_SEED`], the seed the host's own demo networks use,
     /// so a plugin's demo CLIP is the host's.
     pub fn context(&self, device: &Device) -> InitContext {
-        InitContext { device: plugin::device_name(device), weights: self.context_map(), seed: DEMO_MODEL_SEED }
+        InitContext {
+            device: plugin::device_name(device),
+            weights: self.context_map(),
+            seed: DEMO_MODEL_SEED,
+            precision: crate::ops::precision().name().into(),
+        }
     }
 }
 
@@ -100,7 +105,7 @@ impl EngineTerm {
     /// Value and input gradients on `batch`.
     pub fn evaluate(&self, batch: &EditBatch) -> Result<TermOutput> {
         match &self.imp {
-            TermImpl::InProcess(t) => plugin::differentiate(t.as_ref(), batch),
+            TermImpl::InProcess(t) => Ok(plugin::differentiate(t.as_ref(), batch)?),
             TermImpl::Plugin(t) => t.evaluate(batch),
         }
     }

@@ -14,7 +14,7 @@ use crate::plugin::{LossTerm, Needs};
 struct Towards(f32);
 
 impl LossTerm for Towards {
-    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         Ok((&b.x_edit - self.0 as f64)?.sqr()?.mean_all()?)
     }
 }
@@ -23,7 +23,7 @@ impl LossTerm for Towards {
 struct Stay;
 
 impl LossTerm for Stay {
-    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         let f = b.features.as_ref().ok_or_else(|| Error::Config("no feature maps".into()))?;
         let mut total = (&b.x_edit - &b.x)?.sqr()?.mean_all()?;
         for (a, e) in f.x.iter().zip(&f.x_edit) {
@@ -44,7 +44,7 @@ struct NanAfter {
 }
 
 impl LossTerm for NanAfter {
-    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let l = b.x_edit.mean_all()?;
         Ok(if n >= self.at { (l * f64::NAN)? } else { l })
@@ -267,7 +267,7 @@ fn diversity_is_zero_for_orthogonal_and_one_for_parallel() -> Result<()> {
 struct KeyProbe(Arc<std::sync::Mutex<Vec<(u64, Vec<f32>)>>>);
 
 impl LossTerm for KeyProbe {
-    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         let keys = b.keys.clone().ok_or_else(|| Error::Config("the engine sent no keys".into()))?;
         let mut seen = self.0.lock().expect("not poisoned");
         for (i, k) in keys.into_iter().enumerate() {
@@ -352,7 +352,7 @@ struct Saboteur {
 }
 
 impl LossTerm for Saboteur {
-    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if n == self.fail_on {
             crate::durable::testing::fail_writes(&self.checkpoint, 1);
@@ -472,7 +472,7 @@ fn issue_15_resume_refuses_another_generator_and_names_what_changed() {
 fn issue_15_resume_refuses_another_build_of_a_plugin() {
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
     use crate::plugin::{InitContext, PluginLibrary};
-    let plugins = crate::plugin::testing::workspace_test_plugins().expect("the test plugins build");
+    let plugins = lsd_plugin_testing::workspace_test_plugins().expect("the test plugins build");
     let dir = tempdir();
     let lib = dir.path().join(format!("{DLL_PREFIX}lsd_plugin_probe_copy{DLL_SUFFIX}"));
     std::fs::copy(&plugins["lsd-plugin-test-probe"], &lib).expect("copied");
@@ -552,7 +552,7 @@ fn relaxed_one_hot_is_almost_one_hot_and_uniform() {
 struct Probe(Arc<std::sync::Mutex<Vec<(Vec<f32>, Vec<usize>)>>>);
 
 impl LossTerm for Probe {
-    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         self.0.lock().expect("not poisoned").push((b.alpha.clone(), b.u.dims().to_vec()));
         Ok((&b.x_edit - 0.5)?.sqr()?.mean_all()?)
     }
@@ -660,4 +660,39 @@ fn a_latent_file_trains_like_its_seed_and_is_labelled_by_name() {
     assert_eq!(d.meta.layers, vec![8, 9]);
     let u = d.direction.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
     assert!(u[..8].iter().flatten().all(|&v| v == 0.0) && u[8].iter().any(|&v| v != 0.0));
+}
+
+/// With the warm-up forced on (as on a CUDA device), one untimed pass runs
+/// before step 1 and is reported as a warm-up of its own; step 1 is then an
+/// ordinary step, and the run computes exactly what it computes without it.
+#[test]
+fn a_forced_warm_up_is_reported_before_step_1_and_changes_nothing() {
+    let dir = tempdir();
+    let run_with = |warm_up: Option<bool>, name: &str| {
+        let out = dir.path().join(name);
+        let (events, res) = run_sync(recipe(RECIPE, &out), Setup { warm_up, ..quiet(terms()) });
+        res.expect("the run succeeds");
+        (events, direction_bytes(&out), std::fs::read_to_string(out.join("losses.csv")).expect("csv"))
+    };
+    let (events, warmed, warmed_csv) = run_with(Some(true), "warm");
+    let warm_ups: Vec<(usize, &str)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| if let TrainEvent::WarmUp { what } = e { Some((i, what.as_str())) } else { None })
+        .collect();
+    let first_step = events.iter().position(|e| matches!(e, TrainEvent::Step(_))).expect("a step");
+    let started = events.iter().position(|e| matches!(e, TrainEvent::Started(_))).expect("started");
+    // The generator load, then the kernel warm-up between Started and step 1,
+    // and no "first step" warm-up any more.
+    assert_eq!(warm_ups.len(), 2, "{warm_ups:?}");
+    assert_eq!(warm_ups[1].1, WARM_UP_KERNELS);
+    assert!(started < warm_ups[1].0 && warm_ups[1].0 < first_step, "{warm_ups:?} {started} {first_step}");
+    assert!(!warm_ups.iter().any(|(_, w)| w.starts_with("first step")), "{warm_ups:?}");
+
+    // Off (the CPU default): the first step is reported as the slow one.
+    let (events, plain, plain_csv) = run_with(None, "plain");
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::WarmUp { what } if what.starts_with("first step"))));
+    assert!(!events.iter().any(|e| matches!(e, TrainEvent::WarmUp { what } if what == WARM_UP_KERNELS)));
+    assert_eq!(warmed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    assert_eq!(warmed_csv, plain_csv);
 }

@@ -88,6 +88,7 @@ pub fn train_or_reuse(
         stop_after: None,
         // The experiments measure the directions themselves.
         metrics: false,
+        warm_up: None,
     };
     let (event_tx, events) = mpsc::channel();
     let (control, control_rx) = mpsc::channel();

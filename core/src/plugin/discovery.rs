@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::api::{EditBatch, FeatureMaps, InitContext, PluginInfo};
-use super::grad::TermOutput;
+use lsd_plugin_api::{EditBatch, FeatureMaps, InitContext, PluginInfo, TermOutput};
 use super::host::{Fingerprint, PluginLibrary};
 use crate::{Error, Result};
 

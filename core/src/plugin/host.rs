@@ -6,17 +6,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use libloading::Library;
 
 use super::abi::{
     FfiBatch, FfiFingerprint, FfiTensor, PluginDeclaration, RStr, Sink, Slot, Status, VTable,
     API_VERSION, CANDLE_VERSION, DECLARATION_SYMBOL, FEATURES, FROZEN_PREFIX_SIZE, LAYOUT_HASH,
-    LSD_CORE_VERSION, MAGIC, MAGIC_V1, RUSTC_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W,
+    SDK_VERSION, MAGIC, MAGIC_V1, RUSTC_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W,
     SLOT_X_EDIT, STATUS_OK, STATUS_PANIC,
 };
-use super::api::{to_host, EditBatch, InitContext, Needs, ParamInfo, PluginInfo};
-use super::grad::TermOutput;
+use lsd_plugin_api::view::{crossing, receive, Side, Site, Staged};
+use lsd_plugin_api::{EditBatch, InitContext, Needs, ParamInfo, PluginInfo, TermOutput};
 use crate::{Error, Result};
 
 /// What a side of the boundary was built with. Host and plugin must agree
@@ -30,8 +30,8 @@ pub struct Fingerprint {
     pub layout_hash: u64,
     /// `rustc --version`.
     pub rustc: String,
-    /// The lsd-core version.
-    pub lsd_core: String,
+    /// The lsd-plugin-api version.
+    pub sdk: String,
     /// The candle-core version.
     pub candle: String,
     /// Enabled lsd-core features, comma-separated.
@@ -45,7 +45,7 @@ impl Fingerprint {
             api_version: API_VERSION,
             layout_hash: LAYOUT_HASH,
             rustc: RUSTC_VERSION.into(),
-            lsd_core: LSD_CORE_VERSION.into(),
+            sdk: SDK_VERSION.into(),
             candle: CANDLE_VERSION.into(),
             features: FEATURES.into(),
         }
@@ -72,7 +72,7 @@ impl Fingerprint {
             ("api", self.api_version.to_string(), other.api_version.to_string()),
             ("layout", self.layout(), other.layout()),
             ("rustc", self.rustc.clone(), other.rustc.clone()),
-            ("lsd-core", self.lsd_core.clone(), other.lsd_core.clone()),
+            ("lsd-plugin-api", self.sdk.clone(), other.sdk.clone()),
             ("candle", self.candle.clone(), other.candle.clone()),
             ("features", show(&self.features), show(&other.features)),
         ]
@@ -90,11 +90,11 @@ impl fmt::Display for Fingerprint {
         let features = if self.features.is_empty() { "no features" } else { &self.features };
         write!(
             f,
-            "api {} (layout {}), {}, lsd-core {}, candle {}, {}",
+            "api {} (layout {}), {}, lsd-plugin-api {}, candle {}, {}",
             self.api_version,
             self.layout(),
             self.rustc,
-            self.lsd_core,
+            self.sdk,
             self.candle,
             features
         )
@@ -126,10 +126,10 @@ pub(crate) fn rebuild_command(host: &Fingerprint, plugin: &Fingerprint, manifest
     if toolchain.is_empty() && host.rustc != plugin.rustc {
         cmd.push_str(&format!("   (with the compiler that reports '{}')", host.rustc));
     }
-    if host.lsd_core != plugin.lsd_core {
+    if host.sdk != plugin.sdk {
         cmd.push_str(&format!(
-            "\n    after changing its lsd-core dependency to version {}",
-            host.lsd_core
+            "\n    after changing its lsd-plugin-api dependency to version {}",
+            host.sdk
         ));
     }
     cmd
@@ -370,7 +370,7 @@ pub(crate) fn read_head(mem: &dyn Memory, addr: usize) -> std::result::Result<De
             api_version: u32::from_ne_bytes(read_array(mem, f + offset_of!(V1Fingerprint, api_version), "api version")?),
             layout_hash: 0,
             rustc: read_rstr(mem, f + offset_of!(V1Fingerprint, rustc), "rustc version")?,
-            lsd_core: read_rstr(mem, f + offset_of!(V1Fingerprint, lsd_core), "lsd-core version")?,
+            sdk: read_rstr(mem, f + offset_of!(V1Fingerprint, lsd_core), "lsd-core version")?,
             candle: read_rstr(mem, f + offset_of!(V1Fingerprint, candle), "candle version")?,
             features: read_rstr(mem, f + offset_of!(V1Fingerprint, features), "features")?,
         };
@@ -396,7 +396,7 @@ pub(crate) fn read_head(mem: &dyn Memory, addr: usize) -> std::result::Result<De
         api_version: u32::from_ne_bytes(read_array(mem, f + offset_of!(FfiFingerprint, api_version), "api version")?),
         layout_hash: u64::from_ne_bytes(read_array(mem, f + offset_of!(FfiFingerprint, layout_hash), "layout hash")?),
         rustc: read_rstr(mem, f + offset_of!(FfiFingerprint, rustc), "rustc version")?,
-        lsd_core: read_rstr(mem, f + offset_of!(FfiFingerprint, lsd_core), "lsd-core version")?,
+        sdk: read_rstr(mem, f + offset_of!(FfiFingerprint, sdk), "lsd-plugin-api version")?,
         candle: read_rstr(mem, f + offset_of!(FfiFingerprint, candle), "candle version")?,
         features: read_rstr(mem, f + offset_of!(FfiFingerprint, features), "features")?,
     };
@@ -461,7 +461,7 @@ pub(crate) fn declaration_image(base: usize, fingerprint: &Fingerprint, size: u6
     put(&mut img, f + offset_of!(FfiFingerprint, api_version), &fingerprint.api_version.to_ne_bytes());
     put(&mut img, f + offset_of!(FfiFingerprint, layout_hash), &fingerprint.layout_hash.to_ne_bytes());
     rstr(&mut img, f + offset_of!(FfiFingerprint, rustc), &fingerprint.rustc);
-    rstr(&mut img, f + offset_of!(FfiFingerprint, lsd_core), &fingerprint.lsd_core);
+    rstr(&mut img, f + offset_of!(FfiFingerprint, sdk), &fingerprint.sdk);
     rstr(&mut img, f + offset_of!(FfiFingerprint, candle), &fingerprint.candle);
     rstr(&mut img, f + offset_of!(FfiFingerprint, features), &fingerprint.features);
     rstr(&mut img, offset_of!(PluginDeclaration, package), "lsd-plugin-image");
@@ -474,6 +474,23 @@ pub(crate) fn declaration_image(base: usize, fingerprint: &Fingerprint, size: u6
         put(&mut img, at, &1usize.to_ne_bytes());
     }
     img
+}
+
+/// Refuses a declaration whose fingerprint differs from the host's, with
+/// both side by side and the command that rebuilds the plugin.
+pub(crate) fn check_fingerprint(path: &Path, head: &DeclHead) -> Result<()> {
+    let host = Fingerprint::host();
+    if host.accepts(&head.fingerprint) {
+        return Ok(());
+    }
+    let rows =
+        host.fields(&head.fingerprint).into_iter().map(|(name, h, p)| [name.to_string(), h, p]).collect();
+    Err(Error::PluginMismatch {
+        path: path.to_path_buf(),
+        package: head.package.clone(),
+        fields: rows,
+        rebuild: rebuild_command(&host, &head.fingerprint, &head.manifest_dir),
+    })
 }
 
 impl PluginLibrary {
@@ -519,7 +536,7 @@ impl PluginLibrary {
                 .map_err(|_| {
                     fail(format!(
                         "not an lsd-tui plugin: it exports no `{DECLARATION_SYMBOL}` symbol \
-                         (a plugin ends with `lsd_core::export_plugin!(YourTerm);`)"
+                         (a plugin ends with `lsd_plugin_api::export_plugin!(YourTerm);`)"
                     ))
                 })?;
             get()
@@ -529,21 +546,8 @@ impl PluginLibrary {
         // size before it reads further, and bounds every string it follows.
         let mem = unsafe { ProcessMemory::new() };
         let head = read_head(&mem, decl as usize).map_err(fail)?;
-        let DeclHead { fingerprint, package, manifest_dir, .. } = head.clone();
-        let host = Fingerprint::host();
-        if !host.accepts(&fingerprint) {
-            let rows = host
-                .fields(&fingerprint)
-                .into_iter()
-                .map(|(name, h, p)| [name.to_string(), h, p])
-                .collect();
-            return Err(Error::PluginMismatch {
-                path: path.to_path_buf(),
-                package: package.clone(),
-                fields: rows,
-                rebuild: rebuild_command(&host, &fingerprint, &manifest_dir),
-            });
-        }
+        check_fingerprint(path, &head)?;
+        let DeclHead { fingerprint, package, .. } = head.clone();
         let (name, version, description) = read_rest(&mem, decl as usize, &head).map_err(fail)?;
         let shared = Arc::new(Shared { path: path.to_path_buf(), decl, library });
         let mut lib = Self {
@@ -580,9 +584,14 @@ impl PluginLibrary {
         &self.package
     }
 
-    /// Builds a term from YAML parameters (empty for all defaults).
+    /// Builds a term from YAML parameters (empty for all defaults). The
+    /// context's precision is replaced by the process-wide one
+    /// ([`crate::ops::precision`]), which every term is told.
     pub fn instantiate(&self, params_yaml: &str, context: &InitContext) -> Result<LoadedTerm> {
-        let context = serde_json::to_string(context)
+        let context_device = context.device.clone();
+        // The precision is process-wide: every term is told the host's.
+        let context = InitContext { precision: crate::ops::precision().name().into(), ..context.clone() };
+        let context = serde_json::to_string(&context)
             .map_err(|e| Error::Config(format!("cannot encode the plugin context: {e}")))?;
         let init = self.shared.vtable().init;
         let mut handle: *mut c_void = std::ptr::null_mut();
@@ -600,6 +609,10 @@ impl PluginLibrary {
             handle,
             name: self.info.name.clone(),
             needs: Needs::default(),
+            side: Side {
+                site: Site::named(&context_device),
+                cuda: self.fingerprint.features.split(',').any(|f| f == "cuda"),
+            },
         };
         let needs = self.shared.vtable().needs;
         // SAFETY: the handle is live; the sink is valid for the call.
@@ -614,16 +627,19 @@ impl PluginLibrary {
     }
 
     fn call(&self, call: &'static str, f: impl FnOnce(*const Sink) -> Status) -> Result<Collected> {
-        call_plugin(&self.info.name, call, f)
+        call_plugin(&self.info.name, call, &Device::Cpu, f)
     }
 }
 
 /// Everything a plugin sent back during one call.
-#[derive(Default)]
 struct Collected {
     text: String,
     value: Option<f64>,
-    tensors: Vec<(Slot, u32, Vec<f32>, Vec<usize>)>,
+    /// The device the host's copies of the tensors go to.
+    device: Device,
+    tensors: Vec<(Slot, u32, Tensor)>,
+    /// A tensor that could not be received, and why.
+    bad_tensor: Option<String>,
 }
 
 unsafe extern "C" fn sink_text(ctx: *mut c_void, text: RStr) {
@@ -651,11 +667,15 @@ unsafe extern "C" fn sink_value(ctx: *mut c_void, value: f64) {
 
 unsafe extern "C" fn sink_tensor(ctx: *mut c_void, slot: Slot, index: u32, t: FfiTensor) {
     let _ = std::panic::catch_unwind(|| {
-        // SAFETY: as in `sink_text`; `t` is valid for this callback, and is
-        // copied before it returns.
-        let (c, (data, dims)) = unsafe { (&*ctx.cast::<Mutex<Collected>>(), t.parts()) };
+        // SAFETY: as in `sink_text`.
+        let c = unsafe { &*ctx.cast::<Mutex<Collected>>() };
         if let Ok(mut c) = c.lock() {
-            c.tensors.push((slot, index, data.to_vec(), dims.to_vec()));
+            // SAFETY: `t` is valid for this callback, and is copied (to host
+            // memory, or device to device) before it returns.
+            match unsafe { receive(&t, &c.device) } {
+                Ok(tensor) => c.tensors.push((slot, index, tensor)),
+                Err(e) => c.bad_tensor = Some(format!("sent an unusable gradient {slot}/{index}: {e}")),
+            }
         }
     });
 }
@@ -664,9 +684,16 @@ unsafe extern "C" fn sink_tensor(ctx: *mut c_void, slot: Slot, index: u32, t: Ff
 fn call_plugin(
     plugin: &str,
     call: &'static str,
+    device: &Device,
     f: impl FnOnce(*const Sink) -> Status,
 ) -> Result<Collected> {
-    let collected = Mutex::new(Collected::default());
+    let collected = Mutex::new(Collected {
+        text: String::new(),
+        value: None,
+        device: device.clone(),
+        tensors: Vec::new(),
+        bad_tensor: None,
+    });
     let sink = Sink {
         ctx: (&collected as *const Mutex<Collected>).cast_mut().cast(),
         text: sink_text,
@@ -693,6 +720,9 @@ pub struct LoadedTerm {
     handle: *mut c_void,
     name: String,
     needs: Needs,
+    /// Where the plugin computes (the device it was told) and whether it
+    /// was built with CUDA: decides how tensors cross ([`crossing`]).
+    side: Side,
 }
 
 // SAFETY: the handle is a `Box<Hosted<T>>` with `T: LossTerm: Send + Sync`,
@@ -736,20 +766,24 @@ impl LoadedTerm {
         &self.shared.path
     }
 
-    /// Evaluates the term on the host's batch: the inputs are copied to host
-    /// memory as `f32`, the plugin computes the loss and its gradients in its
-    /// own graph, and the gradients come back as new host tensors on
-    /// `x_edit`'s device, in the dtype of the input they belong to. Nothing
-    /// is attached to the host's graph; chain with [`super::surrogate`].
+    /// Evaluates the term on the host's batch: the inputs are lent as `f32`
+    /// views — device pointers when host and plugin compute on the same CUDA
+    /// device, host copies otherwise ([`crossing`]) — the plugin computes the
+    /// loss and its gradients in its own graph, and the gradients come back
+    /// as new host tensors on `x_edit`'s device, in the dtype of the input
+    /// they belong to. Nothing is attached to the host's graph; chain with
+    /// [`super::surrogate`].
     pub fn evaluate(&self, batch: &EditBatch) -> Result<TermOutput> {
         batch.validate()?;
-        let host = |t: &Tensor| to_host(t);
+        let device = batch.x_edit.device();
+        let how = crossing(Side::this(device), self.side);
+        let stage = |t: &Tensor| -> Result<Staged> { Ok(Staged::new(t, how)?) };
         let (x, x_edit, w, u) =
-            (host(&batch.x)?, host(&batch.x_edit)?, host(&batch.w)?, host(&batch.u)?);
+            (stage(&batch.x)?, stage(&batch.x_edit)?, stage(&batch.w)?, stage(&batch.u)?);
         let (fx, fe) = match (&batch.features, self.needs.features) {
             (Some(f), true) => (
-                f.x.iter().map(host).collect::<Result<Vec<_>>>()?,
-                f.x_edit.iter().map(host).collect::<Result<Vec<_>>>()?,
+                f.x.iter().map(stage).collect::<Result<Vec<_>>>()?,
+                f.x_edit.iter().map(stage).collect::<Result<Vec<_>>>()?,
             ),
             (None, true) => {
                 return Err(Error::Config(format!(
@@ -759,15 +793,14 @@ impl LoadedTerm {
             }
             (_, false) => (Vec::new(), Vec::new()),
         };
-        let view = |(d, s): &(Vec<f32>, Vec<usize>)| FfiTensor::borrow(d, s);
-        let fx_views: Vec<FfiTensor> = fx.iter().map(view).collect();
-        let fe_views: Vec<FfiTensor> = fe.iter().map(view).collect();
+        let fx_views: Vec<FfiTensor> = fx.iter().map(Staged::view).collect();
+        let fe_views: Vec<FfiTensor> = fe.iter().map(Staged::view).collect();
         let direction: Vec<u32> = batch.direction.iter().map(|&d| d as u32).collect();
         let ffi = FfiBatch {
-            x: view(&x),
-            x_edit: view(&x_edit),
-            w: view(&w),
-            u: view(&u),
+            x: x.view(),
+            x_edit: x_edit.view(),
+            w: w.view(),
+            u: u.view(),
             alpha: batch.alpha.as_ptr(),
             n_alpha: batch.alpha.len(),
             direction: direction.as_ptr(),
@@ -786,7 +819,8 @@ impl LoadedTerm {
         let handle = self.handle.cast_const();
         // SAFETY: every buffer `ffi` points to lives until the end of this
         // function; the handle is live; the sink is valid for the call.
-        let got = call_plugin(&self.name, "loss", |sink| unsafe { evaluate(handle, &ffi, sink) })?;
+        let got =
+            call_plugin(&self.name, "loss", device, |sink| unsafe { evaluate(handle, &ffi, sink) })?;
         self.output(batch, got)
     }
 
@@ -798,6 +832,9 @@ impl LoadedTerm {
             reason,
             panicked: false,
         };
+        if let Some(reason) = got.bad_tensor {
+            return Err(bad(reason));
+        }
         let value = got.value.ok_or_else(|| bad("returned no loss value".into()))?;
         let n_features = if self.needs.features {
             batch.features.as_ref().map_or(0, |f| f.x_edit.len())
@@ -811,7 +848,7 @@ impl LoadedTerm {
             grad_u: None,
             grad_features_edit: vec![None; n_features],
         };
-        for (slot, index, data, dims) in got.tensors {
+        for (slot, index, t) in got.tensors {
             let (target, input, name) = match slot {
                 SLOT_X_EDIT => (&mut out.grad_x_edit, &batch.x_edit, "x_edit".to_string()),
                 SLOT_W => (&mut out.grad_w, &batch.w, "w".to_string()),
@@ -824,14 +861,14 @@ impl LoadedTerm {
                 }
                 _ => return Err(bad(format!("sent a gradient for unknown input {slot}/{index}"))),
             };
-            if dims != input.dims() {
+            if t.dims() != input.dims() {
                 return Err(bad(format!(
-                    "gradient of {name} has shape {dims:?}, the input has {:?}",
+                    "gradient of {name} has shape {:?}, the input has {:?}",
+                    t.dims(),
                     input.dims()
                 )));
             }
-            let t = Tensor::from_vec(data, dims, batch.x_edit.device())?.to_dtype(input.dtype())?;
-            *target = Some(t);
+            *target = Some(t.to_dtype(input.dtype())?);
         }
         Ok(out)
     }
@@ -941,6 +978,30 @@ mod tests {
         assert!(!host.accepts(&fp));
         let rows = host.fields(&fp);
         assert!(rows.iter().any(|(f, h, p)| *f == "layout" && h != p), "{rows:?}");
+    }
+
+    /// A plugin built for API version 2 (host-memory views only, no
+    /// precision in its context) is refused before any call, with both
+    /// fingerprints and the rebuild command.
+    #[test]
+    fn an_api_2_plugin_is_refused_with_a_rebuild_command() {
+        let host = Fingerprint::host();
+        assert_eq!(host.api_version, 3);
+        // What an API-2 build of this lsd-plugin-api declared: same prefix,
+        // older version, and the layout hash of the older view type.
+        let old = Fingerprint { api_version: 2, layout_hash: host.layout_hash ^ 0x5a5a, ..host.clone() };
+        let img = declaration_image(BASE, &old, size_of::<PluginDeclaration>() as u64);
+        let (h, _) = head(&img, BASE);
+        let h = h.expect("the frozen prefix of an API-2 declaration reads");
+        assert_eq!(h.fingerprint.api_version, 2);
+        let err = check_fingerprint(Path::new("/p/liblsd_plugin_old.so"), &h).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::PluginMismatch { .. }), "{msg}");
+        assert!(msg.contains("liblsd_plugin_old.so") && msg.contains("not loaded"), "{msg}");
+        let api_row = msg.lines().find(|l| l.contains(" api ")).expect("an api row");
+        assert!(api_row.contains('≠') && api_row.contains('3') && api_row.contains('2'), "{api_row}");
+        assert!(msg.contains("rebuild it with") && msg.contains("cargo"), "{msg}");
+        assert!(check_fingerprint(Path::new("/p/x.so"), &DeclHead { fingerprint: host, ..h }).is_ok());
     }
 
     /// A plugin built before this prefix (magic `LSDPLUG\0`) is read with

@@ -238,7 +238,7 @@ impl ClipTerm {
 }
 
 impl LossTerm for ClipTerm {
-    fn loss(&self, batch: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, batch: &EditBatch) -> lsd_plugin_api::Result<Tensor> {
         let loss = self.loss_for(&batch.prompt)?;
         // The network is f32; a caller's f64 batch is cast there and back
         // (both casts are differentiable).
@@ -289,14 +289,16 @@ impl Plugin for ClipTerm {
         ]
     }
 
-    fn new(params: Params, context: &InitContext) -> Result<Self> {
+    fn new(params: Params, context: &InitContext) -> lsd_plugin_api::Result<Self> {
+        // The networks run in this library's own lsd-core: use the host's precision.
+        lsd_core::plugin::adopt_precision(context)?;
         let device = context.device()?;
         let (clip, tokenizer) = match weights_path(context, "clip") {
             Some(path) => load_clip(&path, &device)?,
             None => clip::demo(DEMO_MODEL_SEED, &device)?,
         };
-        Self::with_model(clip, tokenizer, &params)
+        Ok(Self::with_model(clip, tokenizer, &params)?)
     }
 }
 
-lsd_core::export_plugin!(ClipTerm);
+lsd_plugin_api::export_plugin!(ClipTerm);

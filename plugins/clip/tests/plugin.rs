@@ -6,16 +6,13 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
 use lsd_core::models::clip::{self, ClipLoss, Resize};
-use lsd_core::plugin::testing::{
-    build_plugin, check_plugin_gradients, compare_outputs, tiny_batch, GradCheck, GradReport,
-};
-use lsd_core::plugin::{differentiate, EditBatch, InitContext, LossTerm, Plugin, PluginLibrary};
+use lsd_core::plugin::{EditBatch, InitContext, LossTerm, Plugin, PluginLibrary};
+use lsd_plugin_testing::{check_plugin_gradients, this_plugin, tiny_batch, GradCheck, GradReport};
 use lsd_core::{Error, Result};
 use lsd_plugin_clip::{load_image, ClipTerm};
 
 fn library() -> PathBuf {
-    build_plugin(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "lsd-plugin-clip")
-        .expect("the clip plugin builds")
+    this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))
 }
 
 /// The networks have f32 weights, so finite differences are taken in f32
@@ -38,17 +35,12 @@ fn image_batch(seed: u64, side: usize) -> Result<EditBatch> {
     s.normal("w", &[2, 4, 8], 0.0, 1.0)?;
     s.normal("u", &[1, 4, 8], 0.0, 1.0)?;
     let t = |n: &str| s.tensors()[n].clone();
-    EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![1.0, -0.5], "a person with gray hair")
+    Ok(EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![1.0, -0.5], "a person with gray hair")?)
 }
 
 fn loaded_vs_in_process(params: &str, batch: &EditBatch) -> Result<(GradReport, f64)> {
-    let lib = PluginLibrary::open(library())?;
-    let loaded = lib.instantiate(params, &InitContext::default())?.evaluate(batch)?;
-    let term = ClipTerm::from_yaml(params, &InitContext::default())?;
-    let in_process = differentiate(&term, batch)?;
-    let mut rows = Vec::new();
-    compare_outputs(&loaded, &in_process, batch, "in-process", 1e-5, 1e-7, &mut rows)?;
-    Ok((GradReport { rows }, loaded.value))
+    let both = lsd_plugin_testing::loaded_vs_in_process::<ClipTerm>(&library(), params, batch)?;
+    Ok((both.report, both.loaded.value))
 }
 
 #[test]

@@ -31,7 +31,6 @@ use candle_core::{DType, Tensor};
 use lsd_core::demo::DEMO_MODEL_SEED;
 use lsd_core::models::arcface::{self, Backbone, IdLoss};
 use lsd_core::plugin::{EditBatch, InitContext, LossTerm, OriginalCache, ParamInfo, Plugin};
-use lsd_core::Result;
 use serde::Deserialize;
 
 /// Which input the backbone sees (`crop:`).
@@ -82,11 +81,11 @@ impl IdentityTerm {
 }
 
 impl LossTerm for IdentityTerm {
-    fn loss(&self, batch: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, batch: &EditBatch) -> lsd_plugin_api::Result<Tensor> {
         // The network is f32; a caller's f64 batch is cast there and back
         // (both casts are differentiable). `IdLoss::forward` detaches `x`.
         let reference = self.reference.get_or_compute(batch, |x| {
-            self.id_loss.extract_feats(&x.detach().to_dtype(DType::F32)?)
+            Ok(self.id_loss.extract_feats(&x.detach().to_dtype(DType::F32)?)?)
         })?;
         let x_edit = batch.x_edit.to_dtype(DType::F32)?;
         Ok(self.id_loss.forward_with_reference(&x_edit, &reference)?.to_dtype(batch.x_edit.dtype())?)
@@ -109,7 +108,9 @@ impl Plugin for IdentityTerm {
         )]
     }
 
-    fn new(params: Params, context: &InitContext) -> Result<Self> {
+    fn new(params: Params, context: &InitContext) -> lsd_plugin_api::Result<Self> {
+        // The networks run in this library's own lsd-core: use the host's precision.
+        lsd_core::plugin::adopt_precision(context)?;
         let device = context.device()?;
         let backbone = match weights_path(context, "arcface") {
             Some(path) => Backbone::from_state_dict(lsd_core::torch::load(&path)?, &device)?,
@@ -123,4 +124,4 @@ impl Plugin for IdentityTerm {
     }
 }
 
-lsd_core::export_plugin!(IdentityTerm);
+lsd_plugin_api::export_plugin!(IdentityTerm);

@@ -7,16 +7,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
 use lsd_core::models::arcface::{self, IdLoss};
-use lsd_core::plugin::testing::{
-    build_plugin, check_plugin_gradients, compare_outputs, tiny_batch, GradCheck, GradReport,
+use lsd_core::plugin::{EditBatch, InitContext, LossTerm, Plugin, PluginLibrary};
+use lsd_plugin_testing::{
+    check_plugin_gradients, loaded_vs_in_process, this_plugin, tiny_batch, GradCheck,
 };
-use lsd_core::plugin::{differentiate, EditBatch, InitContext, LossTerm, Plugin, PluginLibrary};
 use lsd_core::Result;
 use lsd_plugin_identity::IdentityTerm;
 
 fn library() -> PathBuf {
-    build_plugin(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "lsd-plugin-identity")
-        .expect("the identity plugin builds")
+    this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))
 }
 
 /// The network has f32 weights, so finite differences are taken in f32.
@@ -46,7 +45,7 @@ fn image_batch(seed: u64, side: usize, change: f32) -> Result<EditBatch> {
     s.normal("u", &[1, 4, 8], 0.0, 1.0)?;
     let t = |n: &str| s.tensors()[n].clone();
     let x_edit = (t("x") + t("d"))?;
-    EditBatch::new(t("x"), x_edit, t("w"), t("u"), vec![1.0, -0.5], "a person with gray hair")
+    Ok(EditBatch::new(t("x"), x_edit, t("w"), t("u"), vec![1.0, -0.5], "a person with gray hair")?)
 }
 
 /// One 4×4 sample: every loss evaluation runs ArcFace twice, and finite
@@ -56,7 +55,7 @@ fn fd_batch() -> Result<EditBatch> {
     let first = |t: &candle_core::Tensor| t.narrow(0, 0, 1);
     let w = b.w.narrow(0, 0, 1)?.narrow(1, 0, 1)?;
     let u = b.u.narrow(0, 0, 1)?.narrow(1, 0, 1)?;
-    EditBatch::new(first(&b.x)?, first(&b.x_edit)?, w, u, vec![0.7], b.prompt.clone())
+    Ok(EditBatch::new(first(&b.x)?, first(&b.x_edit)?, w, u, vec![0.7], b.prompt.clone())?)
 }
 
 #[test]
@@ -71,20 +70,8 @@ fn loaded_gradients_match_in_process_and_finite_differences() -> Result<()> {
 #[test]
 fn loaded_matches_in_process_and_id_loss_on_32px_images() -> Result<()> {
     let batch = image_batch(3, 32, 0.3)?;
-    let lib = PluginLibrary::open(library())?;
-    let loaded = lib.instantiate("", &InitContext::default())?.evaluate(&batch)?;
-    let term = IdentityTerm::from_yaml("", &InitContext::default())?;
-    let mut rows = Vec::new();
-    compare_outputs(
-        &loaded,
-        &differentiate(&term, &batch)?,
-        &batch,
-        "in-process",
-        1e-5,
-        1e-7,
-        &mut rows,
-    )?;
-    let report = GradReport { rows };
+    let both = loaded_vs_in_process::<IdentityTerm>(&library(), "", &batch)?;
+    let (loaded, report) = (both.loaded, both.report);
     println!("{}", report.table());
     assert!(report.passed(), "{}", report.table());
     // Only the edited image gets a gradient: x is detached, w and u unused.

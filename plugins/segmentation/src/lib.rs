@@ -447,7 +447,7 @@ impl SegmentationTerm {
     pub fn mask(&self, batch: &EditBatch) -> Result<Tensor> {
         let (mx, me) = match &self.source {
             MaskSource::Network(_) => (
-                self.mask_x.get_or_compute(batch, |x| self.parse_mask(x))?,
+                self.mask_x.get_or_compute(batch, |x| Ok(self.parse_mask(x)?))?,
                 self.parse_mask(&batch.x_edit)?,
             ),
             MaskSource::Fixed { x, x_edit } => (x.clone(), x_edit.clone()),
@@ -537,14 +537,14 @@ fn no_features() -> Error {
 }
 
 impl LossTerm for SegmentationTerm {
-    fn loss(&self, batch: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, batch: &EditBatch) -> lsd_plugin_api::Result<Tensor> {
         let mask = self.mask(batch)?;
         if !self.classic() {
-            return self.weighted_share_loss(batch, &mask);
+            return Ok(self.weighted_share_loss(batch, &mask)?);
         }
         let eps = self.params.epsilon;
         match self.params.space {
-            Space::Pixels => out_of_region_share(&batch.x, &batch.x_edit, &mask, eps),
+            Space::Pixels => Ok(out_of_region_share(&batch.x, &batch.x_edit, &mask, eps)?),
             Space::Features => {
                 let maps =
                     batch.features.as_ref().filter(|f| !f.x_edit.is_empty()).ok_or_else(|| {
@@ -612,15 +612,17 @@ impl Plugin for SegmentationTerm {
         ]
     }
 
-    fn new(params: Params, context: &InitContext) -> Result<Self> {
+    fn new(params: Params, context: &InitContext) -> lsd_plugin_api::Result<Self> {
+        // The networks run in this library's own lsd-core: use the host's precision.
+        lsd_core::plugin::adopt_precision(context)?;
         params.validate()?;
         let device = context.device()?;
         let net = match weights_path(context, "bisenet") {
             Some(path) => BiSeNet::load(&path, &device)?,
             None => bisenet::demo(DEMO_MODEL_SEED, &device)?,
         };
-        Self::with_network(params, net)
+        Ok(Self::with_network(params, net)?)
     }
 }
 
-lsd_core::export_plugin!(SegmentationTerm);
+lsd_plugin_api::export_plugin!(SegmentationTerm);

@@ -3,7 +3,7 @@
 //! differences in f64.
 
 use candle_core::{DType, Device, Tensor};
-use lsd_core::plugin::testing::{compare_outputs, finite_differences, GradReport};
+use lsd_plugin_testing::{compare_outputs, finite_differences, GradReport};
 use lsd_core::plugin::{differentiate, parse_params, EditBatch, FeatureMaps, LossTerm};
 use lsd_core::Result;
 use lsd_plugin_segmentation::{Params, SegmentationTerm};
@@ -16,7 +16,7 @@ fn two_pixels(a: f64, b: f64) -> Result<EditBatch> {
     let x = Tensor::zeros((1, 3, 1, 2), DType::F64, &DEV)?;
     let x_edit = Tensor::new(&[a, b], &DEV)?.reshape((1, 1, 1, 2))?.repeat((1, 3, 1, 1))?;
     let w = Tensor::zeros((1, 1, 1), DType::F64, &DEV)?;
-    EditBatch::new(x, x_edit, w.clone(), w, vec![1.0], "")
+    Ok(EditBatch::new(x, x_edit, w.clone(), w, vec![1.0], "")?)
 }
 
 /// A `[1, 1, 1, 2]` mask.

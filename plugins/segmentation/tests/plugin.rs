@@ -9,16 +9,16 @@ use candle_core::{DType, Device, Module, Tensor};
 use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
 use lsd_core::imageops::{resample, Filter};
 use lsd_core::models::bisenet;
-use lsd_core::plugin::testing::{
-    batch_to, build_plugin, compare_outputs, finite_differences, tiny_batch, GradReport,
+use lsd_core::plugin::{EditBatch, InitContext, Plugin, PluginLibrary};
+use lsd_plugin_testing::{
+    batch_to, compare_outputs, finite_differences, loaded_vs_in_process, this_plugin, tiny_batch,
+    GradReport,
 };
-use lsd_core::plugin::{differentiate, EditBatch, InitContext, Plugin, PluginLibrary};
 use lsd_core::Result;
 use lsd_plugin_segmentation::SegmentationTerm;
 
 fn library() -> PathBuf {
-    build_plugin(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "lsd-plugin-segmentation")
-        .expect("the segmentation plugin builds")
+    this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))
 }
 
 /// Loaded (f32) vs in-process (f32, same network), and vs f64 finite
@@ -26,20 +26,17 @@ fn library() -> PathBuf {
 fn check(params: &str, batch: &EditBatch) -> Result<(GradReport, f64)> {
     let ctx = InitContext::default();
     let b32 = batch_to(batch, DType::F32, &Device::Cpu)?;
-    let lib = PluginLibrary::open(library())?;
-    let loaded = lib.instantiate(params, &ctx)?;
-    assert_eq!(loaded.needs().features, params.contains("features"));
-    let out = loaded.evaluate(&b32)?;
+    let needs = PluginLibrary::open(library())?.instantiate(params, &ctx)?.needs();
+    assert_eq!(needs.features, params.contains("features"));
+    let both = loaded_vs_in_process::<SegmentationTerm>(&library(), params, &b32)?;
+    let (out, mut rows) = (both.loaded, both.report.rows);
     let term = SegmentationTerm::from_yaml(params, &ctx)?;
-    let in_process = differentiate(&term, &b32)?;
     let frozen = SegmentationTerm::with_masks(
         term.params().clone(),
         term.parse_mask(&b32.x)?,
         term.parse_mask(&b32.x_edit)?,
     )?;
     let numeric = finite_differences(&frozen, &batch_to(batch, DType::F64, &Device::Cpu)?, 1e-6)?;
-    let mut rows = Vec::new();
-    compare_outputs(&out, &in_process, &b32, "in-process", 1e-5, 1e-7, &mut rows)?;
     compare_outputs(&out, &numeric, &b32, "fin. diff. (frozen)", 1e-4, 1e-6, &mut rows)?;
     Ok((GradReport { rows }, out.value))
 }
@@ -71,7 +68,7 @@ fn image_batch(seed: u64, side: usize) -> Result<EditBatch> {
     s.normal("w", &[2, 1, 2], 0.0, 1.0)?;
     s.normal("u", &[1, 1, 2], 0.0, 1.0)?;
     let t = |n: &str| s.tensors()[n].clone();
-    EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![1.0, -0.5], "")
+    Ok(EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![1.0, -0.5], "")?)
 }
 
 #[test]

@@ -214,6 +214,25 @@ fn overlays_and_states_draw() {
     assert!(t.contains("too small"), "{t}");
 }
 
+/// A warm-up before step 1 (first-use kernel compilation on a GPU) shows
+/// as its own state, and step 1 ends it.
+#[test]
+fn a_warm_up_shows_until_the_first_step() {
+    let (tx, _rx) = channel();
+    let mut app = App::new(tx, halfblocks(), Duration::from_secs(5));
+    app.update(Event::Train(TrainEvent::Started(info(false))));
+    app.update(Event::Train(TrainEvent::WarmUp { what: "kernel compilation".into() }));
+    assert!(matches!(app.state, RunState::WarmUp(_)));
+    let t = text(&draw(&mut app, 80, 24));
+    let top: Vec<&str> = t.lines().take(2).collect();
+    assert!(top[0].contains("warming up"), "{t}");
+    assert!(top[1].contains("warming up (kernel compilation)"), "{t}");
+    app.update(Event::Train(TrainEvent::Step(stats(1))));
+    assert_eq!(app.state, RunState::Running);
+    let t = text(&draw(&mut app, 80, 24));
+    assert!(!t.contains("warming up") && t.lines().next().unwrap_or_default().contains("running"), "{t}");
+}
+
 #[test]
 fn no_graphics_mode_lists_the_preview() {
     let (mut app, _rx) = busy_app(None, &[7]);

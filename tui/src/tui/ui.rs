@@ -177,7 +177,7 @@ impl App {
         }
         if let RunState::WarmUp(what) = &self.state {
             second.push(sep());
-            second.push(Span::raw(what.clone()).dark_gray());
+            second.push(Span::raw(format!("warming up ({what})")).yellow());
         }
         // The state badge sits at the right end of the first line.
         let badge = self.state_span();

@@ -16,8 +16,7 @@
 //! See README.md for how to build, list, check and use it.
 
 use candle_core::{Tensor, D};
-use lsd_core::plugin::{EditBatch, InitContext, LossTerm, ParamInfo, Plugin};
-use lsd_core::{Error, Result};
+use lsd_plugin_api::{EditBatch, Error, InitContext, LossTerm, ParamInfo, Plugin, Result};
 use serde::Deserialize;
 
 /// The plugin's parameters, as written under the term in a recipe.
@@ -109,4 +108,4 @@ impl Plugin for ColourStats {
     }
 }
 
-lsd_core::export_plugin!(ColourStats);
+lsd_plugin_api::export_plugin!(ColourStats);

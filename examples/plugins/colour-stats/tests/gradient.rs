@@ -1,17 +1,16 @@
 //! The example plugin, loaded as a library, against itself in-process.
 //!
-//! `build_plugin` runs `cargo build -p lsd-plugin-colour-stats` into this
+//! `this_plugin` runs `cargo build -p lsd-plugin-colour-stats` into this
 //! test's own target directory and profile (a no-op when `cargo test` has
 //! just built the cdylib), then the harness compares value and gradients
 //! of the loaded library with the in-process term and finite differences.
 
-use lsd_core::plugin::testing::{build_plugin, check_plugin_gradients, tiny_batch, GradCheck};
 use lsd_core::plugin::{InitContext, Plugin, PluginLibrary};
 use lsd_plugin_colour_stats::ColourStats;
+use lsd_plugin_testing::{check_plugin_gradients, this_plugin, tiny_batch, GradCheck};
 
 fn library() -> std::path::PathBuf {
-    build_plugin(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "lsd-plugin-colour-stats")
-        .expect("the example plugin builds")
+    this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))
 }
 
 #[test]

@@ -6,10 +6,10 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lsd_core::plugin::abi::{
+use lsd_plugin_api::abi::{
     FfiBatch, PluginDeclaration, RStr, Sink, Status, VTable, STATUS_ERROR,
 };
-use lsd_core::plugin::testing::ProbeTerm;
+use lsd_plugin_testing::ProbeTerm;
 
 /// How many times the host called one of this plugin's functions.
 #[unsafe(no_mangle)]

@@ -1,4 +1,5 @@
-//! Test support for plugin authors: build a plugin crate from a test, and
+//! Test support for plugins (dev-only, never shipped: it runs `cargo`): build
+//! a plugin crate from a test, and
 //! check that the gradients through the LOADED library equal the gradients
 //! of the same loss computed in-process, and finite differences.
 //!
@@ -6,7 +7,7 @@
 //! integration tests can use the term type in-process and load the cdylib:
 //!
 //! ```text
-//! use lsd_core::plugin::testing::{build_plugin, check_plugin_gradients, tiny_batch, GradCheck};
+//! use lsd_plugin_testing::{build_plugin, check_plugin_gradients, tiny_batch, GradCheck};
 //! let path = build_plugin(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "lsd-plugin-colour-stats")?;
 //! let term = ColourStats::from_yaml("", &Default::default())?;
 //! let report = check_plugin_gradients(&path, "", &term, &tiny_batch(7, false)?, &GradCheck::default())?;
@@ -32,11 +33,12 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::api::{EditBatch, FeatureMaps, InitContext, LossTerm, Needs, ParamInfo, Plugin};
-use super::grad::{differentiate, TermOutput};
-use super::host::PluginLibrary;
-use crate::demo::SeededWeights;
-use crate::{Error, Result};
+use lsd_core::demo::SeededWeights;
+use lsd_core::plugin::{
+    differentiate, EditBatch, FeatureMaps, InitContext, LossTerm, Needs, ParamInfo, Plugin,
+    PluginLibrary, TermOutput,
+};
+use lsd_core::{Error, Result};
 
 /// Builds `package` (a cdylib) of the workspace at `manifest` and returns
 /// the library's path. Results are cached per process.
@@ -478,11 +480,14 @@ pub struct ProbeParams {
     pub features: bool,
     /// Behaviour of `loss`.
     pub mode: ProbeMode,
+    /// When set, building the term fails unless the precision the plugin
+    /// adopted from its context (in its own copy of lsd-core) is this one.
+    pub precision: Option<String>,
 }
 
 impl Default for ProbeParams {
     fn default() -> Self {
-        Self { scale: 1.0, features: false, mode: ProbeMode::Ok }
+        Self { scale: 1.0, features: false, mode: ProbeMode::Ok, precision: None }
     }
 }
 
@@ -500,10 +505,10 @@ pub struct ProbeTerm {
 }
 
 impl LossTerm for ProbeTerm {
-    fn loss(&self, b: &EditBatch) -> Result<Tensor> {
+    fn loss(&self, b: &EditBatch) -> lsd_plugin_api::Result<Tensor> {
         match self.params.mode {
             ProbeMode::Ok => {}
-            ProbeMode::Error => return Err(Error::Config("probe: asked to fail".into())),
+            ProbeMode::Error => return Err(lsd_plugin_api::Error::Config("probe: asked to fail".into())),
             ProbeMode::Panic => panic!("probe: asked to panic"),
             ProbeMode::NonScalar => return Ok((&b.x_edit - &b.x)?.sqr()?),
         }
@@ -514,7 +519,7 @@ impl LossTerm for ProbeTerm {
             let f = b
                 .features
                 .as_ref()
-                .ok_or_else(|| Error::Config("probe: no feature maps".into()))?;
+                .ok_or_else(|| lsd_plugin_api::Error::Config("probe: no feature maps".into()))?;
             for (fx, fe) in f.x.iter().zip(&f.x_edit) {
                 total = (total + fe.sqr()?.mul(fx)?.mean_all()?)?;
             }
@@ -539,12 +544,65 @@ impl Plugin for ProbeTerm {
             ParamInfo::new("scale", "f64", "1.0", "overall factor"),
             ParamInfo::new("features", "bool", "false", "ask for and use the feature maps"),
             ParamInfo::new("mode", "ok | error | panic | non_scalar", "ok", "what loss does"),
+            ParamInfo::new("precision", "tf32 | fp32", "null", "fail unless this precision was adopted"),
         ]
     }
 
-    fn new(params: ProbeParams, _context: &InitContext) -> Result<Self> {
+    fn new(params: ProbeParams, context: &InitContext) -> lsd_plugin_api::Result<Self> {
+        let adopted = lsd_core::plugin::adopt_precision(context)?;
+        // What this copy of lsd-core now says, not what the context said.
+        let own = lsd_core::ops::precision();
+        if let Some(want) = &params.precision {
+            if own.name() != want || adopted != own {
+                return Err(lsd_plugin_api::Error::Config(format!(
+                    "probe: precision is {own}, expected {want}"
+                )));
+            }
+        }
         Ok(Self { params })
     }
+}
+
+/// Builds the plugin crate a test belongs to (its cdylib, through
+/// [`build_plugin`]) and returns the library's path. Call it from a plugin
+/// crate's integration test as
+/// `this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))`.
+///
+/// # Panics
+/// When the build fails: a test cannot go on without its library.
+pub fn this_plugin(manifest_dir: &str, package: &str) -> PathBuf {
+    let manifest = Path::new(manifest_dir).join("Cargo.toml");
+    build_plugin(&manifest, package)
+        .unwrap_or_else(|e| panic!("the plugin '{package}' does not build: {e}"))
+}
+
+/// The same term evaluated through its loaded library and in-process.
+#[derive(Debug)]
+pub struct LoadedVsInProcess {
+    /// Through the library, as the host runs it.
+    pub loaded: TermOutput,
+    /// `T` in this process, through [`differentiate`].
+    pub in_process: TermOutput,
+    /// The comparison of the two (relative 1e-5, absolute 1e-7: both are
+    /// the same f32 computation, on either side of the boundary).
+    pub report: GradReport,
+}
+
+/// Loads `library`, builds its term from `params` with the default context,
+/// evaluates it on `batch`, and compares value and gradients with plugin
+/// type `T` built from the same parameters in this process: the set-up
+/// every plugin's tests share.
+pub fn loaded_vs_in_process<T: Plugin>(
+    library: &Path,
+    params: &str,
+    batch: &EditBatch,
+) -> Result<LoadedVsInProcess> {
+    let ctx = InitContext::default();
+    let loaded = PluginLibrary::open(library)?.instantiate(params, &ctx)?.evaluate(batch)?;
+    let in_process = differentiate(&T::from_yaml(params, &ctx)?, batch)?;
+    let mut rows = Vec::new();
+    compare_outputs(&loaded, &in_process, batch, "in-process", 1e-5, 1e-7, &mut rows)?;
+    Ok(LoadedVsInProcess { loaded, in_process, report: GradReport { rows } })
 }
 
 /// Paths of the workspace's test plugin packages, built on first use:
@@ -556,7 +614,12 @@ pub fn workspace_test_plugins() -> Result<HashMap<&'static str, PathBuf>> {
         "lsd-plugin-test-bad-fingerprint",
         "lsd-plugin-test-not-a-plugin",
     ];
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
+    let manifest = workspace_manifest();
     let paths = build_plugins(manifest, &NAMES)?;
     Ok(NAMES.into_iter().zip(paths).collect())
+}
+
+/// The workspace's `Cargo.toml` (this crate sits one folder below it).
+pub fn workspace_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml")
 }

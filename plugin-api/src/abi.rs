@@ -33,19 +33,24 @@ pub const MAGIC_V1: [u8; 8] = *b"LSDPLUG\0";
 /// The version of the boundary: the layout of everything after the frozen
 /// prefix of [`PluginDeclaration`], of [`VTable`], [`FfiBatch`], [`Sink`],
 /// and the meaning of the JSON texts. Bump it on any change to those.
-pub const API_VERSION: u32 = 2;
+///
+/// Version 3: a tensor view ([`FfiTensor`]) says where its data lives (host
+/// memory, or a CUDA device pointer with its ordinal and stream) and its
+/// element type; the load context carries the process-wide precision; a
+/// plugin built for version 2 is refused.
+pub const API_VERSION: u32 = 3;
 
-/// `rustc --version` of the compiler that built this copy of lsd-core.
+/// `rustc --version` of the compiler that built this copy of lsd-plugin-api.
 pub const RUSTC_VERSION: &str = env!("LSD_RUSTC_VERSION");
 
-/// The version of this copy of lsd-core.
-pub const LSD_CORE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The version of this copy of lsd-plugin-api.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The candle-core version this copy of lsd-core was built against, read
+/// The candle-core version this copy of lsd-plugin-api was built against, read
 /// from the lock file by `core/build.rs` (`unknown` if it found none).
 pub const CANDLE_VERSION: &str = env!("LSD_CANDLE_VERSION");
 
-/// The lsd-core cargo features enabled in this build, comma-separated.
+/// The lsd-plugin-api cargo features enabled in this build, comma-separated.
 pub const FEATURES: &str = if cfg!(feature = "cuda") { "cuda" } else { "" };
 
 /// A borrowed UTF-8 string: pointer and length, no terminator.
@@ -85,19 +90,19 @@ impl RStr {
 }
 
 /// The ABI fingerprint as it sits in a declaration. See
-/// [`super::Fingerprint`] for the owned, comparable form.
+/// the host's `Fingerprint` (lsd-core) for the owned, comparable form.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct FfiFingerprint {
-    /// [`API_VERSION`] of the plugin's lsd-core.
+    /// [`API_VERSION`] of the plugin's lsd-plugin-api.
     pub api_version: u32,
-    /// [`LAYOUT_HASH`] of the plugin's lsd-core: catches a change to the
+    /// [`LAYOUT_HASH`] of the plugin's lsd-plugin-api: catches a change to the
     /// boundary's types that forgot to bump [`API_VERSION`].
     pub layout_hash: u64,
     /// [`RUSTC_VERSION`].
     pub rustc: RStr,
-    /// [`LSD_CORE_VERSION`].
-    pub lsd_core: RStr,
+    /// [`SDK_VERSION`].
+    pub sdk: RStr,
     /// [`CANDLE_VERSION`].
     pub candle: RStr,
     /// [`FEATURES`].
@@ -105,7 +110,7 @@ pub struct FfiFingerprint {
 }
 
 impl FfiFingerprint {
-    /// The fingerprint of the copy of lsd-core this is compiled into. In a
+    /// The fingerprint of the copy of lsd-plugin-api this is compiled into. In a
     /// plugin, `export_plugin!` evaluates it in the plugin's crate, so it
     /// describes what the plugin was built with.
     pub const fn current() -> Self {
@@ -113,7 +118,7 @@ impl FfiFingerprint {
             api_version: API_VERSION,
             layout_hash: LAYOUT_HASH,
             rustc: RStr::new(RUSTC_VERSION),
-            lsd_core: RStr::new(LSD_CORE_VERSION),
+            sdk: RStr::new(SDK_VERSION),
             candle: RStr::new(CANDLE_VERSION),
             features: RStr::new(FEATURES),
         }
@@ -140,35 +145,82 @@ pub const SLOT_U: Slot = 2;
 /// Gradient with respect to the `index`-th feature map of `x_edit`.
 pub const SLOT_FEATURE_EDIT: Slot = 3;
 
-/// A borrowed dense row-major `f32` tensor.
+/// What an [`FfiTensor`]'s `data` is.
+pub type ViewKind = u32;
+/// `data` is a host address.
+pub const VIEW_HOST: ViewKind = 0;
+/// `data` is a CUDA device pointer (`CUdeviceptr`) in the primary context
+/// of device `ordinal`, written by work queued on `stream`.
+pub const VIEW_DEVICE: ViewKind = 1;
+
+/// Element type of an [`FfiTensor`].
+pub type ViewDType = u32;
+/// 32-bit floats, the only element type that crosses today.
+pub const DTYPE_F32: ViewDType = 0;
+
+/// A borrowed dense row-major tensor: in host memory, or on a CUDA device
+/// (see [`crate::view`] for who decides which, and how each is copied).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct FfiTensor {
-    /// The elements, row-major.
-    pub data: *const f32,
+    /// [`VIEW_HOST`] or [`VIEW_DEVICE`].
+    pub kind: ViewKind,
+    /// [`DTYPE_F32`].
+    pub dtype: ViewDType,
+    /// The first element: a host address, or a `CUdeviceptr`.
+    pub data: *const c_void,
     /// Number of elements (the product of `dims`).
     pub len: usize,
-    /// The dimensions.
+    /// The dimensions (always in host memory).
     pub dims: *const usize,
     /// Number of dimensions.
     pub rank: usize,
+    /// The CUDA device ordinal of a device view; -1 for a host view.
+    pub ordinal: i32,
+    /// The `CUstream` whose queued work writes the data of a device view
+    /// (the reader orders its copy after it); null for a host view.
+    pub stream: *mut c_void,
 }
 
 impl FfiTensor {
-    /// Borrows `data` with shape `dims`. The result must not outlive either.
+    /// Borrows host `data` with shape `dims`. The result must not outlive
+    /// either.
     pub fn borrow(data: &[f32], dims: &[usize]) -> Self {
-        Self { data: data.as_ptr(), len: data.len(), dims: dims.as_ptr(), rank: dims.len() }
+        Self {
+            kind: VIEW_HOST,
+            dtype: DTYPE_F32,
+            data: data.as_ptr().cast(),
+            len: data.len(),
+            dims: dims.as_ptr(),
+            rank: dims.len(),
+            ordinal: -1,
+            stream: std::ptr::null_mut(),
+        }
     }
 
-    /// The elements and the dimensions.
+    /// The dimensions.
     ///
     /// # Safety
-    /// `data` must point to `len` readable `f32`s and `dims` to `rank`
-    /// readable `usize`s (either may dangle when its length is 0), valid for
-    /// `'a`.
-    pub unsafe fn parts<'a>(&self) -> (&'a [f32], &'a [usize]) {
+    /// `dims` must point to `rank` readable `usize`s valid for `'a` (or
+    /// `rank` must be 0).
+    pub unsafe fn dims<'a>(&self) -> &'a [usize] {
         // SAFETY: forwarded to the caller.
-        unsafe { (slice(self.data, self.len), slice(self.dims, self.rank)) }
+        unsafe { slice(self.dims, self.rank) }
+    }
+
+    /// The elements and the dimensions of a host view; `None` for a device
+    /// view or another element type.
+    ///
+    /// # Safety
+    /// For a host view, `data` must point to `len` readable `f32`s and
+    /// `dims` to `rank` readable `usize`s (either may dangle when its length
+    /// is 0), valid for `'a`.
+    pub unsafe fn parts<'a>(&self) -> Option<(&'a [f32], &'a [usize])> {
+        if self.kind != VIEW_HOST || self.dtype != DTYPE_F32 {
+            return None;
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { Some((slice(self.data.cast::<f32>(), self.len), self.dims())) }
     }
 }
 
@@ -306,8 +358,8 @@ pub struct PluginDeclaration {
 unsafe impl Sync for PluginDeclaration {}
 
 impl PluginDeclaration {
-    /// The declaration of plugin `T`, with the fingerprint of the lsd-core
-    /// it is compiled with. `export_plugin!` calls this in the plugin crate
+    /// The declaration of plugin `T`, with the fingerprint of the lsd-plugin-api
+    /// it is compiled with. [`crate::export_plugin!`] calls this in the plugin crate
     /// with that crate's `CARGO_PKG_NAME` and `CARGO_MANIFEST_DIR`.
     pub const fn new<T: Plugin>(package: &'static str, manifest_dir: &'static str) -> Self {
         Self {
@@ -395,11 +447,20 @@ pub const LAYOUT_HASH: u64 = layout_hash! {
         api_version: u32,
         layout_hash: u64,
         rustc: RStr,
-        lsd_core: RStr,
+        sdk: RStr,
         candle: RStr,
         features: RStr,
     }
-    FfiTensor { data: *const f32, len: usize, dims: *const usize, rank: usize }
+    FfiTensor {
+        kind: ViewKind,
+        dtype: ViewDType,
+        data: *const c_void,
+        len: usize,
+        dims: *const usize,
+        rank: usize,
+        ordinal: i32,
+        stream: *mut c_void,
+    }
     FfiBatch {
         x: FfiTensor,
         x_edit: FfiTensor,

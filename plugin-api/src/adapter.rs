@@ -1,11 +1,12 @@
 //! The plugin side of the boundary: the `extern "C"` functions that
 //! [`crate::export_plugin!`] puts in a plugin's declaration.
 //!
-//! They run inside the plugin, with the plugin's own copy of lsd-core,
+//! They run inside the plugin, with the plugin's own copy of lsd-plugin-api,
 //! Candle and std. Each one:
 //! - turns the borrowed plain data it receives into the plugin's own values
-//!   (tensors are built from the host's `f32` buffers on the plugin's device,
-//!   the differentiable ones as fresh leaf variables — see
+//!   (tensors are copied from the host's views — host memory, or device
+//!   memory on the same CUDA device, see [`crate::view`] — onto the plugin's
+//!   device, the differentiable ones as fresh leaf variables — see
 //!   [`super::differentiate`]);
 //! - runs the author's code under `catch_unwind`, so that a panic becomes a
 //!   [`STATUS_PANIC`] with its message instead of unwinding into the host
@@ -23,10 +24,11 @@ use candle_core::{Device, Tensor};
 
 use super::abi::{
     slice, FfiBatch, FfiTensor, RStr, Sink, Status, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT,
-    STATUS_ERROR, STATUS_OK, STATUS_PANIC,
+    STATUS_ERROR, STATUS_OK, STATUS_PANIC, VIEW_DEVICE,
 };
-use super::api::{to_host, EditBatch, FeatureMaps, InitContext, Plugin};
+use super::api::{EditBatch, FeatureMaps, InitContext, Plugin};
 use super::grad::differentiate;
+use super::view::{crossing, receive, Side, Site, Staged};
 use crate::{Error, Result};
 
 /// A term as the plugin keeps it behind the opaque handle.
@@ -45,7 +47,7 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Installs (once per copy of lsd-core) a panic hook that records the
+/// Installs (once per copy of lsd-plugin-api) a panic hook that records the
 /// message and location of panics raised inside [`guard`] instead of
 /// printing them — the host may own the terminal — and defers to the
 /// previous hook otherwise. In a cdylib this is the plugin's own std, so the
@@ -182,14 +184,13 @@ pub(crate) unsafe extern "C" fn needs<T: Plugin>(term: *const c_void, sink: *con
     }
 }
 
-/// A plugin-side tensor from a borrowed host buffer.
+/// A plugin-side tensor from a borrowed view (host memory or device).
 ///
 /// # Safety
 /// `t` must describe valid memory for the call.
 unsafe fn tensor(t: &FfiTensor, device: &Device) -> Result<Tensor> {
     // SAFETY: forwarded to the caller.
-    let (data, dims) = unsafe { t.parts() };
-    Ok(Tensor::from_slice(data, dims, device)?)
+    unsafe { receive(t, device) }
 }
 
 /// Rebuilds the batch from host memory, as the plugin's own tensors.
@@ -248,10 +249,18 @@ pub(crate) unsafe extern "C" fn evaluate<T: Plugin>(
             let b = batch(&*batch_ptr, &hosted.device)?;
             let out = differentiate(&hosted.term, &b)?;
             let s = &*sink;
+            // Answer the way the host asked: device views back only when
+            // the host lent device views of this very device.
+            let host = &(*batch_ptr).x_edit;
+            let host = Side {
+                site: if host.kind == VIEW_DEVICE { Site::Cuda(host.ordinal.max(0) as usize) } else { Site::Host },
+                cuda: host.kind == VIEW_DEVICE,
+            };
+            let how = crossing(Side::this(&hosted.device), host);
             let send = |slot, index, g: &Option<Tensor>| -> Result<()> {
                 if let Some(g) = g {
-                    let (data, dims) = to_host(g)?;
-                    (s.tensor)(s.ctx, slot, index, FfiTensor::borrow(&data, &dims));
+                    let staged = Staged::new(g, how)?;
+                    (s.tensor)(s.ctx, slot, index, staged.view());
                 }
                 Ok(())
             };
@@ -291,15 +300,15 @@ pub(crate) unsafe extern "C" fn drop_term<T: Plugin>(term: *mut c_void) {
     LAST_PANIC.with(|p| p.borrow_mut().take());
 }
 
-/// Exports a [`Plugin`](crate::plugin::Plugin) type from a `cdylib`.
+/// Exports a [`Plugin`](crate::Plugin) type from a `cdylib`.
 ///
 /// ```text
-/// lsd_core::export_plugin!(ColourStats);
+/// lsd_plugin_api::export_plugin!(ColourStats);
 /// ```
 ///
 /// expands to the one C-ABI symbol `lsd_plugin_declaration`, which returns
-/// a pointer to a `static` [`PluginDeclaration`](crate::plugin::abi::PluginDeclaration)
-/// carrying the ABI fingerprint of the lsd-core the plugin is compiled with,
+/// a pointer to a `static` [`PluginDeclaration`](crate::abi::PluginDeclaration)
+/// carrying the ABI fingerprint of the lsd-plugin-api the plugin is compiled with,
 /// the plugin crate's package name and manifest directory (for the rebuild
 /// command), and the adapter functions. Use it once per library.
 #[macro_export]
@@ -307,10 +316,10 @@ macro_rules! export_plugin {
     ($plugin:ty) => {
         /// The plugin declaration read by the lsd-tui host.
         #[unsafe(no_mangle)]
-        pub extern "C" fn lsd_plugin_declaration() -> *const $crate::plugin::abi::PluginDeclaration
+        pub extern "C" fn lsd_plugin_declaration() -> *const $crate::abi::PluginDeclaration
         {
-            static DECLARATION: $crate::plugin::abi::PluginDeclaration =
-                $crate::plugin::abi::PluginDeclaration::new::<$plugin>(
+            static DECLARATION: $crate::abi::PluginDeclaration =
+                $crate::abi::PluginDeclaration::new::<$plugin>(
                     env!("CARGO_PKG_NAME"),
                     env!("CARGO_MANIFEST_DIR"),
                 );

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -252,21 +252,32 @@ pub struct InitContext {
     pub weights: BTreeMap<String, Option<PathBuf>>,
     /// The seed for demo weights and anything else random.
     pub seed: u64,
+    /// The host's process-wide precision of GPU products, `tf32` or `fp32`
+    /// (lsd-core's `ops::precision`). The host always sets it when it
+    /// creates a term; a plugin that runs lsd-core's networks adopts it in
+    /// its own copy with `lsd_core::plugin::adopt_precision(context)`.
+    pub precision: String,
 }
+
+/// The seed of the demo networks (random weights drawn from it) that host
+/// and plugins build when no weights file is given, so that both sides
+/// build the same networks.
+pub const DEMO_MODEL_SEED: u64 = 2022;
 
 /// The networks a host names in every context: `generator`, `clip`,
 /// `arcface`, `bisenet`.
 pub const NETWORKS: [&str; 4] = ["generator", "clip", "arcface", "bisenet"];
 
 impl Default for InitContext {
-    /// The CPU, every network of [`NETWORKS`] on its demo weights, and the
+    /// The CPU, every network of [`NETWORKS`] on its demo weights, the
     /// shared demo seed (so a plugin builds the same demo networks as the
-    /// host).
+    /// host), and `fp32` products.
     fn default() -> Self {
         Self {
             device: "cpu".into(),
             weights: NETWORKS.iter().map(|n| (n.to_string(), None)).collect(),
-            seed: crate::demo::DEMO_MODEL_SEED,
+            seed: DEMO_MODEL_SEED,
+            precision: "fp32".into(),
         }
     }
 }
@@ -362,11 +373,4 @@ pub fn parse_params<P: DeserializeOwned>(plugin: &str, yaml: &str) -> Result<P> 
             "parameters of plugin '{plugin}': {e}; run `lsd-tui plugins` to list them"
         ))
     })
-}
-
-/// Converts a tensor to a flat `f32` vector and its dims (on any device).
-pub(crate) fn to_host(t: &Tensor) -> Result<(Vec<f32>, Vec<usize>)> {
-    let dims = t.dims().to_vec();
-    let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok((data, dims))
 }
