@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::models::{ClipModel, GeneratorModel};
+use super::models::{ClipModel, LoadedGenerator};
 use super::table::{csv_line, csv_number, parse_csv_line, text_table, write_atomic};
-use super::train::{load_direction, local_variant, recipe_noise, train_or_reuse};
+use super::train::{load_direction, local_variant, train_or_reuse};
 use super::Progress;
 use crate::engine::Weights;
 use crate::models::clip::preprocess::Resize;
@@ -193,7 +193,7 @@ pub fn run(
     cfg: &Config,
     out: &Path,
     weights: &Weights,
-    gen: &GeneratorModel,
+    gen: &LoadedGenerator,
     clip: &ClipModel,
     device: &Device,
     progress: &mut dyn FnMut(Progress),
@@ -205,15 +205,15 @@ pub fn run(
         return Err(Error::Config("generalize needs at least one test seed".into()));
     }
     let alphas = sorted_alphas(&cfg.alphas);
-    let steps = cfg.steps.unwrap_or(recipe.raw.steps);
+    let steps = cfg.steps.unwrap_or(recipe.raw().steps);
     let mut base = recipe.clone();
-    base.raw.steps = steps;
+    base.edit(|raw| raw.steps = steps).map_err(|e| Error::Config(e.to_string()))?;
     let experiment = Experiment {
-        recipe: recipe.name.clone(),
-        prompt: recipe.raw.prompt.clone(),
+        recipe: recipe.name().to_string(),
+        prompt: recipe.raw().prompt.clone(),
         training_hash: base.training_hash(),
         steps,
-        truncation: recipe.raw.truncation as f64,
+        truncation: recipe.raw().truncation as f64,
         alphas: alphas.clone(),
         test_seeds: cfg.test_seeds.clone(),
         train_seeds: cfg.train_seeds.clone(),
@@ -247,7 +247,7 @@ pub fn run(
             return Err(Error::Config(format!("stopped before seed {seed}; run the same command again to continue")));
         }
         let folder = direction_folder(out, seed);
-        let variant = local_variant(&base, seed, &folder, None);
+        let variant = local_variant(&base, seed, &folder, None)?;
         let trained = train_or_reuse(variant, weights, device, &cfg.stop, &mut |s| {
             progress(Progress {
                 done: i,
@@ -279,7 +279,7 @@ fn write_experiment(out: &Path, e: &Experiment) -> Result<()> {
 /// Measures directions: the generator, CLIP against the prompt, and a cache
 /// of the unedited similarities.
 struct Measure<'a> {
-    gen: &'a GeneratorModel,
+    gen: &'a LoadedGenerator,
     loss: ClipLoss,
     alphas: Vec<f64>,
     psi: f64,
@@ -291,7 +291,7 @@ struct Measure<'a> {
 impl<'a> Measure<'a> {
     fn new(
         recipe: &Recipe,
-        gen: &'a GeneratorModel,
+        gen: &'a LoadedGenerator,
         clip: &ClipModel,
         alphas: &[f64],
         batch: usize,
@@ -299,15 +299,15 @@ impl<'a> Measure<'a> {
         let loss = ClipLoss::new(
             clip.clip.clone(),
             &clip.tokenizer,
-            &[recipe.raw.prompt.as_str()],
+            &[recipe.raw().prompt.as_str()],
             Resize::Auto,
         )?;
         Ok(Self {
             gen,
             loss,
             alphas: alphas.to_vec(),
-            psi: recipe.raw.truncation as f64,
-            noise: recipe_noise(recipe),
+            psi: recipe.raw().truncation as f64,
+            noise: recipe.noise(),
             batch,
             before: Default::default(),
         })
