@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::models::{ClipModel, LoadedGenerator};
 use super::table::{csv_line, csv_number, text_table, write_atomic};
-use super::train::{load_direction, local_variant, train_or_reuse};
+use super::train::{load_direction, Trainer};
 use super::Progress;
 use crate::demo::DEMO_MODEL_SEED;
 use crate::engine::terms::term_names;
@@ -248,20 +248,14 @@ pub fn run(
 
     let total = variants.len();
     let (mut metrics, mut images, mut folders) = (Vec::new(), Vec::new(), Vec::new());
+    let trainer = Trainer { weights, device, stop: &cfg.stop };
     for (i, v) in variants.iter().enumerate() {
         if cfg.stop.requested() {
             return Err(Error::Config(format!("stopped before '{}'; run the same command again to continue", v.label)));
         }
         let folder = out.join(&v.slug);
-        let r = local_variant(&variant_recipe(recipe, v)?, seed, &folder, cfg.steps)?;
-        let label = v.label.clone();
-        train_or_reuse(r, weights, device, &cfg.stop, &mut |s| {
-            progress(Progress {
-                done: i,
-                total,
-                what: format!("{label}: step {}/{}", s.step, s.steps),
-            })
-        })?;
+        let label = &v.label;
+        trainer.train_local(&variant_recipe(recipe, v)?, seed, &folder, cfg.steps, (i, total, label), progress)?;
         progress(Progress { done: i, total, what: format!("{label}: measuring") });
         let u = load_direction(&folder, device)?;
         let latents =

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::models::{ClipModel, LoadedGenerator};
 use super::table::{csv_line, csv_number, parse_csv_line, text_table, write_atomic};
-use super::train::{load_direction, local_variant, train_or_reuse};
+use super::train::{load_direction, Trainer};
 use super::Progress;
 use crate::engine::Weights;
 use crate::models::clip::preprocess::Resize;
@@ -242,19 +242,13 @@ pub fn run(
         experiment.models.join("|")
     );
     let total = cfg.train_seeds.len();
+    let trainer = Trainer { weights, device, stop: &cfg.stop };
     for (i, &seed) in cfg.train_seeds.iter().enumerate() {
         if cfg.stop.requested() {
             return Err(Error::Config(format!("stopped before seed {seed}; run the same command again to continue")));
         }
         let folder = direction_folder(out, seed);
-        let variant = local_variant(&base, seed, &folder, None)?;
-        let trained = train_or_reuse(variant, weights, device, &cfg.stop, &mut |s| {
-            progress(Progress {
-                done: i,
-                total,
-                what: format!("seed {seed}: step {}/{}", s.step, s.steps),
-            })
-        })?;
+        let trained = trainer.train_local(&base, seed, &folder, None, (i, total, &format!("seed {seed}")), progress)?;
         let key_file = folder.join(DELTA_KEY_FILE);
         let fresh = std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str())
             && folder.join(DELTA_FILE).is_file()

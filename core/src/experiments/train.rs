@@ -122,6 +122,38 @@ pub fn train_or_reuse(
     Ok(Trained { folder, reused: false })
 }
 
+/// What an experiment trains its local directions with.
+#[derive(Clone, Copy)]
+pub struct Trainer<'a> {
+    /// The weights of the recipe's networks.
+    pub weights: &'a Weights,
+    /// The device.
+    pub device: &'a Device,
+    /// Stops the run being trained (its checkpoint is kept).
+    pub stop: &'a Stop,
+}
+
+impl Trainer<'_> {
+    /// Trains the local direction of `recipe` on `seed` into `folder`
+    /// ([`local_variant`], with `steps` steps when given), or reuses the
+    /// folder when it holds that direction already ([`train_or_reuse`]).
+    /// Each step is reported as run `done` of `total`: `LABEL: step s/n`.
+    pub fn train_local(
+        &self,
+        recipe: &Recipe,
+        seed: u64,
+        folder: &Path,
+        steps: Option<usize>,
+        (done, total, label): (usize, usize, &str),
+        progress: &mut dyn FnMut(super::Progress),
+    ) -> Result<Trained> {
+        let variant = local_variant(recipe, seed, folder, steps)?;
+        train_or_reuse(variant, self.weights, self.device, self.stop, &mut |s| {
+            progress(super::Progress { done, total, what: format!("{label}: step {}/{}", s.step, s.steps) })
+        })
+    }
+}
+
 /// The first trained direction `[1, L, D]` of a run folder.
 pub fn load_direction(folder: &Path, device: &Device) -> Result<Tensor> {
     let d = read_direction(&folder.join(DIRECTION_FILE), device)?;
