@@ -527,4 +527,35 @@ terms:
         assert!(!r.to_yaml().contains("latents"), "an empty list is not written, so old hashes stay");
         assert_eq!(r.preview().seeds, vec![0]);
     }
+
+    #[test]
+    fn an_edit_is_checked_and_keeps_raw_and_checked_values_together() {
+        let mut r = Recipe::parse(GOOD, Path::new("gray.yaml")).expect("valid");
+        let e = r.edit(|raw| raw.steps = 0).expect_err("0 steps is refused");
+        assert_eq!((e.key.as_str(), e.line), ("steps", 2));
+        assert_eq!(r.raw().steps, 10, "a refused edit leaves the recipe as it was");
+        r.edit(|raw| raw.latents.push(PathBuf::from("/photos/me.npy"))).expect("valid");
+        assert_eq!(r.latents(), [PathBuf::from("/photos/me.npy")]);
+        assert_eq!(r.preview().seeds, vec![0, crate::latents::key(0)], "the first latent image is previewed");
+        r.set_output(PathBuf::from("elsewhere"));
+        r.edit(|raw| raw.alpha = RawAlpha::Fixed(2.0)).expect("valid");
+        assert_eq!((r.alpha(), r.output()), (Alpha::Fixed(2.0), Path::new("elsewhere")));
+        assert_eq!(r.raw().output, Some(PathBuf::from("elsewhere")));
+    }
+
+    #[test]
+    fn a_term_kept_by_an_edit_is_located_at_its_own_line() {
+        let mut r = Recipe::parse(GOOD, Path::new("gray.yaml")).expect("valid");
+        r.edit(|raw| {
+            raw.terms.remove(0);
+        })
+        .expect("one term is a recipe");
+        assert_eq!(r.terms().len(), 1);
+        assert_eq!(r.term_key(0), "terms[1]");
+        let e = r.error_at(&format!("{}.plugin", r.term_key(0)), "no such plugin");
+        assert_eq!(e.line, 6, "the segmentation term's line: {e}");
+        assert_eq!(r.terms()[0].params_line, 9);
+        let e = r.edit(|raw| raw.terms[0].weight = -1.0).expect_err("a negative weight is refused");
+        assert_eq!((e.key.as_str(), e.line), ("terms[1].weight", 7));
+    }
 }
