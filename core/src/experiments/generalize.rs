@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::models::{ClipModel, LoadedGenerator};
-use super::table::{csv_line, csv_number, parse_csv_line, text_table, write_atomic};
+use super::table::{csv_line, csv_number, read_csv, text_table, write_atomic};
 use super::train::{load_direction, Trainer};
 use super::Progress;
 use crate::engine::Weights;
@@ -382,13 +382,12 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
     let bad =
         |line: usize, why: &str| Error::Config(format!("'{}' line {line}: {why}", path.display()));
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f = parse_csv_line(line);
+    for (line, f) in read_csv(&text, path)?.into_iter().skip(1) {
         if f.len() != DELTA_HEADER.len() {
-            return Err(bad(i + 1, &format!("expected {} fields", DELTA_HEADER.len())));
+            return Err(bad(line, &format!("expected {} fields", DELTA_HEADER.len())));
         }
-        let int = |s: &str| s.parse::<u64>().map_err(|_| bad(i + 1, "bad seed"));
-        let num = |s: &str| s.parse::<f64>().map_err(|_| bad(i + 1, "bad number"));
+        let int = |s: &str| s.parse::<u64>().map_err(|_| bad(line, "bad seed"));
+        let num = |s: &str| s.parse::<f64>().map_err(|_| bad(line, "bad number"));
         rows.push(Row {
             direction_seed: int(&f[0])?,
             image_seed: int(&f[1])?,
