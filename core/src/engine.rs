@@ -128,7 +128,7 @@ pub fn run(recipe: Recipe, setup: Setup, events: &Sender<TrainEvent>, control: &
     let started = Instant::now();
     let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| {
         // One run per folder at a time: held until the run returns.
-        let _lock = crate::outputs::RunLock::acquire(&e.recipe.output())?;
+        let _lock = crate::outputs::RunLock::acquire(e.recipe.output())?;
         e.train(control, started)
     });
     if let Err(e) = &result {

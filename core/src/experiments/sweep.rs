@@ -110,7 +110,7 @@ pub fn points(settings: &[Setting]) -> Vec<Point> {
 /// recipe file is: a bad key or value is an error naming it).
 pub fn point_recipe(recipe: &Recipe, point: &Point, folder: &Path, steps: Option<usize>) -> Result<Recipe> {
     use yaml_serde::Value;
-    let mut raw = yaml_serde::to_value(&recipe.raw()).map_err(|e| Error::Config(format!("recipe: {e}")))?;
+    let mut raw = yaml_serde::to_value(recipe.raw()).map_err(|e| Error::Config(format!("recipe: {e}")))?;
     for (key, text) in &point.values {
         let value: Value = yaml_serde::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
         let parts: Vec<&str> = key.split('.').collect();
@@ -129,7 +129,7 @@ pub fn point_recipe(recipe: &Recipe, point: &Point, folder: &Path, steps: Option
         *node = value;
     }
     let text = yaml_serde::to_string(&raw).map_err(|e| Error::Config(format!("recipe: {e}")))?;
-    let mut r = Recipe::parse(&text, &recipe.file()).map_err(|e| {
+    let mut r = Recipe::parse(&text, recipe.file()).map_err(|e| {
         Error::Config(format!("--set {}: {}", point.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), e.message))
     })?;
     if let Some(s) = steps {
