@@ -1,7 +1,9 @@
 //! Atomic, durable file writes: the one way every output is written.
 //!
-//! A file is written to a fresh temporary file in the same folder, flushed
-//! to the disk (`fsync`), renamed over the target, and then the folder
+//! A file is written to a fresh temporary file in the same folder
+//! (`tempfile`'s `NamedTempFile`, created with a name nobody else holds and
+//! removed if anything fails), flushed to the disk (`fsync`), renamed over
+//! the target (`NamedTempFile::persist`), and then the folder
 //! itself is flushed, so that the rename is on the disk too. A reader, or a
 //! run killed at any moment (power cut included), finds either the old file
 //! or the new one, never half of one, and a file we reported as written is
@@ -16,7 +18,6 @@
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Error, Result};
 
@@ -32,19 +33,13 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_with<E: Display>(path: &Path, write: impl FnOnce(&Path) -> std::result::Result<(), E>) -> Result<()> {
     let dir = parent(path);
     create_dir(&dir)?;
-    let tmp = reserve_temp(&dir, path)?;
-    let result = (|| {
-        #[cfg(test)]
-        testing::injected_failure(path).map_err(|e| Error::io("writing", &tmp, e))?;
-        write(&tmp).map_err(|e| Error::io("writing", &tmp, std::io::Error::other(e.to_string())))?;
-        sync_file(&tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
-    })();
-    if result.is_err() {
-        // Best effort: the temporary file is garbage now.
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
+    // Dropped on any error below, which removes the temporary file.
+    let tmp = temp_file(&dir, path)?;
+    #[cfg(test)]
+    testing::injected_failure(path).map_err(|e| Error::io("writing", tmp.path(), e))?;
+    write(tmp.path()).map_err(|e| Error::io("writing", tmp.path(), std::io::Error::other(e.to_string())))?;
+    sync_file(tmp.path())?;
+    tmp.persist(path).map_err(|e| Error::io("renaming into place", path, e.error))?;
     sync_dir(&dir)
 }
 
@@ -102,21 +97,19 @@ fn create_dir(dir: &Path) -> Result<()> {
     sync_dir(&parent(dir))
 }
 
-/// A temporary name next to `path` that nobody else holds (created empty
-/// with `create_new`, so a name left by a crashed run, or a link planted
-/// there, is never reused).
-fn reserve_temp(dir: &Path, path: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// An empty temporary file next to `path`, `.NAME.tmpXXXXXX`, under a
+/// random name nobody else holds (`tempfile` creates it exclusively, so a
+/// name left by a crashed run, or a link planted there, is never reused).
+fn temp_file(dir: &Path, path: &Path) -> Result<tempfile::NamedTempFile> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(_) => return Ok(tmp),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("creating", &tmp, e)),
-        }
-    }
+    let prefix = format!(".{name}.tmp");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    // The permissions of a file created as usual (0666 less the umask), not
+    // the temporary file's private 0600: the output is for others too.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir).map_err(|e| Error::io("creating a temporary file in", dir, e))
 }
 
 /// What tests observe of the writes: the files and folders flushed on the

@@ -56,10 +56,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::models::stylegan2::{self, Generator, Noise};
+use crate::models::stylegan2::{Generator, LoadedGenerator, Noise, Source};
 use crate::optim::{self, Optimizer};
 use crate::plugin::{self, EditBatch, FeatureMaps, TermOutput};
-use crate::recipe::{Alpha, AlphaPer, DirectionDraw, DiversityKind, LatentSpace, Mode, NoiseMode, Norm, Recipe};
+use crate::recipe::{Alpha, AlphaPer, DirectionDraw, DiversityKind, LatentSpace, Mode, Norm, Recipe};
 use crate::{Error, Result};
 use events::{Control, Level, RunInfo, StepStats, TrainEvent};
 pub use report::{CHECKPOINT_FILE, DIRECTION_FILE};
@@ -141,7 +141,7 @@ pub fn run(recipe: Recipe, setup: Setup, events: &Sender<TrainEvent>, control: &
     let started = Instant::now();
     let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| {
         // One run per folder at a time: held until the run returns.
-        let _lock = crate::outputs::RunLock::acquire(&e.recipe.output)?;
+        let _lock = crate::outputs::RunLock::acquire(e.recipe.output())?;
         e.train(control, started)
     });
     if let Err(e) = &result {
@@ -240,55 +240,28 @@ const CACHE_LIMIT: usize = 64;
 
 impl Engine {
     fn new(mut recipe: Recipe, setup: Setup, tx: Sender<TrainEvent>) -> Result<Self> {
-        if setup.terms.len() != recipe.terms.len() {
+        if setup.terms.len() != recipe.terms().len() {
             return Err(Error::Config(format!(
                 "the setup has {} loss terms for the recipe's {}",
                 setup.terms.len(),
-                recipe.terms.len()
+                recipe.terms().len()
             )));
         }
         let device = setup.device.clone();
         let _ = tx.send(TrainEvent::WarmUp { what: "loading the generator".into() });
-        let (gen, latent_avg) = match &setup.weights.generator {
-            None => stylegan2::demo(crate::demo::DEMO_MODEL_SEED, &device)?,
-            Some(path) => {
-                let (gen, avg) = Generator::load(path, &device)?;
-                let avg = match avg {
-                    Some(a) => a,
-                    None => {
-                        // Training checkpoints have no latent_avg: estimate it.
-                        let d = gen.z_dim();
-                        let zs = (0..4096u64)
-                            .map(|i| stylegan2::z_from_seed(1_000_000 + i, d, &device))
-                            .collect::<Result<Vec<_>>>()?;
-                        gen.mapping(&Tensor::cat(&zs, 0)?)?.mean(0)?
-                    }
-                };
-                (gen, avg)
-            }
-        };
+        let source = Source::from_path(setup.weights.generator.clone());
+        let LoadedGenerator { generator: gen, latent_avg, .. } = LoadedGenerator::load(&source, &device)?;
         let (l, d) = (gen.config().n_latent(), gen.config().style_dim);
-        if let Some(spec) = recipe.layer_preset.clone() {
-            let layers = spec.resolve(l).map_err(|e| recipe_error(&recipe, "layers", e))?;
-            recipe.layers = Some(layers);
-        }
-        let latents = crate::latents::load_all(&recipe.latents, l, d, &device)?;
-        if let Some(&s) = recipe.preview.seeds.iter().find(|&&s| crate::latents::index(s).is_some_and(|i| i >= latents.len())) {
+        recipe.resolve_layers(l).map_err(|e| Error::Config(e.to_string()))?;
+        let latents = crate::latents::load_all(recipe.latents(), l, d, &device)?;
+        if let Some(&s) = recipe.preview().seeds.iter().find(|&&s| crate::latents::index(s).is_some_and(|i| i >= latents.len())) {
             return Err(recipe_error(&recipe, "preview.seeds", format!("seed {s} is reserved for latent files, and there are only {}", latents.len())));
         }
-        if let Some(layers) = &recipe.layers {
-            if let Some(&bad) = layers.iter().find(|&&x| x >= l) {
-                return Err(recipe_error(&recipe, "layers", format!(
-                    "layer {bad} does not exist: this generator's W+ has {l} layers (0..={})",
-                    l - 1
-                )));
-            }
-        }
-        let mask: Vec<f32> = (0..l).map(|i| recipe.layers.as_ref().is_none_or(|ls| ls.contains(&i)) as u8 as f32).collect();
+        let mask: Vec<f32> = (0..l).map(|i| recipe.layers().is_none_or(|ls| ls.contains(&i)) as u8 as f32).collect();
         let mask = Tensor::from_vec(mask, (1, l, 1), &device)?;
         let needs_features = setup.terms.iter().any(|t| t.needs().features);
         let mut term_names: Vec<String> = setup.terms.iter().map(|t| t.name.clone()).collect();
-        let raw = &recipe.raw;
+        let raw = recipe.raw();
         let k = raw.directions;
         if raw.mode == Mode::Direction && k > 1 && raw.diversity > 0.0 {
             term_names.push("diversity".into());
@@ -297,7 +270,7 @@ impl Engine {
             term_names.push("latent_l2".into());
         }
         let mut engine = Self {
-            preview_alphas: recipe.preview.alphas.clone(),
+            preview_alphas: recipe.preview().alphas.clone(),
             gen,
             latent_avg,
             mask,
@@ -349,16 +322,16 @@ impl Engine {
             let img = self.latents.get(i).ok_or_else(|| Error::Config(format!("no latent image {i}")))?;
             return Ok(img.w_plus.clone());
         }
-        let psi = self.recipe.raw.truncation as f64;
+        let psi = self.recipe.raw().truncation as f64;
         let trunc = (psi < 1.0).then_some((psi, &self.latent_avg));
-        let w = self.gen.w_from_seed_with(seed, self.recipe.raw.seed_rng, trunc)?;
+        let w = self.gen.w_from_seed_with(seed, self.recipe.raw().seed_rng, trunc)?;
         Ok(self.gen.broadcast_latent(&w)?.contiguous()?)
     }
 
     /// The training images: the seeds, then the latent files' images
     /// ([`crate::latents::key`]).
     fn train_keys(&self) -> Vec<u64> {
-        let mut keys = self.recipe.raw.seeds.clone();
+        let mut keys = self.recipe.raw().seeds.clone();
         keys.extend((0..self.latents.len()).map(crate::latents::key));
         keys
     }
@@ -378,11 +351,7 @@ impl Engine {
     }
 
     fn noise(&self) -> Noise {
-        match self.recipe.raw.noise {
-            NoiseMode::Stored => Noise::Stored,
-            NoiseMode::Zero => Noise::Zero,
-            NoiseMode::Seeded => Noise::Seeded(self.recipe.raw.seed),
-        }
+        self.recipe.noise()
     }
 
     /// What an original depends on besides its latent and, with seeded
@@ -398,7 +367,7 @@ impl Engine {
                 (path, meta.len(), meta.modified().ok()).hash(&mut h);
             }
         }
-        self.recipe.raw.truncation.to_bits().hash(&mut h);
+        self.recipe.raw().truncation.to_bits().hash(&mut h);
         format!("{:?}", self.noise()).hash(&mut h);
         Ok(h.finish())
     }
@@ -427,7 +396,7 @@ impl Engine {
     /// The initial trained tensor.
     fn init_param(&mut self) -> Result<()> {
         let (l, d) = self.dims();
-        let raw = &self.recipe.raw;
+        let raw = self.recipe.raw();
         match raw.mode {
             Mode::Direction => {
                 let k = raw.directions;
@@ -457,7 +426,7 @@ impl Engine {
     /// Rows per direction of the trained tensor: 1 in W (one vector tied
     /// across the layers), `L` in W+.
     fn param_layers(&self) -> usize {
-        match self.recipe.raw.space {
+        match self.recipe.raw().space {
             LatentSpace::W => 1,
             LatentSpace::Wplus => self.dims().0,
         }
@@ -466,7 +435,7 @@ impl Engine {
     /// The norm constraint on a trained tensor (`[K, 1, D]` in W, `[K, L,
     /// D]` in W+, masked to the trained layers).
     fn constrain(&self, param: &Tensor, norm: Norm) -> Result<Tensor> {
-        match self.recipe.raw.space {
+        match self.recipe.raw().space {
             LatentSpace::W => normalize(param, norm, &Tensor::ones((1, 1, 1), param.dtype(), param.device())?),
             LatentSpace::Wplus => normalize(&param.broadcast_mul(&self.mask)?, norm, &self.mask),
         }
@@ -475,7 +444,7 @@ impl Engine {
     /// Directions edited per latent in a step: `K`, or 1 when a step edits
     /// with one relaxed one-hot mixture of the `K` (LELSD).
     fn directions_per_step(&self) -> usize {
-        let raw = &self.recipe.raw;
+        let raw = self.recipe.raw();
         match raw.mode {
             Mode::Latent => 1,
             Mode::Direction if raw.directions > 1 && raw.direction_draw == DirectionDraw::OneHot => 1,
@@ -486,7 +455,7 @@ impl Engine {
     /// The step's seeds, α per sample and, when a step edits with one
     /// mixture of the directions, its coefficients.
     fn draw(&self, step: usize) -> (Vec<u64>, Vec<f32>, Option<Vec<f32>>) {
-        let raw = &self.recipe.raw;
+        let raw = self.recipe.raw();
         let mut rng = rng_for(raw.seed, step as u64 + 1);
         let keys = self.train_keys();
         let seeds: Vec<u64> = if raw.mode == Mode::Latent {
@@ -501,7 +470,7 @@ impl Engine {
             idx.into_iter().map(|i| keys[i]).collect()
         };
         let n = seeds.len() * self.directions_per_step();
-        let alphas = match (raw.mode, self.recipe.alpha, raw.alpha_per) {
+        let alphas = match (raw.mode, self.recipe.alpha(), raw.alpha_per) {
             (Mode::Latent, _, _) => vec![1.0; n],
             (_, Alpha::Fixed(a), _) => vec![a; n],
             (_, alpha @ Alpha::Range { .. }, AlphaPer::Sample) => (0..n).map(|_| alpha.sample(&mut rng)).collect(),
@@ -525,7 +494,7 @@ impl Engine {
             }
             let out = self.gen.synthesis(&self.w_batch(seeds)?, noise, features)?;
             let o = Original { image: out.image.detach(), features: out.features.iter().map(Tensor::detach).collect() };
-            let fixed = !self.recipe.raw.resample && seeds.len() == self.train_keys().len();
+            let fixed = !self.recipe.raw().resample && seeds.len() == self.train_keys().len();
             if fixed {
                 self.batch_cache = Some((seeds.to_vec(), o.clone()));
             }
@@ -546,7 +515,7 @@ impl Engine {
                 rendered.insert(s, Original { image, features });
             }
         }
-        let cacheable = !self.recipe.raw.resample;
+        let cacheable = !self.recipe.raw().resample;
         for &s in &missing {
             if cacheable && self.cache.len() < CACHE_LIMIT {
                 self.cache.insert(s, rendered[&s].clone());
@@ -566,7 +535,7 @@ impl Engine {
     fn train_step(&mut self, step: usize) -> Result<StepStats> {
         let mut clock = PhaseClock::start();
         let Pass { values, total, grad, grad_norm } = self.pass(step, &mut clock)?;
-        let raw = &self.recipe.raw;
+        let raw = self.recipe.raw();
         let human = step + 1;
         let lr = optim::learning_rate(&raw.optimizer, step, raw.steps);
         let before = self.param.as_tensor().copy()?;
@@ -594,7 +563,7 @@ impl Engine {
     /// respect to the trained parameters — everything but the update, so
     /// [`Engine::warm_up`] can run it without changing the run.
     fn pass(&mut self, step: usize, clock: &mut PhaseClock) -> Result<Pass> {
-        let raw = self.recipe.raw.clone();
+        let raw = self.recipe.raw().clone();
         let (seeds, alphas, mixture) = self.draw(step);
         let b = seeds.len();
         let k = self.directions_per_step();
@@ -686,7 +655,7 @@ impl Engine {
             let div = match raw.diversity_kind {
                 DiversityKind::SquaredCosine => diversity(&u)?,
                 DiversityKind::Correlation => {
-                    let trained = match (raw.space, &self.recipe.layers) {
+                    let trained = match (raw.space, self.recipe.layers()) {
                         (LatentSpace::W, _) => self.param.as_tensor().clone(),
                         (LatentSpace::Wplus, None) => u.clone(),
                         (LatentSpace::Wplus, Some(ls)) => {
@@ -737,18 +706,18 @@ impl Engine {
 
     fn info(&self, start_step: usize) -> RunInfo {
         RunInfo {
-            recipe: self.recipe.name.clone(),
-            prompt: self.recipe.raw.prompt.clone(),
-            mode: match self.recipe.raw.mode {
+            recipe: self.recipe.name().to_string(),
+            prompt: self.recipe.raw().prompt.clone(),
+            mode: match self.recipe.raw().mode {
                 Mode::Direction => "direction".into(),
                 Mode::Latent => "latent".into(),
             },
             device: plugin::device_name(self.device()),
-            total_steps: self.recipe.raw.steps,
+            total_steps: self.recipe.raw().steps,
             start_step,
             terms: self.term_names.clone(),
             demo: self.setup.weights.generator.is_none() || self.recipe.uses_demo(),
-            output: self.recipe.output.clone(),
+            output: self.recipe.output().to_path_buf(),
         }
     }
 
@@ -761,7 +730,7 @@ impl Engine {
     }
 
     fn train(&mut self, control: &Receiver<Control>, started: Instant) -> Result<RunSummary> {
-        let total_steps = self.recipe.raw.steps;
+        let total_steps = self.recipe.raw().steps;
         if self.setup.resume {
             self.resume()?;
         }
@@ -784,8 +753,8 @@ impl Engine {
         }
         let mut rate: Option<f64> = None;
         let mut stopped_early = false;
-        let every_ckpt = self.recipe.raw.checkpoint_every;
-        let every_preview = self.recipe.preview.every;
+        let every_ckpt = self.recipe.raw().checkpoint_every;
+        let every_preview = self.recipe.preview().every;
         while self.step < total_steps {
             match self.poll(control)? {
                 Flow::Go => {}
@@ -833,8 +802,8 @@ impl Engine {
         }
         self.preview()?;
         self.write_outputs(started, true)?;
-        self.send(TrainEvent::Finished { output: self.recipe.output.clone(), elapsed: started.elapsed() });
-        Ok(RunSummary { output: self.recipe.output.clone(), steps: self.step, stopped_early })
+        self.send(TrainEvent::Finished { output: self.recipe.output().to_path_buf(), elapsed: started.elapsed() });
+        Ok(RunSummary { output: self.recipe.output().to_path_buf(), steps: self.step, stopped_early })
     }
 
     /// Handles pending controls; blocks while paused.

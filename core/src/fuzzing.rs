@@ -103,8 +103,8 @@ pub fn recipe(data: &[u8]) -> usize {
         let _ = differing_keys(&text, &r.training_yaml());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(data.len() as u64);
         for _ in 0..16 {
-            let a = r.alpha.sample(&mut rng);
-            assert!(a.is_finite(), "α {a} drawn from {:?}", r.alpha);
+            let a = r.alpha().sample(&mut rng);
+            assert!(a.is_finite(), "α {a} drawn from {:?}", r.alpha());
         }
         for key in ["alpha", "terms[0].params", "models.generator", "optimizer.lr", "preview.alphas"] {
             let _ = r.locate(key);

@@ -303,12 +303,10 @@ pub fn read_direction(path: &Path, device: &Device) -> Result<Direction> {
 
 /// A CSV text: a header row and numeric rows (shortest round-trip floats).
 pub fn csv(header: &[String], rows: &[Vec<f64>]) -> String {
-    let mut s = header.join(",");
-    s.push('\n');
+    use crate::experiments::table::csv_line;
+    let mut s = csv_line(header);
     for row in rows {
-        let cells: Vec<String> = row.iter().map(|v| format!("{v}")).collect();
-        s.push_str(&cells.join(","));
-        s.push('\n');
+        s.push_str(&csv_line(&row.iter().map(|v| format!("{v}")).collect::<Vec<_>>()));
     }
     s
 }

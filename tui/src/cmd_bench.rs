@@ -340,7 +340,7 @@ fn step(a: StepArgs) -> Result<()> {
         },
     );
     let mut recipe = Recipe::parse(&text, Path::new("bench.yaml")).map_err(|e| eyre!("{e}"))?;
-    recipe.output = dir.path().join("run");
+    recipe.set_output(dir.path().join("run"));
     let setup = Setup { device: device.clone(), weights, metrics: false, ..Setup::new(terms) };
     let (tx, rx) = mpsc::channel();
     let (_ctl, crx) = mpsc::channel();

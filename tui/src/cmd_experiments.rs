@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use indicatif::{ProgressBar, ProgressStyle};
 use lsd_core::engine::Weights;
-use lsd_core::experiments::models::{ClipModel, GeneratorModel, Source};
+use lsd_core::experiments::models::{ClipModel, LoadedGenerator, Source};
 use lsd_core::experiments::{ablation, generalize, seeds, similarity, sweep, Progress, Stop};
 use lsd_core::recipe::{Models, Recipe, SeedRng, WeightsRef};
 
@@ -273,7 +273,7 @@ pub fn similarity(a: SimilarityArgs) -> Result<i32> {
         bail!("truncation '{}' is outside (0, 1]; 0.7 is usual, 1 disables it", a.truncation);
     }
     let device = a.device.open()?;
-    let mut gen = GeneratorModel::load(&source(&a.generator, "generator")?, &device)
+    let mut gen = LoadedGenerator::load(&source(&a.generator, "generator")?, &device)
         .wrap_err("loading the generator")?;
     if a.seed_rng == "numpy" {
         gen.seed_rng = SeedRng::Numpy;
@@ -328,14 +328,14 @@ struct Loaded {
     recipe: Recipe,
     weights: Weights,
     device: candle_core::Device,
-    gen: GeneratorModel,
+    gen: LoadedGenerator,
     clip: ClipModel,
 }
 
 fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
     let mut recipe = Recipe::load(recipe).map_err(|e| eyre!("{e}"))?;
     if common.models.demo() {
-        recipe.raw.models = Models::default();
+        recipe.edit(|raw| raw.models = Models::default()).map_err(|e| eyre!("{e}"))?;
     }
     let resolve = |what: &str, w: &WeightsRef| -> Result<Option<PathBuf>> {
         match w {
@@ -350,20 +350,20 @@ fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
             )),
         }
     };
-    let m = &recipe.raw.models;
+    let m = &recipe.raw().models;
     let weights = Weights {
         generator: resolve("generator", &m.generator)?,
         clip: resolve("CLIP", &m.clip)?,
         arcface: resolve("ArcFace", &m.arcface)?,
         bisenet: resolve("BiSeNet", &m.bisenet)?,
     };
-    let device_name = common.device.device.clone().unwrap_or_else(|| recipe.raw.device.clone());
+    let device_name = common.device.device.clone().unwrap_or_else(|| recipe.raw().device.clone());
     let device = lsd_core::plugin::parse_device(&device_name)?;
     let src = |p: &Option<PathBuf>| p.clone().map_or(Source::Demo, Source::File);
-    let mut gen = GeneratorModel::load(&src(&weights.generator), &device)
+    let mut gen = LoadedGenerator::load(&src(&weights.generator), &device)
         .wrap_err("loading the generator")?;
     // Measure the same faces the recipe trains on.
-    gen.seed_rng = recipe.raw.seed_rng;
+    gen.seed_rng = recipe.raw().seed_rng;
     let clip = ClipModel::load(&src(&weights.clip), &device).wrap_err("loading CLIP")?;
     Ok(Loaded { recipe, weights, device, gen, clip })
 }
@@ -372,7 +372,7 @@ fn default_out(common: &TrainingOptions, recipe: &Recipe, what: &str) -> PathBuf
     common
         .output
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{what}", recipe.name)))
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{what}", recipe.name())))
 }
 
 /// Fig. 8.
@@ -384,7 +384,7 @@ pub fn generalize(a: GeneralizeArgs) -> Result<i32> {
     let all_train = match &a.train_seeds {
         _ if !directions.is_empty() => (0..directions.len() as u64).collect(),
         Some(s) => s.0.clone(),
-        None => l.recipe.raw.seeds.clone(),
+        None => l.recipe.raw().seeds.clone(),
     };
     let shard = a.shard.map(Shard::pair);
     let train_seeds = match shard {
@@ -428,7 +428,7 @@ pub fn ablation(a: AblationArgs) -> Result<i32> {
     let l = load(&a.common.recipe, &a.common.options)?;
     let alphas = match a.alphas {
         Some(v) => v,
-        None => l.recipe.preview.alphas.iter().map(|&x| x as f64).collect(),
+        None => l.recipe.preview().alphas.iter().map(|&x| x as f64).collect(),
     };
     let on_signal = OnSignal::install()?;
     let cfg = ablation::Config { alphas, steps: a.common.options.steps, cell: a.cell, stop: on_signal.stop.clone() };

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use lsd_core::engine::{self, Setup, Weights};
-use lsd_core::models::stylegan2::{self, Generator, Noise};
-use lsd_core::recipe::{Models, Recipe, RecipeError, SeedRng, WeightsRef};
+use lsd_core::models::stylegan2::{LoadedGenerator, Source};
+use lsd_core::recipe::{Models, NoiseMode, Recipe, RecipeError, SeedRng, WeightsRef};
 use lsd_core::layers::LayerSpec;
 use lsd_core::{latents, outputs, plugin, render};
 
@@ -172,9 +172,8 @@ fn recipe_exit(e: &RecipeError) -> ! {
 pub fn demo(args: DemoArgs) -> Result<i32> {
     let mut recipe = Recipe::parse(DEMO_RECIPE, Path::new("examples/recipes/demo.yaml (built in)"))
         .unwrap_or_else(|e| recipe_exit(&e));
-    recipe.raw.models = Models::default();
-    recipe.output = args.output.clone();
-    recipe.raw.output = Some(args.output);
+    recipe.edit(|raw| raw.models = Models::default()).unwrap_or_else(|e| recipe_exit(&e));
+    recipe.set_output(args.output);
     let opts = Options {
         headless: args.headless,
         resume: args.resume,
@@ -191,22 +190,17 @@ pub fn demo(args: DemoArgs) -> Result<i32> {
 pub fn run(args: RunArgs) -> Result<i32> {
     let mut recipe = Recipe::load(&args.recipe).unwrap_or_else(|e| recipe_exit(&e));
     if let Some(out) = &args.output {
-        recipe.output = out.clone();
-        recipe.raw.output = Some(out.clone());
+        recipe.set_output(out.clone());
     }
     if args.models.demo() {
-        recipe.raw.models = Models::default();
+        recipe.edit(|raw| raw.models = Models::default()).unwrap_or_else(|e| recipe_exit(&e));
     }
     if !args.latents.is_empty() {
-        // Part of the resolved recipe (recipe.yaml, its hash), as if written there.
+        // Part of the resolved recipe (recipe.yaml, its hash), as if written
+        // there; without preview seeds the first latent image is previewed.
         let cwd = std::env::current_dir().wrap_err("reading the current folder")?;
         let paths: Vec<PathBuf> = args.latents.iter().map(|p| cwd.join(p)).collect();
-        recipe.raw.latents.extend(paths.iter().cloned());
-        recipe.latents.extend(paths);
-        if recipe.raw.preview.as_ref().is_none_or(|p| p.seeds.is_none()) && !recipe.preview.seeds.iter().any(|&s| lsd_core::latents::index(s).is_some()) {
-            // The recipe had no latent files: this is the first image.
-            recipe.preview.seeds.push(lsd_core::latents::key(0));
-        }
+        recipe.edit(|raw| raw.latents.extend(paths)).unwrap_or_else(|e| recipe_exit(&e));
     }
     let opts = Options {
         headless: args.headless,
@@ -238,7 +232,7 @@ fn resolve_weight(recipe: &Recipe, network: &str, w: &WeightsRef) -> std::result
         WeightsRef::Demo => Ok(None),
         WeightsRef::Path(p) => {
             let p = if p.is_relative() {
-                recipe.file.parent().filter(|d| !d.as_os_str().is_empty()).map(|d| d.join(p)).unwrap_or_else(|| p.clone())
+                recipe.file().parent().filter(|d| !d.as_os_str().is_empty()).map(|d| d.join(p)).unwrap_or_else(|| p.clone())
             } else {
                 p.clone()
             };
@@ -249,16 +243,19 @@ fn resolve_weight(recipe: &Recipe, network: &str, w: &WeightsRef) -> std::result
 }
 
 fn start(mut recipe: Recipe, opts: &Options) -> Result<i32> {
-    if let Some(d) = &opts.device {
-        recipe.raw.device = d.clone();
-    }
-    let device = plugin::parse_device(&recipe.raw.device)
-        .map_err(|e| eyre!("device '{}': {e}; use cpu, or cuda:N on a build with --features cuda", recipe.raw.device))?;
-    if let Some(p) = opts.precision {
-        recipe.raw.precision = Some(p);
-    }
-    lsd_core::ops::set_precision(recipe.raw.precision.unwrap_or_else(|| lsd_core::ops::Precision::default_for(&device)));
-    let models = recipe.raw.models.clone();
+    let device_name = opts.device.clone().unwrap_or_else(|| recipe.raw().device.clone());
+    let device = plugin::parse_device(&device_name)
+        .map_err(|e| eyre!("device '{device_name}': {e}; use cpu, or cuda:N on a build with --features cuda"))?;
+    recipe
+        .edit(|raw| {
+            raw.device = device_name;
+            if let Some(p) = opts.precision {
+                raw.precision = Some(p);
+            }
+        })
+        .unwrap_or_else(|e| recipe_exit(&e));
+    lsd_core::ops::set_precision(recipe.raw().precision.unwrap_or_else(|| lsd_core::ops::Precision::default_for(&device)));
+    let models = recipe.raw().models.clone();
     let weights = Weights {
         generator: resolve_weight(&recipe, "generator", &models.generator).unwrap_or_else(|e| recipe_exit(&e)),
         clip: resolve_weight(&recipe, "clip", &models.clip).unwrap_or_else(|e| recipe_exit(&e)),
@@ -269,11 +266,11 @@ fn start(mut recipe: Recipe, opts: &Options) -> Result<i32> {
     if opts.check {
         println!(
             "{}: ok ({} steps, {} terms: {}; output {})",
-            recipe.file.display(),
-            recipe.raw.steps,
+            recipe.file().display(),
+            recipe.raw().steps,
             terms.len(),
             terms.iter().map(|t| format!("{} λ={}", t.name, t.weight)).collect::<Vec<_>>().join(", "),
-            recipe.output.display()
+            recipe.output().display()
         );
         return Ok(exit::FINISHED);
     }
@@ -394,7 +391,8 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             other.generator
         );
     }
-    let (gen, avg) = apply_generator(first, &device)?;
+    let loaded = apply_generator(first, &device)?;
+    let gen = &loaded.generator;
     let demo = first.generator == "demo";
     let dims = (gen.config().n_latent(), gen.config().style_dim);
     let mask = match &args.layers {
@@ -419,20 +417,14 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
     for (v, _, a) in &edits {
         offset = (offset + (prepare(v)? * *a as f64)?)?;
     }
-    let noise = match first.noise.as_str() {
-        "zero" => Noise::Zero,
-        "seeded" => Noise::Seeded(first.seed),
-        _ => Noise::Stored,
-    };
+    let noise = NoiseMode::from_name(&first.noise).unwrap_or_default().noise(first.seed);
     let psi = args.truncation.unwrap_or(first.truncation) as f64;
     if !(psi.is_finite() && psi > 0.0 && psi <= 1.0) {
         bail!("--truncation {psi}: expected 0 < ψ <= 1");
     }
     let mut images = Vec::new();
     for &seed in &seeds {
-        let rng = if first.seed_rng == "numpy" { SeedRng::Numpy } else { SeedRng::Chacha };
-        let w = gen.w_from_seed_with(seed, rng, (psi < 1.0).then_some((psi, &avg)))?;
-        images.push((format!("seed {seed}"), gen.broadcast_latent(&w)?.contiguous()?));
+        images.push((format!("seed {seed}"), loaded.w_plus(seed, psi)?));
     }
     for img in latents::load_all(&args.latents, dims.0, dims.1, &device)? {
         images.push((img.label, img.w_plus));
@@ -564,23 +556,25 @@ fn layer_mask(layers: &[usize], n_latent: usize, device: &candle_core::Device) -
     Ok(candle_core::Tensor::from_vec(m, (1, n_latent, 1), device)?)
 }
 
-/// The generator a direction was trained with and its `latent_avg`: the
-/// demo network, or its weights file (a checksum that differs from the
+/// The generator a direction was trained with, drawing seeds as it did:
+/// the demo network, or its weights file (a checksum that differs from the
 /// training one is a warning: the edit may not transfer).
-fn apply_generator(meta: &outputs::DirectionMeta, device: &candle_core::Device) -> Result<(Generator, candle_core::Tensor)> {
-    if meta.generator == "demo" {
-        return Ok(stylegan2::demo(lsd_core::demo::DEMO_MODEL_SEED, device)?);
-    }
-    let path = lsd_weights::resolve(&meta.generator)?;
-    let sha = lsd_core::torch::sha256_file(&path)?;
-    if sha != meta.generator_sha256 {
-        eprintln!(
-            "warning: {} has SHA-256 {sha}, but the direction was trained with {}; the edit may not transfer",
-            path.display(),
-            meta.generator_sha256
-        );
-    }
-    let (g, avg) = Generator::load(&path, device)?;
-    let avg = avg.ok_or_else(|| eyre!("{} has no latent_avg; use a converted g_ema checkpoint", path.display()))?;
-    Ok((g, avg))
+fn apply_generator(meta: &outputs::DirectionMeta, device: &candle_core::Device) -> Result<LoadedGenerator> {
+    let source = if meta.generator == "demo" {
+        Source::Demo
+    } else {
+        let path = lsd_weights::resolve(&meta.generator)?;
+        let sha = lsd_core::torch::sha256_file(&path)?;
+        if sha != meta.generator_sha256 {
+            eprintln!(
+                "warning: {} has SHA-256 {sha}, but the direction was trained with {}; the edit may not transfer",
+                path.display(),
+                meta.generator_sha256
+            );
+        }
+        Source::File(path)
+    };
+    let mut loaded = LoadedGenerator::load(&source, device)?;
+    loaded.seed_rng = if meta.seed_rng == "numpy" { SeedRng::Numpy } else { SeedRng::Chacha };
+    Ok(loaded)
 }

@@ -1,6 +1,6 @@
 //! `lsd-tui weights list|fetch|check|convert`: the command-line face of
-//! lsd-weights. Plain functions over already-parsed arguments; the binary's
-//! argument parser builds a [`WeightsArgs`] and calls [`run`].
+//! lsd-weights. [`WeightsArgs`] is the subcommand's clap definition; [`run`]
+//! runs it, [`run_with`] runs a command on a given store and output.
 //!
 //! Everything printed names the file concerned and the next command to run.
 
@@ -13,24 +13,24 @@ use lsd_weights::{
 };
 
 /// The `weights` subcommands.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum WeightsCommand {
     /// Every known weight: present or missing, where, size, verified or not.
     List,
-    /// Download (resuming) and verify the named weights, or all of them.
+    /// Download (resumable) and verify weights by manifest name.
     Fetch {
-        /// Manifest names.
+        /// Manifest names (see `weights list`).
         names: Vec<String>,
-        /// Fetch every entry of the manifest.
+        /// Fetch every entry.
+        #[arg(long)]
         all: bool,
     },
-    /// Verify checksums and tensor layouts of named weights or files
-    /// (all downloaded weights when empty).
+    /// Verify checksums and that files load into the expected architecture.
     Check {
-        /// Manifest names or paths.
+        /// Manifest names or file paths (default: everything downloaded).
         targets: Vec<String>,
     },
-    /// Convert a torch checkpoint to safetensors.
+    /// Convert a torch checkpoint (zip or legacy) to safetensors.
     Convert {
         /// The `.pt`/`.pth` file.
         input: PathBuf,
@@ -39,13 +39,15 @@ pub enum WeightsCommand {
     },
 }
 
-/// Parsed `lsd-tui weights …` arguments.
-#[derive(Debug, Clone)]
+/// `lsd-tui weights …`
+#[derive(Debug, Clone, clap::Args)]
 pub struct WeightsArgs {
-    /// What to do.
-    pub command: WeightsCommand,
-    /// `--offline`: never touch the network.
+    /// Never touch the network: fail at once with what is missing.
+    #[arg(long, global = true)]
     pub offline: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: WeightsCommand,
 }
 
 /// Runs a `weights` command on the default store (`LSD_WEIGHTS_DIR`) with
@@ -217,5 +219,50 @@ impl Progress for Bar {
                 None => eprintln!("{n}"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lsd_weights::Manifest;
+
+    #[test]
+    fn commands_run_on_an_empty_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path(), Manifest::builtin());
+        let opts = FetchOptions { offline: true, ..FetchOptions::default() };
+
+        let mut out = Vec::new();
+        assert!(run_with(&store, &opts, &WeightsCommand::List, &mut out).expect("listed"));
+        let text = String::from_utf8(out).expect("utf-8");
+        for needle in ["stylegan2-ffhq-1024", "clip-vit-b32", "missing", "non-commercial", "MIT", "size not pinned"] {
+            assert!(text.contains(needle), "{needle} not in:\n{text}");
+        }
+
+        let mut out = Vec::new();
+        let fetch = WeightsCommand::Fetch { names: vec!["bisenet-face-19".into()], all: false };
+        let err = run_with(&store, &opts, &fetch, &mut out).expect_err("offline").to_string();
+        assert!(err.contains("offline") && err.contains("79999_iter.pth"), "{err}");
+
+        let mut out = Vec::new();
+        let check = WeightsCommand::Check { targets: vec!["arcface-ir-se50".into()] };
+        assert!(!run_with(&store, &opts, &check, &mut out).expect("checked"));
+        assert!(String::from_utf8(out).expect("utf-8").contains("missing"));
+    }
+
+    #[test]
+    fn the_command_line_parses_into_the_commands() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            weights: WeightsArgs,
+        }
+        let cli = Cli::try_parse_from(["weights", "fetch", "--offline", "--all"]).expect("parses");
+        assert!(cli.weights.offline);
+        assert!(matches!(cli.weights.command, WeightsCommand::Fetch { ref names, all: true } if names.is_empty()));
+        let cli = Cli::try_parse_from(["weights", "convert", "a.pt", "b.safetensors"]).expect("parses");
+        assert!(matches!(cli.weights.command, WeightsCommand::Convert { ref input, .. } if input == Path::new("a.pt")));
     }
 }

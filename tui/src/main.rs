@@ -53,7 +53,7 @@ enum Command {
     /// Merge sharded experiment folders.
     Merge(cmd_experiments::MergeArgs),
     /// List, fetch, check and convert model weights.
-    Weights(WeightsCli),
+    Weights(cmd_weights::WeightsArgs),
     /// List loss plugins, or check one library.
     Plugins(cmd_plugins::PluginsArgs),
     /// Run a reference fixture directory against our implementation.
@@ -66,55 +66,13 @@ enum Command {
     Man(cmd_shell::ManArgs),
 }
 
-/// `lsd-tui weights …`
-#[derive(Debug, clap::Args)]
-struct WeightsCli {
-    /// Never touch the network: fail at once with what is missing.
-    #[arg(long, global = true)]
-    offline: bool,
-    #[command(subcommand)]
-    command: WeightsSub,
-}
-
-#[derive(Debug, Subcommand)]
-enum WeightsSub {
-    /// Every known weight: present or missing, where, size, verified or not.
-    List,
-    /// Download (resumable) and verify weights by manifest name.
-    Fetch {
-        /// Manifest names (see `weights list`).
-        names: Vec<String>,
-        /// Fetch every entry.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Verify checksums and that files load into the expected architecture.
-    Check {
-        /// Manifest names or file paths (default: everything downloaded).
-        targets: Vec<String>,
-    },
-    /// Convert a torch checkpoint (zip or legacy) to safetensors.
-    Convert {
-        /// The `.pt`/`.pth` file.
-        input: std::path::PathBuf,
-        /// The `.safetensors` file to write.
-        output: std::path::PathBuf,
-    },
-}
-
-fn weights(cli: WeightsCli) -> Result<()> {
-    let command = match cli.command {
-        WeightsSub::List => cmd_weights::WeightsCommand::List,
-        WeightsSub::Fetch { names, all } => {
-            if names.is_empty() && !all {
-                bail!("name the weights to fetch (see 'lsd-tui weights list'), or pass --all");
-            }
-            cmd_weights::WeightsCommand::Fetch { names, all }
+fn weights(args: cmd_weights::WeightsArgs) -> Result<()> {
+    if let cmd_weights::WeightsCommand::Fetch { names, all: false } = &args.command {
+        if names.is_empty() {
+            bail!("name the weights to fetch (see 'lsd-tui weights list'), or pass --all");
         }
-        WeightsSub::Check { targets } => cmd_weights::WeightsCommand::Check { targets },
-        WeightsSub::Convert { input, output } => cmd_weights::WeightsCommand::Convert { input, output },
-    };
-    let ok = cmd_weights::run(&cmd_weights::WeightsArgs { command, offline: cli.offline })?;
+    }
+    let ok = cmd_weights::run(&args)?;
     if !ok {
         std::process::exit(1);
     }

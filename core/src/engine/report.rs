@@ -11,9 +11,8 @@ use candle_nn::VarBuilder;
 use super::events::{Level, Preview, PreviewRow, TrainEvent};
 use super::Engine;
 use crate::models::clip::{self, Clip, ClipLoss, ClipTokenizer};
-use crate::models::stylegan2::Noise;
 use crate::outputs::{self, Direction, DirectionMeta, TermRecord, DIRECTION_FORMAT};
-use crate::recipe::{Mode, NoiseMode, Norm, RawAlpha, SeedRng};
+use crate::recipe::{Mode, Norm, RawAlpha, SeedRng};
 use crate::render;
 use crate::{Error, Result};
 
@@ -61,7 +60,7 @@ impl Engine {
     /// place (writes are atomic) and the next interval tries again.
     pub(super) fn checkpoint_or_warn(&mut self) {
         if let Err(e) = self.checkpoint() {
-            let next = self.step + self.recipe.raw.checkpoint_every.max(1);
+            let next = self.step + self.recipe.raw().checkpoint_every.max(1);
             self.message(
                 Level::Warn,
                 format!(
@@ -76,7 +75,7 @@ impl Engine {
     /// history; the per-step random streams are re-derived from the seed),
     /// with what it was made with ([`Provenance`], the training settings).
     pub(super) fn checkpoint(&mut self) -> Result<()> {
-        let path = super::checkpoint_path(&self.recipe.output);
+        let path = super::checkpoint_path(self.recipe.output());
         let (opt, t) = self.opt.state();
         let history = self.history_tensor()?;
         let param = self.param.as_tensor().clone();
@@ -88,7 +87,7 @@ impl Engine {
         meta.insert("format".into(), CHECKPOINT_FORMAT.into());
         meta.insert("step".into(), self.step.to_string());
         meta.insert("optimizer_steps".into(), t.to_string());
-        meta.insert("seed".into(), self.recipe.raw.seed.to_string());
+        meta.insert("seed".into(), self.recipe.raw().seed.to_string());
         meta.insert("training_hash".into(), self.recipe.training_hash());
         meta.insert("rng".into(), "chacha8: stream 0 initialises, stream s+1 draws step s".into());
         meta.insert("columns".into(), serde_json::to_string(&self.columns()).unwrap_or_default());
@@ -103,7 +102,7 @@ impl Engine {
 
     /// Loads the run folder's checkpoint, if any.
     pub(super) fn resume(&mut self) -> Result<()> {
-        let path = super::checkpoint_path(&self.recipe.output);
+        let path = super::checkpoint_path(self.recipe.output());
         if !path.is_file() {
             self.message(Level::Info, format!("no checkpoint at {}: starting from step 0", path.display()));
             return Ok(());
@@ -133,7 +132,7 @@ impl Engine {
             _ => Vec::new(),
         };
         self.history.truncate(step);
-        self.step = step.min(self.recipe.raw.steps);
+        self.step = step.min(self.recipe.raw().steps);
         Ok(())
     }
 
@@ -201,39 +200,34 @@ impl Engine {
 
     /// The saved direction with its metadata.
     fn direction(&mut self) -> Result<Direction> {
-        let raw = self.recipe.raw.clone();
+        let raw = self.recipe.raw().clone();
         let alpha = match &raw.alpha {
             RawAlpha::Fixed(a) => format!("{a}"),
             RawAlpha::Range { min, max, min_abs } => format!("{{min: {min}, max: {max}, min_abs: {min_abs}}}"),
         };
         let meta = DirectionMeta {
             format: DIRECTION_FORMAT.into(),
-            name: self.recipe.name.clone(),
+            name: self.recipe.name().to_string(),
             recipe_hash: self.recipe.hash(),
             prompt: raw.prompt.clone(),
             mode: self.info(0).mode,
             terms: self
                 .recipe
-                .terms
+                .terms()
                 .iter()
                 .map(|t| TermRecord { plugin: t.plugin.clone(), weight: t.weight, params: t.params.clone() })
                 .collect(),
             generator: String::from(raw.models.generator.clone()),
             generator_sha256: self.generator_checksum()?,
             truncation: raw.truncation,
-            noise: match raw.noise {
-                NoiseMode::Stored => "stored",
-                NoiseMode::Seeded => "seeded",
-                NoiseMode::Zero => "zero",
-            }
-            .into(),
+            noise: raw.noise.name().into(),
             norm: match raw.norm {
                 Norm::Layer => "layer",
                 Norm::Total => "total",
                 Norm::None => "none",
             }
             .into(),
-            layers: self.recipe.layers.clone().unwrap_or_default(),
+            layers: self.recipe.layers().map(<[usize]>::to_vec).unwrap_or_default(),
             alpha,
             steps: self.step,
             seed: raw.seed,
@@ -254,14 +248,14 @@ impl Engine {
     /// Writes every output of the run folder, atomically; `full` adds the
     /// strips, the loss plot and the metrics (skipped for quick saves).
     pub(super) fn write_outputs(&mut self, started: Instant, full: bool) -> Result<()> {
-        let out = self.recipe.output.clone();
+        let out = self.recipe.output().to_path_buf();
         let d = self.direction()?;
         outputs::write_direction(&out.join(DIRECTION_FILE), &d)?;
         outputs::write_atomic(&out.join("recipe.yaml"), self.recipe.to_yaml().as_bytes())?;
         outputs::write_atomic(&out.join("losses.csv"), outputs::csv(&self.columns(), &self.history).as_bytes())?;
         self.checkpoint()?;
         if full {
-            for &seed in &self.recipe.preview.seeds.clone() {
+            for &seed in &self.recipe.preview().seeds.clone() {
                 let rows = self.preview_rows(seed)?;
                 let img = self.strip(&rows)?;
                 render::save_png_atomic(&img, &out.join(format!("strip-{}.png", self.image_label(seed))))?;
@@ -293,7 +287,7 @@ impl Engine {
         }
         let mut cols = vec!["original".to_string()];
         cols.extend(self.preview_alphas.iter().map(|a| format!("a={a}")));
-        let title = format!("{}: \"{}\" (step {})", self.recipe.name, self.recipe.raw.prompt, self.step);
+        let title = format!("{}: \"{}\" (step {})", self.recipe.name(), self.recipe.raw().prompt, self.step);
         Ok(render::grid(&cells, &labels, &cols, &title, self.footer()))
     }
 
@@ -308,7 +302,7 @@ impl Engine {
             })
             .collect();
         let spec = render::PlotSpec {
-            title: format!("{}: losses", self.recipe.name),
+            title: format!("{}: losses", self.recipe.name()),
             x_label: "step".into(),
             y_label: "loss (unweighted; total weighted)".into(),
             log_y: false,
@@ -325,12 +319,9 @@ impl Engine {
     /// The preview rows of one seed: one row per direction (latent mode:
     /// the seed's own offset), original and one edit per preview α.
     fn preview_rows(&self, seed: u64) -> Result<Vec<PreviewRow>> {
-        let noise = match self.noise() {
-            Noise::Seeded(s) => Noise::Seeded(s),
-            n => n,
-        };
+        let noise = self.noise();
         let u = self.effective()?.detach();
-        let (w, dirs): (Tensor, Vec<Tensor>) = match (&self.w0, self.recipe.raw.mode) {
+        let (w, dirs): (Tensor, Vec<Tensor>) = match (&self.w0, self.recipe.raw().mode) {
             (Some(w0), Mode::Latent) => {
                 let i = self.train_keys().iter().position(|&s| s == seed).ok_or_else(|| {
                     Error::Config(format!("preview seed {seed} is not a training seed; latent mode only has offsets for those"))
@@ -363,7 +354,7 @@ impl Engine {
     /// Renders and sends previews of the current direction.
     pub(super) fn preview(&mut self) -> Result<()> {
         let mut rows = Vec::new();
-        for &seed in &self.recipe.preview.seeds {
+        for &seed in &self.recipe.preview().seeds {
             rows.extend(self.preview_rows(seed)?);
         }
         self.send(TrainEvent::Preview(Preview { step: self.step, alphas: self.preview_alphas.clone(), rows }));
@@ -404,10 +395,10 @@ impl Engine {
         let first = self.history.first().map(|r| r[1]);
         let elapsed = started.elapsed().as_secs_f64();
         let mut value = serde_json::json!({
-            "recipe": self.recipe.name,
-            "prompt": self.recipe.raw.prompt,
+            "recipe": self.recipe.name(),
+            "prompt": self.recipe.raw().prompt,
             "steps": self.step,
-            "total_steps": self.recipe.raw.steps,
+            "total_steps": self.recipe.raw().steps,
             "elapsed_s": elapsed,
             "demo": self.info(0).demo,
             "initial_total": first,
@@ -415,7 +406,7 @@ impl Engine {
         });
         if self.setup.metrics {
             let (c, tok, model) = self.host_clip()?;
-            let loss = ClipLoss::new(c, &tok, &[self.recipe.raw.prompt.as_str()], clip::preprocess::Resize::Auto)?;
+            let loss = ClipLoss::new(c, &tok, &[self.recipe.raw().prompt.as_str()], clip::preprocess::Resize::Auto)?;
             let mut alphas = self.preview_alphas.clone();
             alphas.push(0.0);
             alphas.sort_by(|a, b| a.total_cmp(b));
@@ -423,9 +414,9 @@ impl Engine {
             let u = self.effective()?.detach();
             let mut per_seed = serde_json::Map::new();
             let mut sums = vec![0f64; alphas.len()];
-            let seeds = self.recipe.preview.seeds.clone();
+            let seeds = self.recipe.preview().seeds.clone();
             for &seed in &seeds {
-                let (w, dir) = match (&self.w0, self.recipe.raw.mode) {
+                let (w, dir) = match (&self.w0, self.recipe.raw().mode) {
                     (Some(w0), Mode::Latent) => {
                         let i = self.train_keys().iter().position(|&s| s == seed).unwrap_or(0);
                         (w0.narrow(0, i, 1)?, u.narrow(0, i, 1)?)
@@ -445,7 +436,7 @@ impl Engine {
             }
             let mean: Vec<f64> = sums.iter().map(|s| s / seeds.len().max(1) as f64).collect();
             let zero = alphas.iter().position(|&a| a == 0.0).unwrap_or(0);
-            let typical = self.recipe.alpha.typical();
+            let typical = self.recipe.alpha().typical();
             let after_i = alphas.iter().enumerate().min_by(|a, b| (a.1 - typical).abs().total_cmp(&(b.1 - typical).abs())).map_or(0, |x| x.0);
             value["clip_similarity"] = serde_json::json!({
                 "model": model,

@@ -140,10 +140,10 @@ pub fn term_names(terms: &[Term]) -> Vec<String> {
 /// [`Term::params_line`]).
 pub fn load_plugin_terms(recipe: &Recipe, weights: &Weights, device: &Device) -> std::result::Result<Vec<EngineTerm>, RecipeError> {
     let ctx = weights.context(device);
-    let recipe_dir: Option<PathBuf> = recipe.file.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
-    let names = term_names(&recipe.terms);
+    let recipe_dir: Option<PathBuf> = recipe.file().parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
+    let names = term_names(recipe.terms());
     let mut out = Vec::new();
-    for (i, (term, name)) in recipe.terms.iter().zip(names).enumerate() {
+    for (i, (term, name)) in recipe.terms().iter().zip(names).enumerate() {
         let names_a_file = term.plugin.contains(std::path::is_separator) || term.plugin.ends_with(std::env::consts::DLL_SUFFIX);
         let plugin_ref = if names_a_file && Path::new(&term.plugin).is_relative() {
             recipe_dir.as_ref().map(|d| d.join(&term.plugin).display().to_string()).unwrap_or_else(|| term.plugin.clone())
@@ -151,7 +151,7 @@ pub fn load_plugin_terms(recipe: &Recipe, weights: &Weights, device: &Device) ->
             term.plugin.clone()
         };
         let lib = discovery::resolve(&plugin_ref, &[]).map_err(|e| {
-            recipe.error_at(&format!("terms[{i}].plugin"), format!("{}; run `lsd-tui plugins` to list the plugins found", error_text(&e)))
+            recipe.error_at(&format!("{}.plugin", recipe.term_key(i)), format!("{}; run `lsd-tui plugins` to list the plugins found", error_text(&e)))
         })?;
         let loaded = lib.instantiate(&term.params, &ctx).map_err(|e| params_error(recipe, i, term, &e))?;
         out.push(EngineTerm { name, weight: term.weight as f64, imp: TermImpl::Plugin(loaded) });
@@ -171,7 +171,7 @@ fn error_text(e: &Error) -> String {
 /// at [`Term::params_line`] (column offset [`Term::params_column`]).
 pub fn params_error(recipe: &Recipe, index: usize, term: &Term, e: &Error) -> RecipeError {
     let text = error_text(e);
-    let key = format!("terms[{index}].params");
+    let key = format!("{}.params", recipe.term_key(index));
     let mut err = recipe.error_at(&key, text.clone());
     if let Some((n, m, span)) = find_line_column(&text) {
         if term.params_line > 0 {

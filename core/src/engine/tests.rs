@@ -70,7 +70,7 @@ terms:
 
 fn recipe(text: &str, out: &Path) -> Recipe {
     let mut r = Recipe::parse(text, Path::new("test.yaml")).expect("valid recipe");
-    r.output = out.to_path_buf();
+    r.set_output(out.to_path_buf());
     r
 }
 
@@ -292,7 +292,7 @@ fn sample_keys_name_the_originals() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let setup = quiet(vec![EngineTerm::in_process("probe", 1.0, KeyProbe(seen.clone()))]);
         let mut r = recipe(&text, &dir.path().join("out"));
-        r.terms.truncate(1);
+        r.edit(|raw| raw.terms.truncate(1)).expect("one term is a recipe");
         let (_, res) = run_sync(r, setup);
         res.unwrap_or_else(|e| panic!("{noise}, K = {k}: {e}"));
         let seen = seen.lock().expect("not poisoned");
@@ -562,8 +562,7 @@ fn probe_run(extra: &str, out: &Path) -> Vec<(Vec<f32>, Vec<usize>)> {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let text = RECIPE.replace("seed: 11\n", &format!("seed: 11\n{extra}")).replace("batch: 1\n", "batch: 2\n");
     let mut r = recipe(&text, out);
-    r.terms.truncate(1);
-    r.raw.terms.truncate(1);
+    r.edit(|raw| raw.terms.truncate(1)).expect("one term is a recipe");
     let (_, res) = run_sync(r, quiet(vec![EngineTerm::in_process("probe", 1.0, Probe(seen.clone()))]));
     res.expect("trains");
     let v = seen.lock().expect("not poisoned").clone();
@@ -641,7 +640,7 @@ fn the_reference_regime_resumes_exactly() {
 #[test]
 fn a_latent_file_trains_like_its_seed_and_is_labelled_by_name() {
     let dir = tempdir();
-    let model = crate::experiments::models::GeneratorModel::load(&crate::experiments::models::Source::Demo, &Device::Cpu).unwrap();
+    let model = crate::experiments::models::LoadedGenerator::load(&crate::experiments::models::Source::Demo, &Device::Cpu).unwrap();
     let w = model.w_plus(1, 0.7).unwrap().squeeze(0).unwrap();
     let npy = dir.path().join("my-photo.npy");
     crate::npy::write(&npy, w.dims(), &w.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();

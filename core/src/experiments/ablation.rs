@@ -24,9 +24,9 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use serde::Deserialize;
 
-use super::models::{ClipModel, GeneratorModel};
+use super::models::{ClipModel, LoadedGenerator};
 use super::table::{csv_line, csv_number, text_table, write_atomic};
-use super::train::{load_direction, local_variant, recipe_noise, train_or_reuse};
+use super::train::{load_direction, Trainer};
 use super::Progress;
 use crate::demo::DEMO_MODEL_SEED;
 use crate::engine::terms::term_names;
@@ -52,13 +52,13 @@ pub struct Variant {
 
 /// The four variants of `recipe`: CLIP only, + ID, + Seg, all three.
 pub fn variants(recipe: &Recipe) -> Result<Vec<Variant>> {
-    let names = term_names(&recipe.terms);
+    let names = term_names(recipe.terms());
     let find = |want: &str| -> Result<usize> {
         names.iter().position(|n| n == want).ok_or_else(|| {
             Error::Config(format!(
                 "recipe '{}' has no '{want}' term; the ablation recipe must hold clip, identity \
                  and segmentation terms (the full model), e.g. examples/recipes/experiments/ablation-gray-hair.yaml",
-                recipe.file.display()
+                recipe.file().display()
             ))
         })
     };
@@ -70,7 +70,7 @@ pub fn variants(recipe: &Recipe) -> Result<Vec<Variant>> {
         v.sort_unstable();
         v
     };
-    let (l_id, l_s) = (recipe.terms[id].weight, recipe.terms[seg].weight);
+    let (l_id, l_s) = (recipe.terms()[id].weight, recipe.terms()[seg].weight);
     Ok(vec![
         Variant { label: "CLIP only".into(), slug: "clip".into(), terms: with(&[]) },
         Variant {
@@ -92,11 +92,11 @@ pub fn variants(recipe: &Recipe) -> Result<Vec<Variant>> {
 }
 
 /// `recipe` with only the terms of `variant`.
-pub fn variant_recipe(recipe: &Recipe, variant: &Variant) -> Recipe {
+pub fn variant_recipe(recipe: &Recipe, variant: &Variant) -> Result<Recipe> {
     let mut r = recipe.clone();
-    r.terms = variant.terms.iter().map(|&i| recipe.terms[i].clone()).collect();
-    r.raw.terms = variant.terms.iter().map(|&i| recipe.raw.terms[i].clone()).collect();
-    r
+    r.edit(|raw| raw.terms = variant.terms.iter().map(|&i| recipe.raw().terms[i].clone()).collect())
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(r)
 }
 
 /// What to run.
@@ -186,9 +186,9 @@ fn judges(weights: &Weights, device: &Device, params: &SegParams) -> Result<(Jud
 /// The judges of `recipe`'s metrics: the inside share uses its
 /// segmentation term's classes and size.
 pub(super) fn judges_for(recipe: &Recipe, weights: &Weights, device: &Device) -> Result<(Judges, Vec<String>)> {
-    let seg_index = term_names(&recipe.terms).iter().position(|n| n == "segmentation");
+    let seg_index = term_names(recipe.terms()).iter().position(|n| n == "segmentation");
     let params: SegParams = seg_index
-        .and_then(|i| yaml_serde::from_str(&recipe.terms[i].params).ok())
+        .and_then(|i| yaml_serde::from_str(&recipe.terms()[i].params).ok())
         .unwrap_or_default();
     judges(weights, device, &params)
 }
@@ -226,42 +226,36 @@ pub fn run(
     cfg: &Config,
     out: &Path,
     weights: &Weights,
-    gen: &GeneratorModel,
+    gen: &LoadedGenerator,
     clip: &ClipModel,
     device: &Device,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Ablation> {
     let variants = variants(recipe)?;
-    let seed = recipe.raw.seeds[0];
+    let seed = recipe.raw().seeds[0];
     let (judges, classes) = judges_for(recipe, weights, device)?;
     let loss = ClipLoss::new(
         clip.clip.clone(),
         &clip.tokenizer,
-        &[recipe.raw.prompt.as_str()],
+        &[recipe.raw().prompt.as_str()],
         Resize::Auto,
     )?;
-    let noise = recipe_noise(recipe);
-    let w = gen.w_plus(seed, recipe.raw.truncation as f64)?;
+    let noise = recipe.noise();
+    let w = gen.w_plus(seed, recipe.raw().truncation as f64)?;
     let x = gen.image_with(&w, noise)?;
     let before = loss.similarity(&x)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
     let original = tensor_to_rgb(&x)?;
 
     let total = variants.len();
     let (mut metrics, mut images, mut folders) = (Vec::new(), Vec::new(), Vec::new());
+    let trainer = Trainer { weights, device, stop: &cfg.stop };
     for (i, v) in variants.iter().enumerate() {
         if cfg.stop.requested() {
             return Err(Error::Config(format!("stopped before '{}'; run the same command again to continue", v.label)));
         }
         let folder = out.join(&v.slug);
-        let r = local_variant(&variant_recipe(recipe, v), seed, &folder, cfg.steps);
-        let label = v.label.clone();
-        train_or_reuse(r, weights, device, &cfg.stop, &mut |s| {
-            progress(Progress {
-                done: i,
-                total,
-                what: format!("{label}: step {}/{}", s.step, s.steps),
-            })
-        })?;
+        let label = &v.label;
+        trainer.train_local(&variant_recipe(recipe, v)?, seed, &folder, cfg.steps, (i, total, label), progress)?;
         progress(Progress { done: i, total, what: format!("{label}: measuring") });
         let u = load_direction(&folder, device)?;
         let latents =
@@ -294,7 +288,7 @@ pub fn run(
         variants,
         alphas: cfg.alphas.clone(),
         seed,
-        prompt: recipe.raw.prompt.clone(),
+        prompt: recipe.raw().prompt.clone(),
         classes,
         metrics,
         images,
@@ -426,9 +420,9 @@ terms:
         assert_eq!(terms, vec![vec![0, 3], vec![0, 1, 3], vec![0, 2, 3], vec![0, 1, 2, 3]]);
         assert_eq!(v[1].label, "CLIP + ID (λ_ID = 1)");
         assert_eq!(v[2].label, "CLIP + Seg (λ_S = 0.1)");
-        let seg = variant_recipe(&r, &v[2]);
-        assert_eq!(seg.terms.len(), 3);
-        assert_eq!(seg.raw.terms[1].plugin, "segmentation");
+        let seg = variant_recipe(&r, &v[2]).expect("a variant of a valid recipe is valid");
+        assert_eq!(seg.terms().len(), 3);
+        assert_eq!(seg.raw().terms[1].plugin, "segmentation");
         assert_ne!(seg.training_hash(), r.training_hash());
 
         let no_id = Recipe::parse(

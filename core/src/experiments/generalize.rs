@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::models::{ClipModel, GeneratorModel};
-use super::table::{csv_line, csv_number, parse_csv_line, text_table, write_atomic};
-use super::train::{load_direction, local_variant, recipe_noise, train_or_reuse};
+use super::models::{ClipModel, LoadedGenerator};
+use super::table::{csv_line, csv_number, read_csv, text_table, write_atomic};
+use super::train::{load_direction, Trainer};
 use super::Progress;
 use crate::direction_io::GivenDirection;
 use crate::engine::Weights;
@@ -216,7 +216,7 @@ pub fn run(
     cfg: &Config,
     out: &Path,
     weights: &Weights,
-    gen: &GeneratorModel,
+    gen: &LoadedGenerator,
     clip: &ClipModel,
     device: &Device,
     progress: &mut dyn FnMut(Progress),
@@ -232,15 +232,15 @@ pub fn run(
         return Err(Error::Config("generalize needs at least one test seed".into()));
     }
     let alphas = sorted_alphas(&cfg.alphas);
-    let steps = cfg.steps.unwrap_or(recipe.raw.steps);
+    let steps = cfg.steps.unwrap_or(recipe.raw().steps);
     let mut base = recipe.clone();
-    base.raw.steps = steps;
+    base.edit(|raw| raw.steps = steps).map_err(|e| Error::Config(e.to_string()))?;
     let experiment = Experiment {
-        recipe: recipe.name.clone(),
-        prompt: recipe.raw.prompt.clone(),
+        recipe: recipe.name().to_string(),
+        prompt: recipe.raw().prompt.clone(),
         training_hash: base.training_hash(),
         steps,
-        truncation: recipe.raw.truncation as f64,
+        truncation: recipe.raw().truncation as f64,
         alphas: alphas.clone(),
         test_seeds: cfg.test_seeds.clone(),
         train_seeds: cfg.train_seeds.clone(),
@@ -274,19 +274,13 @@ pub fn run(
         return summarize(out);
     }
     let total = cfg.train_seeds.len();
+    let trainer = Trainer { weights, device, stop: &cfg.stop };
     for (i, &seed) in cfg.train_seeds.iter().enumerate() {
         if cfg.stop.requested() {
             return Err(Error::Config(format!("stopped before seed {seed}; run the same command again to continue")));
         }
         let folder = direction_folder(out, "seed-", seed);
-        let variant = local_variant(&base, seed, &folder, None);
-        let trained = train_or_reuse(variant, weights, device, &cfg.stop, &mut |s| {
-            progress(Progress {
-                done: i,
-                total,
-                what: format!("seed {seed}: step {}/{}", s.step, s.steps),
-            })
-        })?;
+        let trained = trainer.train_local(&base, seed, &folder, None, (i, total, &format!("seed {seed}")), progress)?;
         let key_file = folder.join(DELTA_KEY_FILE);
         let fresh = std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str())
             && folder.join(DELTA_FILE).is_file()
@@ -350,7 +344,7 @@ fn write_experiment(out: &Path, e: &Experiment) -> Result<()> {
 /// Measures directions: the generator, CLIP against the prompt, and a cache
 /// of the unedited similarities.
 struct Measure<'a> {
-    gen: &'a GeneratorModel,
+    gen: &'a LoadedGenerator,
     loss: ClipLoss,
     alphas: Vec<f64>,
     psi: f64,
@@ -362,7 +356,7 @@ struct Measure<'a> {
 impl<'a> Measure<'a> {
     fn new(
         recipe: &Recipe,
-        gen: &'a GeneratorModel,
+        gen: &'a LoadedGenerator,
         clip: &ClipModel,
         alphas: &[f64],
         batch: usize,
@@ -370,15 +364,15 @@ impl<'a> Measure<'a> {
         let loss = ClipLoss::new(
             clip.clip.clone(),
             &clip.tokenizer,
-            &[recipe.raw.prompt.as_str()],
+            &[recipe.raw().prompt.as_str()],
             Resize::Auto,
         )?;
         Ok(Self {
             gen,
             loss,
             alphas: alphas.to_vec(),
-            psi: recipe.raw.truncation as f64,
-            noise: recipe_noise(recipe),
+            psi: recipe.raw().truncation as f64,
+            noise: recipe.noise(),
             batch,
             before: Default::default(),
         })
@@ -459,13 +453,12 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
     let bad =
         |line: usize, why: &str| Error::Config(format!("'{}' line {line}: {why}", path.display()));
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f = parse_csv_line(line);
+    for (line, f) in read_csv(&text, path)?.into_iter().skip(1) {
         if f.len() != DELTA_HEADER.len() {
-            return Err(bad(i + 1, &format!("expected {} fields", DELTA_HEADER.len())));
+            return Err(bad(line, &format!("expected {} fields", DELTA_HEADER.len())));
         }
-        let int = |s: &str| s.parse::<u64>().map_err(|_| bad(i + 1, "bad seed"));
-        let num = |s: &str| s.parse::<f64>().map_err(|_| bad(i + 1, "bad number"));
+        let int = |s: &str| s.parse::<u64>().map_err(|_| bad(line, "bad seed"));
+        let num = |s: &str| s.parse::<f64>().map_err(|_| bad(line, "bad number"));
         rows.push(Row {
             direction_seed: int(&f[0])?,
             image_seed: int(&f[1])?,

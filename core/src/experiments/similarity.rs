@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::models::{ClipModel, GeneratorModel};
+use super::models::{ClipModel, LoadedGenerator};
 use super::table::{csv_line, csv_number, ellipsize, text_table, write_atomic};
 use super::Progress;
 use crate::models::clip::preprocess::Resize;
@@ -84,7 +84,7 @@ pub struct Outputs {
 /// prompt. `progress` is called after each image.
 pub fn run(
     cfg: &Config,
-    gen: &GeneratorModel,
+    gen: &LoadedGenerator,
     clip: &ClipModel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Similarity> {
@@ -278,7 +278,7 @@ pub fn labelled_thumb(im: &RgbImage, side: u32, label: &str) -> RgbImage {
 
 /// `[1, 3, H, W]` images of a batch of seeds, for callers that want the
 /// tensors rather than the table.
-pub fn images(gen: &GeneratorModel, seeds: &[u64], truncation: f64) -> Result<Vec<Tensor>> {
+pub fn images(gen: &LoadedGenerator, seeds: &[u64], truncation: f64) -> Result<Vec<Tensor>> {
     seeds.iter().map(|&s| gen.image(&gen.w(s, truncation)?)).collect()
 }
 
@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn demo_table_has_the_right_shape_and_range() {
         let dev = Device::Cpu;
-        let gen = GeneratorModel::load(&Source::Demo, &dev).unwrap();
+        let gen = LoadedGenerator::load(&Source::Demo, &dev).unwrap();
         let clip = ClipModel::load(&Source::Demo, &dev).unwrap();
         let cfg = Config {
             prompts: vec![
@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn a_latent_file_is_a_column_labelled_by_its_name() {
         let dev = Device::Cpu;
-        let gen = GeneratorModel::load(&Source::Demo, &dev).unwrap();
+        let gen = LoadedGenerator::load(&Source::Demo, &dev).unwrap();
         let clip = ClipModel::load(&Source::Demo, &dev).unwrap();
         // Seed 1's W+, saved as an inversion encoder would save a photo's.
         let dir = tempfile::tempdir().unwrap();
@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn given_directions_make_one_column_per_direction_and_alpha() {
         let dev = Device::Cpu;
-        let gen = GeneratorModel::load(&Source::Demo, &dev).unwrap();
+        let gen = LoadedGenerator::load(&Source::Demo, &dev).unwrap();
         let clip = ClipModel::load(&Source::Demo, &dev).unwrap();
         let g = gen.generator.config();
         let (l, d) = (g.n_latent(), g.style_dim);

@@ -25,9 +25,9 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::ablation::judges_for;
-use super::models::{ClipModel, GeneratorModel};
+use super::models::{ClipModel, LoadedGenerator};
 use super::table::{csv_line, csv_number, text_table, write_atomic};
-use super::train::{load_direction, recipe_noise, train_or_reuse};
+use super::train::{load_direction, train_or_reuse};
 use super::{Progress, Stop};
 use crate::engine::Weights;
 use crate::models::clip::preprocess::Resize;
@@ -110,11 +110,11 @@ pub fn points(settings: &[Setting]) -> Vec<Point> {
 /// recipe file is: a bad key or value is an error naming it).
 pub fn point_recipe(recipe: &Recipe, point: &Point, folder: &Path, steps: Option<usize>) -> Result<Recipe> {
     use yaml_serde::Value;
-    let mut raw = yaml_serde::to_value(&recipe.raw).map_err(|e| Error::Config(format!("recipe: {e}")))?;
+    let mut raw = yaml_serde::to_value(recipe.raw()).map_err(|e| Error::Config(format!("recipe: {e}")))?;
     for (key, text) in &point.values {
         let value: Value = yaml_serde::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
         let parts: Vec<&str> = key.split('.').collect();
-        let term = recipe.raw.terms.iter().position(|t| t.plugin == parts[0]);
+        let term = recipe.raw().terms.iter().position(|t| t.plugin == parts[0]);
         let (mut node, rest) = match (term, parts.len()) {
             (Some(i), n) if n > 1 => (&mut raw["terms"][i], &parts[1..]),
             _ => (&mut raw, &parts[..]),
@@ -129,14 +129,13 @@ pub fn point_recipe(recipe: &Recipe, point: &Point, folder: &Path, steps: Option
         *node = value;
     }
     let text = yaml_serde::to_string(&raw).map_err(|e| Error::Config(format!("recipe: {e}")))?;
-    let mut r = Recipe::parse(&text, &recipe.file).map_err(|e| {
+    let mut r = Recipe::parse(&text, recipe.file()).map_err(|e| {
         Error::Config(format!("--set {}: {}", point.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), e.message))
     })?;
     if let Some(s) = steps {
-        r.raw.steps = s;
+        r.edit(|raw| raw.steps = s).map_err(|e| Error::Config(e.to_string()))?;
     }
-    r.raw.output = Some(folder.to_path_buf());
-    r.output = folder.to_path_buf();
+    r.set_output(folder.to_path_buf());
     Ok(r)
 }
 
@@ -224,7 +223,7 @@ pub fn run(
     cfg: &Config,
     out: &Path,
     weights: &Weights,
-    gen: &GeneratorModel,
+    gen: &LoadedGenerator,
     clip: &ClipModel,
     device: &Device,
     progress: &mut dyn FnMut(Progress),
@@ -238,11 +237,11 @@ pub fn run(
         .iter()
         .map(|p| point_recipe(recipe, p, &run_folder(out, &p.slug), cfg.steps))
         .collect::<Result<Vec<_>>>()?;
-    let seed = *recipe.raw.seeds.first().ok_or_else(|| Error::Config("a sweep measures on the recipe's first seed; list one under 'seeds'".into()))?;
+    let seed = *recipe.raw().seeds.first().ok_or_else(|| Error::Config("a sweep measures on the recipe's first seed; list one under 'seeds'".into()))?;
     let demo = gen.source.is_demo() || clip.source.is_demo() || weights.arcface.is_none() || weights.bisenet.is_none();
     let plan = Plan {
         recipe_hash: recipe.hash(),
-        prompt: recipe.raw.prompt.clone(),
+        prompt: recipe.raw().prompt.clone(),
         settings: cfg.settings.clone(),
         steps: cfg.steps,
         shard: cfg.shard,
@@ -259,14 +258,14 @@ pub fn run(
         None => (0..all.len()).collect(),
     };
     let (judges, _) = judges_for(recipe, weights, device)?;
-    let loss = ClipLoss::new(clip.clip.clone(), &clip.tokenizer, &[recipe.raw.prompt.as_str()], Resize::Auto)?;
+    let loss = ClipLoss::new(clip.clip.clone(), &clip.tokenizer, &[recipe.raw().prompt.as_str()], Resize::Auto)?;
     let total = mine.len();
     for (n, &i) in mine.iter().enumerate() {
         if cfg.stop.requested() {
             return Err(Error::Config(format!("stopped before '{}'; run the same command again to continue", all[i].slug)));
         }
         let (p, r) = (&all[i], &recipes[i]);
-        let folder = r.output.clone();
+        let folder = r.output().to_path_buf();
         let slug = p.slug.clone();
         let hash = r.training_hash();
         let trained = train_or_reuse(r.clone(), weights, device, &cfg.stop, &mut |s| {
@@ -275,10 +274,10 @@ pub fn run(
         let measured = read_measured(&folder).is_some_and(|m| m.training_hash == hash);
         if !(trained.reused && measured) {
             progress(Progress { done: n, total, what: format!("{slug}: measuring") });
-            let noise = recipe_noise(r);
-            let w = gen.w_plus(seed, r.raw.truncation as f64)?;
+            let noise = r.noise();
+            let w = gen.w_plus(seed, r.raw().truncation as f64)?;
             let u = load_direction(&folder, device)?;
-            let alpha = r.alpha.typical() as f64;
+            let alpha = r.alpha().typical() as f64;
             let lat = Tensor::cat(&[w.clone(), (&w - (&u * alpha)?)?, (&w + (&u * alpha)?)?], 0)?;
             let images = gen.image_with(&lat, noise)?;
             let sims: Vec<f64> = loss.similarity(&images)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
@@ -473,13 +472,13 @@ terms:
         assert_eq!(ps[1].slug, "identity.weight=0.1,alpha=3,optimizer.lr=0.05");
         let dir = Path::new("out/runs/x");
         let v = point_recipe(&r, &ps[2], dir, Some(7)).unwrap();
-        assert_eq!(v.terms[1].weight, 0.5);
-        assert_eq!(v.terms[2].weight, 0.1);
-        assert_eq!(v.alpha.typical(), 2.0);
-        assert_eq!(v.raw.optimizer.lr, 0.05);
-        assert_eq!((v.raw.steps, v.output.as_path()), (7, dir));
+        assert_eq!(v.terms()[1].weight, 0.5);
+        assert_eq!(v.terms()[2].weight, 0.1);
+        assert_eq!(v.alpha().typical(), 2.0);
+        assert_eq!(v.raw().optimizer.lr, 0.05);
+        assert_eq!((v.raw().steps, v.output()), (7, dir));
         let p = Point { slug: "s".into(), values: vec![("segmentation.params.size".into(), "64".into())] };
-        assert!(point_recipe(&r, &p, dir, None).unwrap().terms[2].params.contains("size: 64"));
+        assert!(point_recipe(&r, &p, dir, None).unwrap().terms()[2].params.contains("size: 64"));
         // A bad key or value is refused, naming it.
         let p = Point { slug: "s".into(), values: vec![("alpah".into(), "2".into())] };
         let e = point_recipe(&r, &p, dir, None).unwrap_err().to_string();

@@ -1,24 +1,35 @@
 //! Plain-text tables for the terminal and CSV files, shared by the
-//! experiments.
+//! experiments. CSV is written and read with the `csv` crate (RFC 4180: a
+//! field with a comma, a quote or a line break is quoted), so whatever a
+//! table writes reads back.
 
 use std::path::Path;
 
-use crate::Result;
+use crate::{Error, Result};
 
-/// Quotes a CSV field when it holds a comma, quote or line break (RFC 4180).
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+/// One CSV record (ending in `\n`) from fields; a field is quoted only
+/// when it must be.
+pub fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    w.write_record(fields.iter().map(|f| f.as_ref())).expect("writing to memory cannot fail");
+    let bytes = w.into_inner().expect("flushing to memory cannot fail");
+    String::from_utf8(bytes).expect("the fields are text")
 }
 
-/// One CSV line (with its `\n`) from fields.
-pub fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
-    let mut line = fields.iter().map(|f| csv_field(f.as_ref())).collect::<Vec<_>>().join(",");
-    line.push('\n');
-    line
+/// The records of a CSV text, each with the 1-based line it starts on
+/// (the header is a record too). `file` names the text in errors.
+pub fn read_csv(text: &str, file: &Path) -> Result<Vec<(usize, Vec<String>)>> {
+    let mut r = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
+    let mut out = Vec::new();
+    for record in r.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            Error::Config(format!("'{}' line {line}: not a CSV record: {e}", file.display()))
+        })?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        out.push((line, record.iter().map(str::to_string).collect()));
+    }
+    Ok(out)
 }
 
 /// A number for a CSV file: full precision, `NaN` for non-finite values.
@@ -28,27 +39,6 @@ pub fn csv_number(v: f64) -> String {
     } else {
         "NaN".into()
     }
-}
-
-/// Splits one CSV line into fields (quotes as written by [`csv_field`]).
-pub fn parse_csv_line(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.trim_end_matches(['\n', '\r']).chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    fields.push(cur);
-    fields
 }
 
 /// A table with aligned columns: a header, a rule, then the rows. The first
@@ -111,7 +101,18 @@ mod tests {
         let fields = ["a photo, \"gray\" hair", "1.5", ""];
         let line = csv_line(&fields);
         assert_eq!(line, "\"a photo, \"\"gray\"\" hair\",1.5,\n");
-        assert_eq!(parse_csv_line(&line), fields);
+        let read = read_csv(&line, Path::new("t.csv")).expect("reads");
+        assert_eq!(read, vec![(1, fields.map(String::from).to_vec())]);
+    }
+
+    #[test]
+    fn a_label_with_a_comma_a_quote_and_a_newline_round_trips() {
+        let label = "CLIP, \"ID\"\nand Seg";
+        let text = csv_line(&["label", "value"]) + &csv_line(&[label, "0.5"]) + &csv_line(&["next", "1"]);
+        let read = read_csv(&text, Path::new("t.csv")).expect("reads");
+        let rows: Vec<Vec<String>> = read.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(rows, [vec!["label".to_string(), "value".into()], vec![label.into(), "0.5".into()], vec!["next".into(), "1".into()]]);
+        assert_eq!(read.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1, 2, 4], "records keep the line they start on");
     }
 
     #[test]

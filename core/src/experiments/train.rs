@@ -18,9 +18,8 @@ use super::table::write_atomic;
 use super::Stop;
 use crate::engine::events::{Control, TrainEvent};
 use crate::engine::{self, Setup, Weights, DIRECTION_FILE};
-use crate::models::stylegan2::Noise;
 use crate::outputs::read_direction;
-use crate::recipe::{NoiseMode, Recipe};
+use crate::recipe::{RawPreview, Recipe};
 use crate::{Error, Result};
 
 /// The marker a finished experiment run leaves in its folder.
@@ -55,12 +54,12 @@ pub struct Trained {
 /// True when `folder` holds the finished direction of `recipe`.
 pub fn is_done(recipe: &Recipe, folder: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(folder.join(DONE_FILE)) else { return false };
-    let want = Done { training_hash: recipe.training_hash(), steps: recipe.raw.steps };
+    let want = Done { training_hash: recipe.training_hash(), steps: recipe.raw().steps };
     serde_json::from_str::<Done>(&text).is_ok_and(|d| d == want)
         && folder.join(DIRECTION_FILE).is_file()
 }
 
-/// Trains `recipe` into `recipe.output` with its terms loaded as plugins,
+/// Trains `recipe` into `recipe.output()` with its terms loaded as plugins,
 /// or reuses the folder when it already holds the finished direction.
 /// Runs on the calling thread's behalf (the engine's own thread, joined).
 /// Once `stop` is requested the engine writes its checkpoint and outputs
@@ -72,14 +71,14 @@ pub fn train_or_reuse(
     stop: &Stop,
     progress: &mut dyn FnMut(StepProgress),
 ) -> Result<Trained> {
-    let folder = recipe.output.clone();
+    let folder = recipe.output().to_path_buf();
     if is_done(&recipe, &folder) {
         return Ok(Trained { folder, reused: true });
     }
     let terms = engine::load_plugin_terms(&recipe, weights, device)
         .map_err(|e| Error::Config(e.to_string()))?;
-    let done = Done { training_hash: recipe.training_hash(), steps: recipe.raw.steps };
-    let steps = recipe.raw.steps;
+    let done = Done { training_hash: recipe.training_hash(), steps: recipe.raw().steps };
+    let steps = recipe.raw().steps;
     let setup = Setup {
         device: device.clone(),
         weights: weights.clone(),
@@ -124,36 +123,62 @@ pub fn train_or_reuse(
     Ok(Trained { folder, reused: false })
 }
 
+/// What an experiment trains its local directions with.
+#[derive(Clone, Copy)]
+pub struct Trainer<'a> {
+    /// The weights of the recipe's networks.
+    pub weights: &'a Weights,
+    /// The device.
+    pub device: &'a Device,
+    /// Stops the run being trained (its checkpoint is kept).
+    pub stop: &'a Stop,
+}
+
+impl Trainer<'_> {
+    /// Trains the local direction of `recipe` on `seed` into `folder`
+    /// ([`local_variant`], with `steps` steps when given), or reuses the
+    /// folder when it holds that direction already ([`train_or_reuse`]).
+    /// Each step is reported as run `done` of `total`: `LABEL: step s/n`.
+    pub fn train_local(
+        &self,
+        recipe: &Recipe,
+        seed: u64,
+        folder: &Path,
+        steps: Option<usize>,
+        (done, total, label): (usize, usize, &str),
+        progress: &mut dyn FnMut(super::Progress),
+    ) -> Result<Trained> {
+        let variant = local_variant(recipe, seed, folder, steps)?;
+        train_or_reuse(variant, self.weights, self.device, self.stop, &mut |s| {
+            progress(super::Progress { done, total, what: format!("{label}: step {}/{}", s.step, s.steps) })
+        })
+    }
+}
+
 /// The first trained direction `[1, L, D]` of a run folder.
 pub fn load_direction(folder: &Path, device: &Device) -> Result<Tensor> {
     let d = read_direction(&folder.join(DIRECTION_FILE), device)?;
     Ok(d.direction.narrow(0, 0, 1)?)
 }
 
-/// The generator noise a recipe trains with, as the engine maps it.
-pub fn recipe_noise(recipe: &Recipe) -> Noise {
-    match recipe.raw.noise {
-        NoiseMode::Stored => Noise::Stored,
-        NoiseMode::Zero => Noise::Zero,
-        NoiseMode::Seeded => Noise::Seeded(recipe.raw.seed),
-    }
-}
-
 /// A copy of `recipe` that trains a local direction on `seed` into
 /// `folder`, with `steps` steps when given, previewing that seed.
-pub fn local_variant(recipe: &Recipe, seed: u64, folder: &Path, steps: Option<usize>) -> Recipe {
+pub fn local_variant(recipe: &Recipe, seed: u64, folder: &Path, steps: Option<usize>) -> Result<Recipe> {
     let mut r = recipe.clone();
-    r.raw.seeds = vec![seed];
-    r.raw.batch = 1;
-    r.raw.resample = false;
-    if let Some(s) = steps {
-        r.raw.steps = s;
-    }
-    r.raw.output = Some(folder.to_path_buf());
-    r.output = folder.to_path_buf();
-    r.preview.seeds = vec![seed];
-    if let Some(p) = r.raw.preview.as_mut() {
-        p.seeds = Some(vec![seed]);
-    }
-    r
+    r.edit(|raw| {
+        raw.seeds = vec![seed];
+        raw.batch = 1;
+        raw.resample = false;
+        if let Some(s) = steps {
+            raw.steps = s;
+        }
+        // The variant previews its own seed. Without preview settings that
+        // is the default, unless latent files add their first image.
+        if raw.preview.is_some() || !raw.latents.is_empty() {
+            raw.preview.get_or_insert_with(RawPreview::default).seeds = Some(vec![seed]);
+        }
+    })
+    .map_err(|e| Error::Config(e.to_string()))?;
+    r.set_output(folder.to_path_buf());
+    Ok(r)
 }

@@ -27,6 +27,7 @@ pub mod ada_fixture;
 pub mod demo;
 pub mod fixture;
 pub mod layers;
+pub mod loaded;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -46,6 +47,7 @@ use crate::{Error, Result};
 
 pub use demo::demo;
 pub use fixture::check_fixture;
+pub use loaded::{LoadedGenerator, Source};
 use layers::{EqualLinear, StyledConv, ToRgb, Trace};
 pub use ops::pixel_norm;
 
@@ -361,7 +363,8 @@ impl Generator {
     /// one ([`ada::convert`]). Returns the generator and `latent_avg`
     /// `[style_dim]` when the file has one (converted rosinality
     /// checkpoints do, training ones don't; StyleGAN2-ADA's `w_avg` always).
-    /// Every place that loads a generator for a recipe goes through here.
+    /// Every place that loads a generator for a recipe goes through here,
+    /// by way of [`LoadedGenerator::load`].
     pub fn load(path: &Path, device: &Device) -> Result<(Self, Option<Tensor>)> {
         match crate::torch::detect(path)? {
             crate::torch::Format::NetworkPickle => {
