@@ -22,15 +22,23 @@ use crate::{Error, Result};
 
 /// Reads a `.npy` direction for a generator with W+ `[n_latent,
 /// style_dim]`; W directions go onto `layers` (every layer when `None`).
-pub fn import_npy(path: &Path, n_latent: usize, style_dim: usize, layers: Option<&[usize]>, device: &Device) -> Result<Tensor> {
+pub fn import_npy(
+    path: &Path,
+    n_latent: usize,
+    style_dim: usize,
+    layers: Option<&[usize]>,
+    device: &Device,
+) -> Result<Tensor> {
     let a = crate::npy::read(path)?;
     let (l, d) = (n_latent, style_dim);
-    let bad = || Error::Checkpoint {
+    let bad = || {
+        Error::Checkpoint {
         path: path.to_path_buf(),
         reason: format!(
             "the array has shape {:?}; expected a W direction [{d}] or [K, {d}] (InterFaceGAN, GANSpace), or W+ [{l}, {d}] or [K, {l}, {d}] for this generator",
             a.shape
         ),
+    }
     };
     let w_plus = |k: usize, data: Vec<f32>| Ok::<_, Error>(Tensor::from_vec(data, (k, l, d), device)?);
     match a.shape[..] {
@@ -64,7 +72,13 @@ pub fn export_npy(direction: &Tensor, path: &Path) -> Result<()> {
 /// Metadata for a direction made without a recipe: `name` and a
 /// description in place of the prompt, the generator as named (`demo`, a
 /// manifest name or a path) and its checksum, the layers it acts on.
-pub fn external_meta(name: &str, description: &str, generator: &str, generator_sha256: &str, layers: &[usize]) -> DirectionMeta {
+pub fn external_meta(
+    name: &str,
+    description: &str,
+    generator: &str,
+    generator_sha256: &str,
+    layers: &[usize],
+) -> DirectionMeta {
     DirectionMeta {
         format: DIRECTION_FORMAT.into(),
         name: name.into(),
@@ -92,7 +106,9 @@ pub fn read_one(path: &Path, index: usize, device: &Device) -> Result<(Tensor, D
     let d = read_direction(path, device)?;
     let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
     if d.meta.mode == "latent" {
-        return Err(bad("holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into()));
+        return Err(bad(
+            "holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into(),
+        ));
     }
     let k = d.direction.dim(0)?;
     if index >= k {
@@ -134,7 +150,9 @@ pub fn load_given(refs: &[String], n_latent: usize, style_dim: usize, device: &D
         let d = read_direction(&path, device)?;
         let bad = |reason: String| Error::Checkpoint { path: path.clone(), reason };
         if d.meta.mode == "latent" {
-            return Err(bad("holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into()));
+            return Err(bad(
+                "holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into(),
+            ));
         }
         let (k, l, dim) = d.direction.dims3()?;
         if (l, dim) != (n_latent, style_dim) {
@@ -143,7 +161,9 @@ pub fn load_given(refs: &[String], n_latent: usize, style_dim: usize, device: &D
             )));
         }
         let picked: Vec<usize> = match index {
-            Some(i) if i >= k => return Err(bad(format!("has {k} direction(s) (0..{}); direction {i} does not exist", k - 1))),
+            Some(i) if i >= k => {
+                return Err(bad(format!("has {k} direction(s) (0..{}); direction {i} does not exist", k - 1)))
+            }
             Some(i) => vec![i],
             None => (0..k).collect(),
         };
@@ -167,7 +187,10 @@ mod tests {
         crate::npy::write(&p, &[1, 3], &[1.0, 2.0, 3.0]).unwrap();
         let t = import_npy(&p, 4, 3, Some(&[1, 3]), &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[1, 4, 3]);
-        assert_eq!(t.squeeze(0).unwrap().to_vec2::<f32>().unwrap(), vec![vec![0.0; 3], vec![1.0, 2.0, 3.0], vec![0.0; 3], vec![1.0, 2.0, 3.0]]);
+        assert_eq!(
+            t.squeeze(0).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![0.0; 3], vec![1.0, 2.0, 3.0], vec![0.0; 3], vec![1.0, 2.0, 3.0]]
+        );
         crate::npy::write(&p, &[2, 3], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).unwrap();
         let t = import_npy(&p, 4, 3, None, &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[2, 4, 3]);

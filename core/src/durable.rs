@@ -166,7 +166,8 @@ mod tests {
         let synced = testing::take_synced();
         assert!(synced.contains(&dir.path().join("new")), "{synced:?}");
         assert!(synced.contains(&dir.path().to_path_buf()), "the new folder's parent: {synced:?}");
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("new")).expect("list").flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("new")).expect("list").flatten().map(|e| e.file_name()).collect();
         assert_eq!(names, ["a.txt"]);
     }
 
@@ -184,14 +185,20 @@ mod tests {
             ("outputs::write_json", Box::new(|p: &Path| crate::outputs::write_json(p, &serde_json::json!({"a": 1})))),
             ("experiments table", Box::new(|p: &Path| crate::experiments::table::write_atomic(p, "a,b\n"))),
             ("render::save_png_atomic", Box::new(move |p: &Path| crate::render::save_png_atomic(&img, p))),
-            ("torch::convert_to_safetensors", Box::new(move |p: &Path| crate::torch::convert_to_safetensors(&src, p).map(drop))),
+            (
+                "torch::convert_to_safetensors",
+                Box::new(move |p: &Path| crate::torch::convert_to_safetensors(&src, p).map(drop)),
+            ),
         ];
         for (i, (name, write)) in writers.iter().enumerate() {
             let path = d.join(format!("out{i}.bin"));
             testing::take_synced();
             write(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
             let synced = testing::take_synced();
-            let tmp = synced.iter().any(|p| p.parent() == Some(d) && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!(".out{i}.bin.tmp"))));
+            let tmp = synced.iter().any(|p| {
+                p.parent() == Some(d)
+                    && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!(".out{i}.bin.tmp")))
+            });
             assert!(tmp, "{name} did not flush its file: {synced:?}");
             assert!(synced.iter().any(|p| p == d), "{name} did not flush the folder: {synced:?}");
         }

@@ -137,7 +137,12 @@ pub fn spawn(recipe: Recipe, setup: Setup) -> EngineHandle {
 /// Runs a recipe on the calling thread, sending events and reading
 /// controls; [`spawn`] calls this on a new thread. A failure is sent as
 /// [`TrainEvent::Failed`] and returned.
-pub fn run(recipe: Recipe, setup: Setup, events: &Sender<TrainEvent>, control: &Receiver<Control>) -> Result<RunSummary> {
+pub fn run(
+    recipe: Recipe,
+    setup: Setup,
+    events: &Sender<TrainEvent>,
+    control: &Receiver<Control>,
+) -> Result<RunSummary> {
     let started = Instant::now();
     let result = Engine::new(recipe, setup, events.clone()).and_then(|mut e| {
         // One run per folder at a time: held until the run returns.
@@ -254,8 +259,14 @@ impl Engine {
         let (l, d) = (gen.config().n_latent(), gen.config().style_dim);
         recipe.resolve_layers(l).map_err(|e| Error::Config(e.to_string()))?;
         let latents = crate::latents::load_all(recipe.latents(), l, d, &device)?;
-        if let Some(&s) = recipe.preview().seeds.iter().find(|&&s| crate::latents::index(s).is_some_and(|i| i >= latents.len())) {
-            return Err(recipe_error(&recipe, "preview.seeds", format!("seed {s} is reserved for latent files, and there are only {}", latents.len())));
+        if let Some(&s) =
+            recipe.preview().seeds.iter().find(|&&s| crate::latents::index(s).is_some_and(|i| i >= latents.len()))
+        {
+            return Err(recipe_error(
+                &recipe,
+                "preview.seeds",
+                format!("seed {s} is reserved for latent files, and there are only {}", latents.len()),
+            ));
         }
         let mask: Vec<f32> = (0..l).map(|i| recipe.layers().is_none_or(|ls| ls.contains(&i)) as u8 as f32).collect();
         let mask = Tensor::from_vec(mask, (1, l, 1), &device)?;
@@ -476,8 +487,9 @@ impl Engine {
             (_, alpha @ Alpha::Range { .. }, AlphaPer::Sample) => (0..n).map(|_| alpha.sample(&mut rng)).collect(),
             (_, alpha @ Alpha::Range { .. }, AlphaPer::Step) => vec![alpha.sample(&mut rng); n],
         };
-        let mixture = (raw.mode == Mode::Direction && raw.directions > 1 && raw.direction_draw == DirectionDraw::OneHot)
-            .then(|| relaxed_one_hot(&mut rng, raw.directions, raw.one_hot_temperature as f64));
+        let mixture =
+            (raw.mode == Mode::Direction && raw.directions > 1 && raw.direction_draw == DirectionDraw::OneHot)
+                .then(|| relaxed_one_hot(&mut rng, raw.directions, raw.one_hot_temperature as f64));
         (seeds, alphas, mixture)
     }
 
@@ -632,7 +644,9 @@ impl Engine {
         let mut outputs: Vec<TermOutput> = Vec::new();
         let mut values = Vec::new();
         for term in &self.setup.terms {
-            let o = term.evaluate(&batch).map_err(|e| Error::Config(format!("loss term '{}' at step {human}: {e}", term.name)))?;
+            let o = term
+                .evaluate(&batch)
+                .map_err(|e| Error::Config(format!("loss term '{}' at step {human}: {e}", term.name)))?;
             if !o.value.is_finite() {
                 return Err(non_finite(&term.name, human, "value", o.value));
             }
@@ -659,7 +673,11 @@ impl Engine {
                         (LatentSpace::W, _) => self.param.as_tensor().clone(),
                         (LatentSpace::Wplus, None) => u.clone(),
                         (LatentSpace::Wplus, Some(ls)) => {
-                            let idx = Tensor::from_vec(ls.iter().map(|&x| x as u32).collect::<Vec<_>>(), ls.len(), u.device())?;
+                            let idx = Tensor::from_vec(
+                                ls.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+                                ls.len(),
+                                u.device(),
+                            )?;
                             u.index_select(&idx, 1)?
                         }
                     };

@@ -128,12 +128,7 @@ pub enum Error {
 
 /// The message of [`Error::PluginMismatch`]: host and plugin values side by
 /// side, differing rows marked, then the rebuild command.
-fn plugin_mismatch(
-    path: &std::path::Path,
-    package: &str,
-    fields: &[[String; 3]],
-    rebuild: &str,
-) -> String {
+fn plugin_mismatch(path: &std::path::Path, package: &str, fields: &[[String; 3]], rebuild: &str) -> String {
     let w0 = fields.iter().map(|r| r[0].len()).max().unwrap_or(0).max(5);
     let w1 = fields.iter().map(|r| r[1].len()).max().unwrap_or(0).max(4);
     let mut s = format!(
@@ -159,9 +154,7 @@ impl From<lsd_plugin_api::Error> for Error {
     fn from(e: lsd_plugin_api::Error) -> Self {
         match e {
             lsd_plugin_api::Error::Candle(e) => Self::Candle(e),
-            lsd_plugin_api::Error::BadShape { name, expected, got } => {
-                Self::BadShape { name, expected, got }
-            }
+            lsd_plugin_api::Error::BadShape { name, expected, got } => Self::BadShape { name, expected, got },
             lsd_plugin_api::Error::Config(m) => Self::Config(m),
             lsd_plugin_api::Error::Other(e) => match e.downcast::<Error>() {
                 Ok(ours) => *ours,

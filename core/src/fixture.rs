@@ -156,10 +156,8 @@ impl FixtureReport {
     /// A plain-text table: one row per case, then the missing entries.
     pub fn table(&self) -> String {
         let width = self.cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
-        let mut out = format!(
-            "{:<width$}  {:>10}  {:>10}  {:>9}  {:>9}  result\n",
-            "case", "max abs", "max rel", "atol", "rtol"
-        );
+        let mut out =
+            format!("{:<width$}  {:>10}  {:>10}  {:>9}  {:>9}  result\n", "case", "max abs", "max rel", "atol", "rtol");
         for c in &self.cases {
             out.push_str(&format!(
                 "{:<width$}  {:>10.3e}  {:>10.3e}  {:>9.1e}  {:>9.1e}  {}{}\n",
@@ -176,24 +174,13 @@ impl FixtureReport {
             out.push_str(&format!("{m:<width$}  missing\n"));
         }
         let failed = self.failures().count() + self.missing.len();
-        out.push_str(&format!(
-            "{}: {} cases, {} failed\n",
-            self.model,
-            self.cases.len(),
-            failed
-        ));
+        out.push_str(&format!("{}: {} cases, {} failed\n", self.model, self.cases.len(), failed));
         out
     }
 }
 
 /// Compares two tensors of the same shape; see [`FixtureReport::compare`].
-pub fn compare(
-    name: &str,
-    actual: &Tensor,
-    expected: &Tensor,
-    atol: f64,
-    rtol: f64,
-) -> Result<CaseResult> {
+pub fn compare(name: &str, actual: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> Result<CaseResult> {
     if actual.dims() != expected.dims() {
         return Ok(CaseResult {
             name: name.to_string(),

@@ -158,7 +158,10 @@ mod tests {
         let three = load(&write_npy(dir.path(), "family photo.npy", &[3, l, d]), l, d, &Device::Cpu).unwrap();
         let labels: Vec<_> = three.iter().map(|x| x.label.as_str()).collect();
         assert_eq!(labels, ["family_photo[0]", "family_photo[1]", "family_photo[2]"]);
-        assert_eq!(three[2].w_plus.get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap(), vec![24.0, 24.5, 25.0, 25.5]);
+        assert_eq!(
+            three[2].w_plus.get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap(),
+            vec![24.0, 24.5, 25.0, 25.5]
+        );
 
         // One W is broadcast to every layer.
         let w = load(&write_npy(dir.path(), "w.npy", &[d]), l, d, &Device::Cpu).unwrap();
@@ -203,6 +206,9 @@ mod tests {
         std::fs::write(&p, zip(&pkl.0, &[("0", data)], false)).unwrap();
         let imgs = load(&p, l, d, &Device::Cpu).unwrap();
         assert_eq!(imgs.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(), ["inverted[0]", "inverted[1]"]);
-        assert_eq!(imgs[1].w_plus.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (12..24).map(|i| i as f32).collect::<Vec<_>>());
+        assert_eq!(
+            imgs[1].w_plus.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (12..24).map(|i| i as f32).collect::<Vec<_>>()
+        );
     }
 }

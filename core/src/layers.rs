@@ -49,7 +49,9 @@ impl LayerSpec {
                     let a: usize = a.parse().map_err(|_| bad(part))?;
                     let b: usize = b.parse().map_err(|_| bad(part))?;
                     if b < a {
-                        return Err(format!("'{part}' in layers '{text}': the range is empty; write the smaller layer first"));
+                        return Err(format!(
+                            "'{part}' in layers '{text}': the range is empty; write the smaller layer first"
+                        ));
                     }
                     Part::Range(a, b)
                 }
@@ -86,7 +88,10 @@ impl LayerSpec {
                 Some(name) => {
                     let b = b.min(n_latent.saturating_sub(1));
                     if a > b || a >= n_latent {
-                        return Err(format!("'{name}' is empty for this generator: its W+ has {n_latent} layers (0..={})", n_latent.saturating_sub(1)));
+                        return Err(format!(
+                            "'{name}' is empty for this generator: its W+ has {n_latent} layers (0..={})",
+                            n_latent.saturating_sub(1)
+                        ));
                     }
                     out.extend(a..=b);
                 }

@@ -11,24 +11,24 @@ pub mod demo;
 pub mod direction_io;
 pub mod durable;
 pub mod engine;
-pub mod experiments;
 pub mod error;
+pub mod experiments;
 pub mod fixture;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imageops;
-pub mod layers;
 pub mod latents;
+pub mod layers;
 pub mod models;
-pub mod numpy_rng;
 pub mod npy;
+pub mod numpy_rng;
 pub mod ops;
 pub mod optim;
 pub mod outputs;
+pub mod plugin;
 pub mod recipe;
 pub mod render;
 pub mod sefa;
-pub mod plugin;
 pub mod torch;
 
 pub use error::{Error, Result};

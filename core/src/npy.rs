@@ -64,13 +64,20 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {
         d if d.contains('O') => {
             return Err("the array holds Python objects (dtype 'O'), which are never read; save a float array".into())
         }
-        d => return Err(format!("dtype '{d}' is not supported; expected little-endian float32 or float64 ('<f4', '<f8')")),
+        d => {
+            return Err(format!(
+                "dtype '{d}' is not supported; expected little-endian float32 or float64 ('<f4', '<f8')"
+            ))
+        }
     };
     let shape = parse_shape(shape_text)?;
     let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or("the array is too large")?;
     let data = &bytes[end..];
     if count.checked_mul(width) != Some(data.len()) {
-        return Err(format!("shape {shape:?} needs {count} values of {width} bytes, but the file holds {} data bytes", data.len()));
+        return Err(format!(
+            "shape {shape:?} needs {count} values of {width} bytes, but the file holds {} data bytes",
+            data.len()
+        ));
     }
     let data = if width == 4 {
         data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()

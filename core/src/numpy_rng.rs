@@ -31,7 +31,9 @@ impl RandomState {
     /// `np.random.RandomState(seed)`; NumPy accepts seeds in `0..2³²`.
     pub fn new(seed: u64) -> Result<Self> {
         let seed = u32::try_from(seed).map_err(|_| {
-            Error::Config(format!("seed {seed} is out of NumPy's range (0 to 4294967295); use a smaller seed or seed_rng: chacha"))
+            Error::Config(format!(
+                "seed {seed} is out of NumPy's range (0 to 4294967295); use a smaller seed or seed_rng: chacha"
+            ))
         })?;
         let mut key = [0u32; N];
         key[0] = seed;

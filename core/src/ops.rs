@@ -17,6 +17,7 @@
 //! is one cuBLAS product with the constant weight.
 
 pub mod conv;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod fir;
@@ -25,7 +26,6 @@ pub mod linear;
 pub mod precision;
 pub mod probe;
 pub mod profile;
-pub(crate) mod cpu;
 #[cfg(test)]
 mod testing;
 mod winograd;

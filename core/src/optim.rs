@@ -96,11 +96,7 @@ impl Optimizer {
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let (b1, b2) = (s.betas[0] as f64, s.betas[1] as f64);
                 // Adam: L2 penalty in the gradient; AdamW: decoupled decay.
-                let g = if s.kind == OptimizerKind::Adam && wd != 0.0 {
-                    (grad + (&p * wd)?)?
-                } else {
-                    grad.clone()
-                };
+                let g = if s.kind == OptimizerKind::Adam && wd != 0.0 { (grad + (&p * wd)?)? } else { grad.clone() };
                 let m = match &self.m {
                     Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
                     None => (&g * (1.0 - b1))?,
@@ -114,11 +110,7 @@ impl Optimizer {
                 let bc2 = 1.0 - b2.powi(t);
                 let denom = ((&v / bc2)?.sqrt()? + ADAM_EPS)?;
                 let update = ((&m / bc1)? / denom)?;
-                let base = if s.kind == OptimizerKind::Adamw && wd != 0.0 {
-                    (&p * (1.0 - lr * wd))?
-                } else {
-                    p
-                };
+                let base = if s.kind == OptimizerKind::Adamw && wd != 0.0 { (&p * (1.0 - lr * wd))? } else { p };
                 self.m = Some(m);
                 self.v = Some(v);
                 (base - (update * lr)?)?
@@ -250,7 +242,11 @@ mod tests {
     #[test]
     fn halvings_follow_lelsds_step_arithmetic() {
         let halving_steps = |total: usize, count: usize| -> Vec<usize> {
-            (0..total).filter(|&i| halvings_before(i, total, count) > if i == 0 { 0 } else { halvings_before(i - 1, total, count) }).collect()
+            (0..total)
+                .filter(|&i| {
+                    halvings_before(i, total, count) > if i == 0 { 0 } else { halvings_before(i - 1, total, count) }
+                })
+                .collect()
         };
         // Fig. 8: 200 steps, 3 halvings → d = 50.
         assert_eq!(halving_steps(200, 3), vec![49, 99, 149, 199]);

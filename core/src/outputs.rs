@@ -108,10 +108,7 @@ fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
     Ok(match t.dtype() {
         DType::F64 => (Dtype::F64, t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
         DType::U32 => (Dtype::U32, t.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        _ => (
-            Dtype::F32,
-            t.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ),
+        _ => (Dtype::F32, t.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
     })
 }
 
@@ -261,9 +258,8 @@ impl DirectionMeta {
             };
             obj.insert(k.clone(), parsed);
         }
-        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
-            Error::Config(format!("direction metadata: {e}; was the file written by lsd-tui run?"))
-        })
+        serde_json::from_value(serde_json::Value::Object(obj))
+            .map_err(|e| Error::Config(format!("direction metadata: {e}; was the file written by lsd-tui run?")))
     }
 }
 
@@ -313,8 +309,8 @@ pub fn csv(header: &[String], rows: &[Vec<f64>]) -> String {
 
 /// Writes pretty JSON atomically.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Config(format!("cannot encode JSON: {e}")))?;
+    let mut text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::Config(format!("cannot encode JSON: {e}")))?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }

@@ -124,9 +124,8 @@ pub use host::{Fingerprint, LoadedTerm, PluginLibrary};
 /// [`LossTerm`] returns).
 pub use lsd_plugin_api as sdk;
 pub use lsd_plugin_api::{
-    abi, device_name, differentiate, parse_device, parse_params, surrogate, EditBatch,
-    FeatureMaps, InitContext, LossTerm, Needs, OriginalCache, ParamInfo, Plugin, PluginInfo,
-    TermOutput,
+    abi, device_name, differentiate, parse_device, parse_params, surrogate, EditBatch, FeatureMaps, InitContext,
+    LossTerm, Needs, OriginalCache, ParamInfo, Plugin, PluginInfo, TermOutput,
 };
 
 /// Sets this copy of lsd-core's process-wide precision to the one the host
@@ -134,9 +133,10 @@ pub use lsd_plugin_api::{
 /// calls it first thing in [`Plugin::new`]: the plugin library has its own
 /// copy of lsd-core, whose setting the host's `set_precision` does not reach.
 pub fn adopt_precision(context: &InitContext) -> Result<Precision> {
-    let precision = context.precision.parse::<Precision>().map_err(|e| {
-        Error::Config(format!("the plugin context's precision: {e}; the host sends tf32 or fp32"))
-    })?;
+    let precision = context
+        .precision
+        .parse::<Precision>()
+        .map_err(|e| Error::Config(format!("the plugin context's precision: {e}; the host sends tf32 or fp32")))?;
     set_precision(precision);
     Ok(precision)
 }
@@ -163,9 +163,14 @@ mod tests {
     #[test]
     fn the_user_folder_follows_xdg_and_an_installation_finds_its_lib_folder() {
         use std::path::PathBuf;
-        let user = |data: Option<&str>, home: Option<&str>| discovery::user_plugin_dir_from(data.map(Into::into), home.map(Into::into));
+        let user = |data: Option<&str>, home: Option<&str>| {
+            discovery::user_plugin_dir_from(data.map(Into::into), home.map(Into::into))
+        };
         assert_eq!(user(Some("/data"), Some("/home/u")), Some(PathBuf::from("/data/lsd-tui/plugins")));
-        assert_eq!(user(Some("relative"), Some("/home/u")), Some(PathBuf::from("/home/u/.local/share/lsd-tui/plugins")));
+        assert_eq!(
+            user(Some("relative"), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.local/share/lsd-tui/plugins"))
+        );
         assert_eq!(user(None, Some("/home/u")), Some(PathBuf::from("/home/u/.local/share/lsd-tui/plugins")));
         assert_eq!(user(None, None), None);
         let prefix = tempfile::tempdir().expect("tempdir");

@@ -153,10 +153,13 @@ impl Recipe {
         }
         if let Some(layers) = &self.checked.layers {
             if let Some(&bad) = layers.iter().find(|&&x| x >= n_latent) {
-                return Err(self.error_at("layers", format!(
-                    "layer {bad} does not exist: this generator's W+ has {n_latent} layers (0..={})",
-                    n_latent - 1
-                )));
+                return Err(self.error_at(
+                    "layers",
+                    format!(
+                        "layer {bad} does not exist: this generator's W+ has {n_latent} layers (0..={})",
+                        n_latent - 1
+                    ),
+                ));
             }
         }
         Ok(())
@@ -511,7 +514,8 @@ terms:
 
     #[test]
     fn latents_and_layer_presets() {
-        let text = "prompt: gray hair\nsteps: 5\nterms:\n  - plugin: clip\nseeds: []\nlatents: [me.npy]\nlayers: fine\n";
+        let text =
+            "prompt: gray hair\nsteps: 5\nterms:\n  - plugin: clip\nseeds: []\nlatents: [me.npy]\nlayers: fine\n";
         let r = Recipe::parse(text, Path::new("p.yaml")).expect("valid");
         assert_eq!(r.latents(), vec![PathBuf::from("me.npy")]);
         assert_eq!(r.layers(), None);

@@ -134,23 +134,16 @@ mod tests {
         assert_eq!(g, vec![0, 0, 191, 64]);
         let three = tensor_to_rgb(&t.squeeze(0).unwrap()).unwrap();
         assert_eq!(three, img);
-        assert!(
-            tensor_to_rgb(&Tensor::zeros((2, 3, 2, 2), DType::F32, &Device::Cpu).unwrap()).is_err()
-        );
-        assert!(
-            tensor_to_rgb(&Tensor::zeros((4, 2, 2), DType::F32, &Device::Cpu).unwrap()).is_err()
-        );
+        assert!(tensor_to_rgb(&Tensor::zeros((2, 3, 2, 2), DType::F32, &Device::Cpu).unwrap()).is_err());
+        assert!(tensor_to_rgb(&Tensor::zeros((4, 2, 2), DType::F32, &Device::Cpu).unwrap()).is_err());
     }
 
     #[test]
     fn text_draws_pixels_inside_its_box() {
         let mut img = RgbImage::from_pixel(64, 32, WHITE);
         draw_text(&mut img, 2, 3, "Aα", BLACK, 2);
-        let inked: Vec<(u32, u32)> = img
-            .enumerate_pixels()
-            .filter(|(_, _, p)| **p == BLACK)
-            .map(|(x, y, _)| (x, y))
-            .collect();
+        let inked: Vec<(u32, u32)> =
+            img.enumerate_pixels().filter(|(_, _, p)| **p == BLACK).map(|(x, y, _)| (x, y)).collect();
         assert!(inked.len() > 20, "only {} pixels drawn", inked.len());
         let w = text_width("Aα", 2);
         assert_eq!(w, 32);
@@ -192,8 +185,7 @@ mod tests {
         // Every cell's pixels are copied in.
         assert_eq!(count(&a, Rgb([10, 200, 30])), 2 * 3 * 20 * 16);
         // A footer adds height and red text.
-        let f =
-            grid(&vec![vec![cell.clone(); 3]; 2], &labels(2), &labels(3), "T", Some("DEMO MODEL"));
+        let f = grid(&vec![vec![cell.clone(); 3]; 2], &labels(2), &labels(3), "T", Some("DEMO MODEL"));
         assert!(f.height() > a.height());
         assert!(count(&f, WARN) > 0);
         // Empty input still makes a (small) picture.
@@ -222,22 +214,14 @@ mod tests {
             band: Some((0..10).map(|i| (i as f64, i as f64, (i * i) as f64 + 5.0)).collect()),
             color: red,
         };
-        let s2 = Series {
-            name: "b".into(),
-            points: vec![(0.0, 3.0), (9.0, 40.0)],
-            band: None,
-            color: blue,
-        };
+        let s2 = Series { name: "b".into(), points: vec![(0.0, 3.0), (9.0, 40.0)], band: None, color: blue };
         for log in [false, true] {
             let img = line_plot(&spec(vec![s1.clone(), s2.clone()], log));
             assert_eq!(img.dimensions(), (320, 200));
             assert!(count(&img, red) > 30, "red series missing (log={log})");
             assert!(count(&img, blue) > 30, "blue series missing (log={log})");
             // The band is a light tint of red: pixels neither white nor red.
-            let tinted = img
-                .pixels()
-                .filter(|p| p.0[0] > 200 && p.0[1] > 150 && p.0[1] < 240 && p.0[2] < 240)
-                .count();
+            let tinted = img.pixels().filter(|p| p.0[0] > 200 && p.0[1] > 150 && p.0[1] < 240 && p.0[2] < 240).count();
             assert!(tinted > 50, "band missing (log={log})");
         }
     }
@@ -247,25 +231,14 @@ mod tests {
         let green = Rgb([0, 220, 0]);
         let nan = Series {
             name: "nan".into(),
-            points: vec![
-                (0.0, f64::NAN),
-                (1.0, 2.0),
-                (f64::INFINITY, 1.0),
-                (2.0, 3.0),
-                (3.0, -1.0),
-            ],
+            points: vec![(0.0, f64::NAN), (1.0, 2.0), (f64::INFINITY, 1.0), (2.0, 3.0), (3.0, -1.0)],
             band: Some(vec![(0.0, f64::NAN, 1.0), (1.0, 1.0, 2.0)]),
             color: green,
         };
         let img = line_plot(&spec(vec![nan.clone()], false));
         assert!(count(&img, green) > 0);
         let _ = line_plot(&spec(vec![nan], true));
-        let all_nan = Series {
-            name: "x".into(),
-            points: vec![(f64::NAN, f64::NAN)],
-            band: None,
-            color: green,
-        };
+        let all_nan = Series { name: "x".into(), points: vec![(f64::NAN, f64::NAN)], band: None, color: green };
         let img = line_plot(&spec(vec![all_nan], false));
         assert_eq!(count(&img, green), 14 * 3, "only the legend swatch should be green");
         let _ = line_plot(&spec(vec![], false));
@@ -301,10 +274,8 @@ mod tests {
         save_png_atomic(&img, &path).unwrap();
         let back = image::open(&path).unwrap().to_rgb8();
         assert_eq!(back, img);
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 }

@@ -51,7 +51,12 @@ pub struct Factorization {
 
 /// Factorises the modulation weights of `layers` of a rosinality state dict
 /// (`prefix` is `g_ema` or empty) with W+ of `n_latent` layers.
-pub fn factorize(tensors: &HashMap<String, Tensor>, prefix: &str, n_latent: usize, layers: &[usize]) -> Result<Factorization> {
+pub fn factorize(
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    n_latent: usize,
+    layers: &[usize],
+) -> Result<Factorization> {
     if layers.is_empty() {
         return Err(Error::Config("SeFa needs at least one layer".into()));
     }
@@ -62,7 +67,11 @@ pub fn factorize(tensors: &HashMap<String, Tensor>, prefix: &str, n_latent: usiz
         let w = tensors.get(&full).ok_or_else(|| Error::MissingTensor { name: full.clone(), hint: String::new() })?;
         let w = w.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
         if w.rank() != 2 {
-            return Err(Error::BadShape { name: full, expected: "[channels, style_dim]".into(), got: w.dims().to_vec() });
+            return Err(Error::BadShape {
+                name: full,
+                expected: "[channels, style_dim]".into(),
+                got: w.dims().to_vec(),
+            });
         }
         rows.extend(w.to_vec2::<f64>()?);
     }
@@ -177,8 +186,8 @@ impl Factorization {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::stylegan2::demo::{demo_config, demo_weights};
     use crate::demo::DEMO_MODEL_SEED;
+    use crate::models::stylegan2::demo::{demo_config, demo_weights};
 
     /// Rows along the axes: three along e0, two along e2 (of different
     /// lengths: normalisation makes them count the same), one along e1, so
@@ -258,7 +267,9 @@ mod tests {
         let f = factorize(w.tensors(), "", n_latent, &layers).unwrap();
         let mut rows = Vec::new();
         for &i in &layers {
-            rows.extend(w.tensors()[&modulation_key(i, n_latent)].to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap());
+            rows.extend(
+                w.tensors()[&modulation_key(i, n_latent)].to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap(),
+            );
         }
         let d = cfg.style_dim;
         assert_eq!(f.vectors.len(), d);
@@ -289,7 +300,11 @@ mod tests {
                 lambda = mv.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
                 v = mv.iter().map(|x| x / n).collect();
             }
-            assert!((lambda - f.values[k]).abs() < 1e-6 * f.values[0], "λ{k}: power {lambda} vs Jacobi {}", f.values[k]);
+            assert!(
+                (lambda - f.values[k]).abs() < 1e-6 * f.values[0],
+                "λ{k}: power {lambda} vs Jacobi {}",
+                f.values[k]
+            );
             let dot: f64 = v.iter().zip(&f.vectors[k]).map(|(a, b)| a * b).sum();
             assert!(dot.abs() > 1.0 - 1e-6, "v{k}: |<power, Jacobi>| = {}", dot.abs());
             found.push((lambda, v));
@@ -313,7 +328,8 @@ mod tests {
     fn style_dim_512_in_seconds() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let rows: Vec<Vec<f64>> = (0..17 * 512 + 3).map(|_| (0..512).map(|_| rng.random::<f64>() - 0.5).collect()).collect();
+        let rows: Vec<Vec<f64>> =
+            (0..17 * 512 + 3).map(|_| (0..512).map(|_| rng.random::<f64>() - 0.5).collect()).collect();
         let t = std::time::Instant::now();
         let (values, vectors) = factorize_rows(&rows).unwrap();
         eprintln!("SeFa on {} rows × 512: {:.2} s", rows.len(), t.elapsed().as_secs_f64());

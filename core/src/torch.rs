@@ -161,11 +161,9 @@ pub fn load_network(path: &Path, key: &str) -> Result<(Network, HashMap<String, 
     let (mut file, _) = open_torch(path, &mut budget).map_err(err)?;
     let u = file.object();
     let value = match u.obj(&u.root) {
-        Some(Obj::Dict(items)) => items
-            .iter()
-            .rev()
-            .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
-            .map(|(_, v)| v.clone()),
+        Some(Obj::Dict(items)) => {
+            items.iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v.clone())
+        }
         _ => None,
     };
     let Some(value) = value else {
@@ -199,7 +197,13 @@ fn top_keys(u: &Unpickled) -> String {
 /// object is visited once: a shared or cyclic module graph (which no saved
 /// network has) is refused.
 fn network_record(u: &Unpickled, v: &Value, name: &str) -> std::result::Result<Network, String> {
-    fn visit(u: &Unpickled, v: &Value, name: &str, seen: &mut HashSet<usize>, depth: usize) -> std::result::Result<Network, String> {
+    fn visit(
+        u: &Unpickled,
+        v: &Value,
+        name: &str,
+        seen: &mut HashSet<usize>,
+        depth: usize,
+    ) -> std::result::Result<Network, String> {
         if depth > MAX_DEPTH {
             return Err(format!("network objects nested deeper than {MAX_DEPTH} levels"));
         }
@@ -369,7 +373,10 @@ pub fn write_converted(
     extra: Vec<(String, String)>,
 ) -> Result<(u64, String)> {
     if output.file_name().is_none() {
-        return Err(Error::Checkpoint { path: output.to_path_buf(), reason: "the output path has no file name".into() });
+        return Err(Error::Checkpoint {
+            path: output.to_path_buf(),
+            reason: "the output path has no file name".into(),
+        });
     }
     let source_sha256 = sha256_file(input)?;
     let source_file = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -389,7 +396,11 @@ pub fn write_converted(
 
 /// The pickled object of a torch file, and how to get at its storages.
 enum TorchFile {
-    Zip { archive: zip::ZipArchive<File>, prefix: String, object: Unpickled },
+    Zip {
+        archive: zip::ZipArchive<File>,
+        prefix: String,
+        object: Unpickled,
+    },
     Legacy(legacy::Legacy),
     /// A plain pickle: every storage is inside it.
     Plain(Unpickled),
@@ -501,10 +512,8 @@ fn select<T>(entries: Vec<(String, T)>, key: Option<&str>) -> std::result::Resul
             tops.push(top);
         }
     }
-    let picked: Vec<(String, T)> = entries
-        .into_iter()
-        .filter_map(|(n, t)| n.strip_prefix(&prefix).map(|s| (s.to_string(), t)))
-        .collect();
+    let picked: Vec<(String, T)> =
+        entries.into_iter().filter_map(|(n, t)| n.strip_prefix(&prefix).map(|s| (s.to_string(), t))).collect();
     if picked.is_empty() {
         return Err(format!("no tensors under the key '{key}'; the top-level keys are: {}", tops.join(", ")));
     }
@@ -524,20 +533,18 @@ fn open_torch(path: &Path, budget: &mut Budget) -> std::result::Result<(TorchFil
                 .map(|n| n.map(|n| n.into_owned()))
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| format!("broken zip archive: {e}"))?;
-            let pkl = names
-                .iter()
-                .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
-                .min()
-                .ok_or_else(|| {
-                    if names.iter().any(|n| n.ends_with("constants.pkl")) {
-                        "this is a TorchScript archive (torch.jit.save), not a torch.save \
+            let pkl =
+                names.iter().filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1).min().ok_or_else(
+                    || {
+                        if names.iter().any(|n| n.ends_with("constants.pkl")) {
+                            "this is a TorchScript archive (torch.jit.save), not a torch.save \
                          checkpoint; save the model's state_dict() with torch.save instead"
-                            .to_string()
-                    } else {
-                        "zip archive without a '<dir>/data.pkl' member: not a torch.save checkpoint"
-                            .to_string()
-                    }
-                })?;
+                                .to_string()
+                        } else {
+                            "zip archive without a '<dir>/data.pkl' member: not a torch.save checkpoint".to_string()
+                        }
+                    },
+                )?;
             let prefix = pkl.trim_end_matches("/data.pkl").to_string();
             if let Ok(bo) = archive.by_name(&format!("{prefix}/byteorder")) {
                 // "little" or "big": never more than a few bytes, whatever
@@ -741,7 +748,8 @@ fn flatten(u: &Unpickled, budget: &mut Budget) -> std::result::Result<(Vec<(Stri
                     let field = |name: &str| {
                         fields.iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if &**s == name)).map(|(_, v)| v)
                     };
-                    let transient: Vec<&Value> = match field("_non_persistent_buffers_set").and_then(|v| self.u.obj(v)) {
+                    let transient: Vec<&Value> = match field("_non_persistent_buffers_set").and_then(|v| self.u.obj(v))
+                    {
                         Some(Obj::Set(items) | Obj::List(items)) => items.iter().collect(),
                         _ => Vec::new(),
                     };
@@ -752,8 +760,8 @@ fn flatten(u: &Unpickled, budget: &mut Budget) -> std::result::Result<(Vec<(Stri
                                 self.skipped += 1;
                                 continue;
                             };
-                            let dropped = part == "_buffers"
-                                && transient.iter().any(|t| matches!(t, Value::Str(s) if s == name));
+                            let dropped =
+                                part == "_buffers" && transient.iter().any(|t| matches!(t, Value::Str(s) if s == name));
                             if dropped || matches!(v, Value::None) {
                                 continue;
                             }
@@ -813,8 +821,11 @@ fn materialise(t: &TensorRef, storage: &[u8], budget: &mut Budget) -> std::resul
     for &d in &t.size {
         numel = numel.checked_mul(d).ok_or("element count overflows")?;
     }
-    let shape: Vec<usize> =
-        t.size.iter().map(|&d| usize::try_from(d).map_err(|_| "dimension too large")).collect::<std::result::Result<_, _>>()?;
+    let shape: Vec<usize> = t
+        .size
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| "dimension too large"))
+        .collect::<std::result::Result<_, _>>()?;
     let storage_numel = storage.len() as u64 / es;
     if numel > 0 {
         let mut last = base;
@@ -859,10 +870,14 @@ fn materialise(t: &TensorRef, storage: &[u8], budget: &mut Budget) -> std::resul
     };
     let es = es as usize;
     match t.storage.dtype {
-        StorageDtype::F32 => typed(numel, es, &shape, runs, |b| f32::from_le_bytes(arr(b)[..4].try_into().expect("4 bytes"))),
+        StorageDtype::F32 => {
+            typed(numel, es, &shape, runs, |b| f32::from_le_bytes(arr(b)[..4].try_into().expect("4 bytes")))
+        }
         StorageDtype::F64 => typed(numel, es, &shape, runs, |b| f64::from_le_bytes(arr(b))),
         StorageDtype::I64 => typed(numel, es, &shape, runs, |b| i64::from_le_bytes(arr(b))),
-        StorageDtype::I32 => typed(numel, es, &shape, runs, |b| i32::from_le_bytes(arr(b)[..4].try_into().expect("4 bytes"))),
+        StorageDtype::I32 => {
+            typed(numel, es, &shape, runs, |b| i32::from_le_bytes(arr(b)[..4].try_into().expect("4 bytes")))
+        }
         StorageDtype::I16 => typed(numel, es, &shape, runs, |b| i16::from_le_bytes([b[0], b[1]])),
         StorageDtype::I8 => typed(numel, es, &shape, runs, |b| b[0] as i8 as i16),
         StorageDtype::U8 => typed(numel, es, &shape, runs, |b| b[0]),
@@ -1004,7 +1019,9 @@ fn check_safetensors_header(buf: &[u8]) -> std::result::Result<(), String> {
                 if let Some(c) = counts.last_mut() {
                     *c += 1;
                     if *c > MAX_RANK {
-                        return Err(format!("bad safetensors file: an array in the header has more than {MAX_RANK} entries"));
+                        return Err(format!(
+                            "bad safetensors file: an array in the header has more than {MAX_RANK} entries"
+                        ));
                     }
                 }
             }
@@ -1134,10 +1151,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("abc");
         std::fs::write(&p, b"abc").unwrap();
-        assert_eq!(
-            sha256_file(&p).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     /// A minimal pickle writer for hand-built checkpoints.
@@ -1251,7 +1265,13 @@ mod tests {
         // contiguous [4, 2, 3] storage starting at element 5.
         let storage: Vec<u8> = f32_bytes((0..5 + 24).map(|i| i as f32));
         let t = TensorRef {
-            storage: pickle::StorageRef { key: "0".into(), dtype: StorageDtype::F32, numel: 29, view: None, inline: None },
+            storage: pickle::StorageRef {
+                key: "0".into(),
+                dtype: StorageDtype::F32,
+                numel: 29,
+                view: None,
+                inline: None,
+            },
             offset: 5,
             size: vec![2, 3, 4],
             stride: vec![3, 1, 6],
@@ -1516,9 +1536,10 @@ mod tests {
         // The persistent-object reducer swapped for another global.
         let persist = b"\x8c\x17torch_utils.persistence\x94\x8c\x1b_reconstruct_persistent_obj";
         expect(&patched(persist, b"\x8c\x08builtins\x94\x8c\x04exec"), &["builtins.exec", "refusing"]);
-        expect(&patched(persist, b"\x8c\x17torch_utils.persistence\x94\x8c\x0c_load_source"), &[
-            "torch_utils.persistence._load_source",
-        ]);
+        expect(
+            &patched(persist, b"\x8c\x17torch_utils.persistence\x94\x8c\x0c_load_source"),
+            &["torch_utils.persistence._load_source"],
+        );
         // A non-class persistent object.
         expect(&patched(b"\x8c\x05class", b"\x8c\x06module"), &["type \"module\"", "only 'class'"]);
         // The storage reducer swapped for another global.

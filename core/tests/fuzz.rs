@@ -318,7 +318,8 @@ fn issue_15_hostile_checkpoints_stay_within_memory_and_time() {
             failures.push(format!("{name}: took {dt:?}"));
         }
         if loads != result.is_ok() {
-            failures.push(format!("{name}: expected it to {}, got {outcome}", if loads { "load" } else { "be refused" }));
+            failures
+                .push(format!("{name}: expected it to {}, got {outcome}", if loads { "load" } else { "be refused" }));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -374,36 +375,53 @@ fn write_seed_corpus() {
     };
     // Checkpoints: each zip fixture's real data.pkl, as the pickle of a
     // small zip (mode 2) and of a legacy file (mode 3).
-    for (rel, name) in [
-        ("stylegan2/generator.pt", "stylegan2"),
-        ("arcface/model.pth", "arcface"),
-        ("bisenet/model.pth", "bisenet"),
-    ] {
+    for (rel, name) in
+        [("stylegan2/generator.pt", "stylegan2"), ("arcface/model.pth", "arcface"), ("bisenet/model.pth", "bisenet")]
+    {
         let mut z = zip::ZipArchive::new(std::fs::File::open(fixture(rel)).expect("fixture")).expect("a zip");
-        let pkl_name = z.file_names().map(|n| n.expect("a UTF-8 name").into_owned()).find(|n| n.ends_with("/data.pkl")).expect("data.pkl");
+        let pkl_name = z
+            .file_names()
+            .map(|n| n.expect("a UTF-8 name").into_owned())
+            .find(|n| n.ends_with("/data.pkl"))
+            .expect("data.pkl");
         let mut pkl = Vec::new();
         z.by_name(&pkl_name).expect("member").read_to_end(&mut pkl).expect("read");
         put("checkpoint", &format!("fixture-{name}-pickle-in-zip"), &[&[2u8][..], &pkl].concat());
     }
     // The legacy fixtures up to their storage data (all their pickles).
-    for (rel, name) in [
-        ("stylegan2/generator.convert_weight_layout.pt", "stylegan2"),
-        ("arcface/model_legacy.pth", "arcface"),
-    ] {
+    for (rel, name) in
+        [("stylegan2/generator.convert_weight_layout.pt", "stylegan2"), ("arcface/model_legacy.pth", "arcface")]
+    {
         let bytes = std::fs::read(fixture(rel)).expect("fixture");
-        put("checkpoint", &format!("fixture-{name}-legacy-head"), &[&[0u8][..], &bytes[..bytes.len().min(48 << 10)]].concat());
+        put(
+            "checkpoint",
+            &format!("fixture-{name}-legacy-head"),
+            &[&[0u8][..], &bytes[..bytes.len().min(48 << 10)]].concat(),
+        );
     }
     // The head of a StyleGAN2-ADA network pickle: persistent objects and
     // the first nested storage streams.
     let pkl = std::fs::read(fixture("stylegan2-ada/network.pkl")).expect("fixture");
     put("checkpoint", "fixture-stylegan2-ada-network-head", &[&[0u8][..], &pkl[..pkl.len().min(48 << 10)]].concat());
-    put("checkpoint", "fixture-clip-safetensors-reduced", &[&[0u8][..], &reduced_safetensors("clip/model.safetensors", 8)].concat());
+    put(
+        "checkpoint",
+        "fixture-clip-safetensors-reduced",
+        &[&[0u8][..], &reduced_safetensors("clip/model.safetensors", 8)].concat(),
+    );
     // Small valid files in each container.
     let mut p = hostile::Pickle::default();
     p.op(b"\x80\x02}(").s("w").tensor("0", 64, 0, &[4, 4], &[1, 4], false);
     p.s("b").tensor("1", 16, 2, &[3], &[1], false).s("n").int(3).op(b"u.");
-    put("checkpoint", "valid-small-zip", &[&[0u8][..], &hostile::zip(&p.0, &[("0", vec![0; 256]), ("1", vec![1; 64])], false)].concat());
-    put("checkpoint", "valid-small-zip-deflated", &[&[0u8][..], &hostile::zip(&p.0, &[("0", vec![0; 256]), ("1", vec![1; 64])], true)].concat());
+    put(
+        "checkpoint",
+        "valid-small-zip",
+        &[&[0u8][..], &hostile::zip(&p.0, &[("0", vec![0; 256]), ("1", vec![1; 64])], false)].concat(),
+    );
+    put(
+        "checkpoint",
+        "valid-small-zip-deflated",
+        &[&[0u8][..], &hostile::zip(&p.0, &[("0", vec![0; 256]), ("1", vec![1; 64])], true)].concat(),
+    );
     let mut q = hostile::Pickle::default();
     q.op(b"\x80\x02}(").s("w").tensor("s", 16, 0, &[4, 4], &[4, 1], true).op(b"u.");
     put("checkpoint", "valid-small-legacy", &[&[0u8][..], &hostile::legacy(&q.0, &[("s", vec![0.5; 16])])].concat());
@@ -418,13 +436,21 @@ fn write_seed_corpus() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "yaml") {
                 let kind = dir.rsplit('/').next().expect("a name");
-                put("recipe", &format!("{kind}-{}", e.file_name().to_string_lossy()), &std::fs::read(&path).expect("read"));
+                put(
+                    "recipe",
+                    &format!("{kind}-{}", e.file_name().to_string_lossy()),
+                    &std::fs::read(&path).expect("read"),
+                );
             }
         }
     }
     let base = "prompt: p\nsteps: 2\nterms:\n  - plugin: clip\n";
     put("recipe", "hostile-alpha-overflow.yaml", format!("{base}alpha: {{min: -3.0e38, max: 3.0e38}}\n").as_bytes());
-    put("recipe", "hostile-alpha-min-abs.yaml", format!("{base}alpha: {{min: 0, max: 1, min_abs: 0.99999994}}\n").as_bytes());
+    put(
+        "recipe",
+        "hostile-alpha-min-abs.yaml",
+        format!("{base}alpha: {{min: 0, max: 1, min_abs: 0.99999994}}\n").as_bytes(),
+    );
     put(
         "recipe",
         "hostile-nbsp-params.yaml",
@@ -450,11 +476,17 @@ fn write_seed_corpus() {
     put(
         "fixture",
         "stylegan2",
-        &fuzzing::join_fixture(&std::fs::read(fixture("stylegan2/config.json")).expect("config"), &reduced_safetensors("stylegan2/cases.safetensors", 6)),
+        &fuzzing::join_fixture(
+            &std::fs::read(fixture("stylegan2/config.json")).expect("config"),
+            &reduced_safetensors("stylegan2/cases.safetensors", 6),
+        ),
     );
     put(
         "fixture",
         "arcface",
-        &fuzzing::join_fixture(&std::fs::read(fixture("arcface/config.json")).expect("config"), &reduced_safetensors("arcface/cases.safetensors", 6)),
+        &fuzzing::join_fixture(
+            &std::fs::read(fixture("arcface/config.json")).expect("config"),
+            &reduced_safetensors("arcface/cases.safetensors", 6),
+        ),
     );
 }

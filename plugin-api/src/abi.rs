@@ -304,20 +304,11 @@ pub struct VTable {
     pub describe: unsafe extern "C" fn(sink: *const Sink) -> Status,
     /// Parses `params` (YAML) and `context` (JSON `InitContext`), builds the
     /// term, and stores its handle in `*term`.
-    pub init: unsafe extern "C" fn(
-        params: RStr,
-        context: RStr,
-        term: *mut *mut c_void,
-        sink: *const Sink,
-    ) -> Status,
+    pub init: unsafe extern "C" fn(params: RStr, context: RStr, term: *mut *mut c_void, sink: *const Sink) -> Status,
     /// Sends what the term needs (JSON `Needs`) through `sink.text`.
     pub needs: unsafe extern "C" fn(term: *const c_void, sink: *const Sink) -> Status,
     /// Computes the loss and its gradients and sends them through `sink`.
-    pub evaluate: unsafe extern "C" fn(
-        term: *const c_void,
-        batch: *const FfiBatch,
-        sink: *const Sink,
-    ) -> Status,
+    pub evaluate: unsafe extern "C" fn(term: *const c_void, batch: *const FfiBatch, sink: *const Sink) -> Status,
     /// Drops the term.
     pub drop_term: unsafe extern "C" fn(term: *mut c_void),
 }

@@ -23,8 +23,8 @@ use std::sync::Once;
 use candle_core::{Device, Tensor};
 
 use super::abi::{
-    slice, FfiBatch, FfiTensor, RStr, Sink, Status, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT,
-    STATUS_ERROR, STATUS_OK, STATUS_PANIC, VIEW_DEVICE,
+    slice, FfiBatch, FfiTensor, RStr, Sink, Status, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT, STATUS_ERROR,
+    STATUS_OK, STATUS_PANIC, VIEW_DEVICE,
 };
 use super::api::{EditBatch, FeatureMaps, InitContext, Plugin};
 use super::grad::differentiate;
@@ -111,9 +111,7 @@ unsafe fn guard(sink: *const Sink, f: impl FnOnce() -> Result<()>) -> Status {
             STATUS_ERROR
         }
         Err(payload) => {
-            let msg = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| payload_message(payload.as_ref()));
+            let msg = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_message(payload.as_ref()));
             // Dropping the payload could itself panic (a payload with a
             // panicking Drop); leak it rather than risk unwinding out.
             std::mem::forget(payload);
@@ -293,9 +291,7 @@ pub(crate) unsafe extern "C" fn drop_term<T: Plugin>(term: *mut c_void) {
     install_panic_hook();
     let was = GUARDED.with(|g| g.replace(true));
     // SAFETY: `term` came from `Box::into_raw` in `init` and is dropped once.
-    let _ = panic::catch_unwind(AssertUnwindSafe(|| unsafe {
-        drop(Box::from_raw(term.cast::<Hosted<T>>()))
-    }));
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| unsafe { drop(Box::from_raw(term.cast::<Hosted<T>>())) }));
     GUARDED.with(|g| g.set(was));
     LAST_PANIC.with(|p| p.borrow_mut().take());
 }
@@ -316,13 +312,9 @@ macro_rules! export_plugin {
     ($plugin:ty) => {
         /// The plugin declaration read by the lsd-tui host.
         #[unsafe(no_mangle)]
-        pub extern "C" fn lsd_plugin_declaration() -> *const $crate::abi::PluginDeclaration
-        {
+        pub extern "C" fn lsd_plugin_declaration() -> *const $crate::abi::PluginDeclaration {
             static DECLARATION: $crate::abi::PluginDeclaration =
-                $crate::abi::PluginDeclaration::new::<$plugin>(
-                    env!("CARGO_PKG_NAME"),
-                    env!("CARGO_MANIFEST_DIR"),
-                );
+                $crate::abi::PluginDeclaration::new::<$plugin>(env!("CARGO_PKG_NAME"), env!("CARGO_MANIFEST_DIR"));
             &DECLARATION
         }
     };

@@ -95,17 +95,7 @@ impl EditBatch {
         prompt: impl Into<String>,
     ) -> Result<Self> {
         let direction = vec![0; alpha.len()];
-        let batch = Self {
-            x,
-            x_edit,
-            w,
-            u,
-            alpha,
-            direction,
-            prompt: prompt.into(),
-            features: None,
-            keys: None,
-        };
+        let batch = Self { x, x_edit, w, u, alpha, direction, prompt: prompt.into(), features: None, keys: None };
         batch.validate()?;
         Ok(batch)
     }
@@ -148,10 +138,7 @@ impl EditBatch {
             _ => return Err(bad("u", format!("[K, {l}, {d}]"), &self.u)),
         };
         if self.direction.len() != n {
-            return Err(Error::Config(format!(
-                "batch.direction has {} entries for {n} samples",
-                self.direction.len()
-            )));
+            return Err(Error::Config(format!("batch.direction has {} entries for {n} samples", self.direction.len())));
         }
         if let Some(i) = self.direction.iter().position(|&j| j >= k) {
             return Err(Error::Config(format!(
@@ -161,10 +148,7 @@ impl EditBatch {
         }
         if let Some(keys) = &self.keys {
             if keys.len() != n {
-                return Err(Error::Config(format!(
-                    "batch.keys has {} entries for {n} samples",
-                    keys.len()
-                )));
+                return Err(Error::Config(format!("batch.keys has {} entries for {n} samples", keys.len())));
             }
         }
         if let Some(f) = &self.features {
@@ -177,11 +161,7 @@ impl EditBatch {
             }
             for (j, (a, b)) in f.x.iter().zip(&f.x_edit).enumerate() {
                 if a.dims() != b.dims() || a.dims().first() != Some(&n) {
-                    return Err(bad(
-                        &format!("features.x_edit[{j}]"),
-                        format!("{:?}", a.dims()),
-                        b,
-                    ));
+                    return Err(bad(&format!("features.x_edit[{j}]"), format!("{:?}", a.dims()), b));
                 }
             }
         }
@@ -320,9 +300,9 @@ pub fn device_name(device: &Device) -> String {
 pub fn parse_device(name: &str) -> Result<Device> {
     let (kind, ordinal) = match name.split_once(':') {
         Some((k, n)) => {
-            let n = n.parse::<usize>().map_err(|_| {
-                Error::Config(format!("device '{name}': expected cpu, cuda:N or metal:N"))
-            })?;
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| Error::Config(format!("device '{name}': expected cpu, cuda:N or metal:N")))?;
             (k, n)
         }
         None => (name, 0),
@@ -368,9 +348,6 @@ pub trait Plugin: LossTerm + Sized + 'static {
 /// line and column within the parameters.
 pub fn parse_params<P: DeserializeOwned>(plugin: &str, yaml: &str) -> Result<P> {
     let text = if yaml.trim().is_empty() { "{}" } else { yaml };
-    yaml_serde::from_str(text).map_err(|e| {
-        Error::Config(format!(
-            "parameters of plugin '{plugin}': {e}; run `lsd-tui plugins` to list them"
-        ))
-    })
+    yaml_serde::from_str(text)
+        .map_err(|e| Error::Config(format!("parameters of plugin '{plugin}': {e}; run `lsd-tui plugins` to list them")))
 }

@@ -50,11 +50,7 @@ impl OriginalCache {
     /// the rest read back.
     ///
     /// `f` maps `[M, 3, H, W]` images to `[M, …]` results row by row.
-    pub fn get_or_compute(
-        &self,
-        batch: &EditBatch,
-        f: impl FnOnce(&Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
+    pub fn get_or_compute(&self, batch: &EditBatch, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let Some(keys) = &batch.keys else {
             return Ok(f(&batch.x)?.detach());
         };
@@ -85,8 +81,7 @@ impl OriginalCache {
 }
 
 fn assemble<'a>(keys: &[u64], get: impl Fn(u64) -> Option<&'a Tensor>) -> Result<Tensor> {
-    let parts: Vec<&Tensor> =
-        keys.iter().map(|&k| get(k).expect("every key was cached or computed above")).collect();
+    let parts: Vec<&Tensor> = keys.iter().map(|&k| get(k).expect("every key was cached or computed above")).collect();
     Ok(Tensor::cat(&parts, 0)?)
 }
 

@@ -69,10 +69,9 @@ pub fn differentiate(term: &dyn LossTerm, batch: &EditBatch) -> Result<TermOutpu
         alpha: batch.alpha.clone(),
         direction: batch.direction.clone(),
         prompt: batch.prompt.clone(),
-        features: features.as_ref().map(|(fx, fe)| FeatureMaps {
-            x: fx.clone(),
-            x_edit: fe.iter().map(|v| v.as_tensor().clone()).collect(),
-        }),
+        features: features
+            .as_ref()
+            .map(|(fx, fe)| FeatureMaps { x: fx.clone(), x_edit: fe.iter().map(|v| v.as_tensor().clone()).collect() }),
         keys: batch.keys.clone(),
     };
     let loss = term.loss(&own)?;
@@ -92,9 +91,7 @@ pub fn differentiate(term: &dyn LossTerm, batch: &EditBatch) -> Result<TermOutpu
         grad_x_edit: get(&x_edit),
         grad_w: get(&w),
         grad_u: get(&u),
-        grad_features_edit: features
-            .map(|(_, fe)| fe.iter().map(get).collect())
-            .unwrap_or_default(),
+        grad_features_edit: features.map(|(_, fe)| fe.iter().map(get).collect()).unwrap_or_default(),
     })
 }
 
@@ -108,11 +105,7 @@ pub fn differentiate(term: &dyn LossTerm, batch: &EditBatch) -> Result<TermOutpu
 /// on (see the module docs). The gradients are cast to the input's dtype.
 pub fn surrogate(outputs: &[TermOutput], weights: &[f64], batch: &EditBatch) -> Result<Tensor> {
     if outputs.len() != weights.len() {
-        return Err(Error::Config(format!(
-            "surrogate: {} term outputs but {} weights",
-            outputs.len(),
-            weights.len()
-        )));
+        return Err(Error::Config(format!("surrogate: {} term outputs but {} weights", outputs.len(), weights.len())));
     }
     let mut parts = Vec::new();
     let mut add = |g: &Option<Tensor>, input: &Tensor, weight: f64, name: &str| -> Result<()> {

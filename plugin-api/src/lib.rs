@@ -32,8 +32,8 @@ mod grad;
 pub mod view;
 
 pub use api::{
-    device_name, parse_device, parse_params, EditBatch, FeatureMaps, InitContext, LossTerm, Needs,
-    ParamInfo, Plugin, PluginInfo, DEMO_MODEL_SEED,
+    device_name, parse_device, parse_params, EditBatch, FeatureMaps, InitContext, LossTerm, Needs, ParamInfo, Plugin,
+    PluginInfo, DEMO_MODEL_SEED,
 };
 pub use cache::OriginalCache;
 pub use error::{Error, Result};

@@ -91,9 +91,7 @@ pub enum Crossing {
 /// compute on the same CUDA device and both were built with CUDA.
 pub fn crossing(from: Side, to: Side) -> Crossing {
     match (from.site, to.site) {
-        (Site::Cuda(a), Site::Cuda(b)) if a == b && from.cuda && to.cuda => {
-            Crossing::Device { ordinal: a }
-        }
+        (Site::Cuda(a), Site::Cuda(b)) if a == b && from.cuda && to.cuda => Crossing::Device { ordinal: a },
         _ => Crossing::Host,
     }
 }
@@ -224,10 +222,7 @@ pub unsafe fn receive(view: &FfiTensor, device: &Device) -> Result<Tensor> {
         }
         VIEW_DEVICE => {
             if Site::of(device) != Site::Cuda(info.ordinal.max(0) as usize) || info.ordinal < 0 {
-                return Err(bad(format!(
-                    "is on cuda:{} but this side computes on {device:?}",
-                    info.ordinal
-                )));
+                return Err(bad(format!("is on cuda:{} but this side computes on {device:?}", info.ordinal)));
             }
             #[cfg(feature = "cuda")]
             {
@@ -248,9 +243,7 @@ pub unsafe fn receive(view: &FfiTensor, device: &Device) -> Result<Tensor> {
 /// `CudaDevice`/`CudaStorage`).
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{
-        result, sys, CudaSlice, DevicePtr, DevicePtrMut, DriverError,
-    };
+    use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaSlice, DevicePtr, DevicePtrMut, DriverError};
     use candle_core::cuda_backend::{CudaDevice, CudaStorage};
     use candle_core::op::BackpropOp;
     use candle_core::{Device, Storage, Tensor};
@@ -322,8 +315,7 @@ mod cuda {
                 if theirs != ours {
                     order(theirs, ours)?;
                 }
-                result::memcpy_dtod_async(dst_ptr, src, view.len * std::mem::size_of::<f32>(), ours)
-                    .map_err(driver)?;
+                result::memcpy_dtod_async(dst_ptr, src, view.len * std::mem::size_of::<f32>(), ours).map_err(driver)?;
                 if theirs != ours {
                     order(ours, theirs)?;
                 }

@@ -35,8 +35,7 @@ use serde::Deserialize;
 
 use lsd_core::demo::SeededWeights;
 use lsd_core::plugin::{
-    differentiate, EditBatch, FeatureMaps, InitContext, LossTerm, Needs, ParamInfo, Plugin,
-    PluginLibrary, TermOutput,
+    differentiate, EditBatch, FeatureMaps, InitContext, LossTerm, Needs, ParamInfo, Plugin, PluginLibrary, TermOutput,
 };
 use lsd_core::{Error, Result};
 
@@ -56,8 +55,7 @@ pub fn build_plugins(manifest: impl AsRef<Path>, packages: &[&str]) -> Result<Ve
     let cached = |cache: &Vec<(PathBuf, String, PathBuf)>, p: &str| {
         cache.iter().find(|(m, n, _)| *m == manifest && n == p).map(|(_, _, l)| l.clone())
     };
-    let missing: Vec<&str> =
-        packages.iter().copied().filter(|p| cached(&cache, p).is_none()).collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| cached(&cache, p).is_none()).collect();
     if !missing.is_empty() {
         for (p, lib) in cargo_build(&manifest, &missing)? {
             cache.push((manifest.clone(), p, lib));
@@ -78,12 +76,8 @@ fn build_error(package: &str, reason: &str) -> Error {
 fn build_layout() -> Option<(PathBuf, String, Option<String>)> {
     let exe = std::env::current_exe().ok()?;
     let root = exe.ancestors().skip(1).find(|d| d.join("CACHEDIR.TAG").is_file())?;
-    let rel: Vec<String> = exe
-        .strip_prefix(root)
-        .ok()?
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
+    let rel: Vec<String> =
+        exe.strip_prefix(root).ok()?.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     // <profile>/deps/<exe> or <triple>/<profile>/deps/<exe>
     let (triple, dir) = match rel.as_slice() {
         [dir, _, _] => (None, dir.clone()),
@@ -101,10 +95,7 @@ fn build_layout() -> Option<(PathBuf, String, Option<String>)> {
 fn cargo_build(manifest: &Path, packages: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--manifest-path")
-        .arg(manifest)
-        .arg("--message-format=json-render-diagnostics");
+    cmd.arg("build").arg("--manifest-path").arg(manifest).arg("--message-format=json-render-diagnostics");
     for p in packages {
         cmd.arg("-p").arg(p);
     }
@@ -138,15 +129,14 @@ fn cargo_build(manifest: &Path, packages: &[&str]) -> Result<Vec<(String, PathBu
         let Ok(m) = serde_json::from_str::<Message>(line) else {
             continue;
         };
-        if m.reason != "compiler-artifact"
-            || !m.target.is_some_and(|t| t.kind.iter().any(|k| k == "cdylib"))
-        {
+        if m.reason != "compiler-artifact" || !m.target.is_some_and(|t| t.kind.iter().any(|k| k == "cdylib")) {
             continue;
         }
         // `path+file:///…#name@0.1.0` (cargo ≥ 1.77) or `name 0.1.0 (path+file:///…)`.
-        let Some(package) = packages.iter().find(|p| {
-            m.package_id.contains(&format!("#{p}@")) || m.package_id.starts_with(&format!("{p} "))
-        }) else {
+        let Some(package) = packages
+            .iter()
+            .find(|p| m.package_id.contains(&format!("#{p}@")) || m.package_id.starts_with(&format!("{p} ")))
+        else {
             continue;
         };
         if let Some(lib) = m.filenames.iter().find(|f| f.to_string_lossy().ends_with(DLL_SUFFIX)) {
@@ -176,12 +166,10 @@ pub fn tiny_batch(seed: u64, features: bool) -> Result<EditBatch> {
         s.normal(name, shape, 0.0, 0.5)?;
     }
     let t = |n: &str| s.tensors()[n].clone();
-    let mut batch =
-        EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![0.7, -1.3], "a smiling face")?;
+    let mut batch = EditBatch::new(t("x"), t("x_edit"), t("w"), t("u"), vec![0.7, -1.3], "a smiling face")?;
     batch.direction = vec![1, 0];
     if features {
-        batch.features =
-            Some(FeatureMaps { x: vec![t("fx0"), t("fx1")], x_edit: vec![t("fe0"), t("fe1")] });
+        batch.features = Some(FeatureMaps { x: vec![t("fx0"), t("fx1")], x_edit: vec![t("fe0"), t("fe1")] });
     }
     batch.validate()?;
     Ok(batch)
@@ -242,8 +230,7 @@ pub fn finite_differences(term: &dyn LossTerm, batch: &EditBatch, eps: f64) -> R
     let mut maps = Vec::new();
     for j in 0..n_maps {
         let get = move |b: &EditBatch| b.features.as_ref().expect("has features").x_edit[j].clone();
-        let set =
-            move |b: &mut EditBatch, t| b.features.as_mut().expect("has features").x_edit[j] = t;
+        let set = move |b: &mut EditBatch, t| b.features.as_mut().expect("has features").x_edit[j] = t;
         maps.push(Some(numeric(term, batch, eps, &get, &set)?));
     }
     Ok(TermOutput {
@@ -277,14 +264,7 @@ pub struct GradCheck {
 
 impl Default for GradCheck {
     fn default() -> Self {
-        Self {
-            rtol: 1e-5,
-            atol: 1e-6,
-            fd_dtype: DType::F64,
-            fd_eps: 1e-6,
-            fd_rtol: 1e-4,
-            fd_atol: 1e-5,
-        }
+        Self { rtol: 1e-5, atol: 1e-6, fd_dtype: DType::F64, fd_eps: 1e-6, fd_rtol: 1e-4, fd_atol: 1e-5 }
     }
 }
 
@@ -382,10 +362,8 @@ pub fn compare_outputs(
         )));
     }
     let maps = batch.features.as_ref().map(|f| f.x_edit.as_slice()).unwrap_or(&[]);
-    for (j, (g, r)) in got.grad_features_edit.iter().zip(&reference.grad_features_edit).enumerate()
-    {
-        let input =
-            maps.get(j).ok_or_else(|| Error::Config("feature gradient without a map".into()))?;
+    for (j, (g, r)) in got.grad_features_edit.iter().zip(&reference.grad_features_edit).enumerate() {
+        let input = maps.get(j).ok_or_else(|| Error::Config("feature gradient without a map".into()))?;
         pairs.push((format!("features.x_edit[{j}]"), g, r, input));
     }
     for (input_name, g, r, input) in pairs {
@@ -434,24 +412,8 @@ pub fn check_plugin_gradients(
     let fd_batch = batch_to(batch, check.fd_dtype, &Device::Cpu)?;
     let numeric = finite_differences(term, &fd_batch, check.fd_eps)?;
     let mut rows = Vec::new();
-    compare_outputs(
-        &from_plugin,
-        &in_process,
-        &batch32,
-        "in-process",
-        check.rtol,
-        check.atol,
-        &mut rows,
-    )?;
-    compare_outputs(
-        &from_plugin,
-        &numeric,
-        &batch32,
-        "finite differences",
-        check.fd_rtol,
-        check.fd_atol,
-        &mut rows,
-    )?;
+    compare_outputs(&from_plugin, &in_process, &batch32, "in-process", check.rtol, check.atol, &mut rows)?;
+    compare_outputs(&from_plugin, &numeric, &batch32, "finite differences", check.fd_rtol, check.fd_atol, &mut rows)?;
     Ok(GradReport { rows })
 }
 
@@ -516,10 +478,8 @@ impl LossTerm for ProbeTerm {
         let latent = b.w_edit()?.sqr()?.mul(&((&b.w * 0.5)? + 1.0)?)?.mean_all()?;
         let mut total = (image + latent)?;
         if self.params.features {
-            let f = b
-                .features
-                .as_ref()
-                .ok_or_else(|| lsd_plugin_api::Error::Config("probe: no feature maps".into()))?;
+            let f =
+                b.features.as_ref().ok_or_else(|| lsd_plugin_api::Error::Config("probe: no feature maps".into()))?;
             for (fx, fe) in f.x.iter().zip(&f.x_edit) {
                 total = (total + fe.sqr()?.mul(fx)?.mean_all()?)?;
             }
@@ -554,9 +514,7 @@ impl Plugin for ProbeTerm {
         let own = lsd_core::ops::precision();
         if let Some(want) = &params.precision {
             if own.name() != want || adopted != own {
-                return Err(lsd_plugin_api::Error::Config(format!(
-                    "probe: precision is {own}, expected {want}"
-                )));
+                return Err(lsd_plugin_api::Error::Config(format!("probe: precision is {own}, expected {want}")));
             }
         }
         Ok(Self { params })
@@ -572,8 +530,7 @@ impl Plugin for ProbeTerm {
 /// When the build fails: a test cannot go on without its library.
 pub fn this_plugin(manifest_dir: &str, package: &str) -> PathBuf {
     let manifest = Path::new(manifest_dir).join("Cargo.toml");
-    build_plugin(&manifest, package)
-        .unwrap_or_else(|e| panic!("the plugin '{package}' does not build: {e}"))
+    build_plugin(&manifest, package).unwrap_or_else(|e| panic!("the plugin '{package}' does not build: {e}"))
 }
 
 /// The same term evaluated through its loaded library and in-process.
@@ -592,11 +549,7 @@ pub struct LoadedVsInProcess {
 /// evaluates it on `batch`, and compares value and gradients with plugin
 /// type `T` built from the same parameters in this process: the set-up
 /// every plugin's tests share.
-pub fn loaded_vs_in_process<T: Plugin>(
-    library: &Path,
-    params: &str,
-    batch: &EditBatch,
-) -> Result<LoadedVsInProcess> {
+pub fn loaded_vs_in_process<T: Plugin>(library: &Path, params: &str, batch: &EditBatch) -> Result<LoadedVsInProcess> {
     let ctx = InitContext::default();
     let loaded = PluginLibrary::open(library)?.instantiate(params, &ctx)?.evaluate(batch)?;
     let in_process = differentiate(&T::from_yaml(params, &ctx)?, batch)?;
@@ -609,11 +562,8 @@ pub fn loaded_vs_in_process<T: Plugin>(
 /// `lsd-plugin-test-probe`, `lsd-plugin-test-bad-fingerprint`,
 /// `lsd-plugin-test-not-a-plugin`.
 pub fn workspace_test_plugins() -> Result<HashMap<&'static str, PathBuf>> {
-    const NAMES: [&str; 3] = [
-        "lsd-plugin-test-probe",
-        "lsd-plugin-test-bad-fingerprint",
-        "lsd-plugin-test-not-a-plugin",
-    ];
+    const NAMES: [&str; 3] =
+        ["lsd-plugin-test-probe", "lsd-plugin-test-bad-fingerprint", "lsd-plugin-test-not-a-plugin"];
     let manifest = workspace_manifest();
     let paths = build_plugins(manifest, &NAMES)?;
     Ok(NAMES.into_iter().zip(paths).collect())

@@ -8,13 +8,12 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor, Var};
 
 use lsd_core::plugin::{
-    differentiate, discovery, surrogate, EditBatch, Fingerprint, InitContext, LossTerm, Plugin,
-    PluginLibrary,
+    differentiate, discovery, surrogate, EditBatch, Fingerprint, InitContext, LossTerm, Plugin, PluginLibrary,
 };
 use lsd_core::{Error, Result};
 use lsd_plugin_testing::{
-    batch_to, check_plugin_gradients, compare_outputs, finite_differences, tiny_batch,
-    workspace_test_plugins, GradCheck, GradReport, ProbeTerm,
+    batch_to, check_plugin_gradients, compare_outputs, finite_differences, tiny_batch, workspace_test_plugins,
+    GradCheck, GradReport, ProbeTerm,
 };
 
 fn plugins() -> &'static HashMap<&'static str, PathBuf> {
@@ -111,13 +110,7 @@ fn loaded_probe_gradients_match_in_process_and_finite_differences() -> Result<()
     for params in ["", "features: true\nscale: 0.5"] {
         let term = probe(params)?;
         let batch = tiny_batch(11, term.needs().features)?;
-        let report = check_plugin_gradients(
-            &probe_path(),
-            params,
-            &term,
-            &batch,
-            &GradCheck::default(),
-        )?;
+        let report = check_plugin_gradients(&probe_path(), params, &term, &batch, &GradCheck::default())?;
         assert!(report.passed(), "params {params:?}\n{}", report.table());
     }
     Ok(())
@@ -143,8 +136,7 @@ fn loaded_plugin_describes_itself() -> Result<()> {
 #[test]
 fn bad_params_are_reported_by_the_plugin_with_field_and_line() -> Result<()> {
     let lib = PluginLibrary::open(probe_path())?;
-    let err =
-        lib.instantiate("scale: 1.0\nfeatres: true", &InitContext::default()).unwrap_err();
+    let err = lib.instantiate("scale: 1.0\nfeatres: true", &InitContext::default()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::PluginCall { call: "init", panicked: false, .. }), "{msg}");
     assert!(msg.contains("featres") && msg.contains("line 2"), "{msg}");
@@ -178,8 +170,7 @@ fn a_panic_in_loss_is_an_error_and_the_host_survives() -> Result<()> {
     let healthy = lib.instantiate("", &InitContext::default())?;
     assert!(healthy.evaluate(&batch)?.value.is_finite());
 
-    let err =
-        lib.instantiate("mode: error", &InitContext::default())?.evaluate(&batch).unwrap_err();
+    let err = lib.instantiate("mode: error", &InitContext::default())?.evaluate(&batch).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::PluginCall { panicked: false, .. }), "{msg}");
     assert!(msg.contains("probe: asked to fail"), "{msg}");
@@ -201,25 +192,18 @@ fn mismatched_fingerprint_is_refused_before_any_call() {
     assert_eq!(package, "lsd-plugin-test-bad-fingerprint");
     let host = Fingerprint::host();
     // Both values side by side.
-    assert!(
-        msg.contains(&host.rustc) && msg.contains("rustc 0.0.0 (wrong 1970-01-01)"),
-        "{msg}"
-    );
+    assert!(msg.contains(&host.rustc) && msg.contains("rustc 0.0.0 (wrong 1970-01-01)"), "{msg}");
     assert!(msg.contains(&host.candle) && msg.contains("0.0.0-wrong"), "{msg}");
     assert!(fields.iter().any(|[f, h, p]| f == "rustc" && h != p));
     // The command to rebuild it.
-    assert!(
-        rebuild.contains("cargo") && rebuild.contains("tests/plugins/bad-fingerprint"),
-        "{rebuild}"
-    );
+    assert!(rebuild.contains("cargo") && rebuild.contains("tests/plugins/bad-fingerprint"), "{rebuild}");
     assert!(msg.contains(rebuild.as_str()));
     // None of its functions ran: it counts every call in an exported static.
     // SAFETY: the test library exports this symbol as a `static AtomicUsize`.
     let calls = unsafe {
         let lib = libloading::Library::new(path).expect("loads");
-        let counter = lib
-            .get::<*const std::sync::atomic::AtomicUsize>(b"LSD_TEST_VTABLE_CALLS")
-            .expect("the counter symbol");
+        let counter =
+            lib.get::<*const std::sync::atomic::AtomicUsize>(b"LSD_TEST_VTABLE_CALLS").expect("the counter symbol");
         (**counter).load(std::sync::atomic::Ordering::SeqCst)
     };
     assert_eq!(calls, 0, "the host called into a plugin it had refused");
@@ -230,10 +214,7 @@ fn non_plugins_and_missing_files_are_clear_errors() -> Result<()> {
     let err = PluginLibrary::open(&plugins()["lsd-plugin-test-not-a-plugin"]).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::PluginLoad { .. }), "{msg}");
-    assert!(
-        msg.contains("not an lsd-tui plugin") && msg.contains("lsd_plugin_declaration"),
-        "{msg}"
-    );
+    assert!(msg.contains("not an lsd-tui plugin") && msg.contains("lsd_plugin_declaration"), "{msg}");
 
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating", "tempdir", e))?;
     let missing = dir.path().join("liblsd_plugin_nothing.so");
@@ -241,8 +222,7 @@ fn non_plugins_and_missing_files_are_clear_errors() -> Result<()> {
     assert!(msg.contains("no such file") && msg.contains("liblsd_plugin_nothing.so"), "{msg}");
 
     let garbage = dir.path().join("liblsd_plugin_garbage.so");
-    std::fs::write(&garbage, b"this is not a library")
-        .map_err(|e| Error::io("writing", &garbage, e))?;
+    std::fs::write(&garbage, b"this is not a library").map_err(|e| Error::io("writing", &garbage, e))?;
     let msg = PluginLibrary::open(&garbage).unwrap_err().to_string();
     assert!(msg.contains("cannot load it as a dynamic library"), "{msg}");
     Ok(())
@@ -326,7 +306,8 @@ fn issue_15_libraries_next_to_a_recipe_are_not_loaded() {
     let text = "prompt: p\nsteps: 1\nterms:\n  - plugin: ./liblsd_plugin_planted.so\n";
     std::fs::write(&recipe_file, text.replace("lib", DLL_PREFIX).replace(".so", DLL_SUFFIX)).expect("written");
     let recipe = lsd_core::recipe::Recipe::load(&recipe_file).expect("a valid recipe");
-    let terms = lsd_core::engine::load_plugin_terms(&recipe, &lsd_core::engine::Weights::demo(), &Device::Cpu).expect("loads");
+    let terms =
+        lsd_core::engine::load_plugin_terms(&recipe, &lsd_core::engine::Weights::demo(), &Device::Cpu).expect("loads");
     assert_eq!(terms.len(), 1);
 }
 

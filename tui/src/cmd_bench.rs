@@ -298,7 +298,11 @@ fn step(a: StepArgs) -> Result<()> {
         let ctx = weights.context(&device);
         let load = |name: &str, params: &str| -> Result<EngineTerm> {
             let lib = discovery::resolve(name, &[])?;
-            Ok(EngineTerm { name: name.into(), weight: 1.0, imp: engine::TermImpl::Plugin(lib.instantiate(params, &ctx)?) })
+            Ok(EngineTerm {
+                name: name.into(),
+                weight: 1.0,
+                imp: engine::TermImpl::Plugin(lib.instantiate(params, &ctx)?),
+            })
         };
         vec![
             load("clip", "")?,
@@ -314,8 +318,16 @@ fn step(a: StepArgs) -> Result<()> {
         let seg = bisenet::BiSeNet::new(&bisenet::Config::face_parsing_19(), vb(&nets.bisenet))?;
         vec![
             EngineTerm::in_process("clip", 1.0, ClipTerm(clip_loss)),
-            EngineTerm::in_process("identity", 1.0, IdTerm(arcface::id_loss::IdLoss::new(id), OriginalCache::default())),
-            EngineTerm::in_process("segmentation", 1.0, SegTerm { net: seg, size: a.seg_size, mask_x: OriginalCache::default() }),
+            EngineTerm::in_process(
+                "identity",
+                1.0,
+                IdTerm(arcface::id_loss::IdLoss::new(id), OriginalCache::default()),
+            ),
+            EngineTerm::in_process(
+                "segmentation",
+                1.0,
+                SegTerm { net: seg, size: a.seg_size, mask_x: OriginalCache::default() },
+            ),
         ]
     };
     drop(nets);

@@ -12,7 +12,9 @@ use lsd_core::{demo, direction_io, sefa};
 
 /// `lsd-tui sefa` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui sefa --generator stylegan2-ffhq-1024 --layers coarse --top 10 --output sefa-coarse.safetensors\n  lsd-tui sefa --generator demo --top 3")]
+#[command(
+    after_help = "Examples:\n  lsd-tui sefa --generator stylegan2-ffhq-1024 --layers coarse --top 10 --output sefa-coarse.safetensors\n  lsd-tui sefa --generator demo --top 3"
+)]
 pub struct SefaArgs {
     /// Generator weights: `demo`, a name from `lsd-tui weights list`, or a file.
     #[arg(long, default_value = "demo")]
@@ -66,7 +68,9 @@ pub enum DirectionSub {
 
 /// The generator's state dict, its key prefix, its configuration and its
 /// checksum (`demo` for the demo generator).
-fn generator_weights(name: &str) -> Result<(std::collections::HashMap<String, candle_core::Tensor>, String, Config, String)> {
+fn generator_weights(
+    name: &str,
+) -> Result<(std::collections::HashMap<String, candle_core::Tensor>, String, Config, String)> {
     if name == "demo" {
         let cfg = stylegan2::demo::demo_config();
         let w = stylegan2::demo::demo_weights(&cfg, demo::DEMO_MODEL_SEED)?;
@@ -106,7 +110,13 @@ pub fn sefa(a: SefaArgs) -> Result<()> {
     let meta = direction_io::external_meta(&name, &format!("SeFa, layers {layer_text}"), &a.generator, &sha, &layers);
     outputs::write_direction(&a.output, &Direction { direction, latent: None, meta })?;
     let total: f64 = f.values.iter().sum();
-    println!("wrote {} ({} directions of SeFa on {} layers, {:.2}s)", a.output.display(), a.top.min(f.values.len()), layers.len(), start.elapsed().as_secs_f64());
+    println!(
+        "wrote {} ({} directions of SeFa on {} layers, {:.2}s)",
+        a.output.display(),
+        a.top.min(f.values.len()),
+        layers.len(),
+        start.elapsed().as_secs_f64()
+    );
     println!("  k  eigenvalue  share");
     for (k, v) in f.values.iter().take(a.top).enumerate() {
         println!("{k:>3}  {v:>10.4}  {:>5.1}%", 100.0 * v / total);
@@ -124,9 +134,16 @@ pub fn direction(a: DirectionArgs) -> Result<()> {
             let (_, _, cfg, sha) = generator_weights(&generator)?;
             let n_latent = cfg.n_latent();
             let chosen = resolve_layers(layers.as_deref(), n_latent)?;
-            let direction = direction_io::import_npy(&input, n_latent, cfg.style_dim, Some(&chosen), &candle_core::Device::Cpu)?;
+            let direction =
+                direction_io::import_npy(&input, n_latent, cfg.style_dim, Some(&chosen), &candle_core::Device::Cpu)?;
             let name = lsd_core::latents::label_of(&input);
-            let meta = direction_io::external_meta(&name, &format!("imported from {}", input.display()), &generator, &sha, &chosen);
+            let meta = direction_io::external_meta(
+                &name,
+                &format!("imported from {}", input.display()),
+                &generator,
+                &sha,
+                &chosen,
+            );
             let k = direction.dim(0)?;
             outputs::write_direction(&output, &Direction { direction, latent: None, meta })?;
             println!("wrote {} ({k} direction(s) from {})", output.display(), input.display());

@@ -26,7 +26,9 @@ use crate::exit::{self, Signal, Signals};
 
 /// `lsd-tui similarity` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui similarity --prompts \"a photo of a person with gray hair\" \"a smiling face\" --seeds 0..10\n  lsd-tui similarity --prompts \"a smiling face\" --latent me.npy --direction sefa.safetensors@0 --alphas -3,0,3")]
+#[command(
+    after_help = "Examples:\n  lsd-tui similarity --prompts \"a photo of a person with gray hair\" \"a smiling face\" --seeds 0..10\n  lsd-tui similarity --prompts \"a smiling face\" --latent me.npy --direction sefa.safetensors@0 --alphas -3,0,3"
+)]
 pub struct SimilarityArgs {
     /// Text prompts (the table's rows).
     #[arg(long, num_args = 1.., required = true)]
@@ -103,7 +105,9 @@ pub struct TrainingOptions {
 
 /// `lsd-tui generalize` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui generalize --recipe examples/recipes/experiments/generalize-gray-hair.yaml --train-seeds 1..41 --test-seeds 1000..1100\n  lsd-tui generalize --recipe R.yaml --test-seeds 100..150 --shard $SLURM_ARRAY_TASK_ID/8 --output runs/g/shard-$SLURM_ARRAY_TASK_ID\n  lsd-tui generalize --recipe R.yaml --direction sefa.safetensors --test-seeds 100..150")]
+#[command(
+    after_help = "Examples:\n  lsd-tui generalize --recipe examples/recipes/experiments/generalize-gray-hair.yaml --train-seeds 1..41 --test-seeds 1000..1100\n  lsd-tui generalize --recipe R.yaml --test-seeds 100..150 --shard $SLURM_ARRAY_TASK_ID/8 --output runs/g/shard-$SLURM_ARRAY_TASK_ID\n  lsd-tui generalize --recipe R.yaml --direction sefa.safetensors --test-seeds 100..150"
+)]
 pub struct GeneralizeArgs {
     #[command(flatten)]
     pub common: RecipeArgs,
@@ -133,7 +137,9 @@ pub struct GeneralizeArgs {
 
 /// `lsd-tui ablation` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui ablation --recipe examples/recipes/experiments/ablation-gray-hair.yaml\n  lsd-tui ablation --recipe R.yaml --models demo --steps 2 --alphas -3,3")]
+#[command(
+    after_help = "Examples:\n  lsd-tui ablation --recipe examples/recipes/experiments/ablation-gray-hair.yaml\n  lsd-tui ablation --recipe R.yaml --models demo --steps 2 --alphas -3,3"
+)]
 pub struct AblationArgs {
     #[command(flatten)]
     pub common: RecipeArgs,
@@ -147,7 +153,9 @@ pub struct AblationArgs {
 
 /// `lsd-tui sweep` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui sweep R.yaml --set identity.weight=0.1,0.5,1 --set segmentation.weight=0,0.1 --set alpha=2,3\n  lsd-tui sweep R.yaml --set optimizer.lr=0.05,0.1 --shard 0/4 --output runs/sweep/shard-0")]
+#[command(
+    after_help = "Examples:\n  lsd-tui sweep R.yaml --set identity.weight=0.1,0.5,1 --set segmentation.weight=0,0.1 --set alpha=2,3\n  lsd-tui sweep R.yaml --set optimizer.lr=0.05,0.1 --shard 0/4 --output runs/sweep/shard-0"
+)]
 pub struct SweepArgs {
     /// The recipe (YAML) every run starts from.
     pub recipe: PathBuf,
@@ -184,8 +192,8 @@ fn source(name_or_path: &str, what: &str) -> Result<Source> {
     if name_or_path == "demo" {
         return Ok(Source::Demo);
     }
-    let path = lsd_weights::resolve(name_or_path)
-        .wrap_err_with(|| format!("finding the {what} weights '{name_or_path}'"))?;
+    let path =
+        lsd_weights::resolve(name_or_path).wrap_err_with(|| format!("finding the {what} weights '{name_or_path}'"))?;
     Ok(Source::File(path))
 }
 
@@ -193,9 +201,7 @@ fn source(name_or_path: &str, what: &str) -> Result<Source> {
 /// callback that moves it.
 fn progress_bar(message: &str) -> (ProgressBar, impl FnMut(Progress)) {
     let bar = ProgressBar::new(0);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{wide_bar}] {pos}/{len} {elapsed} (eta {eta}) {prefix}",
-    ) {
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{wide_bar}] {pos}/{len} {elapsed} (eta {eta}) {prefix}") {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(message.to_string());
@@ -273,8 +279,8 @@ pub fn similarity(a: SimilarityArgs) -> Result<i32> {
         bail!("truncation '{}' is outside (0, 1]; 0.7 is usual, 1 disables it", a.truncation);
     }
     let device = a.device.open()?;
-    let mut gen = LoadedGenerator::load(&source(&a.generator, "generator")?, &device)
-        .wrap_err("loading the generator")?;
+    let mut gen =
+        LoadedGenerator::load(&source(&a.generator, "generator")?, &device).wrap_err("loading the generator")?;
     if a.seed_rng == "numpy" {
         gen.seed_rng = SeedRng::Numpy;
     }
@@ -305,14 +311,16 @@ pub fn similarity(a: SimilarityArgs) -> Result<i32> {
         if let Some(sig) = on_signal.signal() {
             // Nothing to checkpoint: the tables are written at the end.
             bar.abandon();
-            exit::warn(format!("{sig}: similarity stopped after {} of {} images; it writes nothing until the end; run it again", p.done, p.total));
+            exit::warn(format!(
+                "{sig}: similarity stopped after {} of {} images; it writes nothing until the end; run it again",
+                p.done, p.total
+            ));
             std::process::exit(sig.exit_code());
         }
         update(p)
     })?;
     bar.finish_and_clear();
-    let out =
-        result.write(&a.output).wrap_err_with(|| format!("writing into '{}'", a.output.display()))?;
+    let out = result.write(&a.output).wrap_err_with(|| format!("writing into '{}'", a.output.display()))?;
     print!("{}", result.to_table());
     println!("wrote {}", out.csv.display());
     println!("wrote {}", out.png.display());
@@ -340,10 +348,9 @@ fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
     let resolve = |what: &str, w: &WeightsRef| -> Result<Option<PathBuf>> {
         match w {
             WeightsRef::Demo => Ok(None),
-            WeightsRef::Named(n) => Ok(Some(
-                lsd_weights::resolve(n)
-                    .wrap_err_with(|| format!("finding the {what} weights '{n}'"))?,
-            )),
+            WeightsRef::Named(n) => {
+                Ok(Some(lsd_weights::resolve(n).wrap_err_with(|| format!("finding the {what} weights '{n}'"))?))
+            }
             WeightsRef::Path(p) => Ok(Some(
                 lsd_weights::resolve(&p.display().to_string())
                     .wrap_err_with(|| format!("finding the {what} weights '{}'", p.display()))?,
@@ -360,8 +367,7 @@ fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
     let device_name = common.device.device.clone().unwrap_or_else(|| recipe.raw().device.clone());
     let device = lsd_core::plugin::parse_device(&device_name)?;
     let src = |p: &Option<PathBuf>| p.clone().map_or(Source::Demo, Source::File);
-    let mut gen = LoadedGenerator::load(&src(&weights.generator), &device)
-        .wrap_err("loading the generator")?;
+    let mut gen = LoadedGenerator::load(&src(&weights.generator), &device).wrap_err("loading the generator")?;
     // Measure the same faces the recipe trains on.
     gen.seed_rng = recipe.raw().seed_rng;
     let clip = ClipModel::load(&src(&weights.clip), &device).wrap_err("loading CLIP")?;
@@ -369,10 +375,7 @@ fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
 }
 
 fn default_out(common: &TrainingOptions, recipe: &Recipe, what: &str) -> PathBuf {
-    common
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{what}", recipe.name())))
+    common.output.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{what}", recipe.name())))
 }
 
 /// Fig. 8.
@@ -475,15 +478,16 @@ pub fn sweep(a: SweepArgs) -> Result<i32> {
 /// Joins `generalize --shard` or `sweep --shard` folders.
 pub fn merge(a: MergeArgs) -> Result<()> {
     if a.shards.first().is_some_and(|s| s.join(sweep::SWEEP_FILE).is_file()) {
-        let summary = sweep::merge(&a.output, &a.shards).wrap_err_with(|| format!("merging into '{}'", a.output.display()))?;
+        let summary =
+            sweep::merge(&a.output, &a.shards).wrap_err_with(|| format!("merging into '{}'", a.output.display()))?;
         let (csv, png) = summary.write(&a.output, 96)?;
         print!("{}", summary.to_table());
         println!("wrote {}", csv.display());
         println!("wrote {}", png.display());
         return Ok(());
     }
-    let summary = generalize::merge(&a.output, &a.shards)
-        .wrap_err_with(|| format!("merging into '{}'", a.output.display()))?;
+    let summary =
+        generalize::merge(&a.output, &a.shards).wrap_err_with(|| format!("merging into '{}'", a.output.display()))?;
     print!("{}", summary.to_table());
     for f in ["generalize.csv", "summary.csv", "generalize.png"] {
         println!("wrote {}", a.output.join(f).display());

@@ -122,8 +122,8 @@ impl Tolerance {
 /// Runs every case of the directory (or of every directory, for `all`);
 /// exits non-zero when any case fails or an expected input is missing.
 pub fn run(args: CheckFixtureArgs) -> Result<()> {
-    let device = lsd_core::plugin::parse_device(&args.device)
-        .wrap_err_with(|| format!("opening device '{}'", args.device))?;
+    let device =
+        lsd_core::plugin::parse_device(&args.device).wrap_err_with(|| format!("opening device '{}'", args.device))?;
     let precision = args.precision.unwrap_or_else(|| Precision::default_for(&device));
     lsd_core::ops::set_precision(precision);
     let tolerance = Tolerance::for_run(&device, precision);

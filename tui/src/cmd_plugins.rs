@@ -28,7 +28,9 @@ enum PluginsCommand {
     /// Check plugin libraries and copy them into the user's plugin folder
     /// (`$XDG_DATA_HOME/lsd-tui/plugins`, by default
     /// `~/.local/share/lsd-tui/plugins`), where every run finds them.
-    #[command(after_help = "Examples:\n  lsd-tui plugins install target/release/liblsd_plugin_colour_stats.so\n  lsd-tui plugins install --dir /opt/lsd-tui/lib/lsd-tui/plugins dist/*.so")]
+    #[command(
+        after_help = "Examples:\n  lsd-tui plugins install target/release/liblsd_plugin_colour_stats.so\n  lsd-tui plugins install --dir /opt/lsd-tui/lib/lsd-tui/plugins dist/*.so"
+    )]
     Install {
         /// The plugin libraries (`liblsd_plugin_*.so`).
         #[arg(required = true)]
@@ -66,10 +68,7 @@ fn install(paths: &[PathBuf], dir: Option<PathBuf>) -> Result<()> {
 fn list() -> Result<()> {
     let dirs = discovery::search_dirs();
     println!("host: {}", lsd_core::plugin::Fingerprint::host());
-    println!(
-        "searched: {}",
-        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-    );
+    println!("searched: {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
     let found = discovery::list(&dirs);
     if found.is_empty() {
         println!(
@@ -108,16 +107,13 @@ fn list() -> Result<()> {
 }
 
 fn check(path: PathBuf, device: &str) -> Result<()> {
-    let report = discovery::check_on(&path, device).wrap_err_with(|| format!("checking plugin '{}'", path.display()))?;
+    let report =
+        discovery::check_on(&path, device).wrap_err_with(|| format!("checking plugin '{}'", path.display()))?;
     let l = &report.listed;
     println!("{} {}: ok", l.info.name, l.info.version);
     println!("  {}", l.info.description);
     println!("  fingerprint: {}", l.fingerprint);
-    println!(
-        "  smoke test: loss {:.6}, gradients for {}",
-        report.smoke_value,
-        report.smoke_gradients.join(", ")
-    );
+    println!("  smoke test: loss {:.6}, gradients for {}", report.smoke_value, report.smoke_gradients.join(", "));
     if let Some(p) = &report.parity {
         // f32 on both sides; a different reduction order on the device
         // accounts for differences of a few ulps of the gradient's scale.

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use lsd_core::engine::{self, Setup, Weights};
+use lsd_core::layers::LayerSpec;
 use lsd_core::models::stylegan2::{LoadedGenerator, Source};
 use lsd_core::recipe::{Models, NoiseMode, Recipe, RecipeError, SeedRng, WeightsRef};
-use lsd_core::layers::LayerSpec;
 use lsd_core::{latents, outputs, plugin, render};
 
 use crate::args::{Alphas, DeviceArg, ModelsArg, Seeds};
@@ -36,7 +36,9 @@ pub const DEMO_RECIPE: &str = include_str!("../../examples/recipes/demo.yaml");
 
 /// `lsd-tui demo` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui demo                      # the TUI; q stops with a checkpoint\n  lsd-tui demo --headless          # progress bar or log lines\n  lsd-tui demo --resume            # continue a stopped run")]
+#[command(
+    after_help = "Examples:\n  lsd-tui demo                      # the TUI; q stops with a checkpoint\n  lsd-tui demo --headless          # progress bar or log lines\n  lsd-tui demo --resume            # continue a stopped run"
+)]
 pub struct DemoArgs {
     /// No TUI: a progress bar on a terminal, plain log lines otherwise.
     #[arg(long)]
@@ -60,7 +62,9 @@ pub struct DemoArgs {
 
 /// `lsd-tui run` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui run examples/recipes/gray_hair.yaml\n  lsd-tui run examples/recipes/gray_hair.yaml --models demo --check\n  lsd-tui run my.yaml --device cuda:0 --precision fp32 --output runs/my\n  lsd-tui run my.yaml --resume     # after a stop, a crash or a lost SSH session")]
+#[command(
+    after_help = "Examples:\n  lsd-tui run examples/recipes/gray_hair.yaml\n  lsd-tui run examples/recipes/gray_hair.yaml --models demo --check\n  lsd-tui run my.yaml --device cuda:0 --precision fp32 --output runs/my\n  lsd-tui run my.yaml --resume     # after a stop, a crash or a lost SSH session"
+)]
 pub struct RunArgs {
     /// The recipe (YAML; see examples/recipes/).
     pub recipe: PathBuf,
@@ -104,7 +108,9 @@ pub struct RunArgs {
 
 /// `lsd-tui apply` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui apply runs/gray_hair/direction.safetensors --seeds 0..4 --alphas -3,0,3\n  lsd-tui apply runs/gray_hair/direction.safetensors --latent me.npy --layers fine\n  lsd-tui apply --edit runs/gray_hair/direction.safetensors=2 --edit runs/smile/direction.safetensors=-1 --seeds 7\n  lsd-tui apply sefa.safetensors --index 0 --animate --output sweep.png")]
+#[command(
+    after_help = "Examples:\n  lsd-tui apply runs/gray_hair/direction.safetensors --seeds 0..4 --alphas -3,0,3\n  lsd-tui apply runs/gray_hair/direction.safetensors --latent me.npy --layers fine\n  lsd-tui apply --edit runs/gray_hair/direction.safetensors=2 --edit runs/smile/direction.safetensors=-1 --seeds 7\n  lsd-tui apply sefa.safetensors --index 0 --animate --output sweep.png"
+)]
 pub struct ApplyArgs {
     /// A `direction.safetensors` written by `lsd-tui run` (or by `sefa`,
     /// `direction import`), swept over `--alphas`; may be left out when
@@ -232,7 +238,12 @@ fn resolve_weight(recipe: &Recipe, network: &str, w: &WeightsRef) -> std::result
         WeightsRef::Demo => Ok(None),
         WeightsRef::Path(p) => {
             let p = if p.is_relative() {
-                recipe.file().parent().filter(|d| !d.as_os_str().is_empty()).map(|d| d.join(p)).unwrap_or_else(|| p.clone())
+                recipe
+                    .file()
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map(|d| d.join(p))
+                    .unwrap_or_else(|| p.clone())
             } else {
                 p.clone()
             };
@@ -254,7 +265,9 @@ fn start(mut recipe: Recipe, opts: &Options) -> Result<i32> {
             }
         })
         .unwrap_or_else(|e| recipe_exit(&e));
-    lsd_core::ops::set_precision(recipe.raw().precision.unwrap_or_else(|| lsd_core::ops::Precision::default_for(&device)));
+    lsd_core::ops::set_precision(
+        recipe.raw().precision.unwrap_or_else(|| lsd_core::ops::Precision::default_for(&device)),
+    );
     let models = recipe.raw().models.clone();
     let weights = Weights {
         generator: resolve_weight(&recipe, "generator", &models.generator).unwrap_or_else(|e| recipe_exit(&e)),
@@ -308,7 +321,12 @@ fn report_outcome(outcome: Outcome, show: impl FnOnce(&Path)) -> i32 {
             exit::FINISHED
         }
         Outcome::Finished(summary) => {
-            exit::say(format!("stopped at step {}; outputs in {}; {}", summary.steps, summary.output.display(), resume()));
+            exit::say(format!(
+                "stopped at step {}; outputs in {}; {}",
+                summary.steps,
+                summary.output.display(),
+                resume()
+            ));
             exit::STOPPED
         }
         Outcome::Failed(error) => {
@@ -319,7 +337,10 @@ fn report_outcome(outcome: Outcome, show: impl FnOnce(&Path)) -> i32 {
             if saved {
                 exit::say(format!("quit; the last checkpoint holds the run; {}", resume()));
             } else {
-                exit::say(format!("quit without saving the last steps; the last periodic checkpoint is kept; {}", resume()));
+                exit::say(format!(
+                    "quit without saving the last steps; the last periodic checkpoint is kept; {}",
+                    resume()
+                ));
             }
             // The engine may still be stepping: returning from `main` ends it.
             exit::STOPPED
@@ -333,7 +354,10 @@ fn report_outcome(outcome: Outcome, show: impl FnOnce(&Path)) -> i32 {
                     resume()
                 )),
                 (true, None) => exit::warn(format!("{signal}: checkpoint written; {}", resume())),
-                (false, _) => exit::warn(format!("{signal}: the run did not save in time; the last periodic checkpoint is kept; {}", resume())),
+                (false, _) => exit::warn(format!(
+                    "{signal}: the run did not save in time; the last periodic checkpoint is kept; {}",
+                    resume()
+                )),
             }
             // The engine may still be stepping when it did not save in time:
             // returning from `main` ends it.
@@ -344,13 +368,19 @@ fn report_outcome(outcome: Outcome, show: impl FnOnce(&Path)) -> i32 {
 
 /// One direction of a direction file, `[1, L, D]`, and the file's metadata
 /// with its name (`name@K` in a file of several directions).
-fn load_one_direction(path: &Path, index: usize, device: &candle_core::Device) -> Result<(candle_core::Tensor, outputs::DirectionMeta)> {
+fn load_one_direction(
+    path: &Path,
+    index: usize,
+    device: &candle_core::Device,
+) -> Result<(candle_core::Tensor, outputs::DirectionMeta)> {
     Ok(lsd_core::direction_io::read_one(path, index, device)?)
 }
 
 /// Parses `--edit FILE=α` / `FILE@K=α`.
 fn parse_edit(text: &str) -> Result<(PathBuf, usize, f32)> {
-    let bad = || eyre!("--edit '{text}': expected FILE=ALPHA or FILE@K=ALPHA, e.g. --edit runs/smile/direction.safetensors=2");
+    let bad = || {
+        eyre!("--edit '{text}': expected FILE=ALPHA or FILE@K=ALPHA, e.g. --edit runs/smile/direction.safetensors=2")
+    };
     let (file, alpha) = text.rsplit_once('=').ok_or_else(bad)?;
     let alpha: f32 = alpha.trim().parse().ok().filter(|a: &f32| a.is_finite()).ok_or_else(bad)?;
     let (file, index) = match file.rsplit_once('@') {
@@ -379,12 +409,18 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
         edits.push((u, meta, a));
     }
     let second = args.grid_with.as_deref().map(|p| load_one_direction(p, 0, &device)).transpose()?;
-    let metas: Vec<&outputs::DirectionMeta> =
-        main.iter().map(|(_, m)| m).chain(edits.iter().map(|(_, m, _)| m)).chain(second.iter().map(|(_, m)| m)).collect();
+    let metas: Vec<&outputs::DirectionMeta> = main
+        .iter()
+        .map(|(_, m)| m)
+        .chain(edits.iter().map(|(_, m, _)| m))
+        .chain(second.iter().map(|(_, m)| m))
+        .collect();
     let Some(&first) = metas.first() else {
         bail!("nothing to apply: give a direction file, or --edit FILE=ALPHA");
     };
-    if let Some(other) = metas.iter().find(|m| (&m.generator, &m.generator_sha256) != (&first.generator, &first.generator_sha256)) {
+    if let Some(other) =
+        metas.iter().find(|m| (&m.generator, &m.generator_sha256) != (&first.generator, &first.generator_sha256))
+    {
         bail!(
             "the directions come from different generators ('{}' and '{}'); apply directions of one generator together",
             first.generator,
@@ -452,7 +488,9 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
     }
     let footer = demo.then_some(lsd_core::demo::DEMO_LABEL);
     let img = if let Some((v, m2)) = &second {
-        let Some(_) = &u else { bail!("--grid-with needs DIRECTION too: the grid is DIRECTION's α across, this one's down") };
+        let Some(_) = &u else {
+            bail!("--grid-with needs DIRECTION too: the grid is DIRECTION's α across, this one's down")
+        };
         if images.len() != 1 {
             bail!("--grid-with draws one image; give one seed (--seeds 3) or one latent");
         }
@@ -467,7 +505,12 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
         let rows: Vec<String> = alphas2.iter().map(|b| format!("b={b}")).collect();
         let cols: Vec<String> = alphas.iter().map(|a| format!("a={a}")).collect();
         let main_name = main.as_ref().map_or("", |(_, m)| m.name.as_str());
-        let title = format!("{}: a × {main_name}, b × {}{}", images[0].0, m2.name, &title[title.find(" + ").unwrap_or(title.len())..]);
+        let title = format!(
+            "{}: a × {main_name}, b × {}{}",
+            images[0].0,
+            m2.name,
+            &title[title.find(" + ").unwrap_or(title.len())..]
+        );
         render::grid(&cells, &rows, &cols, &title, footer)
     } else {
         let mut cells = Vec::new();

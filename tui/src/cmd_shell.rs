@@ -9,7 +9,9 @@ use color_eyre::eyre::{Result, WrapErr};
 
 /// `lsd-tui completions` arguments.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  lsd-tui completions bash > ~/.local/share/bash-completion/completions/lsd-tui\n  lsd-tui completions zsh > ~/.zfunc/_lsd-tui\n  lsd-tui completions fish > ~/.config/fish/completions/lsd-tui.fish")]
+#[command(
+    after_help = "Examples:\n  lsd-tui completions bash > ~/.local/share/bash-completion/completions/lsd-tui\n  lsd-tui completions zsh > ~/.zfunc/_lsd-tui\n  lsd-tui completions fish > ~/.config/fish/completions/lsd-tui.fish"
+)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]

@@ -8,9 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lsd_weights::{
-    ChecksumStatus, Event, FetchOptions, FileState, LayoutStatus, Outcome, Progress, Result, Store,
-};
+use lsd_weights::{ChecksumStatus, Event, FetchOptions, FileState, LayoutStatus, Outcome, Progress, Result, Store};
 
 /// The `weights` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -71,7 +69,9 @@ pub fn run_with(store: &Store, opts: &FetchOptions, command: &WeightsCommand, ou
 }
 
 fn w(out: &mut dyn Write, text: std::fmt::Arguments<'_>) -> Result<()> {
-    out.write_fmt(text).and_then(|()| out.write_all(b"\n")).map_err(|e| lsd_weights::Error::io("writing", "<stdout>", e))
+    out.write_fmt(text)
+        .and_then(|()| out.write_all(b"\n"))
+        .map_err(|e| lsd_weights::Error::io("writing", "<stdout>", e))
 }
 
 fn mb(bytes: u64) -> String {
@@ -82,7 +82,13 @@ fn mb(bytes: u64) -> String {
 pub fn list(store: &Store, out: &mut dyn Write) -> Result<()> {
     w(out, format_args!("weights directory: {}", store.dir.display()))?;
     for e in &store.manifest.weights {
-        w(out, format_args!("\n{}  {}\n  from {} @ {}\n  licence: {}", e.name, e.description, e.repo, e.revision, e.licence))?;
+        w(
+            out,
+            format_args!(
+                "\n{}  {}\n  from {} @ {}\n  licence: {}",
+                e.name, e.description, e.repo, e.revision, e.licence
+            ),
+        )?;
         for l in store.list().into_iter().filter(|l| l.name == e.name) {
             let state = match &l.state {
                 FileState::Missing { partial: None } => "missing".to_string(),
@@ -91,7 +97,9 @@ pub fn list(store: &Store, out: &mut dyn Write) -> Result<()> {
                 FileState::NotPinned { sha256: Some(s) } => format!("present, not pinned (sha256 {s})"),
                 FileState::NotPinned { sha256: None } => "present, not pinned".to_string(),
                 FileState::Unverified => format!("present, not verified (run `lsd-tui weights check {}`)", e.name),
-                FileState::WrongSize { expected } => format!("WRONG SIZE, expected {expected} bytes (run `lsd-tui weights fetch {}`)", e.name),
+                FileState::WrongSize { expected } => {
+                    format!("WRONG SIZE, expected {expected} bytes (run `lsd-tui weights fetch {}`)", e.name)
+                }
             };
             let size = l.size.or(l.spec.size).map_or_else(|| "size not pinned".to_string(), mb);
             w(out, format_args!("  {:<28} {:>10}  {state}\n    {}", l.spec.file, size, l.path.display()))?;
@@ -105,11 +113,7 @@ pub fn list(store: &Store, out: &mut dyn Write) -> Result<()> {
 /// `weights fetch NAME…|--all`.
 pub fn fetch(store: &Store, opts: &FetchOptions, names: &[String], all: bool, out: &mut dyn Write) -> Result<bool> {
     let everything = all || names.is_empty();
-    let entries = if everything {
-        store.manifest.weights.iter().collect()
-    } else {
-        store.manifest.select(names)?
-    };
+    let entries = if everything { store.manifest.weights.iter().collect() } else { store.manifest.select(names)? };
     let mut bar = Bar::default();
     let results = store.fetch(&entries, opts, &mut bar)?;
     bar.clear();
@@ -149,7 +153,10 @@ pub fn check(store: &Store, targets: &[String], out: &mut dyn Write) -> Result<b
             }
         }
         if reports.is_empty() {
-            w(out, format_args!("no weights downloaded in {}; run `lsd-tui weights fetch --all`", store.dir.display()))?;
+            w(
+                out,
+                format_args!("no weights downloaded in {}; run `lsd-tui weights fetch --all`", store.dir.display()),
+            )?;
         }
     }
     for t in targets {

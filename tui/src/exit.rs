@@ -251,7 +251,10 @@ mod tests {
             resume_command_from(args(&["lsd-tui", "run", "my recipe.yaml", "--stop-after", "5", "--models", "demo"])),
             "lsd-tui run 'my recipe.yaml' --models demo --resume"
         );
-        assert_eq!(resume_command_from(args(&["lsd-tui", "demo", "--resume", "--stop-after=3"])), "lsd-tui demo --resume");
+        assert_eq!(
+            resume_command_from(args(&["lsd-tui", "demo", "--resume", "--stop-after=3"])),
+            "lsd-tui demo --resume"
+        );
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

@@ -140,7 +140,13 @@ pub fn follow_events(
         match event {
             TrainEvent::Started(i) => {
                 say(format!("run '{}': \"{}\" ({} mode) on {}", i.recipe, i.prompt, i.mode, i.device));
-                say(format!("terms: {}; steps {}..{}; output {}", i.terms.join(", "), i.start_step, i.total_steps, i.output.display()));
+                say(format!(
+                    "terms: {}; steps {}..{}; output {}",
+                    i.terms.join(", "),
+                    i.start_step,
+                    i.total_steps,
+                    i.output.display()
+                ));
                 if let Some(pb) = &pb {
                     pb.set_length(i.total_steps as u64);
                     pb.set_position(i.start_step as u64);
@@ -153,7 +159,13 @@ pub fn follow_events(
             },
             TrainEvent::Step(s) => {
                 let total = info.as_ref().map_or(s.step, |i| i.total_steps);
-                let text = format!("total {:.4}  {}  |g| {:.3e}  {:.2} steps/s", s.total, terms_text(info.as_ref(), &s), s.grad_norm, s.steps_per_sec);
+                let text = format!(
+                    "total {:.4}  {}  |g| {:.3e}  {:.2} steps/s",
+                    s.total,
+                    terms_text(info.as_ref(), &s),
+                    s.grad_norm,
+                    s.steps_per_sec
+                );
                 match &pb {
                     Some(pb) => {
                         pb.set_position(s.step as u64);
@@ -209,10 +221,11 @@ pub fn follow_events(
 
 /// The strips a finished run wrote, in preview-seed order.
 pub fn strips(output: &std::path::Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(output)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("strip-") && n.ends_with(".png")));
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(output).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    files.retain(|p| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("strip-") && n.ends_with(".png"))
+    });
     files.sort();
     files
 }
@@ -264,7 +277,9 @@ pub fn show_inline(path: &std::path::Path, graphics: Option<&Graphics>) {
             let _ = crossterm::terminal::disable_raw_mode();
         }
     }
-    let shown = image::open(path).map_err(|e| e.to_string()).and_then(|img| viuer::print(&img, &conf).map(|_| ()).map_err(|e| e.to_string()));
+    let shown = image::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|img| viuer::print(&img, &conf).map(|_| ()).map_err(|e| e.to_string()));
     match shown {
         // xterm leaves the cursor on the sixel's last row.
         Ok(()) if conf.use_sixel => exit::say(""),

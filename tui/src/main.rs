@@ -102,9 +102,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn is_broken_pipe(e: &color_eyre::Report) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Runs the command; `Ok` holds the exit status (see [`exit`]).

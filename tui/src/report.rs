@@ -27,13 +27,18 @@ pub struct Style {
 impl Style {
     /// From the environment and whether stderr is a terminal.
     pub fn detect() -> Self {
-        Self::from_env(std::io::stderr().is_terminal(), |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+        Self::from_env(std::io::stderr().is_terminal(), |k| {
+            std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+        })
     }
 
     fn from_env(stderr_terminal: bool, var: impl Fn(&str) -> Option<String>) -> Self {
         let no_color = var("NO_COLOR").is_some_and(|v| !v.is_empty());
         let backtrace = |k| var(k).is_some_and(|v| !v.is_empty() && v != "0");
-        Self { colour: stderr_terminal && !no_color, details: backtrace("RUST_BACKTRACE") || backtrace("RUST_LIB_BACKTRACE") }
+        Self {
+            colour: stderr_terminal && !no_color,
+            details: backtrace("RUST_BACKTRACE") || backtrace("RUST_LIB_BACKTRACE"),
+        }
     }
 }
 

@@ -35,10 +35,10 @@ pub mod app;
 pub mod history;
 pub mod images;
 pub mod terminal;
-pub mod tmux;
-pub mod ui;
 #[cfg(test)]
 mod tests;
+pub mod tmux;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -202,7 +202,11 @@ pub fn run(handle: EngineHandle, opts: &TuiOptions, signals: &Signals) -> Result
         TuiOutcome::Finished { output } => match join(thread) {
             Some(Ok(summary)) => Outcome::Finished(summary),
             Some(Err(e)) => Outcome::Failed(e.to_string()),
-            None => Outcome::Finished(RunSummary { output, steps: app.step(), stopped_early: app.state != app::RunState::Done }),
+            None => Outcome::Finished(RunSummary {
+                output,
+                steps: app.step(),
+                stopped_early: app.state != app::RunState::Done,
+            }),
         },
         TuiOutcome::Failed { error } => Outcome::Failed(error),
         TuiOutcome::Quit { saved } => Outcome::Quit { saved },
@@ -225,10 +229,11 @@ fn write_problems(app: &mut App) {
     let text: String = app.problems.drain(..).map(|p| format!("{} UTC, step {step}: {p}\n", utc_now())).collect();
     let _ = std::fs::create_dir_all(&info.output);
     // Best effort: the problem is in the log pane already.
-    let _ = std::fs::OpenOptions::new().create(true).append(true).open(info.output.join("tui.log")).and_then(|mut f| {
-        use std::io::Write;
-        f.write_all(text.as_bytes())
-    });
+    let _ =
+        std::fs::OpenOptions::new().create(true).append(true).open(info.output.join("tui.log")).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(text.as_bytes())
+        });
 }
 
 /// `2025-01-31 23:59:59`, now, in UTC.

@@ -72,7 +72,8 @@ fn bench_writes_its_result_line_to_the_json_file() {
     all.push(json.to_str().expect("utf-8 path"));
     let (ok, text) = lsd(&all);
     assert!(ok, "{text}");
-    let line: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("written")).expect("JSON");
+    let line: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("written")).expect("JSON");
     assert_eq!(line["bench"], "generator");
     assert_eq!(line["batch"], 2);
     assert_eq!(line["precision"], "fp32");

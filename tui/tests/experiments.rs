@@ -108,8 +108,7 @@ fn similarity_writes_table_heat_map_and_images() {
     }
 
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("similarity.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("similarity.json")).unwrap()).unwrap();
     assert_eq!(json["demo"], true);
     assert_eq!(json["values"].as_array().unwrap().len(), 2);
 
@@ -156,9 +155,7 @@ fn example_recipes_parse() {
 fn read_summary(path: &Path) -> Vec<(f64, String, f64, f64, usize)> {
     let (header, rows) = read_csv(path);
     assert_eq!(header, ["alpha", "kind", "mean_delta", "std_delta", "n"]);
-    rows.iter()
-        .map(|r| (number(&r[0]), r[1].clone(), number(&r[2]), number(&r[3]), r[4].parse().unwrap()))
-        .collect()
+    rows.iter().map(|r| (number(&r[0]), r[1].clone(), number(&r[2]), number(&r[3]), r[4].parse().unwrap())).collect()
 }
 
 #[test]
@@ -190,19 +187,13 @@ fn generalize_trains_measures_reuses_and_merges_shards() {
     let args = common("gen");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let stdout = lsd_tui(dir.path(), &args);
-    assert!(
-        stdout.contains("DEMO MODEL") && stdout.contains("2 direction(s), 3 unseen image(s)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("DEMO MODEL") && stdout.contains("2 direction(s), 3 unseen image(s)"), "{stdout}");
 
     let out = dir.path().join("gen");
     let summary = read_summary(&out.join("summary.csv"));
     assert_eq!(summary.len(), 3 * 2, "α 0, 1, 2 × trained, unseen");
     for (alpha, kind, mean, std, n) in &summary {
-        assert!(
-            mean.is_finite() && std.is_finite() && *std >= 0.0,
-            "{alpha} {kind}: {mean} ± {std}"
-        );
+        assert!(mean.is_finite() && std.is_finite() && *std >= 0.0, "{alpha} {kind}: {mean} ± {std}");
         assert!(mean.abs() <= 2.0, "a ΔCLIP is a difference of cosines");
         assert_eq!(*n, if kind == "trained" { 2 } else { 6 });
         if *alpha == 0.0 {
@@ -238,14 +229,7 @@ fn generalize_trains_measures_reuses_and_merges_shards() {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         lsd_tui(dir.path(), &a);
     }
-    assert_eq!(
-        read_summary(&dir.path().join("s0/summary.csv"))
-            .iter()
-            .find(|r| r.1 == "trained")
-            .unwrap()
-            .4,
-        1
-    );
+    assert_eq!(read_summary(&dir.path().join("s0/summary.csv")).iter().find(|r| r.1 == "trained").unwrap().4, 1);
     let merged = lsd_tui(dir.path(), &["merge", "--out", "merged", "s0", "s1"]);
     assert!(merged.contains("2 direction(s)"), "{merged}");
     let m = read_summary(&dir.path().join("merged/summary.csv"));
@@ -261,32 +245,15 @@ fn ablation_writes_grid_and_metrics_for_four_variants() {
     let r = recipe(dir.path(), "ablation-gray-hair.yaml");
     let stdout = lsd_tui(
         dir.path(),
-        &[
-            "ablation", "--recipe", &r, "--models", "demo", "--steps", "2", "--alphas", "1,3",
-            "--out", "abl",
-        ],
+        &["ablation", "--recipe", &r, "--models", "demo", "--steps", "2", "--alphas", "1,3", "--out", "abl"],
     );
     assert!(stdout.contains("DEMO MODEL"), "{stdout}");
     let out = dir.path().join("abl");
     let (header, rows) = read_csv(&out.join("ablation.csv"));
-    assert_eq!(
-        header,
-        [
-            "variant",
-            "alpha",
-            "clip_before",
-            "clip_after",
-            "clip_gain",
-            "id_similarity",
-            "inside_share"
-        ]
-    );
+    assert_eq!(header, ["variant", "alpha", "clip_before", "clip_after", "clip_gain", "id_similarity", "inside_share"]);
     assert_eq!(rows.len(), 4 * 2);
     let variants: Vec<&str> = rows.iter().step_by(2).map(|r| r[0].as_str()).collect();
-    assert_eq!(
-        variants,
-        ["CLIP only", "CLIP + ID (λ_ID = 1)", "CLIP + Seg (λ_S = 0.1)", "CLIP + ID + Seg"]
-    );
+    assert_eq!(variants, ["CLIP only", "CLIP + ID (λ_ID = 1)", "CLIP + Seg (λ_S = 0.1)", "CLIP + ID + Seg"]);
     for row in &rows {
         let v: Vec<f64> = row[1..].iter().map(|s| number(s)).collect();
         assert!(v.iter().all(|x| x.is_finite()), "{row:?}");
@@ -341,7 +308,8 @@ fn the_slurm_script_passes_sigterm_on_and_a_rerun_finishes_the_shard() {
     // Once the direction has a checkpoint, stop it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     let checkpointed = || {
-        std::fs::read_dir(&seed_dir).is_ok_and(|d| d.flatten().any(|e| e.path().join("checkpoint.safetensors").is_file()))
+        std::fs::read_dir(&seed_dir)
+            .is_ok_and(|d| d.flatten().any(|e| e.path().join("checkpoint.safetensors").is_file()))
     };
     while !checkpointed() {
         assert!(std::time::Instant::now() < deadline, "training never started");
@@ -350,7 +318,8 @@ fn the_slurm_script_passes_sigterm_on_and_a_rerun_finishes_the_shard() {
     // SAFETY: kill(2) on the script's pid, which has not been reaped yet.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
     let o = child.wait_with_output().expect("reaped");
-    let text = format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text =
+        format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(143), "{text}");
     assert!(text.contains("SIGTERM: stopping") && text.contains("continue with:"), "{text}");
     let folder = std::fs::read_dir(&seed_dir).unwrap().next().unwrap().unwrap().path();
@@ -359,7 +328,8 @@ fn the_slurm_script_passes_sigterm_on_and_a_rerun_finishes_the_shard() {
 
     // The requeued task: the same script, to the end.
     let o = script().output().expect("bash runs");
-    let text = format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text =
+        format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(0), "{text}");
     let (_, rows) = read_csv(&out.join("shard-0/generalize.csv"));
     assert!(!rows.is_empty(), "{text}");
@@ -383,7 +353,8 @@ fn report_script(dir: &Path, script: &str, envs: &[(&str, &str)], args: &[&str])
         .envs(envs.iter().copied())
         .output()
         .expect("sh runs");
-    let text = format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text =
+        format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{script}: {text}");
     out
 }
@@ -404,7 +375,12 @@ fn report_presets_parse_and_run_on_the_demo_models() {
     }
     assert_eq!(recipes, 3);
 
-    let out = report_script(dir.path(), "fig5-similarity.sh", &[("GENERATOR", "demo"), ("CLIP", "demo"), ("SEEDS", "2..4")], &[]);
+    let out = report_script(
+        dir.path(),
+        "fig5-similarity.sh",
+        &[("GENERATOR", "demo"), ("CLIP", "demo"), ("SEEDS", "2..4")],
+        &[],
+    );
     let (_, rows) = read_csv(&out.join("similarity.csv"));
     assert_eq!(rows.len(), 6, "the six prompts");
     assert!(out.join("similarity.png").is_file());
@@ -414,7 +390,8 @@ fn report_presets_parse_and_run_on_the_demo_models() {
     let recipe = dir.path().join("fig6-7.yaml");
     let text = std::fs::read_to_string(format!("{presets}/fig6-7-local-direction.yaml")).unwrap();
     std::fs::write(&recipe, text.replace("steps: 200 ", "steps: 4 ")).unwrap();
-    let out = report_script(dir.path(), "fig6-7-strips.sh", &[("RECIPE", recipe.to_str().unwrap())], &["--models", "demo"]);
+    let out =
+        report_script(dir.path(), "fig6-7-strips.sh", &[("RECIPE", recipe.to_str().unwrap())], &["--models", "demo"]);
     let losses = std::fs::read_to_string(out.join("losses.csv")).unwrap();
     assert_eq!(losses.lines().count() - 1, 4);
     assert!(out.join("strips.png").is_file());
@@ -441,10 +418,23 @@ fn sweep_trains_a_grid_reuses_finished_runs_and_shards_merge_to_the_same_numbers
     let dir = tempfile::tempdir().unwrap();
     let r = recipe(dir.path(), "ablation-gray-hair.yaml");
     let args = |out: &str, shard: Option<&str>| {
-        let mut a: Vec<String> = ["sweep", &r, "--models", "demo", "--steps", "2", "--set", "identity.weight=0.5,1", "--set", "alpha=2,3", "--out", out]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let mut a: Vec<String> = [
+            "sweep",
+            &r,
+            "--models",
+            "demo",
+            "--steps",
+            "2",
+            "--set",
+            "identity.weight=0.5,1",
+            "--set",
+            "alpha=2,3",
+            "--out",
+            out,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
         if let Some(s) = shard {
             a.extend(["--shard".to_string(), s.to_string()]);
         }
@@ -455,7 +445,19 @@ fn sweep_trains_a_grid_reuses_finished_runs_and_shards_merge_to_the_same_numbers
     assert!(stdout.contains("DEMO MODEL") && stdout.contains("clip_gain"), "{stdout}");
     let whole = dir.path().join("whole");
     let (header, rows) = read_csv(&whole.join("sweep.csv"));
-    assert_eq!(header, ["identity.weight", "alpha", "edit_alpha", "clip_before", "clip_after", "clip_gain", "id_similarity", "inside_share"]);
+    assert_eq!(
+        header,
+        [
+            "identity.weight",
+            "alpha",
+            "edit_alpha",
+            "clip_before",
+            "clip_after",
+            "clip_gain",
+            "id_similarity",
+            "inside_share"
+        ]
+    );
     assert_eq!(rows.len(), 4);
     assert_eq!((rows[1][0].as_str(), rows[1][1].as_str(), number(&rows[1][2])), ("0.5", "3", 3.0));
     for row in &rows {
@@ -493,22 +495,55 @@ fn similarity_and_generalize_measure_given_directions_without_training() {
     // similarity: each image once per direction and α.
     let stdout = lsd_tui(
         dir.path(),
-        &["similarity", "--prompts", "gray hair", "--seeds", "1,2", "--direction", "sefa.safetensors@1", "--alphas", "-2,2", "--out", "sim"],
+        &[
+            "similarity",
+            "--prompts",
+            "gray hair",
+            "--seeds",
+            "1,2",
+            "--direction",
+            "sefa.safetensors@1",
+            "--alphas",
+            "-2,2",
+            "--out",
+            "sim",
+        ],
     );
     assert!(stdout.contains("DEMO MODEL"), "{stdout}");
     let (header, rows) = read_csv(&dir.path().join("sim/similarity.csv"));
     assert_eq!(
         header,
-        ["prompt", "seed 1 sefa.safetensors@1 α=-2", "seed 1 sefa.safetensors@1 α=+2", "seed 2 sefa.safetensors@1 α=-2", "seed 2 sefa.safetensors@1 α=+2", "mean"]
+        [
+            "prompt",
+            "seed 1 sefa.safetensors@1 α=-2",
+            "seed 1 sefa.safetensors@1 α=+2",
+            "seed 2 sefa.safetensors@1 α=-2",
+            "seed 2 sefa.safetensors@1 α=+2",
+            "mean"
+        ]
     );
     assert_eq!(rows.len(), 1);
 
     // generalize: the file's three directions, measured on every test seed.
     let args = |out: &str, shard: Option<&str>| {
-        let mut a: Vec<String> = ["generalize", "--recipe", &gen, "--models", "demo", "--direction", "sefa.safetensors", "--test-seeds", "100..102", "--alphas", "1,2", "--out", out]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut a: Vec<String> = [
+            "generalize",
+            "--recipe",
+            &gen,
+            "--models",
+            "demo",
+            "--direction",
+            "sefa.safetensors",
+            "--test-seeds",
+            "100..102",
+            "--alphas",
+            "1,2",
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         if let Some(s) = shard {
             a.extend(["--shard".to_string(), s.to_string()]);
         }
@@ -531,7 +566,10 @@ fn similarity_and_generalize_measure_given_directions_without_training() {
     }
     let experiment: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("generalize.json")).unwrap()).unwrap();
-    assert_eq!(experiment["directions"], serde_json::json!(["sefa.safetensors@0", "sefa.safetensors@1", "sefa.safetensors@2"]));
+    assert_eq!(
+        experiment["directions"],
+        serde_json::json!(["sefa.safetensors@0", "sefa.safetensors@1", "sefa.safetensors@2"])
+    );
 
     // A second run keeps the measured folders.
     let delta = out.join("directions/given-2/delta.csv");

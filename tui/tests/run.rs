@@ -45,7 +45,12 @@ fn run(args: &[&str], weights_dir: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("status {:?}\n--- stdout\n{}\n--- stderr\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn direction(dir: &Path) -> Vec<f32> {
@@ -66,7 +71,8 @@ fn column(dir: &Path, name: &str) -> Vec<f64> {
 fn every_invalid_recipe_is_a_located_error_and_no_panic() {
     let empty_weights = tempfile::tempdir().expect("tempdir");
     let dir = root().join("tests/recipes/invalid");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("the folder").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).expect("the folder").filter_map(|e| e.ok().map(|e| e.path())).collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
     files.sort();
     assert!(files.len() >= 30);
@@ -104,18 +110,36 @@ fn demo_trains_end_to_end_and_its_clip_term_decreases_then_apply_uses_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("DEMO MODEL") && stdout.contains("done in"), "{}", text(&out));
     eprintln!("demo took {:.1} s", t.elapsed().as_secs_f64());
-    for f in ["direction.safetensors", "recipe.yaml", "losses.csv", "losses.png", "metrics.json", "strip-0.png", "checkpoint.safetensors"] {
+    for f in [
+        "direction.safetensors",
+        "recipe.yaml",
+        "losses.csv",
+        "losses.png",
+        "metrics.json",
+        "strip-0.png",
+        "checkpoint.safetensors",
+    ] {
         assert!(out_dir.join(f).is_file(), "missing {f}");
     }
     let clip = column(&out_dir, "clip");
     assert_eq!(clip.len(), 12);
     assert!(clip[clip.len() - 1] < clip[0], "the CLIP term did not decrease: {clip:?}");
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).expect("json")).expect("valid");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).expect("json")).expect("valid");
     assert!(metrics["clip_similarity"]["after"].as_f64().is_some(), "{metrics}");
 
     let strip = tmp.path().join("applied.png");
     let out = run(
-        &["apply", out_dir.join("direction.safetensors").to_str().expect("utf-8"), "--seeds", "5..7", "--alphas", "-2,2", "--out", strip.to_str().expect("utf-8")],
+        &[
+            "apply",
+            out_dir.join("direction.safetensors").to_str().expect("utf-8"),
+            "--seeds",
+            "5..7",
+            "--alphas",
+            "-2,2",
+            "--out",
+            strip.to_str().expect("utf-8"),
+        ],
         tmp.path(),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -147,18 +171,35 @@ fn a_stylegan2_ada_network_pickle_trains_and_applies() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let pkl = root().join("tests/fixtures/stylegan2-ada/network.pkl");
     let recipe = tmp.path().join("ada.yaml");
-    let body = SMALL.replace("steps: 6", "steps: 2").replace("params: {size: 64}", "params: {size: 64, space: features}");
+    let body =
+        SMALL.replace("steps: 6", "steps: 2").replace("params: {size: 64}", "params: {size: 64, space: features}");
     std::fs::write(&recipe, format!("{body}models: {{generator: {}}}\n", pkl.display())).expect("writable");
     let out_dir = tmp.path().join("ada");
-    let o = run(&["run", recipe.to_str().expect("utf-8"), "--headless", "--output", out_dir.to_str().expect("utf-8")], tmp.path());
+    let o = run(
+        &["run", recipe.to_str().expect("utf-8"), "--headless", "--output", out_dir.to_str().expect("utf-8")],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     let d = direction(&out_dir);
-    assert!(!d.is_empty() && d.len() % 128 == 0 && d.len() <= 10 * 128, "a direction in the snapshot's 10 x 128 W+: {}", d.len());
+    assert!(
+        !d.is_empty() && d.len() % 128 == 0 && d.len() <= 10 * 128,
+        "a direction in the snapshot's 10 x 128 W+: {}",
+        d.len()
+    );
     assert!(d.iter().all(|v| v.is_finite()) && d.iter().any(|&v| v != 0.0));
     let strip = tmp.path().join("applied.png");
     let dir_file = out_dir.join("direction.safetensors");
     let o = run(
-        &["apply", dir_file.to_str().expect("utf-8"), "--seeds", "0..2", "--alphas", "-1,1", "--out", strip.to_str().expect("utf-8")],
+        &[
+            "apply",
+            dir_file.to_str().expect("utf-8"),
+            "--seeds",
+            "0..2",
+            "--alphas",
+            "-1,1",
+            "--out",
+            strip.to_str().expect("utf-8"),
+        ],
         tmp.path(),
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -184,9 +225,17 @@ fn same_recipe_twice_is_identical_and_a_killed_run_resumes_to_the_same_direction
     assert_eq!(direction(&out("a")), direction(&out("b")), "same recipe, different direction");
 
     // Stop after step 2 (stopped by the user: status 3), then resume.
-    let o = run(&["run", r, "--headless", "--output", out("stopped").to_str().expect("utf-8"), "--stop-after", "2"], tmp.path());
+    let o = run(
+        &["run", r, "--headless", "--output", out("stopped").to_str().expect("utf-8"), "--stop-after", "2"],
+        tmp.path(),
+    );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("continue with:") && String::from_utf8_lossy(&o.stdout).contains("--resume"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("continue with:")
+            && String::from_utf8_lossy(&o.stdout).contains("--resume"),
+        "{}",
+        text(&o)
+    );
     go(&["--resume"], &out("stopped"));
     assert_eq!(direction(&out("a")), direction(&out("stopped")));
 
@@ -250,7 +299,10 @@ fn errors_for_people_have_no_colour_and_no_source_locations() {
     let missing = tmp.path().join("missing.safetensors");
     let apply = |env: &[(&str, &str)]| {
         let mut c = Command::new(BIN);
-        c.args(["apply", missing.to_str().expect("utf-8")]).env_remove("NO_COLOR").env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+        c.args(["apply", missing.to_str().expect("utf-8")])
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -314,28 +366,79 @@ fn sefa_import_export_and_apply_with_latents_layers_edits_grids_and_gifs() {
     let w: Vec<f32> = (0..10 * 32).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect();
     npy(&tmp.path().join("me.npy"), &[10, 32], &w);
     npy(&tmp.path().join("us.npy"), &[2, 10, 32], &[w.clone(), w.clone()].concat());
-    ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--latent", &p("me.npy"), "--latent", &p("us.npy"), "--alphas", "-2,2", "--out", &p("photo.png")]);
+    ok(&[
+        "apply",
+        &p("sefa.safetensors"),
+        "--seeds",
+        "1",
+        "--latent",
+        &p("me.npy"),
+        "--latent",
+        &p("us.npy"),
+        "--alphas",
+        "-2,2",
+        "--out",
+        &p("photo.png"),
+    ]);
     let one_row = png(&tmp.path().join("photo.png"));
     // `run --latent`: trained on with the recipe's seed, previewed and labelled by name.
     let recipe = tmp.path().join("r.yaml");
-    std::fs::write(&recipe, "prompt: a smiling face\nsteps: 2\nseeds: [0]\nterms:\n  - plugin: clip\n").expect("recipe");
+    std::fs::write(&recipe, "prompt: a smiling face\nsteps: 2\nseeds: [0]\nterms:\n  - plugin: clip\n")
+        .expect("recipe");
     ok(&["run", &p("r.yaml"), "--headless", "--latent", &p("me.npy"), "--output", &p("r")]);
     for f in ["strip-0.png", "strip-me.png", "direction.safetensors"] {
         assert!(tmp.path().join("r").join(f).is_file(), "missing {f}");
     }
     assert!(std::fs::read_to_string(tmp.path().join("r/recipe.yaml")).expect("recipe.yaml").contains("me.npy"));
-    ok(&["apply", &p("sefa.safetensors"), "--latent", &p("me.npy"), "--alphas", "-2,2", "--layers", "fine", "--out", &p("fine.png")]);
-    ok(&["apply", &p("sefa.safetensors"), "--latent", &p("me.npy"), "--alphas", "-2,2", "--layers", "coarse", "--out", &p("coarse.png")]);
+    ok(&[
+        "apply",
+        &p("sefa.safetensors"),
+        "--latent",
+        &p("me.npy"),
+        "--alphas",
+        "-2,2",
+        "--layers",
+        "fine",
+        "--out",
+        &p("fine.png"),
+    ]);
+    ok(&[
+        "apply",
+        &p("sefa.safetensors"),
+        "--latent",
+        &p("me.npy"),
+        "--alphas",
+        "-2,2",
+        "--layers",
+        "coarse",
+        "--out",
+        &p("coarse.png"),
+    ]);
     let (fine, coarse) = (png(&tmp.path().join("fine.png")), png(&tmp.path().join("coarse.png")));
     assert_eq!(fine.dimensions(), coarse.dimensions());
     assert!(one_row.height() > fine.height() + 2 * 64, "4 rows vs 1: {} vs {}", one_row.height(), fine.height());
     assert_ne!(fine.as_raw(), coarse.as_raw(), "the layers must change the edit");
     // --truncation re-draws the seeds' images (the direction's ψ is 0.7).
-    ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--alphas", "2", "--truncation", "0.4", "--out", &p("t4.png")]);
+    ok(&[
+        "apply",
+        &p("sefa.safetensors"),
+        "--seeds",
+        "1",
+        "--alphas",
+        "2",
+        "--truncation",
+        "0.4",
+        "--out",
+        &p("t4.png"),
+    ]);
     ok(&["apply", &p("sefa.safetensors"), "--seeds", "1", "--alphas", "2", "--out", &p("t7.png")]);
     assert_ne!(png(&tmp.path().join("t4.png")).as_raw(), png(&tmp.path().join("t7.png")).as_raw());
     let bad = run(&["apply", &p("sefa.safetensors"), "--truncation", "1.5"], tmp.path());
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected 0 < ψ <= 1"), "{}", text(&bad));
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected 0 < ψ <= 1"),
+        "{}",
+        text(&bad)
+    );
     // A latent inverted for a generator of another size.
     npy(&tmp.path().join("other.npy"), &[14, 32], &[0.0; 14 * 32]);
     let bad = run(&["apply", &p("sefa.safetensors"), "--latent", &p("other.npy")], tmp.path());
@@ -343,16 +446,55 @@ fn sefa_import_export_and_apply_with_latents_layers_edits_grids_and_gifs() {
     assert!(!bad.status.success() && err.contains("[10, 32] (one W+)") && err.contains("other.npy"), "{}", text(&bad));
 
     // Composed edits, a 2-D grid, an animation.
-    ok(&["apply", "--edit", &format!("{}@1=2", p("sefa.safetensors")), "--edit", &format!("{}=-1", p("smile.safetensors")), "--seeds", "0", "--out", &p("sum.png")]);
+    ok(&[
+        "apply",
+        "--edit",
+        &format!("{}@1=2", p("sefa.safetensors")),
+        "--edit",
+        &format!("{}=-1", p("smile.safetensors")),
+        "--seeds",
+        "0",
+        "--out",
+        &p("sum.png"),
+    ]);
     assert!(png(&tmp.path().join("sum.png")).width() >= 2 * 64);
-    ok(&["apply", &p("sefa.safetensors"), "--grid-with", &p("smile.safetensors"), "--alphas", "-2,0,2", "--alphas2", "-1,1", "--seeds", "3", "--out", &p("grid.png")]);
+    ok(&[
+        "apply",
+        &p("sefa.safetensors"),
+        "--grid-with",
+        &p("smile.safetensors"),
+        "--alphas",
+        "-2,0,2",
+        "--alphas2",
+        "-1,1",
+        "--seeds",
+        "3",
+        "--out",
+        &p("grid.png"),
+    ]);
     let g = png(&tmp.path().join("grid.png"));
     assert!(g.width() >= 3 * 64 && g.height() >= 2 * 64 && g.height() < 3 * 64 + 80, "{:?}", g.dimensions());
-    let out = ok(&["apply", &p("sefa.safetensors"), "--animate", "--frames", "4", "--seeds", "0,1", "--alphas", "-2,2", "--out", &p("sweep.png")]);
+    let out = ok(&[
+        "apply",
+        &p("sefa.safetensors"),
+        "--animate",
+        "--frames",
+        "4",
+        "--seeds",
+        "0,1",
+        "--alphas",
+        "-2,2",
+        "--out",
+        &p("sweep.png"),
+    ]);
     assert!(out.contains("sweep.gif"), "{out}");
     use image::AnimationDecoder;
     let gif = std::fs::File::open(tmp.path().join("sweep.gif")).expect("the GIF");
-    let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(gif)).expect("a GIF").into_frames().collect_frames().expect("frames");
+    let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(gif))
+        .expect("a GIF")
+        .into_frames()
+        .collect_frames()
+        .expect("frames");
     assert_eq!(frames.len(), 6, "4 frames there, 2 back");
 }
 
@@ -364,17 +506,33 @@ fn animate_writes_an_mp4_through_ffmpeg_when_it_is_on_the_path() {
     let o = run(&["sefa", "--generator", "demo", "--top", "1", "--out", &p("sefa.safetensors")], tmp.path());
     assert!(o.status.success(), "{}", text(&o));
     let animate = |path_dir: &Path| {
-        lsd(&["apply", &p("sefa.safetensors"), "--animate", "--frames", "3", "--seeds", "0", "--alphas", "-2,2", "--out", &p("sweep.png")], tmp.path())
-            .env("PATH", path_dir)
-            .output()
-            .expect("the binary runs")
+        lsd(
+            &[
+                "apply",
+                &p("sefa.safetensors"),
+                "--animate",
+                "--frames",
+                "3",
+                "--seeds",
+                "0",
+                "--alphas",
+                "-2,2",
+                "--out",
+                &p("sweep.png"),
+            ],
+            tmp.path(),
+        )
+        .env("PATH", path_dir)
+        .output()
+        .expect("the binary runs")
     };
     let mp4 = tmp.path().join("sweep.mp4");
     let fake = |name: &str, body: &str| {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).expect("folder");
         let script = dir.join("ffmpeg");
-        std::fs::write(&script, format!("#!/bin/sh\nPATH=/usr/bin:/bin\n[ \"$1\" = -version ] && exit 0\n{body}\n")).expect("script");
+        std::fs::write(&script, format!("#!/bin/sh\nPATH=/usr/bin:/bin\n[ \"$1\" = -version ] && exit 0\n{body}\n"))
+            .expect("script");
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         dir
     };
@@ -383,7 +541,11 @@ fn animate_writes_an_mp4_through_ffmpeg_when_it_is_on_the_path() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).expect("folder");
     let o = animate(&empty);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no MP4: ffmpeg is not on the PATH"), "{}", text(&o));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no MP4: ffmpeg is not on the PATH"),
+        "{}",
+        text(&o)
+    );
     assert!(tmp.path().join("sweep.gif").is_file() && !mp4.exists());
 
     // ffmpeg gets every frame (3 there, 1 back) as numbered PNGs and writes
@@ -398,7 +560,12 @@ echo "frames=$frames args=$*" > "$last""#,
     assert!(o.status.success(), "{}", text(&o));
     let record = std::fs::read_to_string(&mp4).expect("the MP4 ffmpeg wrote");
     assert!(record.starts_with("frames=4 "), "{record}");
-    assert!(record.contains("-pix_fmt yuv420p") && record.contains("pad=ceil(iw/2)*2:ceil(ih/2)*2") && record.contains("-f mp4"), "{record}");
+    assert!(
+        record.contains("-pix_fmt yuv420p")
+            && record.contains("pad=ceil(iw/2)*2:ceil(ih/2)*2")
+            && record.contains("-f mp4"),
+        "{record}"
+    );
     std::fs::remove_file(&mp4).expect("rm");
 
     // ffmpeg fails: its message, and no half-written MP4.
@@ -432,10 +599,28 @@ fn bad_values_are_usage_errors_before_anything_loads_and_flags_are_spelled_once(
         assert!(String::from_utf8_lossy(&o.stderr).contains(flag), "{args:?}\n{}", text(&o));
     }
     // `--output` everywhere; `-o` and the older `--out` still read.
-    let o = run(&["sefa", "--generator", "demo", "--top", "1", "-o", &tmp.path().join("a.safetensors").display().to_string()], tmp.path());
+    let o = run(
+        &["sefa", "--generator", "demo", "--top", "1", "-o", &tmp.path().join("a.safetensors").display().to_string()],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", text(&o));
-    let o = run(&["sefa", "--generator", "demo", "--top", "1", "--out", &tmp.path().join("b.safetensors").display().to_string()], tmp.path());
-    assert!(o.status.success() && tmp.path().join("a.safetensors").is_file() && tmp.path().join("b.safetensors").is_file(), "{}", text(&o));
+    let o = run(
+        &[
+            "sefa",
+            "--generator",
+            "demo",
+            "--top",
+            "1",
+            "--out",
+            &tmp.path().join("b.safetensors").display().to_string(),
+        ],
+        tmp.path(),
+    );
+    assert!(
+        o.status.success() && tmp.path().join("a.safetensors").is_file() && tmp.path().join("b.safetensors").is_file(),
+        "{}",
+        text(&o)
+    );
     for cmd in ["demo", "run", "apply", "similarity", "generalize", "ablation", "sweep", "merge", "sefa"] {
         let o = run(&[cmd, "--help"], tmp.path());
         let help = String::from_utf8_lossy(&o.stdout);
@@ -474,13 +659,26 @@ fn plugins_install_into_the_user_folder_where_runs_find_them() {
     // A library under another name would never be found: refused, nothing copied.
     let renamed = tmp.path().join("identity.so");
     std::fs::copy(&built, &renamed).expect("copy");
-    let o = plugins(&["plugins", "install", "--dir", &tmp.path().join("elsewhere").display().to_string(), &renamed.display().to_string()]);
+    let o = plugins(&[
+        "plugins",
+        "install",
+        "--dir",
+        &tmp.path().join("elsewhere").display().to_string(),
+        &renamed.display().to_string(),
+    ]);
     assert!(!o.status.success() && text(&o).contains("lsd_plugin_"), "{}", text(&o));
     assert!(!tmp.path().join("elsewhere/identity.so").exists());
     // Not a library at all: refused by the check, nothing copied.
-    let fake = tmp.path().join(format!("{}lsd_plugin_fake{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
+    let fake =
+        tmp.path().join(format!("{}lsd_plugin_fake{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
     std::fs::write(&fake, b"not a library").expect("write");
-    let o = plugins(&["plugins", "install", "--dir", &tmp.path().join("elsewhere").display().to_string(), &fake.display().to_string()]);
+    let o = plugins(&[
+        "plugins",
+        "install",
+        "--dir",
+        &tmp.path().join("elsewhere").display().to_string(),
+        &fake.display().to_string(),
+    ]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(!tmp.path().join("elsewhere").join(fake.file_name().expect("name")).exists());
 }
@@ -532,9 +730,16 @@ fn install_script_lays_out_binary_plugins_completions_and_man_pages() {
     let listing = String::from_utf8_lossy(&o.stdout);
     let lib = prefix.join("lib/lsd-tui/plugins").display().to_string();
     for name in ["clip", "identity", "segmentation"] {
-        assert!(listing.lines().any(|l| l.starts_with(name) && l.contains(&lib)), "{name} not found under {lib}:\n{listing}");
+        assert!(
+            listing.lines().any(|l| l.starts_with(name) && l.contains(&lib)),
+            "{name} not found under {lib}:\n{listing}"
+        );
     }
     // A folder without a binary is a clear error.
-    let o = Command::new("bash").arg(root().join("scripts/install.sh")).args(["--from", &tmp.path().join("nothing").display().to_string()]).output().expect("bash");
+    let o = Command::new("bash")
+        .arg(root().join("scripts/install.sh"))
+        .args(["--from", &tmp.path().join("nothing").display().to_string()])
+        .output()
+        .expect("bash");
     assert!(!o.status.success() && text(&o).contains("no executable"), "{}", text(&o));
 }

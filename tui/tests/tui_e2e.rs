@@ -107,7 +107,9 @@ fn require_tmux() {
     let version = Command::new("tmux").arg("-V").output();
     match version {
         Ok(o) if o.status.success() => eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim()),
-        _ => panic!("tmux is not installed; the TUI end-to-end tests need it (apt-get install -y tmux; .ci/run installs it)"),
+        _ => panic!(
+            "tmux is not installed; the TUI end-to-end tests need it (apt-get install -y tmux; .ci/run installs it)"
+        ),
     }
 }
 
@@ -127,7 +129,8 @@ fn tui_demo_in_tmux_steps_pauses_quits_and_saves() {
         weights.path().display(),
         out.display()
     );
-    let started = tmux.cmd(&["new-session", "-d", "-s", "e2e", "-x", "80", "-y", "24", "bash", "--norc", "-c", &script]);
+    let started =
+        tmux.cmd(&["new-session", "-d", "-s", "e2e", "-x", "80", "-y", "24", "bash", "--norc", "-c", &script]);
     assert!(started.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&started.stderr));
 
     // The run starts and the step counter advances.
@@ -148,7 +151,9 @@ fn tui_demo_in_tmux_steps_pauses_quits_and_saves() {
 
     // q asks to save while the run goes; y saves and exits.
     tmux.keys(&["q"]);
-    let s = tmux.wait_for("the quit question or the exit", Duration::from_secs(10), |s| s.contains("Save the run") || s.contains("EXIT="));
+    let s = tmux.wait_for("the quit question or the exit", Duration::from_secs(10), |s| {
+        s.contains("Save the run") || s.contains("EXIT=")
+    });
     if s.contains("Save the run") {
         tmux.keys(&["y"]);
     }
@@ -164,7 +169,10 @@ fn tui_demo_in_tmux_steps_pauses_quits_and_saves() {
     assert!(joined.contains("continue with:") && joined.contains("--resume"), "no resume command:\n{s}");
     assert!(s.contains("icanon") && !s.contains("-icanon"), "terminal left in raw mode:\n{s}");
     assert!(s.contains("echo") && !s.contains("-echo "), "echo left off:\n{s}");
-    assert!(!s.contains("Messages") && !s.contains("Loss ·"), "the TUI is still on screen (alternate screen not left):\n{s}");
+    assert!(
+        !s.contains("Messages") && !s.contains("Loss ·"),
+        "the TUI is still on screen (alternate screen not left):\n{s}"
+    );
     let direction = find_file(&out, "direction.safetensors");
     assert!(direction.is_some(), "no direction.safetensors under {}", out.display());
 }
@@ -210,13 +218,15 @@ fn issue_14_detached_tmux_run_survives_attach_detach_and_a_real_hang_up() {
         e = err.display(),
         s = status.display(),
     );
-    let started = inner.cmd(&["new-session", "-d", "-s", "run", "-x", "100", "-y", "30", "bash", "--norc", "-c", &script]);
+    let started =
+        inner.cmd(&["new-session", "-d", "-s", "run", "-x", "100", "-y", "30", "bash", "--norc", "-c", &script]);
     assert!(started.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&started.stderr));
     let diagnose = || format!("stderr: {}", std::fs::read_to_string(&err).unwrap_or_default());
 
     // No client attached: training goes on well past the first image draws
     // (a preview every 2 steps; the old TUI stopped at the first).
-    let s = inner.wait_for("step 12 with no client attached", Duration::from_secs(300), |s| step(s).is_some_and(|n| n > 12));
+    let s = inner
+        .wait_for("step 12 with no client attached", Duration::from_secs(300), |s| step(s).is_some_and(|n| n > 12));
     assert!(!status.exists(), "the run ended with no client attached: {}", diagnose());
     eprintln!("detached, no client:\n{s}");
     // No outer terminal to ask yet: half blocks, and the header says so.
@@ -264,7 +274,14 @@ fn issue_14_detached_tmux_run_survives_attach_detach_and_a_real_hang_up() {
 
     // --resume finishes the run.
     let resumed = Command::new(BIN)
-        .args(["run", recipe.to_str().expect("utf-8"), "--output", out.to_str().expect("utf-8"), "--resume", "--headless"])
+        .args([
+            "run",
+            recipe.to_str().expect("utf-8"),
+            "--output",
+            out.to_str().expect("utf-8"),
+            "--resume",
+            "--headless",
+        ])
         .env("LSD_PLUGIN_PATH", &plugins)
         .env("LSD_WEIGHTS_DIR", dir.path())
         .env("NO_COLOR", "1")

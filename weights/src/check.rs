@@ -84,7 +84,14 @@ pub fn check_file(
         }
     };
     let layout = layout.map_or(LayoutStatus::NotChecked, |l| l.check_file(path, prefix));
-    Ok(CheckReport { label, path: path.to_path_buf(), checksum: Some(checksum), layout, identified_as: None, unknown: false })
+    Ok(CheckReport {
+        label,
+        path: path.to_path_buf(),
+        checksum: Some(checksum),
+        layout,
+        identified_as: None,
+        unknown: false,
+    })
 }
 
 fn spec_layout(spec: &FileSpec) -> Result<Option<Layout>> {

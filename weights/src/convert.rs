@@ -78,7 +78,10 @@ fn run_network_pickle(input: &Path, output: &Path, fail: &dyn Fn(String) -> Erro
     use lsd_core::models::stylegan2::ada;
     let summary = ada::convert(input, output).map_err(|e| fail(e.to_string()))?;
     let cfg = &summary.config;
-    let expected = crate::layout::Layout { source: format!("{} of {}", ada::NETWORK, input.display()), keys: cfg.state_dict_shapes() };
+    let expected = crate::layout::Layout {
+        source: format!("{} of {}", ada::NETWORK, input.display()),
+        keys: cfg.state_dict_shapes(),
+    };
     let got = crate::layout::load_shapes(output).map_err(|e| fail(format!("the output does not load: {e}")))?;
     let status = expected.compare(&got, "");
     if !status.passed() || got.len() != expected.keys.len() {
@@ -97,5 +100,11 @@ fn run_network_pickle(input: &Path, output: &Path, fail: &dyn Fn(String) -> Erro
         ada::CONFIG_KEY,
         summary.source_sha256
     );
-    Ok(ConvertSummary { input: input.to_path_buf(), output: output.to_path_buf(), tensors: got.len(), bytes: summary.bytes, details })
+    Ok(ConvertSummary {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        tensors: got.len(),
+        bytes: summary.bytes,
+        details,
+    })
 }

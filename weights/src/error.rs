@@ -65,7 +65,9 @@ pub enum Error {
     },
 
     /// The hub endpoint cannot be reached at all.
-    #[error("cannot reach {endpoint} ({reason}); missing: {missing}. Check the network (or HF_ENDPOINT), or use --offline")]
+    #[error(
+        "cannot reach {endpoint} ({reason}); missing: {missing}. Check the network (or HF_ENDPOINT), or use --offline"
+    )]
     Unreachable {
         /// The endpoint URL.
         endpoint: String,

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use hf_hub::Cache;
 
-use crate::manifest::{Entry, FileSpec};
 use crate::http::{Client, Failure};
+use crate::manifest::{Entry, FileSpec};
 use crate::progress::{Event, Progress};
 use crate::store::{describe_missing, Store};
 use crate::verify::{read_stamp, verify, write_stamp, ChecksumStatus};
@@ -76,7 +76,8 @@ impl FetchOptions {
                 .then(|| Cache::from_env().token())
                 .flatten()
         });
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        let offline = var("HF_HUB_OFFLINE")
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
         Self {
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
             token,
@@ -128,7 +129,12 @@ impl Store {
     /// Fetches every file of `entries`. Fails at once, before any request,
     /// when offline or when the hub cannot be reached and something is
     /// missing (listing what); otherwise fetches each file and reports each.
-    pub fn fetch(&self, entries: &[&Entry], opts: &FetchOptions, progress: &mut dyn Progress) -> Result<Vec<FileResult>> {
+    pub fn fetch(
+        &self,
+        entries: &[&Entry],
+        opts: &FetchOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<FileResult>> {
         let missing: Vec<(&Entry, &FileSpec, PathBuf)> = entries
             .iter()
             .flat_map(|e| self.missing(e).into_iter().map(move |(s, p)| (*e, s, p)))
@@ -162,7 +168,13 @@ impl Store {
 
     /// Fetches one file: keeps a verified copy, otherwise downloads (resuming
     /// a partial download), verifies, and moves it into place.
-    pub fn fetch_file(&self, entry: &Entry, spec: &FileSpec, opts: &FetchOptions, progress: &mut dyn Progress) -> Result<FetchReport> {
+    pub fn fetch_file(
+        &self,
+        entry: &Entry,
+        spec: &FileSpec,
+        opts: &FetchOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<FetchReport> {
         let dest = self.path(entry, spec);
         let report = |outcome, checksum| FetchReport {
             name: entry.name.clone(),
@@ -185,7 +197,10 @@ impl Store {
                 return Err(Error::Verification {
                     path: dest.clone(),
                     problem: status.to_string(),
-                    action: format!("; kept it (offline): run `lsd-tui weights fetch {}` with network access to replace it", entry.name),
+                    action: format!(
+                        "; kept it (offline): run `lsd-tui weights fetch {}` with network access to replace it",
+                        entry.name
+                    ),
                 });
             }
             remove(&dest)?;
@@ -209,7 +224,9 @@ impl Store {
                 // A complete (or overlong) part: finish it here.
                 let status = verify(&part, spec, progress)?;
                 if status.passed() {
-                    return self.install(&part, &dest, status).map(|s| report(Outcome::Downloaded { resumed_from: have }, s));
+                    return self
+                        .install(&part, &dest, status)
+                        .map(|s| report(Outcome::Downloaded { resumed_from: have }, s));
                 }
                 remove(&part)?;
             } else if have > 0 {
@@ -219,7 +236,8 @@ impl Store {
             }
         }
 
-        let client = Client::new(opts.token.clone(), opts.connect_timeout.max(Duration::from_secs(10)), opts.stall_timeout);
+        let client =
+            Client::new(opts.token.clone(), opts.connect_timeout.max(Duration::from_secs(10)), opts.stall_timeout);
         let url = self.url(entry, spec, opts);
         let meta = client.metadata(&url).map_err(|e| self.failure(e, &url, entry, spec, None))?;
         if let Some(size) = spec.size {
@@ -283,7 +301,8 @@ impl Store {
 
     /// Moves a verified file to `dest` durably and stamps it.
     fn install(&self, from: &Path, dest: &Path, status: ChecksumStatus) -> Result<ChecksumStatus> {
-        lsd_core::durable::rename(from, dest).map_err(|e| Error::io("moving the download to", dest, std::io::Error::other(e.to_string())))?;
+        lsd_core::durable::rename(from, dest)
+            .map_err(|e| Error::io("moving the download to", dest, std::io::Error::other(e.to_string())))?;
         stamp(dest, &status)?;
         Ok(status)
     }

@@ -142,9 +142,9 @@ impl Client {
             response = self.call(self.get(&self.no_redirects, &current, "bytes=0-0"))?;
         }
         let header = |name: &'static str| response.header(name).map(str::to_string);
-        let etag = header("x-linked-etag")
-            .or_else(|| header("etag"))
-            .ok_or_else(|| Failure::Protocol("the server sent no 'etag' header: is HF_ENDPOINT a Hugging Face hub?".into()))?;
+        let etag = header("x-linked-etag").or_else(|| header("etag")).ok_or_else(|| {
+            Failure::Protocol("the server sent no 'etag' header: is HF_ENDPOINT a Hugging Face hub?".into())
+        })?;
         let etag = etag.trim().trim_start_matches("W/").replace('"', "");
         if !valid_etag(&etag) {
             return Err(Failure::Protocol(format!(
@@ -162,7 +162,8 @@ impl Client {
             )));
         }
         let response = if (300..400).contains(&response.status()) {
-            let location = header("Location").ok_or_else(|| Failure::Protocol("a redirect without a location".into()))?;
+            let location =
+                header("Location").ok_or_else(|| Failure::Protocol("a redirect without a location".into()))?;
             self.call(self.get(&self.agent, &location, "bytes=0-0"))?
         } else {
             response

@@ -55,8 +55,12 @@ impl std::fmt::Display for ChecksumStatus {
             Self::NotPinned { size, sha256 } => {
                 write!(f, "not pinned (size = {size}, sha256 = \"{sha256}\" on disk; pin these in the manifest)")
             }
-            Self::SizeMismatch { expected, got } => write!(f, "size {got} bytes, expected {expected} (truncated or wrong file)"),
-            Self::ShaMismatch { expected, got } => write!(f, "sha256 {got}, expected {expected} (corrupt or wrong file)"),
+            Self::SizeMismatch { expected, got } => {
+                write!(f, "size {got} bytes, expected {expected} (truncated or wrong file)")
+            }
+            Self::ShaMismatch { expected, got } => {
+                write!(f, "sha256 {got}, expected {expected} (corrupt or wrong file)")
+            }
         }
     }
 }
@@ -138,5 +142,6 @@ pub fn read_stamp(path: &Path) -> Option<(u64, String)> {
     let size: u64 = text.lines().find_map(|l| l.strip_prefix("# size "))?.trim().parse().ok()?;
     let mtime = text.lines().find_map(|l| l.strip_prefix("# mtime "))?.trim().to_string();
     let (on_disk, now) = size_and_mtime(path)?;
-    (on_disk == size && now == mtime && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some((size, sha))
+    (on_disk == size && now == mtime && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some((size, sha))
 }

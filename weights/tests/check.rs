@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use lsd_weights::{check_file, ChecksumStatus, Error, FileSpec, FileState, Layout, LayoutStatus, Manifest, Silent, Store};
+use lsd_weights::{
+    check_file, ChecksumStatus, Error, FileSpec, FileState, Layout, LayoutStatus, Manifest, Silent, Store,
+};
 use sha2::{Digest, Sha256};
 
 fn fixture(rel: &str) -> PathBuf {

@@ -107,7 +107,11 @@ fn serve(conn: TcpStream, state: &Mutex<HubState>) {
     let range = headers.get("range").cloned();
     let (body, cut, stall_after, etag_override, commit) = {
         let mut st = state.lock().unwrap();
-        st.seen.push(Seen { path: path.clone(), range: range.clone(), authorization: headers.get("authorization").cloned() });
+        st.seen.push(Seen {
+            path: path.clone(),
+            range: range.clone(),
+            authorization: headers.get("authorization").cloned(),
+        });
         let body = st.files.get(&path).cloned();
         (body, st.cut, st.stall_after, st.etag.clone(), st.commit.clone().unwrap_or_else(|| COMMIT.to_string()))
     };
@@ -440,11 +444,9 @@ fn issue_15_a_stalled_download_fails_and_resumes_next_time() {
 /// unchecked, so a hostile HF_ENDPOINT could write outside the cache.
 #[test]
 fn issue_15_server_etags_and_commits_that_name_paths_are_refused() {
-    for (etag, commit) in [
-        (Some("../../../../escaped"), None),
-        (None, Some("../../../../escaped")),
-        (Some("a/b"), None),
-    ] {
+    for (etag, commit) in
+        [(Some("../../../../escaped"), None), (None, Some("../../../../escaped")), (Some("a/b"), None)]
+    {
         let hub = Hub::start();
         let (dir, store, _) = setup(&hub, "main", None);
         {
@@ -493,7 +495,12 @@ fn a_file_published_outside_the_hub_is_never_downloaded() {
         let err = results[0].result.as_ref().unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::ByHand { .. }), "{msg}");
-        assert!(msg.contains("https://example.invalid/net.pkl") && msg.contains("net.pkl") && msg.contains("weights check byhand"), "{msg}");
+        assert!(
+            msg.contains("https://example.invalid/net.pkl")
+                && msg.contains("net.pkl")
+                && msg.contains("weights check byhand"),
+            "{msg}"
+        );
     }
     assert!(hub.seen().is_empty(), "nothing was requested");
 }

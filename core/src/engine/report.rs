@@ -120,10 +120,15 @@ impl Engine {
             )));
         }
         let step: usize = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step".into()))?;
-        let t: u64 = meta.get("optimizer_steps").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no optimizer_steps".into()))?;
+        let t: u64 =
+            meta.get("optimizer_steps").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no optimizer_steps".into()))?;
         let param = tensors.get("param").ok_or_else(|| bad("no 'param' tensor".into()))?;
         if param.dims() != self.param.as_tensor().dims() {
-            return Err(bad(format!("'param' has shape {:?}, this run trains {:?}", param.dims(), self.param.as_tensor().dims())));
+            return Err(bad(format!(
+                "'param' has shape {:?}, this run trains {:?}",
+                param.dims(),
+                self.param.as_tensor().dims()
+            )));
         }
         self.param.set(&param.to_dtype(DType::F32)?)?;
         self.opt.restore(&tensors, t, self.param.as_tensor())?;
@@ -150,13 +155,17 @@ impl Engine {
             out.push(if keys.is_empty() {
                 "a different recipe (its training settings changed)".to_string()
             } else {
-                format!("a different recipe: {} changed", keys.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", "))
+                format!(
+                    "a different recipe: {} changed",
+                    keys.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
+                )
             });
         }
         let now = self.provenance()?;
         if let Some(then) = meta.get("generator_sha256") {
             if *then != now.generator {
-                let file = self.setup.weights.generator.as_ref().map_or("demo".to_string(), |p| p.display().to_string());
+                let file =
+                    self.setup.weights.generator.as_ref().map_or("demo".to_string(), |p| p.display().to_string());
                 out.push(format!(
                     "a different generator file (sha256 {} then, {} now for '{file}')",
                     short(then),
@@ -169,7 +178,11 @@ impl Engine {
             for (name, build) in &now.terms {
                 match then.get(name) {
                     Some(b) if b == build => {}
-                    Some(b) => out.push(format!("a different build of loss term '{name}' ({} then, {} now)", short(b), short(build))),
+                    Some(b) => out.push(format!(
+                        "a different build of loss term '{name}' ({} then, {} now)",
+                        short(b),
+                        short(build)
+                    )),
                     None => out.push(format!("no loss term '{name}'")),
                 }
             }
@@ -324,7 +337,9 @@ impl Engine {
         let (w, dirs): (Tensor, Vec<Tensor>) = match (&self.w0, self.recipe.raw().mode) {
             (Some(w0), Mode::Latent) => {
                 let i = self.train_keys().iter().position(|&s| s == seed).ok_or_else(|| {
-                    Error::Config(format!("preview seed {seed} is not a training seed; latent mode only has offsets for those"))
+                    Error::Config(format!(
+                        "preview seed {seed} is not a training seed; latent mode only has offsets for those"
+                    ))
                 })?;
                 (w0.narrow(0, i, 1)?, vec![u.narrow(0, i, 1)?])
             }
@@ -373,9 +388,14 @@ impl Engine {
                 let dir = path.parent().unwrap_or(Path::new("."));
                 let tensors = crate::torch::load(path)?;
                 let cfg_file = dir.join("config.json");
-                let cfg = if cfg_file.is_file() { clip::Config::from_file(&cfg_file)? } else { clip::Config::from_tensors(&tensors)? };
+                let cfg = if cfg_file.is_file() {
+                    clip::Config::from_file(&cfg_file)?
+                } else {
+                    clip::Config::from_tensors(&tensors)?
+                };
                 let tok_file = dir.join("tokenizer.json");
-                let tok = if tok_file.is_file() { ClipTokenizer::from_file(&tok_file)? } else { ClipTokenizer::embedded()? };
+                let tok =
+                    if tok_file.is_file() { ClipTokenizer::from_file(&tok_file)? } else { ClipTokenizer::embedded()? };
                 let c = Clip::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, dev))?;
                 Ok((c, tok, path.display().to_string()))
             }
@@ -423,10 +443,7 @@ impl Engine {
                     }
                     _ => (self.w_plus(seed)?, u.narrow(0, 0, 1)?),
                 };
-                let lat = alphas
-                    .iter()
-                    .map(|&a| Ok((&w + (&dir * a as f64)?)?))
-                    .collect::<Result<Vec<_>>>()?;
+                let lat = alphas.iter().map(|&a| Ok((&w + (&dir * a as f64)?)?)).collect::<Result<Vec<_>>>()?;
                 let imgs = self.gen.synthesis(&Tensor::cat(&lat, 0)?, self.noise(), false)?.image;
                 let sims: Vec<f64> = loss.similarity(&imgs)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
                 for (s, v) in sums.iter_mut().zip(&sims) {
@@ -437,7 +454,11 @@ impl Engine {
             let mean: Vec<f64> = sums.iter().map(|s| s / seeds.len().max(1) as f64).collect();
             let zero = alphas.iter().position(|&a| a == 0.0).unwrap_or(0);
             let typical = self.recipe.alpha().typical();
-            let after_i = alphas.iter().enumerate().min_by(|a, b| (a.1 - typical).abs().total_cmp(&(b.1 - typical).abs())).map_or(0, |x| x.0);
+            let after_i = alphas
+                .iter()
+                .enumerate()
+                .min_by(|a, b| (a.1 - typical).abs().total_cmp(&(b.1 - typical).abs()))
+                .map_or(0, |x| x.0);
             value["clip_similarity"] = serde_json::json!({
                 "model": model,
                 "direction": 0,

@@ -36,15 +36,10 @@ impl Weights {
     /// The map a plugin's [`InitContext::weights`] gets: `generator`,
     /// `clip`, `arcface`, `bisenet`.
     pub fn context_map(&self) -> BTreeMap<String, Option<PathBuf>> {
-        [
-            ("generator", &self.generator),
-            ("clip", &self.clip),
-            ("arcface", &self.arcface),
-            ("bisenet", &self.bisenet),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
+        [("generator", &self.generator), ("clip", &self.clip), ("arcface", &self.arcface), ("bisenet", &self.bisenet)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     /// The plugin context for a run on `device`. Demo networks are drawn
@@ -138,20 +133,32 @@ pub fn term_names(terms: &[Term]) -> Vec<String> {
 /// Errors are located in the recipe: a missing plugin at `terms[i].plugin`,
 /// a plugin's parameter error at the parameter's own line (mapped with
 /// [`Term::params_line`]).
-pub fn load_plugin_terms(recipe: &Recipe, weights: &Weights, device: &Device) -> std::result::Result<Vec<EngineTerm>, RecipeError> {
+pub fn load_plugin_terms(
+    recipe: &Recipe,
+    weights: &Weights,
+    device: &Device,
+) -> std::result::Result<Vec<EngineTerm>, RecipeError> {
     let ctx = weights.context(device);
-    let recipe_dir: Option<PathBuf> = recipe.file().parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
+    let recipe_dir: Option<PathBuf> =
+        recipe.file().parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
     let names = term_names(recipe.terms());
     let mut out = Vec::new();
     for (i, (term, name)) in recipe.terms().iter().zip(names).enumerate() {
-        let names_a_file = term.plugin.contains(std::path::is_separator) || term.plugin.ends_with(std::env::consts::DLL_SUFFIX);
+        let names_a_file =
+            term.plugin.contains(std::path::is_separator) || term.plugin.ends_with(std::env::consts::DLL_SUFFIX);
         let plugin_ref = if names_a_file && Path::new(&term.plugin).is_relative() {
-            recipe_dir.as_ref().map(|d| d.join(&term.plugin).display().to_string()).unwrap_or_else(|| term.plugin.clone())
+            recipe_dir
+                .as_ref()
+                .map(|d| d.join(&term.plugin).display().to_string())
+                .unwrap_or_else(|| term.plugin.clone())
         } else {
             term.plugin.clone()
         };
         let lib = discovery::resolve(&plugin_ref, &[]).map_err(|e| {
-            recipe.error_at(&format!("{}.plugin", recipe.term_key(i)), format!("{}; run `lsd-tui plugins` to list the plugins found", error_text(&e)))
+            recipe.error_at(
+                &format!("{}.plugin", recipe.term_key(i)),
+                format!("{}; run `lsd-tui plugins` to list the plugins found", error_text(&e)),
+            )
         })?;
         let loaded = lib.instantiate(&term.params, &ctx).map_err(|e| params_error(recipe, i, term, &e))?;
         out.push(EngineTerm { name, weight: term.weight as f64, imp: TermImpl::Plugin(loaded) });
@@ -227,7 +234,14 @@ mod tests {
 
     #[test]
     fn names_are_unique() {
-        let t = |p: &str| Term { plugin: p.into(), weight: 1.0, params: String::new(), params_line: 0, params_column: 0, params_indent: 0 };
+        let t = |p: &str| Term {
+            plugin: p.into(),
+            weight: 1.0,
+            params: String::new(),
+            params_line: 0,
+            params_column: 0,
+            params_indent: 0,
+        };
         let names = term_names(&[t("clip"), t("identity"), t("clip"), t("./x/liblsd_plugin_colour.so")]);
         assert_eq!(names, ["clip", "identity", "clip#2", "colour"]);
     }

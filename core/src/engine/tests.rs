@@ -112,22 +112,34 @@ fn trains_writes_every_output_and_lowers_the_loss() {
     let summary = res.expect("the run succeeds");
     assert_eq!(summary.steps, 8);
     assert!(!summary.stopped_early);
-    let steps: Vec<&StepStats> = events.iter().filter_map(|e| if let TrainEvent::Step(s) = e { Some(s) } else { None }).collect();
+    let steps: Vec<&StepStats> =
+        events.iter().filter_map(|e| if let TrainEvent::Step(s) = e { Some(s) } else { None }).collect();
     assert_eq!(steps.len(), 8);
     assert!(matches!(events.first(), Some(TrainEvent::WarmUp { .. })));
     assert!(events.iter().any(|e| matches!(e, TrainEvent::Started(i) if i.terms == ["towards", "stay"] && i.demo)));
-    assert!(events.iter().any(|e| matches!(e, TrainEvent::Preview(p) if p.rows.len() == 1 && p.rows[0].edits.len() == 2)));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, TrainEvent::Preview(p) if p.rows.len() == 1 && p.rows[0].edits.len() == 2)));
     assert!(matches!(events.last(), Some(TrainEvent::Finished { .. })));
     let first = steps[0].terms[0];
     let last = steps[7].terms[0];
     assert!(last < first, "the 'towards' term did not decrease: {first} -> {last}");
-    for name in ["direction.safetensors", "recipe.yaml", "losses.csv", "strip-1.png", "losses.png", "metrics.json", CHECKPOINT_FILE] {
+    for name in [
+        "direction.safetensors",
+        "recipe.yaml",
+        "losses.csv",
+        "strip-1.png",
+        "losses.png",
+        "metrics.json",
+        CHECKPOINT_FILE,
+    ] {
         assert!(out.join(name).is_file(), "missing {name}");
     }
     let csv = std::fs::read_to_string(out.join("losses.csv")).expect("csv");
     assert!(csv.starts_with("step,total,towards,stay,grad_norm,lr\n"), "{csv}");
     assert_eq!(csv.lines().count(), 9);
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).expect("json")).expect("valid json");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).expect("json")).expect("valid json");
     let sims = &metrics["clip_similarity"];
     assert_eq!(sims["alphas"], serde_json::json!([-2.0, 0.0, 2.0]));
     assert!(sims["before"].as_f64().is_some_and(f64::is_finite), "{metrics}");
@@ -137,7 +149,14 @@ fn trains_writes_every_output_and_lowers_the_loss() {
     assert_eq!(d.meta.terms.len(), 2);
     assert_eq!(d.meta.steps, 8);
     // norm: layer — every layer of u has unit length.
-    let norms: Vec<f32> = d.direction.sqr().and_then(|t| t.sum(2)).and_then(|t| t.sqrt()).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("norms");
+    let norms: Vec<f32> = d
+        .direction
+        .sqr()
+        .and_then(|t| t.sum(2))
+        .and_then(|t| t.sqrt())
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("norms");
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
 }
 
@@ -198,10 +217,13 @@ fn a_nan_stops_the_run_naming_term_and_step_and_keeps_the_last_direction() {
 fn directions_with_diversity_layers_and_latent_mode() {
     let dir = tempdir();
     let out = dir.path().join("k2");
-    let text = RECIPE.replace("seed: 11\n", "seed: 11\ndirections: 2\ndiversity: 1.0\nlayers: [0, 3, 4]\nnorm: total\n");
+    let text =
+        RECIPE.replace("seed: 11\n", "seed: 11\ndirections: 2\ndiversity: 1.0\nlayers: [0, 3, 4]\nnorm: total\n");
     let (events, res) = run_sync(recipe(&text, &out), quiet(terms()));
     res.expect("K = 2 trains");
-    assert!(events.iter().any(|e| matches!(e, TrainEvent::Started(i) if i.terms.last().map(String::as_str) == Some("diversity"))));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, TrainEvent::Started(i) if i.terms.last().map(String::as_str) == Some("diversity"))));
     let d = read_direction(&out.join(DIRECTION_FILE), &Device::Cpu).expect("direction");
     assert_eq!(d.direction.dims()[0], 2);
     let per_layer: Vec<Vec<f32>> = d.direction.sqr().and_then(|t| t.sum(2)).and_then(|t| t.to_vec2()).expect("norms");
@@ -213,7 +235,10 @@ fn directions_with_diversity_layers_and_latent_mode() {
     }
 
     let out = dir.path().join("latent");
-    let text = RECIPE.replace("seed: 11\n", "seed: 11\nmode: latent\nlatent_l2: 0.01\n").replace("alpha: {min: -3, max: 3, min_abs: 1}\n", "").replace("  alphas: [-2, 2]\n", "");
+    let text = RECIPE
+        .replace("seed: 11\n", "seed: 11\nmode: latent\nlatent_l2: 0.01\n")
+        .replace("alpha: {min: -3, max: 3, min_abs: 1}\n", "")
+        .replace("  alphas: [-2, 2]\n", "");
     let (events, res) = run_sync(recipe(&text, &out), quiet(terms()));
     res.expect("latent mode trains");
     assert!(events.iter().any(|e| matches!(e, TrainEvent::Started(i) if i.mode == "latent")));
@@ -260,7 +285,6 @@ fn diversity_is_zero_for_orthogonal_and_one_for_parallel() -> Result<()> {
     assert!((diversity(&par)?.to_scalar::<f32>()? - 1.0).abs() < 1e-5);
     Ok(())
 }
-
 
 /// Records, for every sample of every call, its key and its original's
 /// pixels.
@@ -380,10 +404,10 @@ fn issue_15_a_failed_checkpoint_warns_and_training_goes_on() {
         look_on: 5,
         seen: seen.clone(),
     };
-    let terms = vec![EngineTerm::in_process("towards", 1.0, Towards(0.8)), EngineTerm::in_process("saboteur", 1.0, saboteur)];
-    let text = RECIPE
-        .replace("steps: 4", "steps: 6")
-        .replace("  - plugin: stay\n    weight: 0.5\n", "  - plugin: saboteur\n");
+    let terms =
+        vec![EngineTerm::in_process("towards", 1.0, Towards(0.8)), EngineTerm::in_process("saboteur", 1.0, saboteur)];
+    let text =
+        RECIPE.replace("steps: 4", "steps: 6").replace("  - plugin: stay\n    weight: 0.5\n", "  - plugin: saboteur\n");
     let (events, res) = run_sync(recipe(&text, &out), quiet(terms));
     let summary = res.expect("the run goes on after a failed checkpoint");
     assert_eq!(summary.steps, 6);
@@ -416,7 +440,9 @@ fn issue_15_a_failed_save_now_warns_and_training_goes_on() {
     let summary = h.thread.join().expect("no panic").expect("the run goes on after a failed save");
     assert_eq!(summary.steps, 6);
     let rest: Vec<TrainEvent> = h.events.iter().collect();
-    assert!(rest.iter().any(|e| matches!(e, TrainEvent::Message { level: Level::Warn, text } if text.contains("could not save"))));
+    assert!(rest
+        .iter()
+        .any(|e| matches!(e, TrainEvent::Message { level: Level::Warn, text } if text.contains("could not save"))));
 }
 
 /// Issue 15: two runs could write the same run folder at once; the second
@@ -470,14 +496,15 @@ fn issue_15_resume_refuses_another_generator_and_names_what_changed() {
 /// checkpoint was made with.
 #[test]
 fn issue_15_resume_refuses_another_build_of_a_plugin() {
-    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
     use crate::plugin::{InitContext, PluginLibrary};
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
     let plugins = lsd_plugin_testing::workspace_test_plugins().expect("the test plugins build");
     let dir = tempdir();
     let lib = dir.path().join(format!("{DLL_PREFIX}lsd_plugin_probe_copy{DLL_SUFFIX}"));
     std::fs::copy(&plugins["lsd-plugin-test-probe"], &lib).expect("copied");
     let setup = |lib: &Path, resume: bool| {
-        let term = PluginLibrary::open(lib).and_then(|l| l.instantiate("", &InitContext::default())).expect("the probe loads");
+        let term =
+            PluginLibrary::open(lib).and_then(|l| l.instantiate("", &InitContext::default())).expect("the probe loads");
         Setup {
             terms: vec![EngineTerm { name: "probe".into(), weight: 1.0, imp: TermImpl::Plugin(term) }],
             resume,
@@ -630,7 +657,8 @@ fn the_reference_regime_resumes_exactly() {
     let csv = |d: &Path| std::fs::read_to_string(d.join("losses.csv")).expect("csv");
     assert_eq!(csv(&straight), csv(&split));
     // The lr column: halved once, before step 2 of 4 (d = 4 / 2 = 2).
-    let lrs: Vec<f64> = csv(&straight).lines().skip(1).map(|l| l.rsplit(',').next().expect("lr").parse().expect("a number")).collect();
+    let lrs: Vec<f64> =
+        csv(&straight).lines().skip(1).map(|l| l.rsplit(',').next().expect("lr").parse().expect("a number")).collect();
     assert_eq!(lrs, [0.001f32 as f64, 0.001f32 as f64 / 2.0, 0.001f32 as f64 / 2.0, 0.001f32 as f64 / 4.0]);
 }
 
@@ -640,7 +668,9 @@ fn the_reference_regime_resumes_exactly() {
 #[test]
 fn a_latent_file_trains_like_its_seed_and_is_labelled_by_name() {
     let dir = tempdir();
-    let model = crate::experiments::models::LoadedGenerator::load(&crate::experiments::models::Source::Demo, &Device::Cpu).unwrap();
+    let model =
+        crate::experiments::models::LoadedGenerator::load(&crate::experiments::models::Source::Demo, &Device::Cpu)
+            .unwrap();
     let w = model.w_plus(1, 0.7).unwrap().squeeze(0).unwrap();
     let npy = dir.path().join("my-photo.npy");
     crate::npy::write(&npy, w.dims(), &w.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
@@ -648,7 +678,10 @@ fn a_latent_file_trains_like_its_seed_and_is_labelled_by_name() {
     let by_seed = dir.path().join("seed");
     let (_, res) = run_sync(recipe(&format!("truncation: 0.7\n{base}"), &by_seed), quiet(terms()));
     res.expect("the seed run succeeds");
-    let text = format!("truncation: 0.7\n{}", base.replace("seeds: [1]", &format!("seeds: []\nlatents: ['{}']", npy.display())));
+    let text = format!(
+        "truncation: 0.7\n{}",
+        base.replace("seeds: [1]", &format!("seeds: []\nlatents: ['{}']", npy.display()))
+    );
     let by_file = dir.path().join("file");
     let (events, res) = run_sync(recipe(&text, &by_file), Setup { metrics: true, ..Setup::new(terms()) });
     res.expect("the latent run succeeds");
@@ -692,6 +725,9 @@ fn a_forced_warm_up_is_reported_before_step_1_and_changes_nothing() {
     let (events, plain, plain_csv) = run_with(None, "plain");
     assert!(events.iter().any(|e| matches!(e, TrainEvent::WarmUp { what } if what.starts_with("first step"))));
     assert!(!events.iter().any(|e| matches!(e, TrainEvent::WarmUp { what } if what == WARM_UP_KERNELS)));
-    assert_eq!(warmed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        warmed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
     assert_eq!(warmed_csv, plain_csv);
 }

@@ -65,29 +65,16 @@ pub fn variants(recipe: &Recipe) -> Result<Vec<Variant>> {
     let (clip, id, seg) = (find("clip")?, find("identity")?, find("segmentation")?);
     let others: Vec<usize> = (0..names.len()).filter(|i| ![clip, id, seg].contains(i)).collect();
     let with = |extra: &[usize]| -> Vec<usize> {
-        let mut v: Vec<usize> =
-            others.iter().copied().chain([clip]).chain(extra.iter().copied()).collect();
+        let mut v: Vec<usize> = others.iter().copied().chain([clip]).chain(extra.iter().copied()).collect();
         v.sort_unstable();
         v
     };
     let (l_id, l_s) = (recipe.terms()[id].weight, recipe.terms()[seg].weight);
     Ok(vec![
         Variant { label: "CLIP only".into(), slug: "clip".into(), terms: with(&[]) },
-        Variant {
-            label: format!("CLIP + ID (λ_ID = {l_id})"),
-            slug: "clip+id".into(),
-            terms: with(&[id]),
-        },
-        Variant {
-            label: format!("CLIP + Seg (λ_S = {l_s})"),
-            slug: "clip+seg".into(),
-            terms: with(&[seg]),
-        },
-        Variant {
-            label: "CLIP + ID + Seg".into(),
-            slug: "clip+id+seg".into(),
-            terms: with(&[id, seg]),
-        },
+        Variant { label: format!("CLIP + ID (λ_ID = {l_id})"), slug: "clip+id".into(), terms: with(&[id]) },
+        Variant { label: format!("CLIP + Seg (λ_S = {l_s})"), slug: "clip+seg".into(), terms: with(&[seg]) },
+        Variant { label: "CLIP + ID + Seg".into(), slug: "clip+id+seg".into(), terms: with(&[id, seg]) },
     ])
 }
 
@@ -177,8 +164,7 @@ fn judges(weights: &Weights, device: &Device, params: &SegParams) -> Result<(Jud
         Some(p) => BiSeNet::load(p, device)?,
     };
     let names = params.classes.clone().unwrap_or_else(|| vec!["hair".into()]);
-    let classes =
-        names.iter().map(|n| bisenet::class_index_or_err(n)).collect::<Result<Vec<_>>>()?;
+    let classes = names.iter().map(|n| bisenet::class_index_or_err(n)).collect::<Result<Vec<_>>>()?;
     let size = params.size.unwrap_or(512);
     Ok((Judges { id: IdLoss::new(backbone), parser, classes, size }, names))
 }
@@ -187,9 +173,8 @@ fn judges(weights: &Weights, device: &Device, params: &SegParams) -> Result<(Jud
 /// segmentation term's classes and size.
 pub(super) fn judges_for(recipe: &Recipe, weights: &Weights, device: &Device) -> Result<(Judges, Vec<String>)> {
     let seg_index = term_names(recipe.terms()).iter().position(|n| n == "segmentation");
-    let params: SegParams = seg_index
-        .and_then(|i| yaml_serde::from_str(&recipe.terms()[i].params).ok())
-        .unwrap_or_default();
+    let params: SegParams =
+        seg_index.and_then(|i| yaml_serde::from_str(&recipe.terms()[i].params).ok()).unwrap_or_default();
     judges(weights, device, &params)
 }
 
@@ -234,12 +219,7 @@ pub fn run(
     let variants = variants(recipe)?;
     let seed = recipe.raw().seeds[0];
     let (judges, classes) = judges_for(recipe, weights, device)?;
-    let loss = ClipLoss::new(
-        clip.clip.clone(),
-        &clip.tokenizer,
-        &[recipe.raw().prompt.as_str()],
-        Resize::Auto,
-    )?;
+    let loss = ClipLoss::new(clip.clip.clone(), &clip.tokenizer, &[recipe.raw().prompt.as_str()], Resize::Auto)?;
     let noise = recipe.noise();
     let w = gen.w_plus(seed, recipe.raw().truncation as f64)?;
     let x = gen.image_with(&w, noise)?;
@@ -258,14 +238,12 @@ pub fn run(
         trainer.train_local(&variant_recipe(recipe, v)?, seed, &folder, cfg.steps, (i, total, label), progress)?;
         progress(Progress { done: i, total, what: format!("{label}: measuring") });
         let u = load_direction(&folder, device)?;
-        let latents =
-            cfg.alphas.iter().map(|&a| Ok((&w + (&u * a)?)?)).collect::<Result<Vec<_>>>()?;
+        let latents = cfg.alphas.iter().map(|&a| Ok((&w + (&u * a)?)?)).collect::<Result<Vec<_>>>()?;
         let mut row_metrics = Vec::new();
         let mut row_images = vec![original.clone()];
         for (chunk, alphas) in latents.chunks(4).zip(cfg.alphas.chunks(4)) {
             let edits = gen.image_with(&Tensor::cat(chunk, 0)?, noise)?;
-            let after: Vec<f64> =
-                loss.similarity(&edits)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let after: Vec<f64> = loss.similarity(&edits)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
             let judged = judges.judge(&x, &edits)?;
             for (k, &alpha) in alphas.iter().enumerate() {
                 row_metrics.push(Metric {
@@ -293,10 +271,7 @@ pub fn run(
         metrics,
         images,
         folders,
-        demo: gen.source.is_demo()
-            || clip.source.is_demo()
-            || weights.arcface.is_none()
-            || weights.bisenet.is_none(),
+        demo: gen.source.is_demo() || clip.source.is_demo() || weights.arcface.is_none() || weights.bisenet.is_none(),
     })
 }
 
@@ -312,15 +287,8 @@ pub struct Outputs {
 impl Ablation {
     /// `ablation.csv` text: one row per variant and α.
     pub fn to_csv(&self) -> String {
-        let mut s = csv_line(&[
-            "variant",
-            "alpha",
-            "clip_before",
-            "clip_after",
-            "clip_gain",
-            "id_similarity",
-            "inside_share",
-        ]);
+        let mut s =
+            csv_line(&["variant", "alpha", "clip_before", "clip_after", "clip_gain", "id_similarity", "inside_share"]);
         for m in self.metrics.iter().flatten() {
             s.push_str(&csv_line(&[
                 m.variant.clone(),
@@ -337,10 +305,8 @@ impl Ablation {
 
     /// The terminal table.
     pub fn to_table(&self) -> String {
-        let header: Vec<String> = ["variant", "α", "CLIP gain", "ID sim", "inside share"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let header: Vec<String> =
+            ["variant", "α", "CLIP gain", "ID sim", "inside share"].iter().map(|s| s.to_string()).collect();
         let rows: Vec<Vec<String>> = self
             .metrics
             .iter()
@@ -425,11 +391,8 @@ terms:
         assert_eq!(seg.raw().terms[1].plugin, "segmentation");
         assert_ne!(seg.training_hash(), r.training_hash());
 
-        let no_id = Recipe::parse(
-            &RECIPE.replace("  - plugin: identity\n    weight: 1.0\n", ""),
-            Path::new("b.yaml"),
-        )
-        .unwrap();
+        let no_id =
+            Recipe::parse(&RECIPE.replace("  - plugin: identity\n    weight: 1.0\n", ""), Path::new("b.yaml")).unwrap();
         let e = variants(&no_id).unwrap_err().to_string();
         assert!(e.contains("no 'identity' term"), "{e}");
     }
@@ -437,8 +400,7 @@ terms:
     #[test]
     fn judges_measure_identity_and_inside_share() {
         let dev = Device::Cpu;
-        let (j, names) =
-            judges(&Weights::demo(), &dev, &SegParams { classes: None, size: Some(64) }).unwrap();
+        let (j, names) = judges(&Weights::demo(), &dev, &SegParams { classes: None, size: Some(64) }).unwrap();
         assert_eq!(names, vec!["hair"]);
         let x = Tensor::randn(0f32, 0.5, (1, 3, 64, 64), &dev).unwrap();
         let edits = Tensor::cat(&[&(&x + 0.3).unwrap(), &x.affine(-1.0, 0.0).unwrap()], 0).unwrap();

@@ -41,8 +41,7 @@ pub const EXPERIMENT_FILE: &str = "generalize.json";
 /// Each direction folder's measurements.
 pub const DELTA_FILE: &str = "delta.csv";
 const DELTA_KEY_FILE: &str = "delta-key.txt";
-const DELTA_HEADER: [&str; 7] =
-    ["direction_seed", "image_seed", "kind", "alpha", "clip_before", "clip_after", "delta"];
+const DELTA_HEADER: [&str; 7] = ["direction_seed", "image_seed", "kind", "alpha", "clip_before", "clip_after", "delta"];
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -167,11 +166,7 @@ fn stat(values: &[f64]) -> Stat {
         return Stat { mean: f64::NAN, std: f64::NAN, n };
     }
     let mean = v.iter().sum::<f64>() / n as f64;
-    let var = if n > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-    } else {
-        0.0
-    };
+    let var = if n > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
     Stat { mean, std: var.sqrt(), n }
 }
 
@@ -262,13 +257,7 @@ pub fn run(
     write_experiment(out, &experiment)?;
 
     let measure = Measure::new(recipe, gen, clip, &alphas, cfg.batch.max(1))?;
-    let key = format!(
-        "{}|{:?}|{:?}|{}",
-        experiment.training_hash,
-        alphas,
-        cfg.test_seeds,
-        experiment.models.join("|")
-    );
+    let key = format!("{}|{:?}|{:?}|{}", experiment.training_hash, alphas, cfg.test_seeds, experiment.models.join("|"));
     if !cfg.directions.is_empty() {
         measure_given(&measure, cfg, out, &key, progress)?;
         return summarize(out);
@@ -300,11 +289,19 @@ pub fn run(
 /// Measures the given directions `cfg.train_seeds` (indices into
 /// `cfg.directions`) on every test seed; a folder already measured with the
 /// same settings is kept.
-fn measure_given(measure: &Measure, cfg: &Config, out: &Path, key: &str, progress: &mut dyn FnMut(Progress)) -> Result<()> {
+fn measure_given(
+    measure: &Measure,
+    cfg: &Config,
+    out: &Path,
+    key: &str,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
     let total = cfg.train_seeds.len();
     for (i, &index) in cfg.train_seeds.iter().enumerate() {
         if cfg.stop.requested() {
-            return Err(Error::Config(format!("stopped before direction {index}; run the same command again to continue")));
+            return Err(Error::Config(format!(
+                "stopped before direction {index}; run the same command again to continue"
+            )));
         }
         let given = usize::try_from(index).ok().and_then(|i| cfg.directions.get(i)).ok_or_else(|| {
             Error::Config(format!("direction {index} does not exist: {} were given", cfg.directions.len()))
@@ -313,7 +310,8 @@ fn measure_given(measure: &Measure, cfg: &Config, out: &Path, key: &str, progres
         // The folder is this direction's only if its values are too.
         let key = format!("{key}|{}|{}", given.label, tensor_sha256(&given.direction)?);
         let key_file = folder.join(DELTA_KEY_FILE);
-        let fresh = std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) && folder.join(DELTA_FILE).is_file();
+        let fresh = std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str())
+            && folder.join(DELTA_FILE).is_file();
         if !fresh {
             progress(Progress { done: i, total, what: format!("{}: measuring", given.label) });
             let rows = measure.direction(index, None, &given.direction, &cfg.test_seeds)?;
@@ -354,19 +352,8 @@ struct Measure<'a> {
 }
 
 impl<'a> Measure<'a> {
-    fn new(
-        recipe: &Recipe,
-        gen: &'a LoadedGenerator,
-        clip: &ClipModel,
-        alphas: &[f64],
-        batch: usize,
-    ) -> Result<Self> {
-        let loss = ClipLoss::new(
-            clip.clip.clone(),
-            &clip.tokenizer,
-            &[recipe.raw().prompt.as_str()],
-            Resize::Auto,
-        )?;
+    fn new(recipe: &Recipe, gen: &'a LoadedGenerator, clip: &ClipModel, alphas: &[f64], batch: usize) -> Result<Self> {
+        let loss = ClipLoss::new(clip.clip.clone(), &clip.tokenizer, &[recipe.raw().prompt.as_str()], Resize::Auto)?;
         Ok(Self {
             gen,
             loss,
@@ -382,13 +369,7 @@ impl<'a> Measure<'a> {
         let mut out = Vec::with_capacity(latents.len());
         for chunk in latents.chunks(self.batch) {
             let images = self.gen.image_with(&Tensor::cat(chunk, 0)?, self.noise)?;
-            out.extend(
-                self.loss
-                    .similarity(&images)?
-                    .flatten_all()?
-                    .to_dtype(DType::F64)?
-                    .to_vec1::<f64>()?,
-            );
+            out.extend(self.loss.similarity(&images)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?);
         }
         Ok(out)
     }
@@ -411,11 +392,9 @@ impl<'a> Measure<'a> {
             let w = self.gen.w_plus(image_seed, self.psi)?;
             let before = self.before(image_seed)?;
             let moving: Vec<f64> = self.alphas.iter().copied().filter(|&a| a != 0.0).collect();
-            let latents =
-                moving.iter().map(|&a| Ok((&w + (u * a)?)?)).collect::<Result<Vec<_>>>()?;
+            let latents = moving.iter().map(|&a| Ok((&w + (u * a)?)?)).collect::<Result<Vec<_>>>()?;
             let sims = self.sims(&latents)?;
-            let mut by_alpha: BTreeMap<u64, f64> =
-                moving.iter().zip(sims).map(|(a, s)| (a.to_bits(), s)).collect();
+            let mut by_alpha: BTreeMap<u64, f64> = moving.iter().zip(sims).map(|(a, s)| (a.to_bits(), s)).collect();
             by_alpha.insert(0f64.to_bits(), before);
             for &alpha in &self.alphas {
                 rows.push(Row {
@@ -450,8 +429,7 @@ fn rows_csv(rows: &[Row]) -> String {
 
 fn read_rows(path: &Path) -> Result<Vec<Row>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-    let bad =
-        |line: usize, why: &str| Error::Config(format!("'{}' line {line}: {why}", path.display()));
+    let bad = |line: usize, why: &str| Error::Config(format!("'{}' line {line}: {why}", path.display()));
     let mut rows = Vec::new();
     for (line, f) in read_csv(&text, path)?.into_iter().skip(1) {
         if f.len() != DELTA_HEADER.len() {
@@ -499,8 +477,8 @@ fn measured_seeds(out: &Path, prefix: &str) -> Result<Vec<u64>> {
 pub fn summarize(out: &Path) -> Result<Summary> {
     let path = out.join(EXPERIMENT_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-    let mut experiment: Experiment = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("'{}': {e}", path.display())))?;
+    let mut experiment: Experiment =
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("'{}': {e}", path.display())))?;
     let prefix = experiment.folder_prefix();
     let seeds = measured_seeds(out, prefix)?;
     let mut rows = Vec::new();
@@ -512,10 +490,7 @@ pub fn summarize(out: &Path) -> Result<Summary> {
         .iter()
         .map(|&a| {
             let pick = |trained: bool| -> Vec<f64> {
-                rows.iter()
-                    .filter(|r| r.alpha == a && r.trained == trained)
-                    .map(Row::delta)
-                    .collect()
+                rows.iter().filter(|r| r.alpha == a && r.trained == trained).map(Row::delta).collect()
             };
             (a, stat(&pick(true)), stat(&pick(false)))
         })
@@ -546,10 +521,8 @@ impl Summary {
 
     /// The terminal table.
     pub fn to_table(&self) -> String {
-        let header: Vec<String> = ["α", "trained mean", "± std", "n", "unseen mean", "± std", "n"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let header: Vec<String> =
+            ["α", "trained mean", "± std", "n", "unseen mean", "± std", "n"].iter().map(|s| s.to_string()).collect();
         let rows: Vec<Vec<String>> = self
             .curve
             .iter()
@@ -587,10 +560,7 @@ impl Summary {
             name: name.into(),
             points: self.curve.iter().map(|c| (c.0, pick(c).mean)).collect(),
             band: Some(
-                self.curve
-                    .iter()
-                    .map(|c| (c.0, pick(c).mean - pick(c).std, pick(c).mean + pick(c).std))
-                    .collect(),
+                self.curve.iter().map(|c| (c.0, pick(c).mean - pick(c).std, pick(c).mean + pick(c).std)).collect(),
             ),
             color,
         };
@@ -607,7 +577,11 @@ impl Summary {
                 ]
             } else {
                 // Given directions have no image of their own.
-                vec![series(&format!("{} given direction(s), {} images", e.train_seeds.len(), e.test_seeds.len()), PALETTE[1], |c| c.2)]
+                vec![series(
+                    &format!("{} given direction(s), {} images", e.train_seeds.len(), e.test_seeds.len()),
+                    PALETTE[1],
+                    |c| c.2,
+                )]
             },
             size: (720, 440),
         };
@@ -642,8 +616,8 @@ pub fn merge(dest: &Path, shards: &[PathBuf]) -> Result<Summary> {
     for shard in shards {
         let path = shard.join(EXPERIMENT_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-        let e: Experiment = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("'{}': {e}", path.display())))?;
+        let e: Experiment =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("'{}': {e}", path.display())))?;
         match &mut merged {
             None => merged = Some(e),
             Some(m) => {
@@ -660,9 +634,7 @@ pub fn merge(dest: &Path, shards: &[PathBuf]) -> Result<Summary> {
         let prefix = merged.as_ref().expect("set above").folder_prefix();
         for seed in measured_seeds(shard, prefix)? {
             let to = direction_folder(dest, prefix, seed);
-            if shard.canonicalize().ok() != dest.canonicalize().ok()
-                && !to.join(DELTA_FILE).is_file()
-            {
+            if shard.canonicalize().ok() != dest.canonicalize().ok() && !to.join(DELTA_FILE).is_file() {
                 copy_dir(&direction_folder(shard, prefix, seed), &to)?;
             }
         }
@@ -695,14 +667,7 @@ mod tests {
     use super::*;
 
     fn row(d: u64, i: u64, a: f64, delta: f64) -> Row {
-        Row {
-            direction_seed: d,
-            image_seed: i,
-            trained: d == i,
-            alpha: a,
-            before: 0.2,
-            after: 0.2 + delta,
-        }
+        Row { direction_seed: d, image_seed: i, trained: d == i, alpha: a, before: 0.2, after: 0.2 + delta }
     }
 
     fn experiment(seeds: Vec<u64>, shard: Option<(usize, usize)>) -> Experiment {
@@ -727,9 +692,7 @@ mod tests {
         for &s in seeds {
             let rows: Vec<Row> = [s, 100, 101]
                 .iter()
-                .flat_map(|&i| {
-                    [row(s, i, 0.0, 0.0), row(s, i, 1.0, if i == s { 0.02 } else { 0.01 })]
-                })
+                .flat_map(|&i| [row(s, i, 0.0, 0.0), row(s, i, 1.0, if i == s { 0.02 } else { 0.01 })])
                 .collect();
             write_atomic(&direction_folder(dir, "seed-", s).join(DELTA_FILE), &rows_csv(&rows)).unwrap();
         }

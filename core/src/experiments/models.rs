@@ -48,11 +48,8 @@ fn load_clip_file(path: &Path, device: &Device) -> Result<(Clip, ClipTokenizer)>
         clip::Config::from_tensors(&tensors)?
     };
     let tokenizer_json = dir.join("tokenizer.json");
-    let tokenizer = if tokenizer_json.is_file() {
-        ClipTokenizer::from_file(&tokenizer_json)?
-    } else {
-        ClipTokenizer::embedded()?
-    };
+    let tokenizer =
+        if tokenizer_json.is_file() { ClipTokenizer::from_file(&tokenizer_json)? } else { ClipTokenizer::embedded()? };
     let clip = Clip::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, device))?;
     Ok((clip, tokenizer))
 }

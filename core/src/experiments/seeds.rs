@@ -82,8 +82,6 @@ mod tests {
         assert!(parts.iter().all(|p| p.len() == 3 || p.len() == 4));
         assert_eq!(shard(&seeds[..2], 2, 4), Vec::<u64>::new());
         assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
-        assert!(
-            parse_shard("4/4").is_err() && parse_shard("1").is_err() && parse_shard("0/0").is_err()
-        );
+        assert!(parse_shard("4/4").is_err() && parse_shard("1").is_err() && parse_shard("0/0").is_err());
     }
 }

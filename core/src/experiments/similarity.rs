@@ -19,8 +19,8 @@ use serde::Serialize;
 use super::models::{ClipModel, LoadedGenerator};
 use super::table::{csv_line, csv_number, ellipsize, text_table, write_atomic};
 use super::Progress;
-use crate::models::clip::preprocess::Resize;
 use crate::direction_io::GivenDirection;
+use crate::models::clip::preprocess::Resize;
 use crate::models::clip::ClipLoss;
 use crate::render::{heat_map_in, save_png_atomic, tensor_to_rgb};
 use crate::{Error, Result};
@@ -126,7 +126,11 @@ pub fn run(
 
 /// Each image `(label, w)` once per direction and α, `w + α·u`; the images
 /// as they are when there are no directions.
-fn edited_columns(images: Vec<(String, Tensor)>, directions: &[GivenDirection], alphas: &[f64]) -> Result<Vec<(String, Tensor)>> {
+fn edited_columns(
+    images: Vec<(String, Tensor)>,
+    directions: &[GivenDirection],
+    alphas: &[f64],
+) -> Result<Vec<(String, Tensor)>> {
     if directions.is_empty() {
         return Ok(images);
     }
@@ -219,12 +223,8 @@ impl Similarity {
     /// The heat map: prompts × seeds, thumbnails as column headers.
     pub fn heat_map(&self) -> RgbImage {
         let side = self.config.thumb.max(8);
-        let thumbs: Vec<RgbImage> = self
-            .images
-            .iter()
-            .zip(&self.labels)
-            .map(|(im, label)| labelled_thumb(im, side, label))
-            .collect();
+        let thumbs: Vec<RgbImage> =
+            self.images.iter().zip(&self.labels).map(|(im, label)| labelled_thumb(im, side, label)).collect();
         let title = format!("CLIP similarity (cosine), truncation {}", self.config.truncation);
         let footer = self.demo.then_some(crate::demo::DEMO_LABEL);
         heat_map_in(&self.values, &self.config.prompts, &thumbs, &title, footer, self.config.scale)
@@ -250,8 +250,7 @@ impl Similarity {
             demo: self.demo,
             values: &self.values,
         };
-        let text = serde_json::to_string_pretty(&body)
-            .map_err(|e| Error::Config(format!("similarity.json: {e}")))?;
+        let text = serde_json::to_string_pretty(&body).map_err(|e| Error::Config(format!("similarity.json: {e}")))?;
         write_atomic(&json, &text)?;
         let mut images = Vec::new();
         for (label, im) in self.labels.iter().zip(&self.images) {
@@ -294,10 +293,7 @@ mod tests {
         let gen = LoadedGenerator::load(&Source::Demo, &dev).unwrap();
         let clip = ClipModel::load(&Source::Demo, &dev).unwrap();
         let cfg = Config {
-            prompts: vec![
-                "a photo of a person with gray hair".into(),
-                "a, \"quoted\" prompt".into(),
-            ],
+            prompts: vec!["a photo of a person with gray hair".into(), "a, \"quoted\" prompt".into()],
             seeds: vec![0, 1, 2],
             latents: Vec::new(),
             truncation: 0.7,
@@ -345,7 +341,16 @@ mod tests {
         let w = gen.w_plus(1, 0.7).unwrap().squeeze(0).unwrap();
         let path = dir.path().join("my photo.npy");
         crate::npy::write(&path, w.dims(), &w.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
-        let cfg = Config { prompts: vec!["gray hair".into()], seeds: vec![1], latents: vec![path], truncation: 0.7, thumb: 16, scale: None, directions: Vec::new(), alphas: Vec::new() };
+        let cfg = Config {
+            prompts: vec!["gray hair".into()],
+            seeds: vec![1],
+            latents: vec![path],
+            truncation: 0.7,
+            thumb: 16,
+            scale: None,
+            directions: Vec::new(),
+            alphas: Vec::new(),
+        };
         let s = run(&cfg, &gen, &clip, &mut |_| {}).unwrap();
         assert_eq!(s.labels, ["seed 1", "my_photo"]);
         assert_eq!(s.values[0][0], s.values[0][1], "the same latent gives the same similarity");
@@ -385,7 +390,12 @@ mod tests {
         let s = run(&cfg, &gen, &clip, &mut |_| {}).unwrap();
         assert_eq!(
             s.labels,
-            ["seed 4 two.safetensors@0 α=+0", "seed 4 two.safetensors@0 α=+2", "seed 4 two.safetensors@1 α=+0", "seed 4 two.safetensors@1 α=+2"]
+            [
+                "seed 4 two.safetensors@0 α=+0",
+                "seed 4 two.safetensors@0 α=+2",
+                "seed 4 two.safetensors@1 α=+0",
+                "seed 4 two.safetensors@1 α=+2"
+            ]
         );
         for (row, base) in s.values.iter().zip(&before.values) {
             // α = 0 and the zero direction leave the image as it was.

@@ -130,7 +130,11 @@ pub fn point_recipe(recipe: &Recipe, point: &Point, folder: &Path, steps: Option
     }
     let text = yaml_serde::to_string(&raw).map_err(|e| Error::Config(format!("recipe: {e}")))?;
     let mut r = Recipe::parse(&text, recipe.file()).map_err(|e| {
-        Error::Config(format!("--set {}: {}", point.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), e.message))
+        Error::Config(format!(
+            "--set {}: {}",
+            point.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            e.message
+        ))
     })?;
     if let Some(s) = steps {
         r.edit(|raw| raw.steps = s).map_err(|e| Error::Config(e.to_string()))?;
@@ -237,7 +241,10 @@ pub fn run(
         .iter()
         .map(|p| point_recipe(recipe, p, &run_folder(out, &p.slug), cfg.steps))
         .collect::<Result<Vec<_>>>()?;
-    let seed = *recipe.raw().seeds.first().ok_or_else(|| Error::Config("a sweep measures on the recipe's first seed; list one under 'seeds'".into()))?;
+    let seed =
+        *recipe.raw().seeds.first().ok_or_else(|| {
+            Error::Config("a sweep measures on the recipe's first seed; list one under 'seeds'".into())
+        })?;
     let demo = gen.source.is_demo() || clip.source.is_demo() || weights.arcface.is_none() || weights.bisenet.is_none();
     let plan = Plan {
         recipe_hash: recipe.hash(),
@@ -262,7 +269,10 @@ pub fn run(
     let total = mine.len();
     for (n, &i) in mine.iter().enumerate() {
         if cfg.stop.requested() {
-            return Err(Error::Config(format!("stopped before '{}'; run the same command again to continue", all[i].slug)));
+            return Err(Error::Config(format!(
+                "stopped before '{}'; run the same command again to continue",
+                all[i].slug
+            )));
         }
         let (p, r) = (&all[i], &recipes[i]);
         let folder = r.output().to_path_buf();
@@ -365,7 +375,9 @@ impl Summary {
     /// The header of the tables: the settings' keys, then the metrics.
     fn header(&self) -> Vec<String> {
         let mut h: Vec<String> = self.plan.settings.iter().map(|s| s.key.clone()).collect();
-        h.extend(["edit_alpha", "clip_before", "clip_after", "clip_gain", "id_similarity", "inside_share"].map(String::from));
+        h.extend(
+            ["edit_alpha", "clip_before", "clip_after", "clip_gain", "id_similarity", "inside_share"].map(String::from),
+        );
         h
     }
 
@@ -421,13 +433,20 @@ impl Summary {
                 .map(|name| {
                     let path = folder.join(name);
                     let im = image::open(&path)
-                        .map_err(|e| Error::Checkpoint { path: path.clone(), reason: format!("cannot read the image: {e}") })?
+                        .map_err(|e| Error::Checkpoint {
+                            path: path.clone(),
+                            reason: format!("cannot read the image: {e}"),
+                        })?
                         .to_rgb8();
                     Ok(image::imageops::thumbnail(&im, cell, cell))
                 })
                 .collect::<Result<Vec<_>>>()?;
             cells.push(row);
-            labels.push(format!("{} (a={})", p.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), m.alpha));
+            labels.push(format!(
+                "{} (a={})",
+                p.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+                m.alpha
+            ));
         }
         let cols = vec!["original".to_string(), "-a".into(), "+a".into()];
         let title = format!("Sweep: \"{}\"", self.plan.prompt);
@@ -465,8 +484,11 @@ terms:
     #[test]
     fn settings_make_a_checked_grid_of_recipes() {
         let r = Recipe::parse(RECIPE, Path::new("s.yaml")).unwrap();
-        let settings =
-            vec![parse_setting("identity.weight=0.1, 0.5").unwrap(), parse_setting("alpha=2,3").unwrap(), parse_setting("optimizer.lr=0.05").unwrap()];
+        let settings = vec![
+            parse_setting("identity.weight=0.1, 0.5").unwrap(),
+            parse_setting("alpha=2,3").unwrap(),
+            parse_setting("optimizer.lr=0.05").unwrap(),
+        ];
         let ps = points(&settings);
         assert_eq!(ps.len(), 4);
         assert_eq!(ps[1].slug, "identity.weight=0.1,alpha=3,optimizer.lr=0.05");

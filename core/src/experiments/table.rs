@@ -111,7 +111,14 @@ mod tests {
         let text = csv_line(&["label", "value"]) + &csv_line(&[label, "0.5"]) + &csv_line(&["next", "1"]);
         let read = read_csv(&text, Path::new("t.csv")).expect("reads");
         let rows: Vec<Vec<String>> = read.iter().map(|(_, r)| r.clone()).collect();
-        assert_eq!(rows, [vec!["label".to_string(), "value".into()], vec![label.into(), "0.5".into()], vec!["next".into(), "1".into()]]);
+        assert_eq!(
+            rows,
+            [
+                vec!["label".to_string(), "value".into()],
+                vec![label.into(), "0.5".into()],
+                vec!["next".into(), "1".into()]
+            ]
+        );
         assert_eq!(read.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1, 2, 4], "records keep the line they start on");
     }
 

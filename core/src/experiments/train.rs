@@ -55,8 +55,7 @@ pub struct Trained {
 pub fn is_done(recipe: &Recipe, folder: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(folder.join(DONE_FILE)) else { return false };
     let want = Done { training_hash: recipe.training_hash(), steps: recipe.raw().steps };
-    serde_json::from_str::<Done>(&text).is_ok_and(|d| d == want)
-        && folder.join(DIRECTION_FILE).is_file()
+    serde_json::from_str::<Done>(&text).is_ok_and(|d| d == want) && folder.join(DIRECTION_FILE).is_file()
 }
 
 /// Trains `recipe` into `recipe.output()` with its terms loaded as plugins,
@@ -75,8 +74,7 @@ pub fn train_or_reuse(
     if is_done(&recipe, &folder) {
         return Ok(Trained { folder, reused: true });
     }
-    let terms = engine::load_plugin_terms(&recipe, weights, device)
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let terms = engine::load_plugin_terms(&recipe, weights, device).map_err(|e| Error::Config(e.to_string()))?;
     let done = Done { training_hash: recipe.training_hash(), steps: recipe.raw().steps };
     let steps = recipe.raw().steps;
     let setup = Setup {
@@ -108,9 +106,8 @@ pub fn train_or_reuse(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let summary = worker.join().map_err(|_| {
-        Error::Config("the training engine panicked; see the message above".into())
-    })??;
+    let summary =
+        worker.join().map_err(|_| Error::Config("the training engine panicked; see the message above".into()))??;
     if summary.stopped_early {
         return Err(Error::Config(format!(
             "training into '{}' stopped at step {} of {steps}; rerun to resume it",

@@ -645,7 +645,11 @@ mod tests {
         let a = demo(3, &dev)?.forward(&xs)?;
         let b = demo(3, &dev)?.forward(&xs)?;
         let c = demo(4, &dev)?.forward(&xs)?;
-        let (a, b, c) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?, c.flatten_all()?.to_vec1::<f32>()?);
+        let (a, b, c) = (
+            a.flatten_all()?.to_vec1::<f32>()?,
+            b.flatten_all()?.to_vec1::<f32>()?,
+            c.flatten_all()?.to_vec1::<f32>()?,
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.iter().all(|v| v.is_finite()));

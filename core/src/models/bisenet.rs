@@ -152,9 +152,7 @@ pub fn hard_mask(logits: &Tensor, classes: &[usize]) -> Result<Tensor> {
     let (n, h, w) = labels.dims3()?;
     let k = ids.dim(0)?;
     // one-hot of the label restricted to `classes`, summed over them.
-    let hits = labels
-        .unsqueeze(1)?
-        .broadcast_eq(&ids.reshape((1, k, 1, 1))?.broadcast_as((n, k, h, w))?)?;
+    let hits = labels.unsqueeze(1)?.broadcast_eq(&ids.reshape((1, k, 1, 1))?.broadcast_as((n, k, h, w))?)?;
     Ok(hits.to_dtype(logits.dtype())?.sum(1)?)
 }
 
@@ -257,9 +255,7 @@ impl Config {
         for k in 0..4 {
             let layer = format!("cp.resnet.layer{}", k + 1);
             resnet_widths[k] = dim(&format!("{layer}.0.conv1.weight"), 0)?;
-            resnet_blocks[k] = (0..)
-                .take_while(|i| tensors.contains_key(&format!("{layer}.{i}.conv1.weight")))
-                .count();
+            resnet_blocks[k] = (0..).take_while(|i| tensors.contains_key(&format!("{layer}.{i}.conv1.weight"))).count();
         }
         let cfg = Self {
             resnet_widths,
@@ -330,11 +326,7 @@ impl Config {
             ("conv_out32", cp, self.aux_out_mid),
         ] {
             conv_bn(&mut out, &format!("{head}.conv"), mid, c_in, 3);
-            out.push((
-                format!("{head}.conv_out.weight"),
-                vec![self.n_classes, mid, 1, 1],
-                DType::F32,
-            ));
+            out.push((format!("{head}.conv_out.weight"), vec![self.n_classes, mid, 1, 1], DType::F32));
         }
         out
     }
@@ -344,9 +336,8 @@ impl Config {
     pub fn check_state_dict(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         let expected = self.state_dict_shapes();
         for (name, shape, _) in &expected {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| Error::MissingTensor { name: name.clone(), hint: String::new() })?;
+            let t =
+                tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.clone(), hint: String::new() })?;
             if t.dims() != shape.as_slice() {
                 return Err(Error::BadShape {
                     name: name.clone(),
@@ -380,8 +371,7 @@ struct AttentionRefinement {
 impl AttentionRefinement {
     fn new(vb: VarBuilder, c_in: usize, c_out: usize, eps: f64) -> Result<Self> {
         let conv = ConvBn::new(vb.pp("conv.conv"), vb.pp("conv.bn"), (c_in, c_out, 3), 1, 1, eps)?;
-        let atten =
-            ConvBn::new(vb.pp("conv_atten"), vb.pp("bn_atten"), (c_out, c_out, 1), 1, 0, eps)?;
+        let atten = ConvBn::new(vb.pp("conv_atten"), vb.pp("bn_atten"), (c_out, c_out, 1), 1, 0, eps)?;
         Ok(Self { conv, atten })
     }
 
@@ -684,10 +674,7 @@ mod tests {
         // A cases file holding only the rect input: every other tensor is missing.
         std::fs::copy(Path::new(FIXTURE).join("model.pth"), dir.path().join("model.pth"))
             .map_err(|e| Error::io("copying", dir.path(), e))?;
-        let cases = candle_core::safetensors::load(
-            Path::new(FIXTURE).join("cases.safetensors"),
-            &Device::Cpu,
-        )?;
+        let cases = candle_core::safetensors::load(Path::new(FIXTURE).join("cases.safetensors"), &Device::Cpu)?;
         let only = HashMap::from([("rect_input".to_string(), cases["rect_input"].clone())]);
         candle_core::safetensors::save(&only, dir.path().join("cases.safetensors"))?;
         let report = check_fixture(dir.path(), &Device::Cpu)?;
@@ -750,9 +737,7 @@ mod tests {
     fn demo_is_deterministic() -> Result<()> {
         let dev = Device::Cpu;
         let xs = Tensor::randn(0f32, 1., (1, 3, 40, 48), &dev)?;
-        let run = |seed| -> Result<Vec<f32>> {
-            Ok(demo(seed, &dev)?.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?)
-        };
+        let run = |seed| -> Result<Vec<f32>> { Ok(demo(seed, &dev)?.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?) };
         let a = run(3)?;
         assert_eq!(a.len(), 19 * 40 * 48);
         assert!(a.iter().all(|v| v.is_finite()));
@@ -795,8 +780,7 @@ mod tests {
     fn generator_images_are_rescaled_resized_and_normalised() -> Result<()> {
         let dev = Device::Cpu;
         // -1, 0 and 1 become 0, 0.5 and 1 before normalisation.
-        let xs =
-            Tensor::new(&[-1f32, 0., 1.], &dev)?.reshape((1, 3, 1, 1))?.repeat((1, 1, 4, 6))?;
+        let xs = Tensor::new(&[-1f32, 0., 1.], &dev)?.reshape((1, 3, 1, 1))?.repeat((1, 1, 4, 6))?;
         let out = preprocess_generator_image(&xs, (8, 12))?;
         assert_eq!(out.dims(), &[1, 3, 8, 12]);
         let v = out.mean((2, 3))?.flatten_all()?.to_vec1::<f32>()?;
@@ -819,8 +803,7 @@ mod tests {
     fn gradient_matches_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
         let cfg = Config::demo();
-        let vb =
-            VarBuilder::from_tensors(demo_weights(&cfg, 11)?.tensors().clone(), DType::F64, &dev);
+        let vb = VarBuilder::from_tensors(demo_weights(&cfg, 11)?.tensors().clone(), DType::F64, &dev);
         let net = BiSeNet::new(&cfg, vb)?;
         let (h, w) = (33, 32);
         let xs = Tensor::randn(0f64, 1., (1, 3, h, w), &dev)?;
@@ -831,8 +814,7 @@ mod tests {
         };
         let var = Var::from_tensor(&xs)?;
         let grads = objective(var.as_tensor())?.backward()?;
-        let grad =
-            grads.get(&var).expect("the input takes part").flatten_all()?.to_vec1::<f64>()?;
+        let grad = grads.get(&var).expect("the input takes part").flatten_all()?.to_vec1::<f64>()?;
         let base = xs.flatten_all()?.to_vec1::<f64>()?;
         let eps = 1e-5;
         for idx in [0, 5 * w + 7, h * w + 3 * w + 31, 2 * h * w + 32 * w + 31, 2 * h * w + 16 * w] {

@@ -199,10 +199,8 @@ impl Config {
     /// Reads a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            reason: format!("not a CLIP config.json: {e}"),
-        })
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: format!("not a CLIP config.json: {e}") })
     }
 
     /// Infers the configuration from a checkpoint's tensors.
@@ -290,10 +288,7 @@ impl Config {
         };
         let (dt, dv, p) = (t.hidden_size, v.hidden_size, v.patch_size);
         add("text_model.embeddings.token_embedding.weight".into(), vec![t.vocab_size, dt]);
-        add(
-            "text_model.embeddings.position_embedding.weight".into(),
-            vec![t.max_position_embeddings, dt],
-        );
+        add("text_model.embeddings.position_embedding.weight".into(), vec![t.max_position_embeddings, dt]);
         for i in 0..t.num_hidden_layers {
             layer(&mut add, &format!("text_model.encoder.layers.{i}"), dt, t.intermediate_size);
         }
@@ -301,10 +296,7 @@ impl Config {
         add("text_model.final_layer_norm.bias".into(), vec![dt]);
         let grid = v.image_size / p.max(1);
         add("vision_model.embeddings.class_embedding".into(), vec![dv]);
-        add(
-            "vision_model.embeddings.patch_embedding.weight".into(),
-            vec![dv, v.num_channels, p, p],
-        );
+        add("vision_model.embeddings.patch_embedding.weight".into(), vec![dv, v.num_channels, p, p]);
         add("vision_model.embeddings.position_embedding.weight".into(), vec![grid * grid + 1, dv]);
         for n in ["pre_layrnorm", "post_layernorm"] {
             add(format!("vision_model.{n}.weight"), vec![dv]);
@@ -422,12 +414,7 @@ pub struct ClipLoss {
 
 impl ClipLoss {
     /// Embeds `prompts` once; images are resized with `resize`.
-    pub fn new(
-        clip: Clip,
-        tokenizer: &ClipTokenizer,
-        prompts: &[&str],
-        resize: Resize,
-    ) -> Result<Self> {
+    pub fn new(clip: Clip, tokenizer: &ClipTokenizer, prompts: &[&str], resize: Resize) -> Result<Self> {
         let device = clip.logit_scale.device().clone();
         let batch = tokenizer.encode_batch(prompts, Padding::Longest, &device)?;
         let text = normalize(&clip.text_features(&batch.input_ids)?)?;
@@ -472,9 +459,7 @@ impl ClipLoss {
     pub fn loss(&self, xs: &Tensor, prompt: usize) -> Result<Tensor> {
         let n = self.text_embeds.dim(0)?;
         if prompt >= n {
-            return Err(Error::Config(format!(
-                "prompt index {prompt} is out of range for {n} prompts"
-            )));
+            return Err(Error::Config(format!("prompt index {prompt} is out of range for {n} prompts")));
         }
         Ok(self.similarity(xs)?.narrow(1, prompt, 1)?.squeeze(1)?.affine(-1.0, 1.0)?)
     }
@@ -584,10 +569,7 @@ mod tests {
         assert_eq!(cfg.text_config.eos_token_id, 49407);
         assert_eq!(cfg.vision_config.hidden_act, Activation::QuickGelu);
         // Everything but the head counts (not stored in weights) is inferred.
-        let weights = candle_core::safetensors::load(
-            Path::new(FIXTURE).join("model.safetensors"),
-            &Device::Cpu,
-        )?;
+        let weights = candle_core::safetensors::load(Path::new(FIXTURE).join("model.safetensors"), &Device::Cpu)?;
         let mut inferred = Config::from_tensors(&weights)?;
         inferred.text_config.num_attention_heads = 4;
         inferred.vision_config.num_attention_heads = 4;
@@ -613,8 +595,7 @@ mod tests {
             })
             .collect();
         assert_eq!(real.len(), 398);
-        let ours: HashMap<String, Vec<usize>> =
-            Config::vit_b_32().parameter_shapes().into_iter().collect();
+        let ours: HashMap<String, Vec<usize>> = Config::vit_b_32().parameter_shapes().into_iter().collect();
         assert_eq!(ours, real);
 
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -642,11 +623,9 @@ mod tests {
         let dev = Device::Cpu;
         let embed = |seed| -> Result<(Vec<f32>, Vec<f32>)> {
             let (clip, tok) = demo(seed, &dev)?;
-            let ids =
-                tok.encode_batch(&["a photo of a person with gray hair"], Padding::Longest, &dev)?;
+            let ids = tok.encode_batch(&["a photo of a person with gray hair"], Padding::Longest, &dev)?;
             let text = clip.text_features(&ids.input_ids)?.flatten_all()?.to_vec1()?;
-            let pixels: Vec<f32> =
-                (0..3 * 64 * 64).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
+            let pixels: Vec<f32> = (0..3 * 64 * 64).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
             let xs = Tensor::from_vec(pixels, (1, 3, 64, 64), &dev)?;
             let px = preprocess(&xs, Resize::Auto, clip.image_size())?;
             let image = clip.image_features(&px)?.flatten_all()?.to_vec1()?;
@@ -667,8 +646,7 @@ mod tests {
         let ids = tok.encode(&long)?;
         assert_eq!(ids.len(), CONTEXT_LENGTH);
         assert_eq!((ids[0], ids[76]), (49406, 49407));
-        let batch =
-            tok.encode_batch(&["a hat", "a photo of a hat"], Padding::Longest, &Device::Cpu)?;
+        let batch = tok.encode_batch(&["a hat", "a photo of a hat"], Padding::Longest, &Device::Cpu)?;
         let ids = batch.input_ids.to_vec2::<u32>()?;
         let mask = batch.attention_mask.to_vec2::<u32>()?;
         assert_eq!(ids[0].len(), ids[1].len());
@@ -698,12 +676,10 @@ mod tests {
     fn pixel_gradient_matches_finite_differences() -> Result<()> {
         let dev = Device::Cpu;
         let (cfg, w) = demo_weights(11)?;
-        let clip =
-            Clip::new(&cfg, VarBuilder::from_tensors(w.tensors().clone(), DType::F64, &dev))?;
+        let clip = Clip::new(&cfg, VarBuilder::from_tensors(w.tensors().clone(), DType::F64, &dev))?;
         let tok = ClipTokenizer::embedded()?;
         for (size, resize) in [(32, Resize::StyleClip), (12, Resize::Bilinear)] {
-            let loss_fn =
-                ClipLoss::new(clip.clone(), &tok, &["a photo of a baby", "a hat"], resize)?;
+            let loss_fn = ClipLoss::new(clip.clone(), &tok, &["a photo of a baby", "a hat"], resize)?;
             let n = 2 * 3 * size * size;
             let data: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0).collect();
             let xs = Tensor::from_vec(data.clone(), (2, 3, size, size), &dev)?;
@@ -719,16 +695,11 @@ mod tests {
                 let mut minus = data.clone();
                 minus[i] -= h;
                 let f = |v: Vec<f64>| -> Result<f64> {
-                    Ok(total(&Tensor::from_vec(v, (2, 3, size, size), &dev)?)?
-                        .to_scalar::<f64>()?)
+                    Ok(total(&Tensor::from_vec(v, (2, 3, size, size), &dev)?)?.to_scalar::<f64>()?)
                 };
                 let fd = (f(plus)? - f(minus)?) / (2.0 * h);
                 let tol = 1e-6 + 1e-4 * fd.abs();
-                assert!(
-                    (fd - g[i]).abs() < tol,
-                    "{resize:?} pixel {i}: backward {} vs fd {fd}",
-                    g[i]
-                );
+                assert!((fd - g[i]).abs() < tol, "{resize:?} pixel {i}: backward {} vs fd {fd}", g[i]);
             }
             assert!(g.iter().any(|v| v.abs() > 1e-8), "{resize:?}: zero gradient");
         }

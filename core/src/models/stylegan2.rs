@@ -34,9 +34,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Module, Tensor};
 #[cfg(test)]
 use candle_core::Var;
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -47,8 +47,8 @@ use crate::{Error, Result};
 
 pub use demo::demo;
 pub use fixture::check_fixture;
-pub use loaded::{LoadedGenerator, Source};
 use layers::{EqualLinear, StyledConv, ToRgb, Trace};
+pub use loaded::{LoadedGenerator, Source};
 pub use ops::pixel_norm;
 
 /// Hyper-parameters of a rosinality `Generator`.
@@ -542,12 +542,10 @@ impl Generator {
 impl Module for Generator {
     /// W `[B, D]` or W+ `[B, n_latent, D]` to the image, with the stored noise.
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.synthesis(xs, Noise::Stored, false)
-            .map(|o| o.image)
-            .map_err(|e| match e {
-                Error::Candle(e) => e,
-                e => candle_core::Error::Msg(e.to_string()),
-            })
+        self.synthesis(xs, Noise::Stored, false).map(|o| o.image).map_err(|e| match e {
+            Error::Candle(e) => e,
+            e => candle_core::Error::Msg(e.to_string()),
+        })
     }
 }
 
@@ -624,9 +622,8 @@ mod tests {
         draw.normal("r", &[1, 3, 8, 8], 0.0, 1.0)?;
         let latent = draw.tensors()["latent"].to_dtype(DType::F64)?;
         let r = draw.tensors()["r"].to_dtype(DType::F64)?;
-        let loss_of = |l: &Tensor| -> Result<Tensor> {
-            Ok((gen.synthesis(l, Noise::Stored, false)?.image * &r)?.sum_all()?)
-        };
+        let loss_of =
+            |l: &Tensor| -> Result<Tensor> { Ok((gen.synthesis(l, Noise::Stored, false)?.image * &r)?.sum_all()?) };
         let var = Var::from_tensor(&latent)?;
         let grads = loss_of(var.as_tensor())?.backward()?;
         let analytic = grads.get(var.as_tensor()).expect("W+ is on the loss path").flatten_all()?.to_vec1::<f64>()?;

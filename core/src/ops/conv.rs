@@ -509,9 +509,12 @@ mod tests {
     #[test]
     fn conv_gradient_matches_finite_differences() -> Result<()> {
         let mut d = Draw::new(2);
-        for case in
-            [(2, 2, 3, 5, 4, 3, 3, 1, 1, true), (1, 2, 2, 7, 6, 3, 3, 2, 1, false), (1, 3, 2, 6, 5, 3, 2, 2, 0, true), (1, 16, 16, 9, 8, 3, 3, 1, 1, true)]
-        {
+        for case in [
+            (2, 2, 3, 5, 4, 3, 3, 1, 1, true),
+            (1, 2, 2, 7, 6, 3, 3, 2, 1, false),
+            (1, 3, 2, 6, 5, 3, 2, 2, 0, true),
+            (1, 16, 16, 9, 8, 3, 3, 1, 1, true),
+        ] {
             let (conv, x, r) = build(&mut d, case, DType::F64)?;
             check_finite_differences(&x, &r, |x| conv.forward(x))?;
         }

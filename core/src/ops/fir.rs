@@ -133,7 +133,8 @@ impl Fir {
     fn probe(&self, xs: &Tensor) -> bool {
         let run = |fast: bool| {
             let u = |seed: u64, shape: &[usize]| probe::uniform(seed, shape, DType::F32, xs.device());
-            let fir = Fir { k_h: self.k_h.to_device(xs.device())?, k_w: self.k_w.to_device(xs.device())?, ..self.clone() };
+            let fir =
+                Fir { k_h: self.k_h.to_device(xs.device())?, k_w: self.k_w.to_device(xs.device())?, ..self.clone() };
             let x = u(1, &[2, 3, 7, 6])?;
             let r = u(2, &[2, 3, fir.out_size(7)?, fir.out_size(6)?])?;
             probe::value_and_grads(&[x], &r, |a| if fast { fir.forward_fast(&a[0]) } else { fir.forward_stock(&a[0]) })

@@ -68,8 +68,8 @@ pub fn modulate(xs: &Tensor, s: &Tensor) -> Result<Tensor> {
             got: xs.dims().to_vec(),
         });
     }
-    let fast = xs.dtype() == s.dtype()
-        && (on_cpu_kernel(xs) || (probe::cuda_applies(xs, &[Some(s)]) && probe_modulate(xs)));
+    let fast =
+        xs.dtype() == s.dtype() && (on_cpu_kernel(xs) || (probe::cuda_applies(xs, &[Some(s)]) && probe_modulate(xs)));
     if !fast {
         return modulate_stock(xs, s);
     }
@@ -556,7 +556,11 @@ impl EpilogueOp {
                             Some(n) => yv * d + n[i] * k.noise_weight + k.bias,
                             None => yv * d + k.bias,
                         };
-                        let (y, dz) = if z >= T::from_f64(0.0) { (z * gain, gv * gain) } else { (z * slope * gain, gv * gain * slope) };
+                        let (y, dz) = if z >= T::from_f64(0.0) {
+                            (z * gain, gv * gain)
+                        } else {
+                            (z * slope * gain, gv * gain * slope)
+                        };
                         // Zero where the clamp cut (torch's clamp passes the
                         // gradient on its bounds).
                         let dz = match clamp {
@@ -761,9 +765,12 @@ mod tests {
     #[test]
     fn epilogue_matches_stock() -> Result<()> {
         for (i, &(b, c, h, w, nb)) in EPILOGUE_SHAPES.iter().enumerate() {
-            for (dtype, tol, clamp) in
-                [(DType::F32, 1e-6, None), (DType::F64, 1e-14, None), (DType::F32, 1e-6, Some(0.6)), (DType::F64, 1e-14, Some(0.6))]
-            {
+            for (dtype, tol, clamp) in [
+                (DType::F32, 1e-6, None),
+                (DType::F64, 1e-14, None),
+                (DType::F32, 1e-6, Some(0.6)),
+                (DType::F64, 1e-14, Some(0.6)),
+            ] {
                 let seed = 10 * i as u64;
                 let epi = epilogue(seed, c, dtype)?.with_clamp(clamp);
                 let noise = if nb > 0 { Some(randn(seed + 2, (nb, 1, h, w), dtype)?) } else { None };

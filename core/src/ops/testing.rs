@@ -52,7 +52,11 @@ pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 /// `f(x)` and the gradient of `sum(f(x) · r)` with respect to `x`.
-pub(crate) fn value_and_grad(x: &Tensor, r: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)> {
+pub(crate) fn value_and_grad(
+    x: &Tensor,
+    r: &Tensor,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let var = Var::from_tensor(x)?;
     let y = f(var.as_tensor())?;
     let grads = (&y * r)?.sum_all()?.backward()?;

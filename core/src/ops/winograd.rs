@@ -228,7 +228,8 @@ mod tests {
                             for kx in 0..3 {
                                 let (iy, ix) = (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                    acc += x[(i * h + iy as usize) * wd + ix as usize] * w[((o * g.c_in + i) * 3 + ky) * 3 + kx];
+                                    acc += x[(i * h + iy as usize) * wd + ix as usize]
+                                        * w[((o * g.c_in + i) * 3 + ky) * 3 + kx];
                                 }
                             }
                         }
@@ -246,7 +247,8 @@ mod tests {
     }
 
     /// Odd and even sizes, non-square, channels in and out different.
-    const SHAPES: [(usize, usize, usize, usize); 4] = [(16, 24, 8, 8), (17, 16, 9, 13), (20, 18, 12, 8), (16, 16, 11, 11)];
+    const SHAPES: [(usize, usize, usize, usize); 4] =
+        [(16, 24, 8, 8), (17, 16, 9, 13), (20, 18, 12, 8), (16, 16, 11, 11)];
 
     #[test]
     fn forward_equals_the_direct_convolution() {

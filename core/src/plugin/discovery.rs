@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use lsd_plugin_api::{EditBatch, FeatureMaps, InitContext, PluginInfo, TermOutput};
 use super::host::{Fingerprint, PluginLibrary};
 use crate::{Error, Result};
+use lsd_plugin_api::{EditBatch, FeatureMaps, InitContext, PluginInfo, TermOutput};
 
 /// The environment variable with extra plugin directories, separated like
 /// `PATH` (`:` on Unix, `;` on Windows).
@@ -92,9 +92,9 @@ pub fn search_dirs_from(plugin_path: Option<OsString>, exe_dir: Option<PathBuf>)
 
 /// Whether a file name follows the plugin naming convention.
 pub fn is_plugin_file_name(name: &str) -> bool {
-    name.strip_prefix(DLL_PREFIX).and_then(|n| n.strip_suffix(DLL_SUFFIX)).is_some_and(|stem| {
-        stem.starts_with(FILE_STEM_PREFIX) && stem.len() > FILE_STEM_PREFIX.len()
-    })
+    name.strip_prefix(DLL_PREFIX)
+        .and_then(|n| n.strip_suffix(DLL_SUFFIX))
+        .is_some_and(|stem| stem.starts_with(FILE_STEM_PREFIX) && stem.len() > FILE_STEM_PREFIX.len())
 }
 
 /// The plugin library files in `dirs`, in directory order, then by name.
@@ -148,9 +148,7 @@ pub fn list(dirs: &[PathBuf]) -> Vec<Found> {
             .map(|lib| Listed { info: lib.info().clone(), fingerprint: lib.fingerprint().clone() });
         let shadowed_by = status.as_ref().ok().and_then(|l| {
             found.iter().find_map(|f| match &f.status {
-                Ok(o) if o.info.name == l.info.name && f.shadowed_by.is_none() => {
-                    Some(f.path.clone())
-                }
+                Ok(o) if o.info.name == l.info.name && f.shadowed_by.is_none() => Some(f.path.clone()),
                 _ => None,
             })
         });
@@ -182,8 +180,7 @@ pub fn conventional_file_name(name: &str) -> String {
 /// recipe loads the one library it names; only when no such file declares
 /// that name are the other plugin files of the directories opened.
 pub fn resolve_in(name_or_path: &str, dirs: &[PathBuf]) -> Result<PluginLibrary> {
-    let looks_like_path =
-        name_or_path.contains(std::path::is_separator) || name_or_path.ends_with(DLL_SUFFIX);
+    let looks_like_path = name_or_path.contains(std::path::is_separator) || name_or_path.ends_with(DLL_SUFFIX);
     if looks_like_path {
         return PluginLibrary::open(name_or_path);
     }
@@ -276,12 +273,8 @@ pub fn check_on(path: &Path, device: &str) -> Result<CheckReport> {
         let on_device = lib.instantiate("", &ctx)?.evaluate(&batch)?;
         Some(parity(device, &out, &on_device)?)
     };
-    let fail = |reason: String| Error::PluginCall {
-        plugin: lib.info().name.clone(),
-        call: "loss",
-        reason,
-        panicked: false,
-    };
+    let fail =
+        |reason: String| Error::PluginCall { plugin: lib.info().name.clone(), call: "loss", reason, panicked: false };
     if !out.value.is_finite() {
         return Err(fail(format!("smoke test: the loss is {}", out.value)));
     }
@@ -331,12 +324,7 @@ fn parity(device: &str, cpu: &TermOutput, other: &TermOutput) -> Result<DevicePa
             _ => grad_diff = f64::INFINITY,
         }
     }
-    Ok(DeviceParity {
-        device: device.to_string(),
-        value_diff: (cpu.value - other.value).abs(),
-        grad_diff,
-        grad_scale,
-    })
+    Ok(DeviceParity { device: device.to_string(), value_diff: (cpu.value - other.value).abs(), grad_diff, grad_scale })
 }
 
 /// A tiny deterministic batch: 2 samples of 3×16×16, W+ of 4×8, one
@@ -390,7 +378,8 @@ pub fn install(path: &Path, dir: &Path) -> Result<PathBuf> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(|e| Error::io("setting the mode of", &to, e))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("setting the mode of", &to, e))?;
     }
     Ok(to)
 }

@@ -10,14 +10,13 @@ use candle_core::{Device, Tensor};
 use libloading::Library;
 
 use super::abi::{
-    FfiBatch, FfiFingerprint, FfiTensor, PluginDeclaration, RStr, Sink, Slot, Status, VTable,
-    API_VERSION, CANDLE_VERSION, DECLARATION_SYMBOL, FEATURES, FROZEN_PREFIX_SIZE, LAYOUT_HASH,
-    SDK_VERSION, MAGIC, MAGIC_V1, RUSTC_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W,
-    SLOT_X_EDIT, STATUS_OK, STATUS_PANIC,
+    FfiBatch, FfiFingerprint, FfiTensor, PluginDeclaration, RStr, Sink, Slot, Status, VTable, API_VERSION,
+    CANDLE_VERSION, DECLARATION_SYMBOL, FEATURES, FROZEN_PREFIX_SIZE, LAYOUT_HASH, MAGIC, MAGIC_V1, RUSTC_VERSION,
+    SDK_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT, STATUS_OK, STATUS_PANIC,
 };
+use crate::{Error, Result};
 use lsd_plugin_api::view::{crossing, receive, Side, Site, Staged};
 use lsd_plugin_api::{EditBatch, InitContext, Needs, ParamInfo, PluginInfo, TermOutput};
-use crate::{Error, Result};
 
 /// What a side of the boundary was built with. Host and plugin must agree
 /// on every field.
@@ -107,18 +106,13 @@ pub(crate) fn rebuild_command(host: &Fingerprint, plugin: &Fingerprint, manifest
     // `rustc 1.85.0 (hash date)` → `+1.85.0`; nightlies and betas are named
     // differently by rustup, so for them we say which compiler in words.
     let release = host.rustc.split_whitespace().nth(1).unwrap_or("");
-    let toolchain =
-        if !release.is_empty() && release.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            format!(" +{release}")
-        } else {
-            String::new()
-        };
-    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
-    let features = if host.features.is_empty() {
-        String::new()
+    let toolchain = if !release.is_empty() && release.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        format!(" +{release}")
     } else {
-        format!(" --features {}", host.features)
+        String::new()
     };
+    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+    let features = if host.features.is_empty() { String::new() } else { format!(" --features {}", host.features) };
     let mut cmd = format!(
         "cargo{toolchain} build{profile}{features} --manifest-path {}",
         Path::new(manifest_dir).join("Cargo.toml").display()
@@ -127,10 +121,7 @@ pub(crate) fn rebuild_command(host: &Fingerprint, plugin: &Fingerprint, manifest
         cmd.push_str(&format!("   (with the compiler that reports '{}')", host.rustc));
     }
     if host.sdk != plugin.sdk {
-        cmd.push_str(&format!(
-            "\n    after changing its lsd-plugin-api dependency to version {}",
-            host.sdk
-        ));
+        cmd.push_str(&format!("\n    after changing its lsd-plugin-api dependency to version {}", host.sdk));
     }
     cmd
 }
@@ -173,10 +164,7 @@ pub struct PluginLibrary {
 
 impl fmt::Debug for PluginLibrary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginLibrary")
-            .field("path", &self.shared.path)
-            .field("info", &self.info)
-            .finish()
+        f.debug_struct("PluginLibrary").field("path", &self.shared.path).field("info", &self.info).finish()
     }
 }
 
@@ -199,12 +187,7 @@ unsafe fn load_pinned(path: &Path) -> std::result::Result<Library, libloading::E
         const RTLD_NODELETE: std::ffi::c_int = 0x1000;
         #[cfg(any(target_os = "macos", target_os = "ios"))]
         const RTLD_NODELETE: std::ffi::c_int = 0x80;
-        #[cfg(not(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "macos",
-            target_os = "ios"
-        )))]
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos", target_os = "ios")))]
         const RTLD_NODELETE: std::ffi::c_int = 0;
         // SAFETY: forwarded to the caller.
         let lib = unsafe { UnixLibrary::open(Some(path), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE)? };
@@ -367,7 +350,11 @@ pub(crate) fn read_head(mem: &dyn Memory, addr: usize) -> std::result::Result<De
     if magic == MAGIC_V1 {
         let f = addr + offset_of!(V1Prefix, fingerprint);
         let fingerprint = Fingerprint {
-            api_version: u32::from_ne_bytes(read_array(mem, f + offset_of!(V1Fingerprint, api_version), "api version")?),
+            api_version: u32::from_ne_bytes(read_array(
+                mem,
+                f + offset_of!(V1Fingerprint, api_version),
+                "api version",
+            )?),
             layout_hash: 0,
             rustc: read_rstr(mem, f + offset_of!(V1Fingerprint, rustc), "rustc version")?,
             sdk: read_rstr(mem, f + offset_of!(V1Fingerprint, lsd_core), "lsd-core version")?,
@@ -411,7 +398,11 @@ pub(crate) fn read_head(mem: &dyn Memory, addr: usize) -> std::result::Result<De
 /// After the fingerprint matched: checks that the declaration has this
 /// build's size and non-null functions, and reads name, version and
 /// description.
-pub(crate) fn read_rest(mem: &dyn Memory, addr: usize, head: &DeclHead) -> std::result::Result<(String, String, String), String> {
+pub(crate) fn read_rest(
+    mem: &dyn Memory,
+    addr: usize,
+    head: &DeclHead,
+) -> std::result::Result<(String, String, String), String> {
     use std::mem::{offset_of, size_of};
     let ours = size_of::<PluginDeclaration>() as u64;
     if head.size != ours {
@@ -483,8 +474,7 @@ pub(crate) fn check_fingerprint(path: &Path, head: &DeclHead) -> Result<()> {
     if host.accepts(&head.fingerprint) {
         return Ok(());
     }
-    let rows =
-        host.fields(&head.fingerprint).into_iter().map(|(name, h, p)| [name.to_string(), h, p]).collect();
+    let rows = host.fields(&head.fingerprint).into_iter().map(|(name, h, p)| [name.to_string(), h, p]).collect();
     Err(Error::PluginMismatch {
         path: path.to_path_buf(),
         package: head.package.clone(),
@@ -517,14 +507,11 @@ impl PluginLibrary {
         let path = path.as_path();
         let fail = |reason: String| Error::PluginLoad { path: path.to_path_buf(), reason };
         if !path.exists() {
-            return Err(fail(
-                "no such file; check the path, or run `lsd-tui plugins` to see what was found"
-                    .into(),
-            ));
+            return Err(fail("no such file; check the path, or run `lsd-tui plugins` to see what was found".into()));
         }
         // SAFETY: see the doc comment: the user chose to load this file.
-        let library = unsafe { load_pinned(path) }
-            .map_err(|e| fail(format!("cannot load it as a dynamic library: {e}")))?;
+        let library =
+            unsafe { load_pinned(path) }.map_err(|e| fail(format!("cannot load it as a dynamic library: {e}")))?;
         // SAFETY: the symbol's type is the one `export_plugin!` defines; a
         // library that uses the name for something else is caught by the
         // checks of `read_head` (for a data symbol, reading its first bytes
@@ -550,12 +537,8 @@ impl PluginLibrary {
         let DeclHead { fingerprint, package, .. } = head.clone();
         let (name, version, description) = read_rest(&mem, decl as usize, &head).map_err(fail)?;
         let shared = Arc::new(Shared { path: path.to_path_buf(), decl, library });
-        let mut lib = Self {
-            shared,
-            info: PluginInfo { name, version, description, params: Vec::new() },
-            fingerprint,
-            package,
-        };
+        let mut lib =
+            Self { shared, info: PluginInfo { name, version, description, params: Vec::new() }, fingerprint, package };
         let describe = lib.shared.vtable().describe;
         // SAFETY: the sink is valid for the call.
         let json = lib.call("describe", |sink| unsafe { describe(sink) })?.text;
@@ -597,9 +580,7 @@ impl PluginLibrary {
         let mut handle: *mut c_void = std::ptr::null_mut();
         let out = &mut handle as *mut *mut c_void;
         // SAFETY: the strings and `out` outlive the call; the sink is valid.
-        self.call("init", |sink| unsafe {
-            init(RStr::borrow(params_yaml), RStr::borrow(&context), out, sink)
-        })?;
+        self.call("init", |sink| unsafe { init(RStr::borrow(params_yaml), RStr::borrow(&context), out, sink) })?;
         if handle.is_null() {
             return Err(self.call_error("init", "returned no term".into(), false));
         }
@@ -617,8 +598,8 @@ impl PluginLibrary {
         let needs = self.shared.vtable().needs;
         // SAFETY: the handle is live; the sink is valid for the call.
         let json = self.call("needs", |sink| unsafe { needs(handle, sink) })?.text;
-        term.needs = serde_json::from_str(&json)
-            .map_err(|e| self.call_error("needs", format!("bad answer: {e}"), false))?;
+        term.needs =
+            serde_json::from_str(&json).map_err(|e| self.call_error("needs", format!("bad answer: {e}"), false))?;
         Ok(term)
     }
 
@@ -706,12 +687,7 @@ fn call_plugin(
         return Ok(collected);
     }
     let reason = if collected.text.is_empty() { "no message".into() } else { collected.text };
-    Err(Error::PluginCall {
-        plugin: plugin.to_string(),
-        call,
-        reason,
-        panicked: status == STATUS_PANIC,
-    })
+    Err(Error::PluginCall { plugin: plugin.to_string(), call, reason, panicked: status == STATUS_PANIC })
 }
 
 /// A loss term living in a plugin. It keeps its library loaded.
@@ -778,8 +754,7 @@ impl LoadedTerm {
         let device = batch.x_edit.device();
         let how = crossing(Side::this(device), self.side);
         let stage = |t: &Tensor| -> Result<Staged> { Ok(Staged::new(t, how)?) };
-        let (x, x_edit, w, u) =
-            (stage(&batch.x)?, stage(&batch.x_edit)?, stage(&batch.w)?, stage(&batch.u)?);
+        let (x, x_edit, w, u) = (stage(&batch.x)?, stage(&batch.x_edit)?, stage(&batch.w)?, stage(&batch.u)?);
         let (fx, fe) = match (&batch.features, self.needs.features) {
             (Some(f), true) => (
                 f.x.iter().map(stage).collect::<Result<Vec<_>>>()?,
@@ -819,28 +794,19 @@ impl LoadedTerm {
         let handle = self.handle.cast_const();
         // SAFETY: every buffer `ffi` points to lives until the end of this
         // function; the handle is live; the sink is valid for the call.
-        let got =
-            call_plugin(&self.name, "loss", device, |sink| unsafe { evaluate(handle, &ffi, sink) })?;
+        let got = call_plugin(&self.name, "loss", device, |sink| unsafe { evaluate(handle, &ffi, sink) })?;
         self.output(batch, got)
     }
 
     /// Checks what the plugin sent and rebuilds it as host tensors.
     fn output(&self, batch: &EditBatch, got: Collected) -> Result<TermOutput> {
-        let bad = |reason: String| Error::PluginCall {
-            plugin: self.name.clone(),
-            call: "loss",
-            reason,
-            panicked: false,
-        };
+        let bad =
+            |reason: String| Error::PluginCall { plugin: self.name.clone(), call: "loss", reason, panicked: false };
         if let Some(reason) = got.bad_tensor {
             return Err(bad(reason));
         }
         let value = got.value.ok_or_else(|| bad("returned no loss value".into()))?;
-        let n_features = if self.needs.features {
-            batch.features.as_ref().map_or(0, |f| f.x_edit.len())
-        } else {
-            0
-        };
+        let n_features = if self.needs.features { batch.features.as_ref().map_or(0, |f| f.x_edit.len()) } else { 0 };
         let mut out = TermOutput {
             value,
             grad_x_edit: None,
@@ -854,8 +820,7 @@ impl LoadedTerm {
                 SLOT_W => (&mut out.grad_w, &batch.w, "w".to_string()),
                 SLOT_U => (&mut out.grad_u, &batch.u, "u".to_string()),
                 SLOT_FEATURE_EDIT if (index as usize) < n_features => {
-                    let maps =
-                        &batch.features.as_ref().expect("n_features > 0 implies features").x_edit;
+                    let maps = &batch.features.as_ref().expect("n_features > 0 implies features").x_edit;
                     let j = index as usize;
                     (&mut out.grad_features_edit[j], &maps[j], format!("features.x_edit[{j}]"))
                 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use super::error::RecipeError;
 use super::locate;
 use super::raw::{default_preview_every, default_preview_seeds};
-use super::raw::{LatentSpace, Mode, Optimizer, RawAlpha, RawLayers, RawPreview, RawRecipe, RawTerm, Schedule, SeedRng, WeightsRef, ONE_HOT_TEMPERATURE};
+use super::raw::{
+    LatentSpace, Mode, Optimizer, RawAlpha, RawLayers, RawPreview, RawRecipe, RawTerm, Schedule, SeedRng, WeightsRef,
+    ONE_HOT_TEMPERATURE,
+};
 
 /// The edit strength, checked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,27 +155,30 @@ pub(super) struct Ctx<'a> {
 impl Ctx<'_> {
     pub(super) fn error(&self, key: &str, message: impl Into<String>) -> RecipeError {
         let (line, column) = locate::locate(self.text, &locate::parse_path(key)).unwrap_or((0, 0));
-        RecipeError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            key: key.to_string(),
-            message: message.into(),
-        }
+        RecipeError { file: self.file.to_path_buf(), line, column, key: key.to_string(), message: message.into() }
     }
 
     pub(super) fn check(&self, raw: &RawRecipe) -> Result<Checked, RecipeError> {
         if raw.prompt.trim().is_empty() {
-            return Err(self.error("prompt", "the prompt is empty; write the edit in words, e.g. 'a photo of a person with gray hair'"));
+            return Err(self.error(
+                "prompt",
+                "the prompt is empty; write the edit in words, e.g. 'a photo of a person with gray hair'",
+            ));
         }
         if !(raw.truncation.is_finite() && raw.truncation > 0.0 && raw.truncation <= 1.0) {
-            return Err(self.error("truncation", format!("expected ψ in (0, 1], got {}; 0.7 is usual, 1 disables truncation", raw.truncation)));
+            return Err(self.error(
+                "truncation",
+                format!("expected ψ in (0, 1], got {}; 0.7 is usual, 1 disables truncation", raw.truncation),
+            ));
         }
         if raw.directions == 0 || raw.directions > 64 {
             return Err(self.error("directions", format!("expected 1 to 64 directions, got {}", raw.directions)));
         }
         if raw.mode == Mode::Latent && raw.directions != 1 {
-            return Err(self.error("directions", "mode 'latent' trains the latent itself: set directions: 1 or use mode: direction"));
+            return Err(self.error(
+                "directions",
+                "mode 'latent' trains the latent itself: set directions: 1 or use mode: direction",
+            ));
         }
         if !(raw.diversity.is_finite() && raw.diversity >= 0.0) {
             return Err(self.error("diversity", format!("expected a weight >= 0, got {}", raw.diversity)));
@@ -184,10 +190,14 @@ impl Ctx<'_> {
             return Err(self.error("batch", format!("expected a batch of 1 to 1024, got {}", raw.batch)));
         }
         if raw.seeds.is_empty() && raw.latents.is_empty() {
-            return Err(self.error("seeds", "give at least one training seed, e.g. seeds: [0], or a latent file under 'latents'"));
+            return Err(self
+                .error("seeds", "give at least one training seed, e.g. seeds: [0], or a latent file under 'latents'"));
         }
         if let Some(s) = raw.seeds.iter().find(|&&s| crate::latents::index(s).is_some()) {
-            return Err(self.error("seeds", format!("seed {s} is reserved for latent files; use seeds below {}", crate::latents::KEY_BASE)));
+            return Err(self.error(
+                "seeds",
+                format!("seed {s} is reserved for latent files; use seeds below {}", crate::latents::KEY_BASE),
+            ));
         }
         if raw.mode == Mode::Direction && !raw.resample && raw.batch > raw.seeds.len() + raw.latents.len() {
             return Err(self.error("batch", format!(
@@ -199,10 +209,16 @@ impl Ctx<'_> {
             return Err(self.error("latent_l2", format!("expected a weight >= 0, got {}", raw.latent_l2)));
         }
         if raw.mode == Mode::Direction && raw.latent_l2 != 0.0 {
-            return Err(self.error("latent_l2", "latent_l2 applies to mode: latent only (a direction's size is fixed by its norm); remove it"));
+            return Err(self.error(
+                "latent_l2",
+                "latent_l2 applies to mode: latent only (a direction's size is fixed by its norm); remove it",
+            ));
         }
         if raw.diversity > 0.0 && raw.directions < 2 {
-            return Err(self.error("diversity", "the diversity term needs two or more directions; set directions: 2 or more, or remove diversity"));
+            return Err(self.error(
+                "diversity",
+                "the diversity term needs two or more directions; set directions: 2 or more, or remove diversity",
+            ));
         }
         if !(raw.one_hot_temperature.is_finite() && raw.one_hot_temperature >= ONE_HOT_TEMPERATURE) {
             return Err(self.error("one_hot_temperature", format!(
@@ -211,10 +227,17 @@ impl Ctx<'_> {
             )));
         }
         if raw.mode == Mode::Latent && raw.space == LatentSpace::W {
-            return Err(self.error("space", "mode 'latent' optimises each W+ latent; remove space: w or use mode: direction"));
+            return Err(
+                self.error("space", "mode 'latent' optimises each W+ latent; remove space: w or use mode: direction")
+            );
         }
         if raw.seed_rng == SeedRng::Numpy {
-            if let Some(s) = raw.seeds.iter().chain(raw.preview.iter().flat_map(|p| p.seeds.iter().flatten())).find(|&&s| s > u32::MAX as u64) {
+            if let Some(s) = raw
+                .seeds
+                .iter()
+                .chain(raw.preview.iter().flat_map(|p| p.seeds.iter().flatten()))
+                .find(|&&s| s > u32::MAX as u64)
+            {
                 return Err(self.error("seeds", format!("seed {s} does not fit in 32 bits, which seed_rng: numpy requires (NumPy refuses it); use seeds below 4294967296")));
             }
         }
@@ -240,12 +263,7 @@ impl Ctx<'_> {
         if raw.terms.is_empty() {
             return Err(self.error("terms", "no loss terms; add at least one, e.g. '- plugin: clip'"));
         }
-        let terms = raw
-            .terms
-            .iter()
-            .enumerate()
-            .map(|(i, t)| self.check_term(i, t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let terms = raw.terms.iter().enumerate().map(|(i, t)| self.check_term(i, t)).collect::<Result<Vec<_>, _>>()?;
         for (name, w) in raw.models.entries() {
             if let WeightsRef::Path(p) = w {
                 let p = self.relative(p);
@@ -318,9 +336,10 @@ impl Ctx<'_> {
                     )));
                 }
                 if min_abs >= min.abs().max(max.abs()) {
-                    return Err(self.error("alpha.min_abs", format!(
-                        "min_abs {min_abs} excludes the whole range [{min}, {max}]; lower it"
-                    )));
+                    return Err(self.error(
+                        "alpha.min_abs",
+                        format!("min_abs {min_abs} excludes the whole range [{min}, {max}]; lower it"),
+                    ));
                 }
                 Ok(Alpha::Range { min, max, min_abs })
             }
@@ -334,7 +353,9 @@ impl Ctx<'_> {
         }
         // 18 is n_latent at 1024²; the generator checks the real bound at run time.
         if let Some(&bad) = layers.iter().find(|&&l| l >= 32) {
-            return Err(self.error("layers", format!("layer {bad} does not exist; W+ has at most 18 layers (0..=17) at 1024²")));
+            return Err(
+                self.error("layers", format!("layer {bad} does not exist; W+ has at most 18 layers (0..=17) at 1024²"))
+            );
         }
         let mut sorted = layers.to_vec();
         sorted.sort_unstable();
@@ -376,7 +397,10 @@ impl Ctx<'_> {
     fn check_term(&self, i: usize, t: &RawTerm) -> Result<Term, RecipeError> {
         let key = term_key(i, t);
         if t.plugin.trim().is_empty() {
-            return Err(self.error(&format!("{key}.plugin"), "empty plugin name; use clip, identity, segmentation or a library path"));
+            return Err(self.error(
+                &format!("{key}.plugin"),
+                "empty plugin name; use clip, identity, segmentation or a library path",
+            ));
         }
         if !t.weight.is_finite() || t.weight < 0.0 {
             return Err(self.error(&format!("{key}.weight"), format!("expected a weight λ >= 0, got {}", t.weight)));
@@ -385,11 +409,21 @@ impl Ctx<'_> {
             None | Some(yaml_serde::Value::Null) => None,
             Some(v @ yaml_serde::Value::Mapping(_)) => Some(v),
             Some(_) => {
-                return Err(self.error(&format!("{key}.params"), "expected a mapping of the plugin's parameters (see lsd-tui plugins)"))
+                return Err(self.error(
+                    &format!("{key}.params"),
+                    "expected a mapping of the plugin's parameters (see lsd-tui plugins)",
+                ))
             }
         };
         let Some(value) = value else {
-            return Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params: "{}\n".into(), params_line: 0, params_column: 0, params_indent: 0 });
+            return Ok(Term {
+                plugin: t.plugin.clone(),
+                weight: t.weight,
+                params: "{}\n".into(),
+                params_line: 0,
+                params_column: 0,
+                params_indent: 0,
+            });
         };
         // The plugin gets the params exactly as written (so its line numbers
         // map to the file); if that text cannot be cut out cleanly, a
@@ -397,7 +431,14 @@ impl Ctx<'_> {
         if let Some(line) = self.locate_line(&format!("{key}.params")) {
             if let Some((text, first, column, indent)) = params_source(self.text, line) {
                 if yaml_serde::from_str::<yaml_serde::Value>(&text).ok().as_ref() == Some(value) {
-                    return Ok(Term { plugin: t.plugin.clone(), weight: t.weight, params: text, params_line: first, params_column: column, params_indent: indent });
+                    return Ok(Term {
+                        plugin: t.plugin.clone(),
+                        weight: t.weight,
+                        params: text,
+                        params_line: first,
+                        params_column: column,
+                        params_indent: indent,
+                    });
                 }
             }
         }
@@ -426,7 +467,11 @@ impl Ctx<'_> {
             Mode::Latent => vec![0.5, 1.0],
         };
         let Some(p) = p else {
-            return Ok(Preview { every: default_preview_every(), alphas: default_alphas, seeds: default_preview_seeds(raw) });
+            return Ok(Preview {
+                every: default_preview_every(),
+                alphas: default_alphas,
+                seeds: default_preview_seeds(raw),
+            });
         };
         let alphas = p.alphas.clone().unwrap_or(default_alphas);
         if alphas.is_empty() || alphas.len() > 16 {

@@ -43,9 +43,7 @@ pub(super) fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> Re
     let msg = e.to_string();
     // yaml_serde prefixes the key path ("terms[0]: unknown field ...").
     let (key, detail) = match msg.split_once(": ") {
-        Some((k, rest)) if !k.contains(' ') || k.contains('[') || k.contains('.') => {
-            (k.to_string(), rest.to_string())
-        }
+        Some((k, rest)) if !k.contains(' ') || k.contains('[') || k.contains('.') => (k.to_string(), rest.to_string()),
         _ => (String::new(), msg.clone()),
     };
     let detail = detail.split(" at line ").next().unwrap_or(&detail).to_string();
@@ -69,7 +67,9 @@ pub(super) fn syntax_error(text: &str, file: &Path, e: &yaml_serde::Error) -> Re
                 .filter_map(|(i, l)| {
                     let t = l.trim_start();
                     let t = t.strip_prefix("- ").unwrap_or(t);
-                    t.strip_prefix(field.as_str()).filter(|r| r.trim_start().starts_with(':')).map(|_| (i + 1, l.len() - l.trim_start().len() + 1))
+                    t.strip_prefix(field.as_str())
+                        .filter(|r| r.trim_start().starts_with(':'))
+                        .map(|_| (i + 1, l.len() - l.trim_start().len() + 1))
                 })
                 .collect();
             if let Some(&(l, c)) = hits.get(1) {

@@ -84,9 +84,7 @@ pub fn locate(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
     let mut parent: Option<usize> = None; // indent of the enclosing key
     let mut found = None;
     for seg in path {
-        let block_end = |from: usize, indent: usize| {
-            (from..hi).find(|&j| lines[j].indent <= indent).unwrap_or(hi)
-        };
+        let block_end = |from: usize, indent: usize| (from..hi).find(|&j| lines[j].indent <= indent).unwrap_or(hi);
         match seg {
             Seg::Key(key) => {
                 let Some(first) = (lo..hi).find(|&j| parent.is_none_or(|p| lines[j].indent > p)) else {

@@ -83,12 +83,7 @@ impl Default for Models {
 impl Models {
     /// `(network, weights)` pairs, for plugins and metadata.
     pub fn entries(&self) -> [(&'static str, &WeightsRef); 4] {
-        [
-            ("generator", &self.generator),
-            ("clip", &self.clip),
-            ("arcface", &self.arcface),
-            ("bisenet", &self.bisenet),
-        ]
+        [("generator", &self.generator), ("clip", &self.clip), ("arcface", &self.arcface), ("bisenet", &self.bisenet)]
     }
 
     /// True when any network is a demo network.

@@ -46,7 +46,8 @@ pub fn differing_keys(a: &str, b: &str) -> Vec<String> {
         use yaml_serde::Value::Mapping;
         match (a, b) {
             (Some(Mapping(x)), Some(Mapping(y))) => {
-                let mut keys: Vec<String> = x.keys().chain(y.keys()).filter_map(|k| k.as_str().map(str::to_string)).collect();
+                let mut keys: Vec<String> =
+                    x.keys().chain(y.keys()).filter_map(|k| k.as_str().map(str::to_string)).collect();
                 keys.sort();
                 keys.dedup();
                 for k in keys {

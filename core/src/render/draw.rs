@@ -31,13 +31,7 @@ pub(super) fn blend(img: &mut RgbImage, x: i32, y: i32, color: Rgb<u8>, a: f32) 
 
 /// Draws a line of the given thickness (Bresenham, square pen), clipped to
 /// the image.
-pub fn draw_line(
-    img: &mut RgbImage,
-    from: (i32, i32),
-    to: (i32, i32),
-    color: Rgb<u8>,
-    thickness: u32,
-) {
+pub fn draw_line(img: &mut RgbImage, from: (i32, i32), to: (i32, i32), color: Rgb<u8>, thickness: u32) {
     let (mut x0, mut y0) = from;
     let (x1, y1) = to;
     let dx = (x1 - x0).abs();

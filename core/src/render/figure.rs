@@ -18,8 +18,7 @@ impl Frame {
         let title_chars = (width.saturating_sub(2 * PAD) / (2 * GLYPH)).max(8) as usize;
         let foot_chars = (width.saturating_sub(2 * PAD) / GLYPH).max(8) as usize;
         let title = if title.is_empty() { vec![] } else { wrap(title, title_chars) };
-        let footer =
-            footer.filter(|f| !f.is_empty()).map(|f| wrap(f, foot_chars)).unwrap_or_default();
+        let footer = footer.filter(|f| !f.is_empty()).map(|f| wrap(f, foot_chars)).unwrap_or_default();
         Self { title, footer }
     }
     pub(super) fn top(&self) -> u32 {
@@ -73,11 +72,7 @@ pub fn grid(
     let head_h = col_lines.iter().map(|l| l.len() as u32).max().unwrap_or(0) * (GLYPH + 2);
     let row_chars = 24usize;
     let row_lines: Vec<Vec<String>> = row_labels.iter().map(|l| wrap(l, row_chars)).collect();
-    let label_w = row_lines
-        .iter()
-        .flat_map(|ls| ls.iter().map(|l| text_width(l, 1)))
-        .max()
-        .map_or(0, |w| w + PAD);
+    let label_w = row_lines.iter().flat_map(|ls| ls.iter().map(|l| text_width(l, 1))).max().map_or(0, |w| w + PAD);
 
     let body_w = label_w + n_cols * cell_w + n_cols.saturating_sub(1) * gap;
     let body_h = head_h + n_rows * cell_h + n_rows.saturating_sub(1) * gap;
@@ -120,8 +115,7 @@ pub fn grid(
 pub fn add_footer(img: &RgbImage, text: &str) -> RgbImage {
     let frame = Frame::new("", Some(text), img.width().max(2 * PAD + 8 * GLYPH));
     let extra = frame.bottom() - PAD;
-    let mut out =
-        RgbImage::from_pixel(img.width().max(2 * PAD + 8 * GLYPH), img.height() + extra, WHITE);
+    let mut out = RgbImage::from_pixel(img.width().max(2 * PAD + 8 * GLYPH), img.height() + extra, WHITE);
     image::imageops::replace(&mut out, img, 0, 0);
     frame.draw(&mut out);
     out

@@ -11,13 +11,8 @@ use super::{BLACK, GRAY, PAD, WHITE};
 /// A point on the "viridis" colour map, `t` in `[0, 1]` (dark blue → yellow);
 /// perceptually ordered and readable in grayscale.
 pub fn colormap(t: f64) -> Rgb<u8> {
-    const STOPS: [[f64; 3]; 5] = [
-        [68.0, 1.0, 84.0],
-        [59.0, 82.0, 139.0],
-        [33.0, 145.0, 140.0],
-        [94.0, 201.0, 98.0],
-        [253.0, 231.0, 37.0],
-    ];
+    const STOPS: [[f64; 3]; 5] =
+        [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
     let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
     let f = t * (STOPS.len() - 1) as f64;
     let i = (f.floor() as usize).min(STOPS.len() - 2);
@@ -63,11 +58,7 @@ pub fn heat_map_in(
     let row_lines: Vec<Vec<String>> = row_labels.iter().map(|l| wrap(l, 40)).collect();
     let lines_max = row_lines.iter().map(Vec::len).max().unwrap_or(1).max(1) as u32;
     let cell_h = cell_h.max(lines_max * (GLYPH + 2) + 4);
-    let label_w = row_lines
-        .iter()
-        .flat_map(|ls| ls.iter().map(|l| text_width(l, 1)))
-        .max()
-        .map_or(0, |w| w + PAD);
+    let label_w = row_lines.iter().flat_map(|ls| ls.iter().map(|l| text_width(l, 1))).max().map_or(0, |w| w + PAD);
 
     let (lo, hi) = {
         let f = values.iter().flatten().copied().filter(|v| v.is_finite());
@@ -85,8 +76,7 @@ pub fn heat_map_in(
     let norm = |v: f64| if hi > lo { ((v - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 0.5 };
 
     let scale_labels = [fmt_cell(hi), fmt_cell(lo)];
-    let scale_w =
-        2 * PAD + 16 + PAD + scale_labels.iter().map(|l| text_width(l, 1)).max().unwrap_or(0);
+    let scale_w = 2 * PAD + 16 + PAD + scale_labels.iter().map(|l| text_width(l, 1)).max().unwrap_or(0);
     let body_w = label_w + n_cols * cell_w + scale_w;
     let body_h = head_h + PAD / 2 + n_rows * cell_h;
     let min_w = text_width(title, 2).min(600).max(footer.map_or(0, |f| text_width(f, 1).min(600)));
@@ -116,8 +106,7 @@ pub fn heat_map_in(
             let color = if v.is_finite() { colormap(norm(v)) } else { GRAY };
             let cx = x0 + c as u32 * cell_w;
             fill_rect(&mut img, cx as i32, ry as i32, cell_w - 1, cell_h - 1, color);
-            let lum =
-                0.299 * color.0[0] as f64 + 0.587 * color.0[1] as f64 + 0.114 * color.0[2] as f64;
+            let lum = 0.299 * color.0[0] as f64 + 0.587 * color.0[1] as f64 + 0.114 * color.0[2] as f64;
             let ink = if lum > 140.0 { BLACK } else { WHITE };
             let label = if v.is_finite() { fmt_cell(v) } else { "NaN".into() };
             let ty = ry as i32 + (cell_h as i32 - GLYPH as i32) / 2;

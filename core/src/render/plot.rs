@@ -47,8 +47,7 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     }
     let raw = span / target.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
-    let step =
-        [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;
     (first..=last).take(50).map(|k| k as f64 * step).collect()
@@ -110,16 +109,11 @@ pub fn line_plot(spec: &PlotSpec) -> RgbImage {
             v
         }
     };
-    let xs = spec
+    let xs = spec.series.iter().flat_map(|s| s.points.iter().map(|p| p.0).chain(s.band.iter().flatten().map(|b| b.0)));
+    let ys = spec
         .series
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0).chain(s.band.iter().flatten().map(|b| b.0)));
-    let ys = spec.series.iter().flat_map(|s| {
-        s.points
-            .iter()
-            .map(|p| ty(p.1))
-            .chain(s.band.iter().flatten().flat_map(|b| [ty(b.1), ty(b.2)]))
-    });
+        .flat_map(|s| s.points.iter().map(|p| ty(p.1)).chain(s.band.iter().flatten().flat_map(|b| [ty(b.1), ty(b.2)])));
     let (x_lo, x_hi) = range(xs);
     let (y_lo, y_hi) = range(ys);
     let y_ticks: Vec<(f64, String)> = if spec.log_y {
@@ -128,10 +122,7 @@ pub fn line_plot(spec: &PlotSpec) -> RgbImage {
             .map(|k| (k as f64, fmt_tick(10f64.powi(k as i32))))
             .collect();
         if t.len() < 2 {
-            t = nice_ticks(y_lo, y_hi, 4)
-                .into_iter()
-                .map(|k| (k, fmt_tick(10f64.powf(k))))
-                .collect();
+            t = nice_ticks(y_lo, y_hi, 4).into_iter().map(|k| (k, fmt_tick(10f64.powf(k)))).collect();
         }
         t
     } else {
@@ -182,11 +173,7 @@ pub fn line_plot(spec: &PlotSpec) -> RgbImage {
                 let y1 = a.1 + t * (b.1 - a.1);
                 let y2 = a.2 + t * (b.2 - a.2);
                 for y in (y1.min(y2).round() as i32)..=(y1.max(y2).round() as i32) {
-                    if y >= top as i32
-                        && y <= bottom as i32
-                        && x >= left as i32
-                        && x <= right as i32
-                    {
+                    if y >= top as i32 && y <= bottom as i32 && x >= left as i32 && x <= right as i32 {
                         blend(&mut img, x, y, s.color, 0.2);
                     }
                 }
@@ -216,8 +203,7 @@ pub fn line_plot(spec: &PlotSpec) -> RgbImage {
     let cx = (left + right) as i32 / 2;
     draw_centred(&mut img, cx, (bottom + GLYPH + 2 * PAD) as i32, &spec.x_label, BLACK, 1);
     draw_vertical_label(&mut img, PAD as i32, (top + bottom) as i32 / 2, &spec.y_label);
-    let has_data =
-        spec.series.iter().any(|s| s.points.iter().any(|p| p.0.is_finite() && ty(p.1).is_finite()));
+    let has_data = spec.series.iter().any(|s| s.points.iter().any(|p| p.0.is_finite() && ty(p.1).is_finite()));
     if !has_data {
         draw_centred(&mut img, cx, (top + bottom) as i32 / 2, "no data", GRAY, 2);
     }

@@ -54,14 +54,7 @@ pub fn draw_text(img: &mut RgbImage, x: i32, y: i32, text: &str, color: Rgb<u8>,
                 for col in 0..8 {
                     // font8x8 stores the leftmost pixel in bit 0.
                     if bits & (1 << col) != 0 {
-                        fill_rect(
-                            img,
-                            x0 + col * s,
-                            y0 + row as i32 * s,
-                            s as u32,
-                            s as u32,
-                            color,
-                        );
+                        fill_rect(img, x0 + col * s, y0 + row as i32 * s, s as u32, s as u32, color);
                     }
                 }
             }

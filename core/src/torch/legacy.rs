@@ -66,7 +66,11 @@ pub(crate) fn read_head(path: &Path, budget: &mut Budget) -> Result<Legacy, Stri
 /// protocol version and the byte order, and returns the object and the
 /// storage keys in the order their data follows. `nested`: the stream is a
 /// storage inside a pickle (see [`storage_from_bytes`]).
-fn parse_head<R: Read>(input: &mut Input<R>, budget: &mut Budget, nested: bool) -> Result<(Unpickled, Vec<String>), String> {
+fn parse_head<R: Read>(
+    input: &mut Input<R>,
+    budget: &mut Budget,
+    nested: bool,
+) -> Result<(Unpickled, Vec<String>), String> {
     let mut next = |input: &mut Input<R>| {
         if nested {
             pickle::unpickle_nested(input, PidStyle::Legacy, budget)
@@ -86,9 +90,8 @@ fn parse_head<R: Read>(input: &mut Input<R>, budget: &mut Budget, nested: bool) 
     }
     let sys_info = next(input)?;
     if let Some(Obj::Dict(items)) = sys_info.obj(&sys_info.root) {
-        let big = items.iter().any(|(k, v)| {
-            matches!((k, v), (Value::Str(k), Value::Bool(false)) if &**k == "little_endian")
-        });
+        let big =
+            items.iter().any(|(k, v)| matches!((k, v), (Value::Str(k), Value::Bool(false)) if &**k == "little_endian"));
         if big {
             return Err("the file was written on a big-endian machine, which is not supported; \
                         re-save it on a little-endian one"
@@ -128,10 +131,7 @@ pub(crate) fn storage_from_bytes(blob: &Rc<[u8]>, budget: &mut Budget) -> Result
     let at = input.pos();
     let count = u64::from_le_bytes(input.array()?);
     if count != storage.numel {
-        return Err(format!(
-            "the data at byte {at} claims {count} elements, the storage has {}",
-            storage.numel
-        ));
+        return Err(format!("the data at byte {at} claims {count} elements, the storage has {}", storage.numel));
     }
     let start = input.pos();
     let left = blob.len() as u64 - start;
@@ -167,9 +167,8 @@ impl Legacy {
             if out.len() == wanted.len() {
                 break;
             }
-            let dtype = dtypes
-                .get(key)
-                .ok_or_else(|| format!("storage '{key}' is listed but no tensor refers to it"))?;
+            let dtype =
+                dtypes.get(key).ok_or_else(|| format!("storage '{key}' is listed but no tensor refers to it"))?;
             let at = input.pos();
             let count = u64::from_le_bytes(input.array()?);
             let nbytes = count

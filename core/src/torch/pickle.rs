@@ -182,9 +182,15 @@ pub(crate) enum Obj {
     /// A persistent-class object of a network pickle, as a record: its
     /// class name (`Generator`, `SynthesisLayer`, …) and its state (the
     /// module's `__dict__`, a dict). Nothing of it is run.
-    Persistent { class_name: Rc<str>, state: Value },
+    Persistent {
+        class_name: Rc<str>,
+        state: Value,
+    },
     /// A NumPy dtype (`f8`, `i4`, …), for the scalars built from it.
-    NpDtype { code: Rc<str>, big_endian: bool },
+    NpDtype {
+        code: Rc<str>,
+        big_endian: bool,
+    },
 }
 
 /// Result of running one pickle.
@@ -259,10 +265,7 @@ impl<R: Read> Input<R> {
             .read_to_end(&mut buf)
             .map_err(|e| format!("read error at byte {}: {e}", self.pos))?;
         if (got as u64) < n {
-            return Err(format!(
-                "truncated at byte {}: needed {n} bytes, only {got} left",
-                self.pos + got as u64
-            ));
+            return Err(format!("truncated at byte {}: needed {n} bytes, only {got} left", self.pos + got as u64));
         }
         self.pos += n;
         Ok(buf)
@@ -305,9 +308,7 @@ impl<R: Read> Input<R> {
 fn resolve_global(module: &str, name: &str) -> Option<Global> {
     Some(match (module, name) {
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => Global::RebuildTensor,
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-            Global::RebuildParameter
-        }
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Global::RebuildParameter,
         ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromTypeV2,
         ("collections", "OrderedDict") => Global::OrderedDict,
         ("torch" | "torch.cuda", n) if StorageDtype::from_storage_name(n).is_some() => {
@@ -315,8 +316,8 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
         }
         (
             "torch",
-            "float32" | "float" | "float16" | "half" | "bfloat16" | "float64" | "double" | "int64"
-            | "long" | "int32" | "int" | "int16" | "short" | "int8" | "uint8" | "bool" | "Tensor",
+            "float32" | "float" | "float16" | "half" | "bfloat16" | "float64" | "double" | "int64" | "long" | "int32"
+            | "int" | "int16" | "short" | "int8" | "uint8" | "bool" | "Tensor",
         )
         | ("torch.nn.parameter", "Parameter") => Global::Token(format!("{module}.{name}").into()),
         ("torch", "Size") => Global::TorchSize,
@@ -442,7 +443,12 @@ pub(crate) fn unpickle_nested<R: Read>(
     run(input, pid_style, budget, true)
 }
 
-fn run<R: Read>(input: &mut Input<R>, pid_style: PidStyle, budget: &mut Budget, nested: bool) -> Result<Unpickled, String> {
+fn run<R: Read>(
+    input: &mut Input<R>,
+    pid_style: PidStyle,
+    budget: &mut Budget,
+    nested: bool,
+) -> Result<Unpickled, String> {
     let mut m = Machine {
         input,
         budget,
@@ -899,9 +905,7 @@ impl<R: Read> Machine<'_, R> {
         match g {
             Global::RebuildTensor => self.rebuild_tensor(&a),
             Global::RebuildParameter => match a.first() {
-                Some(t @ Value::Obj(i)) if matches!(self.objs.get(*i), Some(Obj::Tensor(_))) => {
-                    Ok(t.clone())
-                }
+                Some(t @ Value::Obj(i)) if matches!(self.objs.get(*i), Some(Obj::Tensor(_))) => Ok(t.clone()),
                 _ => Err("_rebuild_parameter expects a tensor".into()),
             },
             Global::RebuildFromTypeV2 => {
@@ -982,7 +986,9 @@ impl<R: Read> Machine<'_, R> {
             Global::PersistentObj => self.persistent_obj(&a),
             Global::LoadFromBytes => {
                 if self.nested {
-                    return Err("a storage stream inside a storage stream; a network pickle nests them one level deep".into());
+                    return Err(
+                        "a storage stream inside a storage stream; a network pickle nests them one level deep".into()
+                    );
                 }
                 let Some(Value::Bytes(blob)) = a.first() else {
                     return Err("torch.storage._load_from_bytes expects bytes".into());
@@ -1014,11 +1020,9 @@ impl<R: Read> Machine<'_, R> {
             Value::Obj(i) => *i,
             _ => return None,
         })? {
-            Obj::Dict(items) => items
-                .iter()
-                .rev()
-                .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
-                .map(|(_, v)| v.clone()),
+            Obj::Dict(items) => {
+                items.iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v.clone())
+            }
             _ => None,
         }
     }

@@ -153,11 +153,8 @@ pub fn load_clip(path: &Path, device: &Device) -> Result<(Clip, ClipTokenizer)> 
         clip::Config::from_tensors(&tensors)?
     };
     let tokenizer_file = dir.join("tokenizer.json");
-    let tokenizer = if tokenizer_file.is_file() {
-        ClipTokenizer::from_file(&tokenizer_file)?
-    } else {
-        ClipTokenizer::embedded()?
-    };
+    let tokenizer =
+        if tokenizer_file.is_file() { ClipTokenizer::from_file(&tokenizer_file)? } else { ClipTokenizer::embedded()? };
     let clip = Clip::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, device))?;
     Ok((clip, tokenizer))
 }
@@ -189,8 +186,7 @@ impl ClipTerm {
         let target = match (&params.prompt, &params.image) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config(
-                    "parameters of plugin 'clip': give either `prompt:` or `image:`, not both"
-                        .into(),
+                    "parameters of plugin 'clip': give either `prompt:` or `image:`, not both".into(),
                 ))
             }
             (Some(prompt), None) => {
@@ -256,12 +252,7 @@ impl Plugin for ClipTerm {
 
     fn params() -> Vec<ParamInfo> {
         vec![
-            ParamInfo::new(
-                "prompt",
-                "string",
-                "null",
-                "text target overriding the recipe's prompt",
-            ),
+            ParamInfo::new("prompt", "string", "null", "text target overriding the recipe's prompt"),
             ParamInfo::new(
                 "image",
                 "path",
@@ -280,12 +271,7 @@ impl Plugin for ClipTerm {
                 "true",
                 "CLIP's mean/std on [0, 1] pixels; false feeds the resized [-1, 1] image (StyleCLIP, CLIPLSD)",
             ),
-            ParamInfo::new(
-                "clamp",
-                "true | false",
-                "false",
-                "clamp the image to [-1, 1] first (StyleCLIP, CLIPLSD)",
-            ),
+            ParamInfo::new("clamp", "true | false", "false", "clamp the image to [-1, 1] first (StyleCLIP, CLIPLSD)"),
         ]
     }
 

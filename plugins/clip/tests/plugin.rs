@@ -7,9 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
 use lsd_core::models::clip::{self, ClipLoss, Resize};
 use lsd_core::plugin::{EditBatch, InitContext, LossTerm, Plugin, PluginLibrary};
-use lsd_plugin_testing::{check_plugin_gradients, this_plugin, tiny_batch, GradCheck, GradReport};
 use lsd_core::{Error, Result};
 use lsd_plugin_clip::{load_image, ClipTerm};
+use lsd_plugin_testing::{check_plugin_gradients, this_plugin, tiny_batch, GradCheck, GradReport};
 
 fn library() -> PathBuf {
     this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))
@@ -18,13 +18,7 @@ fn library() -> PathBuf {
 /// The networks have f32 weights, so finite differences are taken in f32
 /// with a step large enough for f32 rounding.
 fn f32_check() -> GradCheck {
-    GradCheck {
-        fd_dtype: DType::F32,
-        fd_eps: 1e-2,
-        fd_rtol: 5e-3,
-        fd_atol: 1e-5,
-        ..GradCheck::default()
-    }
+    GradCheck { fd_dtype: DType::F32, fd_eps: 1e-2, fd_rtol: 5e-3, fd_atol: 1e-5, ..GradCheck::default() }
 }
 
 /// Two `side × side` samples with one direction, from `seed`.
@@ -48,8 +42,7 @@ fn loaded_gradients_match_in_process_and_finite_differences() -> Result<()> {
     let path = library();
     for params in ["", "resize: bilinear\nprompt: a face with a beard"] {
         let term = ClipTerm::from_yaml(params, &InitContext::default())?;
-        let report =
-            check_plugin_gradients(&path, params, &term, &tiny_batch(7, false)?, &f32_check())?;
+        let report = check_plugin_gradients(&path, params, &term, &tiny_batch(7, false)?, &f32_check())?;
         println!("params {params:?}\n{}", report.table());
         assert!(report.passed(), "params {params:?}\n{}", report.table());
     }
@@ -192,11 +185,7 @@ fn passes_the_plugin_check() -> Result<()> {
         println!("    {:<8} {:<30} default {:<7} {}", p.name, p.ty, p.default, p.help);
     }
     println!("built with: {}", report.listed.fingerprint);
-    println!(
-        "smoke test: loss {:.6}, gradients for {}",
-        report.smoke_value,
-        report.smoke_gradients.join(", ")
-    );
+    println!("smoke test: loss {:.6}, gradients for {}", report.smoke_value, report.smoke_gradients.join(", "));
     assert!(report.smoke_value.is_finite());
     assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
     Ok(())
@@ -212,7 +201,9 @@ fn raw_clamped_input_matches_the_reference_pipeline() -> Result<()> {
     // Push some pixels past [-1, 1] so that the clamp matters.
     batch.x_edit = (&batch.x_edit * 1.8)?;
     let (clip, tokenizer) = clip::demo(DEMO_MODEL_SEED, &dev)?;
-    let text = clip::normalize(&clip.text_features(&tokenizer.encode_batch(&[&batch.prompt], clip::Padding::Longest, &dev)?.input_ids)?)?;
+    let text = clip::normalize(
+        &clip.text_features(&tokenizer.encode_batch(&[&batch.prompt], clip::Padding::Longest, &dev)?.input_ids)?,
+    )?;
     let pixels = clip::preprocess::resize(&batch.x_edit.clamp(-1f32, 1f32)?, Resize::StyleClip, clip.image_size())?;
     let image = clip::normalize(&clip.image_features(&pixels)?)?;
     let by_hand = 1.0 - clip::cosine_similarity(&image, &text)?.mean_all()?.to_scalar::<f32>()? as f64;

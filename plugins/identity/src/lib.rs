@@ -84,9 +84,9 @@ impl LossTerm for IdentityTerm {
     fn loss(&self, batch: &EditBatch) -> lsd_plugin_api::Result<Tensor> {
         // The network is f32; a caller's f64 batch is cast there and back
         // (both casts are differentiable). `IdLoss::forward` detaches `x`.
-        let reference = self.reference.get_or_compute(batch, |x| {
-            Ok(self.id_loss.extract_feats(&x.detach().to_dtype(DType::F32)?)?)
-        })?;
+        let reference = self
+            .reference
+            .get_or_compute(batch, |x| Ok(self.id_loss.extract_feats(&x.detach().to_dtype(DType::F32)?)?))?;
         let x_edit = batch.x_edit.to_dtype(DType::F32)?;
         Ok(self.id_loss.forward_with_reference(&x_edit, &reference)?.to_dtype(batch.x_edit.dtype())?)
     }

@@ -8,11 +8,9 @@ use candle_core::{DType, Device};
 use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
 use lsd_core::models::arcface::{self, IdLoss};
 use lsd_core::plugin::{EditBatch, InitContext, LossTerm, Plugin, PluginLibrary};
-use lsd_plugin_testing::{
-    check_plugin_gradients, loaded_vs_in_process, this_plugin, tiny_batch, GradCheck,
-};
 use lsd_core::Result;
 use lsd_plugin_identity::IdentityTerm;
+use lsd_plugin_testing::{check_plugin_gradients, loaded_vs_in_process, this_plugin, tiny_batch, GradCheck};
 
 fn library() -> PathBuf {
     this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))
@@ -26,13 +24,7 @@ fn library() -> PathBuf {
 /// element moves from −0.0468 to −0.0510 between steps `1e-3` and `1e-4`
 /// while the analytic value is −0.0500), hence the 2% tolerance.
 fn f32_check() -> GradCheck {
-    GradCheck {
-        fd_dtype: DType::F32,
-        fd_eps: 3e-4,
-        fd_rtol: 2e-2,
-        fd_atol: 1e-4,
-        ..GradCheck::default()
-    }
+    GradCheck { fd_dtype: DType::F32, fd_eps: 3e-4, fd_rtol: 2e-2, fd_atol: 1e-4, ..GradCheck::default() }
 }
 
 /// Two `side × side` samples with one direction, from `seed`; `x_edit` is
@@ -130,11 +122,7 @@ fn passes_the_plugin_check() -> Result<()> {
         println!("    {:<8} {:<30} default {:<7} {}", p.name, p.ty, p.default, p.help);
     }
     println!("built with: {}", report.listed.fingerprint);
-    println!(
-        "smoke test: loss {:.6}, gradients for {}",
-        report.smoke_value,
-        report.smoke_gradients.join(", ")
-    );
+    println!("smoke test: loss {:.6}, gradients for {}", report.smoke_value, report.smoke_gradients.join(", "));
     assert!(report.smoke_value.is_finite());
     assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
     Ok(())
@@ -209,7 +197,8 @@ fn crop_none_resizes_the_whole_image() -> Result<()> {
     let feats = |x: &candle_core::Tensor| -> Result<candle_core::Tensor> {
         Ok(backbone.forward_outputs(&arcface::whole_image_preprocess(x, size)?)?.embedding)
     };
-    let by_hand = arcface::id_loss_from_embeddings(&feats(&batch.x)?, &feats(&batch.x_edit)?)?.to_scalar::<f32>()? as f64;
+    let by_hand =
+        arcface::id_loss_from_embeddings(&feats(&batch.x)?, &feats(&batch.x_edit)?)?.to_scalar::<f32>()? as f64;
     assert!((loaded.value - by_hand).abs() < 1e-6, "loaded {} by hand {by_hand}", loaded.value);
     let cropped = lib.instantiate("", &InitContext::default())?.evaluate(&batch)?;
     assert!((cropped.value - loaded.value).abs() > 1e-6, "the crop changes the value");

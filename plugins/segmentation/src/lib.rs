@@ -240,19 +240,12 @@ impl Default for Params {
 impl Params {
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |msg: String| Err(Error::Config(format!("parameters of plugin 'segmentation': {msg}")));
+        let bad = |msg: String| Err(Error::Config(format!("parameters of plugin 'segmentation': {msg}")));
         if self.classes.is_empty() {
-            return bad(format!(
-                "`classes` is empty; name at least one face part: {}",
-                valid_class_names()
-            ));
+            return bad(format!("`classes` is empty; name at least one face part: {}", valid_class_names()));
         }
         if self.size < 32 {
-            return bad(format!(
-                "`size` is {}, it must be at least 32 (BiSeNet downsamples 32 times)",
-                self.size
-            ));
+            return bad(format!("`size` is {}, it must be at least 32 (BiSeNet downsamples 32 times)", self.size));
         }
         // "Is it in range" rather than "out of range", so NaN is rejected.
         if !(self.epsilon > 0.0 && self.epsilon.is_finite()) {
@@ -276,9 +269,12 @@ impl Params {
                 ));
             }
         }
-        let features_only = self.layers.is_some() || self.layer_weights.is_some() || self.mask_resize != MaskResize::Area;
+        let features_only =
+            self.layers.is_some() || self.layer_weights.is_some() || self.mask_resize != MaskResize::Area;
         if features_only && self.space != Space::Features {
-            return bad("`layers`, `layer_weights` and `mask_resize` apply to `space: features`; set it or remove them".into());
+            return bad(
+                "`layers`, `layer_weights` and `mask_resize` apply to `space: features`; set it or remove them".into(),
+            );
         }
         Ok(())
     }
@@ -339,7 +335,8 @@ pub fn cascade_masks(mask: &Tensor, sides: &[usize]) -> Result<Vec<Tensor>> {
     for i in order {
         let side = sides[i];
         if last != Some(side) {
-            current = if side == h { mask.clone() } else { resample(&current, Filter::BilinearAlignCorners, (side, side))? };
+            current =
+                if side == h { mask.clone() } else { resample(&current, Filter::BilinearAlignCorners, (side, side))? };
         }
         last = Some(side);
         out[i] = Some(current.clone());
@@ -433,8 +430,7 @@ impl SegmentationTerm {
             return Err(Error::Config("segmentation: this term has fixed masks".into()));
         };
         let size = (self.params.size, self.params.size);
-        let input =
-            bisenet::preprocess_generator_image(&images.detach().to_dtype(DType::F32)?, size)?;
+        let input = bisenet::preprocess_generator_image(&images.detach().to_dtype(DType::F32)?, size)?;
         let logits = net.forward(&input)?;
         let mask = match self.params.mask {
             MaskKind::Soft => bisenet::soft_mask(&bisenet::probabilities(&logits)?, &self.classes)?,
@@ -446,10 +442,9 @@ impl SegmentationTerm {
     /// The combined, detached mask of the batch, `[N, 1, h, w]`.
     pub fn mask(&self, batch: &EditBatch) -> Result<Tensor> {
         let (mx, me) = match &self.source {
-            MaskSource::Network(_) => (
-                self.mask_x.get_or_compute(batch, |x| Ok(self.parse_mask(x)?))?,
-                self.parse_mask(&batch.x_edit)?,
-            ),
+            MaskSource::Network(_) => {
+                (self.mask_x.get_or_compute(batch, |x| Ok(self.parse_mask(x)?))?, self.parse_mask(&batch.x_edit)?)
+            }
             MaskSource::Fixed { x, x_edit } => (x.clone(), x_edit.clone()),
         };
         Ok(combine(&mx, &me, self.params.combine)?.detach())
@@ -504,7 +499,9 @@ impl SegmentationTerm {
         let sides: Vec<usize> = pairs.iter().map(|(a, _)| a.dim(2)).collect::<candle_core::Result<_>>()?;
         let masks = match p.mask_resize {
             MaskResize::Cascade => cascade_masks(&mask, &sides)?,
-            MaskResize::Area => pairs.iter().map(|(a, _)| resize_mask(&mask, (a.dim(2)?, a.dim(3)?))).collect::<Result<_>>()?,
+            MaskResize::Area => {
+                pairs.iter().map(|(a, _)| resize_mask(&mask, (a.dim(2)?, a.dim(3)?))).collect::<Result<_>>()?
+            }
         };
         let mut score: Option<Tensor> = None;
         for (((a, b), m), w) in pairs.iter().zip(&masks).zip(&weights) {
@@ -532,7 +529,8 @@ impl SegmentationTerm {
 
 fn no_features() -> Error {
     Error::Config(
-        "plugin 'segmentation' with `space: features` needs the generator's feature maps, and the batch has none".into(),
+        "plugin 'segmentation' with `space: features` needs the generator's feature maps, and the batch has none"
+            .into(),
     )
 }
 
@@ -546,14 +544,13 @@ impl LossTerm for SegmentationTerm {
         match self.params.space {
             Space::Pixels => Ok(out_of_region_share(&batch.x, &batch.x_edit, &mask, eps)?),
             Space::Features => {
-                let maps =
-                    batch.features.as_ref().filter(|f| !f.x_edit.is_empty()).ok_or_else(|| {
-                        Error::Config(
-                            "plugin 'segmentation' with `space: features` needs the generator's \
+                let maps = batch.features.as_ref().filter(|f| !f.x_edit.is_empty()).ok_or_else(|| {
+                    Error::Config(
+                        "plugin 'segmentation' with `space: features` needs the generator's \
                              feature maps, and the batch has none"
-                                .into(),
-                        )
-                    })?;
+                            .into(),
+                    )
+                })?;
                 let mut total: Option<Tensor> = None;
                 for (fx, fe) in maps.x.iter().zip(&maps.x_edit) {
                     let layer = out_of_region_share(fx, fe, &mask, eps)?;
@@ -603,12 +600,37 @@ impl Plugin for SegmentationTerm {
             ),
             ParamInfo::new("size", "integer ≥ 32", "512", "side BiSeNet parses at"),
             ParamInfo::new("epsilon", "f64 > 0", "1e-6", "added to the denominator ΣΔ²"),
-            ParamInfo::new("change", "l2 | l1 | cosine", "l2", "change per cell over the channels: ΣΔ², Σ|Δ| or 1 − cos"),
+            ParamInfo::new(
+                "change",
+                "l2 | l1 | cosine",
+                "l2",
+                "change per cell over the channels: ΣΔ², Σ|Δ| or 1 − cos",
+            ),
             ParamInfo::new("loss", "complement | negative", "complement", "1 − in-region share, or −share (LELSD)"),
-            ParamInfo::new("region", "foreground | background", "foreground", "the edit belongs inside or outside the parts"),
-            ParamInfo::new("layers", "list of map indices", "all", "space: features: the maps used (LELSD's layer i+1)"),
-            ParamInfo::new("layer_weights", "list of f64 ≥ 0", "equal", "space: features: weight per used map, normalised to sum 1"),
-            ParamInfo::new("mask_resize", "area | cascade", "area", "space: features: direct area/bilinear, or LELSD's 2× align_corners cascade"),
+            ParamInfo::new(
+                "region",
+                "foreground | background",
+                "foreground",
+                "the edit belongs inside or outside the parts",
+            ),
+            ParamInfo::new(
+                "layers",
+                "list of map indices",
+                "all",
+                "space: features: the maps used (LELSD's layer i+1)",
+            ),
+            ParamInfo::new(
+                "layer_weights",
+                "list of f64 ≥ 0",
+                "equal",
+                "space: features: weight per used map, normalised to sum 1",
+            ),
+            ParamInfo::new(
+                "mask_resize",
+                "area | cascade",
+                "area",
+                "space: features: direct area/bilinear, or LELSD's 2× align_corners cascade",
+            ),
         ]
     }
 

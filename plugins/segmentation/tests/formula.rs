@@ -3,10 +3,10 @@
 //! differences in f64.
 
 use candle_core::{DType, Device, Tensor};
-use lsd_plugin_testing::{compare_outputs, finite_differences, GradReport};
 use lsd_core::plugin::{differentiate, parse_params, EditBatch, FeatureMaps, LossTerm};
 use lsd_core::Result;
 use lsd_plugin_segmentation::{Params, SegmentationTerm};
+use lsd_plugin_testing::{compare_outputs, finite_differences, GradReport};
 
 const DEV: Device = Device::Cpu;
 
@@ -77,14 +77,7 @@ fn the_batch_mean_is_taken_per_sample() -> Result<()> {
     let x = Tensor::cat(&[&one.x, &one.x], 0)?;
     let x_edit = Tensor::cat(&[&two_pixels(1.0, 0.0)?.x_edit, &one.x_edit], 0)?;
     let w = Tensor::zeros((2, 1, 1), DType::F64, &DEV)?;
-    let batch = EditBatch::new(
-        x,
-        x_edit,
-        w,
-        Tensor::zeros((1, 1, 1), DType::F64, &DEV)?,
-        vec![1.0, 1.0],
-        "",
-    )?;
+    let batch = EditBatch::new(x, x_edit, w, Tensor::zeros((1, 1, 1), DType::F64, &DEV)?, vec![1.0, 1.0], "")?;
     let m = Tensor::cat(&[&mask(1., 0.)?, &mask(0.5, 0.25)?], 0)?;
     assert_close(value(&term("", m.clone(), m)?, &batch)?, 0.35);
     Ok(())
@@ -108,8 +101,7 @@ fn no_change_is_zero_with_a_finite_gradient() -> Result<()> {
 /// change only inside (pixel loss 0), which `space: features` ignores.
 fn feature_case() -> Result<(EditBatch, Tensor)> {
     let x = Tensor::zeros((1, 3, 2, 2), DType::F64, &DEV)?;
-    let x_edit =
-        Tensor::new(&[1.0f64, 1.0, 0.0, 0.0], &DEV)?.reshape((1, 1, 2, 2))?.repeat((1, 3, 1, 1))?;
+    let x_edit = Tensor::new(&[1.0f64, 1.0, 0.0, 0.0], &DEV)?.reshape((1, 1, 2, 2))?.repeat((1, 3, 1, 1))?;
     let w = Tensor::zeros((1, 1, 1), DType::F64, &DEV)?;
     let mut batch = EditBatch::new(x, x_edit, w.clone(), w, vec![1.0], "")?;
     let f0 = Tensor::zeros((1, 1, 2, 2), DType::F64, &DEV)?;
@@ -140,22 +132,17 @@ fn feature_space_averages_the_layers() -> Result<()> {
 #[test]
 fn gradients_match_finite_differences() -> Result<()> {
     // Pixels: a 2×3 image with a soft mask; features: the case above.
-    let x = Tensor::new(&[0.1f64, -0.2, 0.3, 0.0, 0.5, -0.4], &DEV)?
-        .reshape((1, 1, 2, 3))?
-        .repeat((1, 3, 1, 1))?;
+    let x = Tensor::new(&[0.1f64, -0.2, 0.3, 0.0, 0.5, -0.4], &DEV)?.reshape((1, 1, 2, 3))?.repeat((1, 3, 1, 1))?;
     let x_edit = (x.affine(0.7, 0.05)?
-        + Tensor::new(&[0.3f64, 0.1, -0.2], &DEV)?
-            .reshape((1, 3, 1, 1))?
-            .broadcast_as((1, 3, 2, 3))?)?;
+        + Tensor::new(&[0.3f64, 0.1, -0.2], &DEV)?.reshape((1, 3, 1, 1))?.broadcast_as((1, 3, 2, 3))?)?;
     let w = Tensor::zeros((1, 1, 1), DType::F64, &DEV)?;
     let pixels = EditBatch::new(x, x_edit, w.clone(), w, vec![1.0], "")?;
     let m = Tensor::new(&[0.9f64, 0.6, 0.2, 0.0, 0.4, 1.0], &DEV)?.reshape((1, 1, 2, 3))?;
     let m2 = m.affine(0.5, 0.1)?;
     // Features: maps at 2×2 (mask as is) and 4×4 (mask enlarged bilinearly).
     let (mut features, _) = feature_case()?;
-    let wave = |n: usize, phase: f64| -> Result<Vec<f64>> {
-        Ok((0..n).map(|i| (0.9 * i as f64 + phase).sin()).collect())
-    };
+    let wave =
+        |n: usize, phase: f64| -> Result<Vec<f64>> { Ok((0..n).map(|i| (0.9 * i as f64 + phase).sin()).collect()) };
     let map = |shape: (usize, usize, usize, usize), phase: f64| -> Result<Tensor> {
         Ok(Tensor::from_vec(wave(shape.1 * shape.2 * shape.3, phase)?, shape, &DEV)?)
     };

@@ -10,12 +10,11 @@ use lsd_core::demo::{SeededWeights, DEMO_MODEL_SEED};
 use lsd_core::imageops::{resample, Filter};
 use lsd_core::models::bisenet;
 use lsd_core::plugin::{EditBatch, InitContext, Plugin, PluginLibrary};
-use lsd_plugin_testing::{
-    batch_to, compare_outputs, finite_differences, loaded_vs_in_process, this_plugin, tiny_batch,
-    GradReport,
-};
 use lsd_core::Result;
 use lsd_plugin_segmentation::SegmentationTerm;
+use lsd_plugin_testing::{
+    batch_to, compare_outputs, finite_differences, loaded_vs_in_process, this_plugin, tiny_batch, GradReport,
+};
 
 fn library() -> PathBuf {
     this_plugin(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_NAME"))
@@ -31,11 +30,8 @@ fn check(params: &str, batch: &EditBatch) -> Result<(GradReport, f64)> {
     let both = loaded_vs_in_process::<SegmentationTerm>(&library(), params, &b32)?;
     let (out, mut rows) = (both.loaded, both.report.rows);
     let term = SegmentationTerm::from_yaml(params, &ctx)?;
-    let frozen = SegmentationTerm::with_masks(
-        term.params().clone(),
-        term.parse_mask(&b32.x)?,
-        term.parse_mask(&b32.x_edit)?,
-    )?;
+    let frozen =
+        SegmentationTerm::with_masks(term.params().clone(), term.parse_mask(&b32.x)?, term.parse_mask(&b32.x_edit)?)?;
     let numeric = finite_differences(&frozen, &batch_to(batch, DType::F64, &Device::Cpu)?, 1e-6)?;
     compare_outputs(&out, &numeric, &b32, "fin. diff. (frozen)", 1e-4, 1e-6, &mut rows)?;
     Ok((GradReport { rows }, out.value))
@@ -123,7 +119,20 @@ fn bad_params_name_the_field_and_position() -> Result<()> {
     let names: Vec<_> = lib.info().params.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
-        ["classes", "combine", "mask", "space", "size", "epsilon", "change", "loss", "region", "layers", "layer_weights", "mask_resize"]
+        [
+            "classes",
+            "combine",
+            "mask",
+            "space",
+            "size",
+            "epsilon",
+            "change",
+            "loss",
+            "region",
+            "layers",
+            "layer_weights",
+            "mask_resize"
+        ]
     );
     let ctx = InitContext::default();
     let err = |params: &str| lib.instantiate(params, &ctx).map(|_| ()).unwrap_err().to_string();
@@ -159,11 +168,7 @@ fn passes_the_plugin_check() -> Result<()> {
         println!("    {:<8} {:<30} default {:<7} {}", p.name, p.ty, p.default, p.help);
     }
     println!("built with: {}", report.listed.fingerprint);
-    println!(
-        "smoke test: loss {:.6}, gradients for {}",
-        report.smoke_value,
-        report.smoke_gradients.join(", ")
-    );
+    println!("smoke test: loss {:.6}, gradients for {}", report.smoke_value, report.smoke_gradients.join(", "));
     assert!(report.smoke_value.is_finite());
     assert!(report.smoke_gradients.iter().any(|g| g == "x_edit"));
     Ok(())

@@ -199,7 +199,9 @@ impl Previews {
     /// Re-encodes every tile at `size` (a new preview, or a new layout).
     fn submit(&mut self, size: Size) {
         let (rows, cols) = self.shape();
-        let (Some(encoder), Some(graphics), Some(preview)) = (&self.encoder, &self.graphics, &self.current) else { return };
+        let (Some(encoder), Some(graphics), Some(preview)) = (&self.encoder, &self.graphics, &self.current) else {
+            return;
+        };
         self.generation += 1;
         self.size = Some(size);
         // Keep showing the old tiles until the new ones arrive only when
@@ -211,7 +213,13 @@ impl Previews {
         for (r, row) in preview.rows.iter().take(rows).enumerate() {
             for (c, image) in std::iter::once(&row.original).chain(&row.edits).take(cols).enumerate() {
                 let graphics = Arc::clone(graphics);
-                encoder.submit(EncodeJob { graphics, generation: self.generation, index: r * cols + c, image: image.clone(), size });
+                encoder.submit(EncodeJob {
+                    graphics,
+                    generation: self.generation,
+                    index: r * cols + c,
+                    image: image.clone(),
+                    size,
+                });
                 self.pending += 1;
             }
         }
@@ -457,7 +465,9 @@ impl App {
                         self.set_overlay(Overlay::None);
                         self.stop(Stopping::Quit)
                     }
-                    KeyCode::Char('n') | KeyCode::Char('N') => Action::Exit(TuiOutcome::Quit { saved: self.unsaved_steps() == 0 }),
+                    KeyCode::Char('n') | KeyCode::Char('N') => {
+                        Action::Exit(TuiOutcome::Quit { saved: self.unsaved_steps() == 0 })
+                    }
                     _ if ctrl_c => Action::Exit(TuiOutcome::Quit { saved: self.unsaved_steps() == 0 }),
                     _ => {
                         self.set_overlay(Overlay::None);
@@ -616,7 +626,10 @@ impl App {
                 }
             }
             TrainEvent::Finished { output, elapsed } => {
-                self.log(Level::Info, format!("finished in {}: outputs in {}", fmt_duration(elapsed), output.display()));
+                self.log(
+                    Level::Info,
+                    format!("finished in {}: outputs in {}", fmt_duration(elapsed), output.display()),
+                );
                 self.state = RunState::Done;
                 self.finished = Some((output, elapsed));
             }

@@ -87,7 +87,13 @@ impl PartialEq for Graphics {
 impl Graphics {
     /// Half blocks, for `why`.
     pub fn halfblocks(why: impl Into<String>) -> Self {
-        Self { protocol: ProtocolType::Halfblocks, font: DEFAULT_FONT, passthrough: false, palette256: false, why: why.into() }
+        Self {
+            protocol: ProtocolType::Halfblocks,
+            font: DEFAULT_FONT,
+            passthrough: false,
+            palette256: false,
+            why: why.into(),
+        }
     }
 
     /// `sixel`, `kitty via tmux`, `halfblocks`…
@@ -134,7 +140,9 @@ impl Graphics {
 /// its grey ramp) to `rgb`.
 pub fn palette256(rgb: [u8; 3]) -> u8 {
     const LEVELS: [u8; 6] = [0, 95, 135, 175, 215, 255];
-    let level = |c: u8| LEVELS.iter().enumerate().min_by_key(|(_, &l)| (i32::from(l) - i32::from(c)).abs()).map_or(0, |(i, _)| i);
+    let level = |c: u8| {
+        LEVELS.iter().enumerate().min_by_key(|(_, &l)| (i32::from(l) - i32::from(c)).abs()).map_or(0, |(i, _)| i)
+    };
     let (r, g, b) = (level(rgb[0]), level(rgb[1]), level(rgb[2]));
     let cube = [LEVELS[r], LEVELS[g], LEVELS[b]];
     let mean = (u32::from(rgb[0]) + u32::from(rgb[1]) + u32::from(rgb[2])) / 3;
@@ -208,7 +216,12 @@ pub fn detect(mode: GraphicsMode) -> Option<Graphics> {
 /// Queries the terminal and, inside tmux, tmux.
 pub fn probe() -> Probe {
     let place = Place::detect();
-    let mut p = Probe { place: place.clone(), iterm2: iterm2_from_env(), cell: terminal::cell_pixels_from_winsize(), ..Probe::default() };
+    let mut p = Probe {
+        place: place.clone(),
+        iterm2: iterm2_from_env(),
+        cell: terminal::cell_pixels_from_winsize(),
+        ..Probe::default()
+    };
     match &place {
         Place::Screen => {}
         Place::Direct => p.outer = query(false, true),
@@ -216,7 +229,11 @@ pub fn probe() -> Probe {
             // tmux answers the device attributes itself, client or not.
             p.tmux_sixel = query(false, false).is_some_and(|a| a.sixel);
             if let Some(tmux) = t {
-                let state = TmuxState { version: tmux.version.clone(), attached: tmux.attached(), passthrough: tmux.passthrough() };
+                let state = TmuxState {
+                    version: tmux.version.clone(),
+                    attached: tmux.attached(),
+                    passthrough: tmux.passthrough(),
+                };
                 // The environment is the one tmux started with, maybe in
                 // another terminal: the attached client's type counts.
                 p.iterm2 = false;
@@ -286,19 +303,31 @@ pub fn choose(mode: GraphicsMode, p: &Probe) -> Graphics {
     };
     let forced = |protocol: ProtocolType, flag: &str| {
         let passthrough = in_tmux && !(protocol == ProtocolType::Sixel && p.tmux_sixel);
-        Graphics { protocol, font: font.unwrap_or(DEFAULT_FONT), passthrough, palette256: false, why: format!("--graphics {flag}") }
+        Graphics {
+            protocol,
+            font: font.unwrap_or(DEFAULT_FONT),
+            passthrough,
+            palette256: false,
+            why: format!("--graphics {flag}"),
+        }
     };
     match mode {
-        GraphicsMode::None | GraphicsMode::Halfblocks => return Graphics::halfblocks(format!("--graphics {mode:?}").to_lowercase()),
+        GraphicsMode::None | GraphicsMode::Halfblocks => {
+            return Graphics::halfblocks(format!("--graphics {mode:?}").to_lowercase())
+        }
         GraphicsMode::Sixel => return forced(ProtocolType::Sixel, "sixel"),
         GraphicsMode::Kitty => return forced(ProtocolType::Kitty, "kitty"),
         GraphicsMode::Iterm2 => return forced(ProtocolType::Iterm2, "iterm2"),
         GraphicsMode::Auto => {}
     }
     match &p.place {
-        Place::Screen => Graphics { palette256: true, ..Graphics::halfblocks("GNU screen passes no images through (256 colours)") },
+        Place::Screen => {
+            Graphics { palette256: true, ..Graphics::halfblocks("GNU screen passes no images through (256 colours)") }
+        }
         Place::Direct => match p.outer {
-            Some(a) if a.kitty => with(ProtocolType::Kitty, false, "the terminal answered the kitty graphics query".into()),
+            Some(a) if a.kitty => {
+                with(ProtocolType::Kitty, false, "the terminal answered the kitty graphics query".into())
+            }
             Some(a) if a.sixel => with(ProtocolType::Sixel, false, "the terminal lists sixel".into()),
             _ if p.iterm2 => with(ProtocolType::Iterm2, false, "the terminal is iTerm2-compatible".into()),
             Some(_) => Graphics::halfblocks("the terminal has no sixel, kitty or iTerm2 graphics"),
@@ -313,14 +342,26 @@ pub fn choose(mode: GraphicsMode, p: &Probe) -> Graphics {
                 return Graphics::halfblocks(format!("{version} has allow-passthrough off and would not turn it on"));
             }
             match p.outer {
-                Some(a) if a.kitty => with(ProtocolType::Kitty, true, "the terminal outside tmux answered the kitty query".into()),
-                _ if p.iterm2 => with(ProtocolType::Iterm2, true, "the terminal outside tmux is iTerm2-compatible".into()),
-                Some(a) if a.sixel && p.tmux_sixel => with(ProtocolType::Sixel, false, format!("{version} draws sixel itself")),
-                Some(a) if a.sixel => {
-                    with(ProtocolType::Sixel, true, format!("the terminal outside tmux lists sixel; {version} has no sixel of its own"))
+                Some(a) if a.kitty => {
+                    with(ProtocolType::Kitty, true, "the terminal outside tmux answered the kitty query".into())
                 }
-                Some(_) => Graphics::halfblocks(format!("the terminal outside {version} has no sixel, kitty or iTerm2 graphics")),
-                None => Graphics::halfblocks(format!("the terminal outside {version} did not answer through passthrough")),
+                _ if p.iterm2 => {
+                    with(ProtocolType::Iterm2, true, "the terminal outside tmux is iTerm2-compatible".into())
+                }
+                Some(a) if a.sixel && p.tmux_sixel => {
+                    with(ProtocolType::Sixel, false, format!("{version} draws sixel itself"))
+                }
+                Some(a) if a.sixel => with(
+                    ProtocolType::Sixel,
+                    true,
+                    format!("the terminal outside tmux lists sixel; {version} has no sixel of its own"),
+                ),
+                Some(_) => Graphics::halfblocks(format!(
+                    "the terminal outside {version} has no sixel, kitty or iTerm2 graphics"
+                )),
+                None => {
+                    Graphics::halfblocks(format!("the terminal outside {version} did not answer through passthrough"))
+                }
             }
         }
     }
@@ -520,7 +561,9 @@ mod tests {
         let xterm = Some(Answer { kitty: false, sixel: true, cell: Some((10, 20)) });
         let kitty = Some(Answer { kitty: true, sixel: false, cell: Some((9, 18)) });
         let plain = Some(Answer { kitty: false, sixel: false, cell: Some((9, 18)) });
-        let auto = |place: Place, outer, tmux_sixel| choose(GraphicsMode::Auto, &Probe { place, outer, tmux_sixel, ..Probe::default() });
+        let auto = |place: Place, outer, tmux_sixel| {
+            choose(GraphicsMode::Auto, &Probe { place, outer, tmux_sixel, ..Probe::default() })
+        };
 
         let g = auto(Place::Direct, xterm, false);
         assert_eq!((g.protocol, g.passthrough, g.font.width), (ProtocolType::Sixel, false, 10));
@@ -548,7 +591,9 @@ mod tests {
 
         // A tmux pane this process can ask: no client yet, then one with sixel.
         let state = |attached, passthrough| Some(TmuxState { version: "3.3a".into(), attached, passthrough });
-        let pane = |tmux, outer| choose(GraphicsMode::Auto, &Probe { place: Place::Tmux(None), tmux, outer, ..Probe::default() });
+        let pane = |tmux, outer| {
+            choose(GraphicsMode::Auto, &Probe { place: Place::Tmux(None), tmux, outer, ..Probe::default() })
+        };
         let g = pane(state(false, true), None);
         assert!(g.protocol == ProtocolType::Halfblocks && g.why.contains("tmux 3.3a has no client attached"), "{g:?}");
         let g = pane(state(true, true), xterm);
@@ -557,7 +602,8 @@ mod tests {
         assert!(g.protocol == ProtocolType::Halfblocks && g.why.contains("allow-passthrough"), "{g:?}");
 
         // Forced protocols keep tmux's envelope unless tmux draws sixel itself.
-        let forced = |mode, tmux_sixel| choose(mode, &Probe { place: Place::Tmux(None), tmux_sixel, ..Probe::default() });
+        let forced =
+            |mode, tmux_sixel| choose(mode, &Probe { place: Place::Tmux(None), tmux_sixel, ..Probe::default() });
         assert!(forced(GraphicsMode::Kitty, false).passthrough);
         assert!(forced(GraphicsMode::Sixel, false).passthrough);
         assert!(!forced(GraphicsMode::Sixel, true).passthrough);

@@ -210,7 +210,8 @@ pub fn ask(query: &str, timeout: Duration, mut on_byte: impl FnMut(u8) -> bool) 
 /// The cell size in pixels from the tty's window size, when it gives one.
 pub fn cell_pixels_from_winsize() -> Option<(u16, u16)> {
     let ws = crossterm::terminal::window_size().ok()?;
-    (ws.width > 0 && ws.height > 0 && ws.columns > 0 && ws.rows > 0).then(|| (ws.width / ws.columns, ws.height / ws.rows))
+    (ws.width > 0 && ws.height > 0 && ws.columns > 0 && ws.rows > 0)
+        .then(|| (ws.width / ws.columns, ws.height / ws.rows))
 }
 
 #[cfg(test)]

@@ -48,7 +48,14 @@ fn stats(step: usize) -> StepStats {
     let clip = 0.3 + 0.6 * (-t / 60.0).exp();
     let id = 0.02 + 0.05 * (1.0 - (-t / 80.0).exp());
     let seg = 0.01 + 0.01 * (t / 7.0).sin().abs();
-    StepStats { step, terms: vec![clip, id, seg], total: clip + 0.5 * id + 0.2 * seg, grad_norm: 0.05, steps_per_sec: 4.0, timings: Vec::new() }
+    StepStats {
+        step,
+        terms: vec![clip, id, seg],
+        total: clip + 0.5 * id + 0.2 * seg,
+        grad_norm: 0.05,
+        steps_per_sec: 4.0,
+        timings: Vec::new(),
+    }
 }
 
 /// A 64×64 picture, different for every `kind`: gradients and a disc.
@@ -86,7 +93,13 @@ fn halfblocks() -> Option<Graphics> {
 }
 
 fn sixel_picker() -> Option<Graphics> {
-    Some(Graphics { protocol: ProtocolType::Sixel, font: DEFAULT_FONT, passthrough: false, palette256: false, why: "a test".into() })
+    Some(Graphics {
+        protocol: ProtocolType::Sixel,
+        font: DEFAULT_FONT,
+        passthrough: false,
+        palette256: false,
+        why: "a test".into(),
+    })
 }
 
 fn key(c: char) -> KeyEvent {
@@ -106,10 +119,16 @@ fn busy_app(picker: Option<Graphics>, seeds: &[u64]) -> (App, Receiver<Control>)
         app.update(Event::Train(TrainEvent::Step(stats(s))));
         if s == 100 {
             app.update(Event::Train(TrainEvent::Preview(preview(100, &[-3.0, 0.0, 3.0], seeds))));
-            app.update(Event::Train(TrainEvent::Checkpoint { step: 100, path: "runs/demo/checkpoint.safetensors".into() }));
+            app.update(Event::Train(TrainEvent::Checkpoint {
+                step: 100,
+                path: "runs/demo/checkpoint.safetensors".into(),
+            }));
         }
     }
-    app.update(Event::Train(TrainEvent::Message { level: Level::Warn, text: "id loss rising; consider a larger id weight".into() }));
+    app.update(Event::Train(TrainEvent::Message {
+        level: Level::Warn,
+        text: "id loss rising; consider a larger id weight".into(),
+    }));
     (app, rx)
 }
 
@@ -144,7 +163,10 @@ fn check_snapshot(name: &str, actual: &str) {
         return;
     }
     let expected = std::fs::read_to_string(&path).expect("read snapshot");
-    assert!(expected == actual, "snapshot {name} differs (UPDATE_SNAPSHOTS=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}");
+    assert!(
+        expected == actual,
+        "snapshot {name} differs (UPDATE_SNAPSHOTS=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}"
+    );
 }
 
 // ---------- layout snapshots ----------
@@ -155,7 +177,20 @@ fn compact_80x24_snapshot() {
     let buf = draw(&mut app, 80, 24);
     let t = text(&buf);
     assert!(t.contains(DEMO_LABEL), "demo label missing:\n{t}");
-    for want in ["step 120/500", "4.0 steps/s", "ETA 1m35s", "running", "Loss", "Preview · step 100", "original", "α -3", "α +3", "id loss rising", "checkpoint at step 100", "q quit"] {
+    for want in [
+        "step 120/500",
+        "4.0 steps/s",
+        "ETA 1m35s",
+        "running",
+        "Loss",
+        "Preview · step 100",
+        "original",
+        "α -3",
+        "α +3",
+        "id loss rising",
+        "checkpoint at step 100",
+        "q quit",
+    ] {
         assert!(t.contains(want), "{want:?} missing:\n{t}");
     }
     check_snapshot("compact_80x24.txt", &t);
@@ -199,7 +234,9 @@ fn overlays_and_states_draw() {
     app.update(Event::Key(key('l')));
     let t = text(&draw(&mut app, 80, 24));
     assert!(t.contains("· log"), "{t}");
-    app.update(Event::Train(TrainEvent::Failed { error: "loss became NaN at step 121; lower the learning rate".into() }));
+    app.update(Event::Train(TrainEvent::Failed {
+        error: "loss became NaN at step 121; lower the learning rate".into(),
+    }));
     let t = text(&draw(&mut app, 80, 24));
     assert!(t.contains("failed") && t.contains("lower the learning rate"), "{t}");
     // A long prompt is cut so the state stays in view.
@@ -373,10 +410,18 @@ fn sixel_stream_decodes_to_the_preview() {
         assert_eq!((d.width as u32, d.height as u32), (box_w, box_h), "tile {c}: sixel size");
         let want = DynamicImage::ImageRgb8((*image).clone()).resize(box_w, box_h, FilterType::Triangle).to_rgb8();
         let err = block_error(&d, &want);
-        eprintln!("tile {c}: {}×{} sixel, image {}×{}, block error {err:.2}", d.width, d.height, want.width(), want.height());
+        eprintln!(
+            "tile {c}: {}×{} sixel, image {}×{}, block error {err:.2}",
+            d.width,
+            d.height,
+            want.width(),
+            want.height()
+        );
         assert!(err < 4.0, "tile {c}: sixel differs from the preview (block error {err:.2})");
         // The check can fail: another tile's picture is far off.
-        let other = DynamicImage::ImageRgb8(images[(c + 1) % images.len()].clone()).resize(box_w, box_h, FilterType::Triangle).to_rgb8();
+        let other = DynamicImage::ImageRgb8(images[(c + 1) % images.len()].clone())
+            .resize(box_w, box_h, FilterType::Triangle)
+            .to_rgb8();
         assert!(block_error(&d, &other) > 4.0 * err.max(1.0), "tile {c}: a wrong picture also matches");
     }
 }
@@ -443,7 +488,10 @@ fn keys_send_controls() {
     assert_eq!(drain(&rx), [Control::SetPreviewAlphas(vec![-4.5, 0.0, 4.5])]);
     app.update(Event::Key(code(KeyCode::Left)));
     app.update(Event::Key(code(KeyCode::Left)));
-    assert_eq!(drain(&rx), [Control::SetPreviewAlphas(vec![-3.0, 0.0, 3.0]), Control::SetPreviewAlphas(vec![-2.25, 0.0, 2.25])]);
+    assert_eq!(
+        drain(&rx),
+        [Control::SetPreviewAlphas(vec![-3.0, 0.0, 3.0]), Control::SetPreviewAlphas(vec![-2.25, 0.0, 2.25])]
+    );
     assert!(!app.log_scale);
     app.update(Event::Key(key('l')));
     assert!(app.log_scale);
@@ -453,8 +501,12 @@ fn keys_send_controls() {
     assert!(matches!(app.update(Event::Key(key('y'))), Action::Continue));
     assert_eq!(drain(&rx), [Control::Stop]);
     app.update(Event::Train(TrainEvent::Checkpoint { step: 120, path: "runs/demo/checkpoint.safetensors".into() }));
-    let end = app.update(Event::Train(TrainEvent::Finished { output: "runs/demo".into(), elapsed: Duration::from_secs(30) }));
-    assert!(matches!(end, Action::Exit(TuiOutcome::Finished { ref output, .. }) if output == &PathBuf::from("runs/demo")), "{end:?}");
+    let end =
+        app.update(Event::Train(TrainEvent::Finished { output: "runs/demo".into(), elapsed: Duration::from_secs(30) }));
+    assert!(
+        matches!(end, Action::Exit(TuiOutcome::Finished { ref output, .. }) if output == &PathBuf::from("runs/demo")),
+        "{end:?}"
+    );
 }
 
 #[test]
@@ -501,7 +553,11 @@ impl Input for Script {
 
 /// A fake engine: steps until paused, answers controls like the real one.
 /// Returns every control it received.
-fn fake_engine(events: Sender<TrainEvent>, control: Receiver<Control>, answer_stop: bool) -> std::thread::JoinHandle<Vec<Control>> {
+fn fake_engine(
+    events: Sender<TrainEvent>,
+    control: Receiver<Control>,
+    answer_stop: bool,
+) -> std::thread::JoinHandle<Vec<Control>> {
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         let _ = events.send(TrainEvent::Started(info(true)));
@@ -520,8 +576,10 @@ fn fake_engine(events: Sender<TrainEvent>, control: Receiver<Control>, answer_st
                         let _ = events.send(TrainEvent::Paused(false));
                     }
                     Control::Stop if answer_stop => {
-                        let _ = events.send(TrainEvent::Checkpoint { step, path: "runs/demo/checkpoint.safetensors".into() });
-                        let _ = events.send(TrainEvent::Finished { output: "runs/demo".into(), elapsed: Duration::from_secs(1) });
+                        let _ = events
+                            .send(TrainEvent::Checkpoint { step, path: "runs/demo/checkpoint.safetensors".into() });
+                        let _ = events
+                            .send(TrainEvent::Finished { output: "runs/demo".into(), elapsed: Duration::from_secs(1) });
                         return seen;
                     }
                     Control::Stop => return seen, // silent: dropped channel
@@ -564,8 +622,12 @@ fn loop_pauses_saves_and_quits_against_a_fake_engine() {
         (ms(50), TermEvent::Key(key('y'))),
     ]);
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("backend");
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
-    assert!(matches!(outcome, TuiOutcome::Finished { ref output, .. } if output == &PathBuf::from("runs/demo")), "{outcome:?}");
+    let outcome =
+        run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    assert!(
+        matches!(outcome, TuiOutcome::Finished { ref output, .. } if output == &PathBuf::from("runs/demo")),
+        "{outcome:?}"
+    );
     let seen = engine.join().expect("engine thread");
     assert_eq!(seen, [Control::Pause, Control::SetPreviewAlphas(vec![-4.5, 0.0, 4.5]), Control::Stop]);
     assert!(app.step() > 10, "the run advanced: step {}", app.step());
@@ -587,7 +649,15 @@ fn a_signal_stops_and_saves_the_run() {
     });
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("backend");
     let mut input = Script(vec![]);
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::manual(Signal::Hup, flag), &mut GpuMemory::new()).expect("loop");
+    let outcome = run_loop(
+        &mut terminal,
+        &mut app,
+        &ev_rx,
+        &mut input,
+        &Signals::manual(Signal::Hup, flag),
+        &mut GpuMemory::new(),
+    )
+    .expect("loop");
     assert!(matches!(outcome, TuiOutcome::Signalled { signal: Signal::Hup, saved: true, .. }), "{outcome:?}");
     assert_eq!(engine.join().expect("engine thread"), [Control::Stop]);
 }
@@ -603,7 +673,15 @@ fn a_silent_engine_is_not_waited_on_forever() {
     let flag = Arc::new(AtomicBool::new(true));
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("backend");
     let t0 = std::time::Instant::now();
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::manual(Signal::Term, flag), &mut GpuMemory::new()).expect("loop");
+    let outcome = run_loop(
+        &mut terminal,
+        &mut app,
+        &ev_rx,
+        &mut Script(vec![]),
+        &Signals::manual(Signal::Term, flag),
+        &mut GpuMemory::new(),
+    )
+    .expect("loop");
     assert!(matches!(outcome, TuiOutcome::Signalled { signal: Signal::Term, .. }), "{outcome:?}");
     assert!(t0.elapsed() < Duration::from_secs(3));
     engine.join().expect("engine thread");
@@ -645,7 +723,10 @@ struct Failing {
 
 impl ratatui::backend::Backend for Failing {
     type Error = std::io::Error;
-    fn draw<'a, I: Iterator<Item = (u16, u16, &'a ratatui::buffer::Cell)>>(&mut self, content: I) -> std::io::Result<()> {
+    fn draw<'a, I: Iterator<Item = (u16, u16, &'a ratatui::buffer::Cell)>>(
+        &mut self,
+        content: I,
+    ) -> std::io::Result<()> {
         if self.fails > 0 {
             self.fails -= 1;
             return Err((self.error)());
@@ -697,7 +778,8 @@ fn drawing_errors_draw_less_and_training_goes_on() {
     let ms = Duration::from_millis;
     let mut input = Script(vec![(ms(800), TermEvent::Key(key('q'))), (ms(50), TermEvent::Key(key('y')))]);
     let mut terminal = failing(2, || std::io::Error::other("sixel too large for the terminal"));
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    let outcome =
+        run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
     assert!(matches!(outcome, TuiOutcome::Finished { .. }), "{outcome:?}");
     engine.join().expect("engine thread");
     assert_eq!(app.fallback, super::app::Fallback::NoImages);
@@ -717,7 +799,9 @@ fn a_terminal_that_keeps_failing_hands_the_run_to_the_headless_view() {
     let _engine = fake_engine(ev_tx, c_rx, true);
     let mut app = App::new(c_tx, halfblocks(), Duration::from_secs(5));
     let mut terminal = failing(usize::MAX, || std::io::Error::from(std::io::ErrorKind::WouldBlock));
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    let outcome =
+        run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::none(), &mut GpuMemory::new())
+            .expect("loop");
     assert!(matches!(outcome, TuiOutcome::Headless), "{outcome:?}");
     assert_eq!(app.fallback, super::app::Fallback::Headless);
     assert_eq!(app.problems.len(), 3, "{:?}", app.problems);
@@ -731,7 +815,9 @@ fn a_hang_up_while_drawing_saves_and_ends_as_sighup() {
     let engine = fake_engine(ev_tx, c_rx, true);
     let mut app = App::new(c_tx, halfblocks(), Duration::from_secs(5));
     let mut terminal = failing(usize::MAX, || std::io::Error::from_raw_os_error(libc::EIO));
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    let outcome =
+        run_loop(&mut terminal, &mut app, &ev_rx, &mut Script(vec![]), &Signals::none(), &mut GpuMemory::new())
+            .expect("loop");
     assert!(matches!(outcome, TuiOutcome::Signalled { signal: Signal::Hup, saved: true }), "{outcome:?}");
     assert_eq!(engine.join().expect("engine thread"), [Control::Stop]);
     assert_eq!(app.fallback, super::app::Fallback::Full, "a hang-up is not a drawing error");
@@ -764,9 +850,14 @@ fn a_key_reader_error_is_shown_and_the_reader_restarted() {
     let engine = fake_engine(ev_tx, c_rx, true);
     let mut app = App::new(c_tx, halfblocks(), Duration::from_secs(5));
     let ms = Duration::from_millis;
-    let mut input = FlakyKeys { failed: false, restarts: 0, inner: Script(vec![(ms(300), TermEvent::Key(key('q'))), (ms(50), TermEvent::Key(key('y')))]) };
+    let mut input = FlakyKeys {
+        failed: false,
+        restarts: 0,
+        inner: Script(vec![(ms(300), TermEvent::Key(key('q'))), (ms(50), TermEvent::Key(key('y')))]),
+    };
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("backend");
-    let outcome = run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
+    let outcome =
+        run_loop(&mut terminal, &mut app, &ev_rx, &mut input, &Signals::none(), &mut GpuMemory::new()).expect("loop");
     assert!(matches!(outcome, TuiOutcome::Finished { .. }), "{outcome:?}");
     engine.join().expect("engine thread");
     assert_eq!(input.restarts, 1);

@@ -54,7 +54,11 @@ pub fn layout(area: Rect, _app: &App) -> Areas {
         Constraint::Length(1),
     ])
     .areas(area);
-    let split = if small { [Constraint::Percentage(50), Constraint::Percentage(50)] } else { [Constraint::Percentage(42), Constraint::Percentage(58)] };
+    let split = if small {
+        [Constraint::Percentage(50), Constraint::Percentage(50)]
+    } else {
+        [Constraint::Percentage(42), Constraint::Percentage(58)]
+    };
     let [chart, preview] = Layout::horizontal(split).areas(body);
     Areas { header, chart, preview: Some(preview), messages, footer }
 }
@@ -90,7 +94,8 @@ impl App {
     pub fn render(&self, frame: &mut Frame) {
         let area = frame.area();
         if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
-            let text = format!("terminal too small: {}×{}, need {}×{}", area.width, area.height, MIN_SIZE.0, MIN_SIZE.1);
+            let text =
+                format!("terminal too small: {}×{}, need {}×{}", area.width, area.height, MIN_SIZE.0, MIN_SIZE.1);
             frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
             return;
         }
@@ -147,7 +152,9 @@ impl App {
                 second.push(sep());
                 second.push(Span::raw(info.device.clone()));
                 if let Some((used, total)) = self.gpu_memory {
-                    second.push(Span::raw(format!(" {:.1}/{:.1} GiB", used as f64 / 1024.0, total as f64 / 1024.0)).dark_gray());
+                    second.push(
+                        Span::raw(format!(" {:.1}/{:.1} GiB", used as f64 / 1024.0, total as f64 / 1024.0)).dark_gray(),
+                    );
                 }
                 second.push(sep());
                 let step = self.step();
@@ -158,7 +165,10 @@ impl App {
                     if self.state.active() && s.steps_per_sec > 0.0 {
                         let left = info.total_steps.saturating_sub(step) as f64 / s.steps_per_sec;
                         second.push(sep());
-                        second.push(Span::raw(format!("ETA {}", fmt_duration(std::time::Duration::from_secs_f64(left.min(1e7))))));
+                        second.push(Span::raw(format!(
+                            "ETA {}",
+                            fmt_duration(std::time::Duration::from_secs_f64(left.min(1e7)))
+                        )));
                     }
                 }
                 if let Some((_, elapsed)) = &self.finished {
@@ -221,7 +231,8 @@ impl App {
         let block = pane(format!(" Loss · {view} · {scale} "));
         let inner = block.inner(area);
         frame.render_widget(block, area);
-        let points: Vec<&Point> = if self.whole_run { self.history.whole_run().collect() } else { self.history.window().collect() };
+        let points: Vec<&Point> =
+            if self.whole_run { self.history.whole_run().collect() } else { self.history.window().collect() };
         let names = self.series_names();
         // The newest values, as numbers: a chart hides small differences.
         let mut spans = Vec::new();
@@ -238,14 +249,17 @@ impl App {
         let width: usize = spans.iter().map(Span::width).sum();
         let values_h = if width > inner.width as usize { 2 } else { 1 };
         let values = Paragraph::new(Line::from(spans)).wrap(Wrap { trim: true });
-        let [values_line, chart_area] = Layout::vertical([Constraint::Length(values_h), Constraint::Min(1)]).areas(inner);
+        let [values_line, chart_area] =
+            Layout::vertical([Constraint::Length(values_h), Constraint::Min(1)]).areas(inner);
         frame.render_widget(values, values_line);
         if points.is_empty() {
             return;
         }
         let y = |v: f64| if self.log_scale { (v > 0.0).then(|| v.log10()) } else { v.is_finite().then_some(v) };
         let series: Vec<Vec<(f64, f64)>> = (0..names.len())
-            .map(|i| points.iter().filter_map(|p| p.values.get(i).and_then(|v| y(*v)).map(|v| (p.step as f64, v))).collect())
+            .map(|i| {
+                points.iter().filter_map(|p| p.values.get(i).and_then(|v| y(*v)).map(|v| (p.step as f64, v))).collect()
+            })
             .collect();
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for (_, v) in series.iter().flatten() {
@@ -253,7 +267,10 @@ impl App {
             hi = hi.max(*v);
         }
         if !lo.is_finite() {
-            frame.render_widget(Paragraph::new("no positive values to draw on a log scale (press l)").dark_gray(), chart_area);
+            frame.render_widget(
+                Paragraph::new("no positive values to draw on a log scale (press l)").dark_gray(),
+                chart_area,
+            );
             return;
         }
         if hi - lo < 1e-9 {
@@ -278,18 +295,16 @@ impl App {
             .collect();
         let xm = (x0 + x1) / 2.0;
         let chart = Chart::new(datasets)
-            .x_axis(
-                Axis::default()
-                    .bounds([x0, x1])
-                    .style(Style::new().dark_gray())
-                    .labels([format!("{x0:.0}"), format!("{xm:.0}"), format!("{x1:.0}")]),
-            )
-            .y_axis(
-                Axis::default()
-                    .bounds([lo, hi])
-                    .style(Style::new().dark_gray())
-                    .labels([label(lo), label((lo + hi) / 2.0), label(hi)]),
-            )
+            .x_axis(Axis::default().bounds([x0, x1]).style(Style::new().dark_gray()).labels([
+                format!("{x0:.0}"),
+                format!("{xm:.0}"),
+                format!("{x1:.0}"),
+            ]))
+            .y_axis(Axis::default().bounds([lo, hi]).style(Style::new().dark_gray()).labels([
+                label(lo),
+                label((lo + hi) / 2.0),
+                label(hi),
+            ]))
             .legend_position(Some(ratatui::widgets::LegendPosition::TopRight))
             .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)));
         frame.render_widget(chart, chart_area);
@@ -317,10 +332,17 @@ impl App {
         };
         if p.graphics().is_none() {
             let out = self.info.as_ref().map(|i| i.output.display().to_string()).unwrap_or_default();
-            let why = if self.fallback == Fallback::Full { "graphics off (--graphics none)" } else { "images off after drawing errors" };
+            let why = if self.fallback == Fallback::Full {
+                "graphics off (--graphics none)"
+            } else {
+                "images off after drawing errors"
+            };
             let mut lines = vec![Line::from(why).dark_gray()];
             lines.push(Line::from(format!("α: {}", fmt_alphas(&current.alphas))));
-            lines.push(Line::from(format!("seeds: {}", current.rows.iter().map(|r| r.label.trim_start_matches('#').to_string()).collect::<Vec<_>>().join(", "))));
+            lines.push(Line::from(format!(
+                "seeds: {}",
+                current.rows.iter().map(|r| r.label.trim_start_matches('#').to_string()).collect::<Vec<_>>().join(", ")
+            )));
             lines.push(Line::from(format!("strips are written to {out}/strip-<seed>.png")).dark_gray());
             frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), inner);
             return;
@@ -332,7 +354,8 @@ impl App {
         let label_rows = if grid.labels_every_line() { grid.rows } else { 1 };
         for r in 0..label_rows {
             for c in 0..grid.cols {
-                let text = if c == 0 { "original".to_string() } else { format!("α {}", fmt_alpha(current.alphas[c - 1])) };
+                let text =
+                    if c == 0 { "original".to_string() } else { format!("α {}", fmt_alpha(current.alphas[c - 1])) };
                 let short = if c == 0 { "orig".to_string() } else { fmt_alpha(current.alphas[c - 1]) };
                 let rect = grid.label(r, c);
                 let t = if text.chars().count() <= rect.width as usize { text } else { short };

@@ -39,11 +39,11 @@ fn tolerance(name: &str) -> Tol {
     match name {
         // 1.64e-7 (embeddings), feats are the same network's embeddings.
         "embeddings" | "styleclip_y_feats" | "styleclip_y_hat_feats" => Tol::Abs(2e-6),
-        "cosine_similarity" => Tol::Abs(2e-6),                    // 1.19e-7
-        "id_loss_per_pair" | "id_loss_mean" => Tol::Abs(2e-6),    // 1.17e-7
-        "grad_id_loss_mean_wrt_second" => Tol::Abs(5e-8),         // 4.59e-9
+        "cosine_similarity" => Tol::Abs(2e-6),                 // 1.19e-7
+        "id_loss_per_pair" | "id_loss_mean" => Tol::Abs(2e-6), // 1.17e-7
+        "grad_id_loss_mean_wrt_second" => Tol::Abs(5e-8),      // 4.59e-9
         "styleclip_y_crop112" | "styleclip_y_hat_crop112" => Tol::Abs(2e-6), // 1.52e-7
-        "styleclip_id_loss" => Tol::Abs(1e-6),                    // 8.13e-8
+        "styleclip_id_loss" => Tol::Abs(1e-6),                 // 8.13e-8
         "grad_styleclip_id_loss_wrt_y_hat_256" => Tol::Abs(4e-8), // 3.24e-9
         _ => Tol::OfMax(1e-5),
     }
@@ -63,7 +63,6 @@ fn case(report: &mut FixtureReport, cases: &HashMap<String, Tensor>, name: &str,
     report.compare(name, actual, expected, atol, 0.0)?;
     Ok(())
 }
-
 
 /// The values of `config.json` that matter here.
 #[derive(Debug, Default)]

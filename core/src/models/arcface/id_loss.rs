@@ -39,9 +39,7 @@ pub fn styleclip_preprocess(xs: &Tensor, size: usize) -> Result<Tensor> {
     } else {
         xs.clone()
     };
-    let crop = xs
-        .narrow(2, CROP_ROWS.start, CROP_ROWS.len())?
-        .narrow(3, CROP_COLS.start, CROP_COLS.len())?;
+    let crop = xs.narrow(2, CROP_ROWS.start, CROP_ROWS.len())?.narrow(3, CROP_COLS.start, CROP_COLS.len())?;
     resample(&crop, Filter::AdaptiveAvg, (size, size))
 }
 

@@ -132,13 +132,7 @@ impl MainCase {
     }
 
     fn run(self, net: &BiSeNet, report: &mut FixtureReport) -> Result<()> {
-        report.compare(
-            "input",
-            &normalize(&self.image_rgb01)?,
-            &self.input,
-            NORMALIZE_ATOL,
-            0.0,
-        )?;
+        report.compare("input", &normalize(&self.image_rgb01)?, &self.input, NORMALIZE_ATOL, 0.0)?;
         // The stored input, not ours, so that each stage is checked on its own.
         let input = Var::from_tensor(&self.input)?;
         let trace = net.forward_trace(input.as_tensor())?;
@@ -156,18 +150,11 @@ impl MainCase {
         }
         let logits_atol = report.stated.atol("logits", LOGITS_ATOL);
         report.compare("logits", &trace.logits, &self.logits, logits_atol, 0.0)?;
-        report.push(compare_parse(
-            "parsing",
-            &trace.logits,
-            &self.logits,
-            &self.parsing,
-            logits_atol,
-        )?);
+        report.push(compare_parse("parsing", &trace.logits, &self.logits, &self.parsing, logits_atol)?);
 
         let probs = probabilities(&trace.logits)?;
         for (name, expected) in &self.probs {
-            let class =
-                class_index(name.trim_start_matches("prob_")).expect("fixture names are classes");
+            let class = class_index(name.trim_start_matches("prob_")).expect("fixture names are classes");
             let atol = report.stated.atol(name, PROB_ATOL);
             report.compare(name, &probs.narrow(1, class, 1)?.squeeze(1)?, expected, atol, 0.0)?;
         }
@@ -181,10 +168,7 @@ impl MainCase {
                 let atol = report.stated.atol("grad_hair_objective_wrt_input", GRAD_ATOL);
                 report.compare("grad_hair_objective_wrt_input", grad, &self.grad, atol, 0.0)?;
             }
-            None => report.push(CaseResult::failed(
-                "grad_hair_objective_wrt_input",
-                "no gradient reached the input",
-            )),
+            None => report.push(CaseResult::failed("grad_hair_objective_wrt_input", "no gradient reached the input")),
         }
         Ok(())
     }
@@ -206,13 +190,7 @@ impl RectCase {
     }
 
     fn run(self, net: &BiSeNet, report: &mut FixtureReport) -> Result<()> {
-        report.compare(
-            "rect_input",
-            &normalize(&self.image_rgb01)?,
-            &self.input,
-            NORMALIZE_ATOL,
-            0.0,
-        )?;
+        report.compare("rect_input", &normalize(&self.image_rgb01)?, &self.input, NORMALIZE_ATOL, 0.0)?;
         let logits = net.forward(&self.input)?;
         let atol = report.stated.atol("rect_logits", RECT_LOGITS_ATOL);
         report.compare("rect_logits", &logits, &self.logits, atol, 0.0)?;
@@ -236,13 +214,9 @@ fn compare_parse(
     let theirs = ref_parsing.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
     let margins = top2_margins(ref_logits)?;
     if ours.len() != theirs.len() || margins.len() != theirs.len() {
-        return Ok(CaseResult::failed(
-            name,
-            format!("{} labels, reference has {}", ours.len(), theirs.len()),
-        ));
+        return Ok(CaseResult::failed(name, format!("{} labels, reference has {}", ours.len(), theirs.len())));
     }
-    let (mut compared, mut differ, mut near_ties, mut near_tie_differ) =
-        (0usize, 0usize, 0usize, 0usize);
+    let (mut compared, mut differ, mut near_ties, mut near_tie_differ) = (0usize, 0usize, 0usize, 0usize);
     for ((o, t), m) in ours.iter().zip(&theirs).zip(&margins) {
         if *m > atol {
             compared += 1;
@@ -287,11 +261,7 @@ fn top2_margins(logits: &Tensor) -> Result<Vec<f64>> {
 
 /// Loads the legacy-format checkpoint and requires it to hold exactly the
 /// tensors of `model.pth`.
-fn check_legacy(
-    path: &Path,
-    state: &HashMap<String, Tensor>,
-    report: &mut FixtureReport,
-) -> Result<()> {
+fn check_legacy(path: &Path, state: &HashMap<String, Tensor>, report: &mut FixtureReport) -> Result<()> {
     let legacy = match crate::torch::load(path) {
         Ok(t) => t,
         Err(e) => {

@@ -124,12 +124,7 @@ pub(super) struct Resnet18 {
 impl Resnet18 {
     /// `widths`: the stem/`layer1` width, then `layer2..4`; `blocks`: blocks
     /// per layer (2 each for ResNet-18).
-    pub(super) fn new(
-        vb: VarBuilder,
-        widths: [usize; 4],
-        blocks: [usize; 4],
-        eps: f64,
-    ) -> Result<Self> {
+    pub(super) fn new(vb: VarBuilder, widths: [usize; 4], blocks: [usize; 4], eps: f64) -> Result<Self> {
         let stem = ConvBn::new(vb.pp("conv1"), vb.pp("bn1"), (3, widths[0], 7), 2, 3, eps)?;
         let mut layers = Vec::with_capacity(4);
         let mut c_in = widths[0];

@@ -16,8 +16,7 @@ use crate::fixture::{CaseResult, FixtureReport};
 use crate::imageops::{self, Filter};
 use crate::{Error, Result};
 
-const FILES: [&str; 5] =
-    ["config.json", "tokenizer.json", "model.safetensors", "cases.safetensors", "cases.json"];
+const FILES: [&str; 5] = ["config.json", "tokenizer.json", "model.safetensors", "cases.safetensors", "cases.json"];
 
 /// The fixture's tensors, tolerances and the report being filled.
 struct Ctx {
@@ -95,12 +94,9 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
     let clip = Clip::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, device))?;
     let json_path = dir.join("cases.json");
-    let json =
-        std::fs::read_to_string(&json_path).map_err(|e| Error::io("reading", &json_path, e))?;
-    let meta: Value = serde_json::from_str(&json).map_err(|e| Error::Fixture {
-        path: json_path.clone(),
-        reason: format!("invalid JSON: {e}"),
-    })?;
+    let json = std::fs::read_to_string(&json_path).map_err(|e| Error::io("reading", &json_path, e))?;
+    let meta: Value = serde_json::from_str(&json)
+        .map_err(|e| Error::Fixture { path: json_path.clone(), reason: format!("invalid JSON: {e}") })?;
     let tensors = candle_core::safetensors::load(dir.join("cases.safetensors"), device)?;
     let mut ctx = Ctx { report, tensors, meta };
 
@@ -190,8 +186,7 @@ fn check_text(
         .collect();
     let keep = Tensor::new(keep.as_slice(), device)?;
     if let Some(expected) = ctx.get("text.last_hidden_state")? {
-        let rows =
-            |x: &Tensor| -> Result<Tensor> { Ok(x.reshape((b * t, d))?.index_select(&keep, 0)?) };
+        let rows = |x: &Tensor| -> Result<Tensor> { Ok(x.reshape((b * t, d))?.index_select(&keep, 0)?) };
         let (atol, rtol) = ctx.tolerance("text.last_hidden_state").unwrap_or((0.0, 0.0));
         ctx.report.compare(
             "text.last_hidden_state (mask=1 rows)",

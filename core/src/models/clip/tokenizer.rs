@@ -143,12 +143,7 @@ impl ClipTokenizer {
     }
 
     /// Token ids of `texts` as one padded batch on `device`.
-    pub fn encode_batch(
-        &self,
-        texts: &[&str],
-        padding: Padding,
-        device: &Device,
-    ) -> Result<TokenBatch> {
+    pub fn encode_batch(&self, texts: &[&str], padding: Padding, device: &Device) -> Result<TokenBatch> {
         let seqs = texts.iter().map(|t| self.encode(t)).collect::<Result<Vec<_>>>()?;
         let t = match padding {
             Padding::Longest => seqs.iter().map(Vec::len).max().unwrap_or(0),

@@ -121,11 +121,7 @@ struct Mlp {
 
 impl Mlp {
     fn new(dim: usize, hidden: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: linear(dim, hidden, vb.pp("fc1"))?,
-            fc2: linear(hidden, dim, vb.pp("fc2"))?,
-            act,
-        })
+        Ok(Self { fc1: linear(dim, hidden, vb.pp("fc1"))?, fc2: linear(hidden, dim, vb.pp("fc2"))?, act })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -180,8 +176,7 @@ struct Encoder {
 impl Encoder {
     fn new(s: &EncoderShape, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("layers");
-        let layers =
-            (0..s.layers).map(|i| EncoderLayer::new(s, vb.pp(i))).collect::<Result<_>>()?;
+        let layers = (0..s.layers).map(|i| EncoderLayer::new(s, vb.pp(i))).collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 
@@ -196,9 +191,8 @@ impl Encoder {
 
 /// `[T, T]` additive causal mask: position i sees only j ≤ i.
 fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?)
 }
 
@@ -242,11 +236,7 @@ impl ClipTextTransformer {
             token_embedding: Embedding::new(token, cfg.hidden_size),
             position_embedding,
             encoder: Encoder::new(&shape, vb.pp("encoder"))?,
-            final_layer_norm: LayerNorm::new(
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                vb.pp("final_layer_norm"),
-            )?,
+            final_layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
             eos_token_id: cfg.eos_token_id,
         })
     }
@@ -288,9 +278,7 @@ impl ClipTextTransformer {
         let (b, t) = input_ids.dims2()?;
         let max_t = self.position_embedding.dim(0)?;
         if t > max_t {
-            return Err(Error::Config(format!(
-                "{t} tokens exceed the text context of {max_t}; truncate the prompt"
-            )));
+            return Err(Error::Config(format!("{t} tokens exceed the text context of {max_t}; truncate the prompt")));
         }
         let tokens = self.token_embedding.forward(input_ids)?;
         let xs = tokens.broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
@@ -298,8 +286,7 @@ impl ClipTextTransformer {
         let xs = self.encoder.forward(&xs, Some(&mask))?;
         let last_hidden_state = self.final_layer_norm.forward(&xs)?;
         let eos_index = self.eos_index(input_ids)?;
-        let rows: Vec<u32> =
-            eos_index.iter().enumerate().map(|(i, &j)| (i * t + j) as u32).collect();
+        let rows: Vec<u32> = eos_index.iter().enumerate().map(|(i, &j)| (i * t + j) as u32).collect();
         let rows = Tensor::from_vec(rows, b, input_ids.device())?;
         let d = last_hidden_state.dim(2)?;
         let pooled = last_hidden_state.reshape((b * t, d))?.index_select(&rows, 0)?;
@@ -352,12 +339,7 @@ impl ClipVisionTransformer {
             act: cfg.hidden_act,
         };
         Ok(Self {
-            patch_embedding: Conv2d::new(
-                emb.get((d, cfg.num_channels, p, p), "patch_embedding.weight")?,
-                None,
-                p,
-                0,
-            )?,
+            patch_embedding: Conv2d::new(emb.get((d, cfg.num_channels, p, p), "patch_embedding.weight")?, None, p, 0)?,
             class_embedding: emb.get(d, "class_embedding")?,
             position_embedding: emb.get((grid * grid + 1, d), "position_embedding.weight")?,
             // "pre_layrnorm" is the real key name, misspelt in the checkpoint.
@@ -380,10 +362,7 @@ impl ClipVisionTransformer {
         if (h, w) != (self.image_size, self.image_size) {
             return Err(Error::BadShape {
                 name: "pixel_values".into(),
-                expected: format!(
-                    "[B, C, {0}, {0}]; resize with clip::preprocess first",
-                    self.image_size
-                ),
+                expected: format!("[B, C, {0}, {0}]; resize with clip::preprocess first", self.image_size),
                 got: pixel_values.dims().to_vec(),
             });
         }

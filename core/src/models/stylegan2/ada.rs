@@ -250,7 +250,9 @@ impl AdaConfig {
             )));
         }
         if self.z_dim == 0 || self.w_dim == 0 || self.mapping_layers == 0 || self.channels.contains(&0) {
-            return Err(Error::Config("z_dim, w_dim, the mapping depth and every channel count must be positive".into()));
+            return Err(Error::Config(
+                "z_dim, w_dim, the mapping depth and every channel count must be positive".into(),
+            ));
         }
         if self.num_ws != 2 * res.ilog2() as usize - 2 {
             return Err(Error::Config(format!("num_ws {} for resolution {res}", self.num_ws)));
@@ -341,9 +343,9 @@ fn child<'a>(net: &'a Network, path: &str, name: &str, class: &str) -> Result<&'
 }
 
 fn number(net: &Network, path: &str, name: &str) -> Result<f64> {
-    net.attr(name).and_then(Attr::as_f64).ok_or_else(|| {
-        Error::Config(format!("the pickled network '{path}' has no numeric attribute '{name}'"))
-    })
+    net.attr(name)
+        .and_then(Attr::as_f64)
+        .ok_or_else(|| Error::Config(format!("the pickled network '{path}' has no numeric attribute '{name}'")))
 }
 
 /// A layer's `conv_clamp` (`None`: no clamp).
@@ -378,7 +380,13 @@ pub fn build(cfg: &AdaConfig, vb: VarBuilder) -> Result<Generator> {
         .map(|i| {
             let fan_in = if i == 0 { cfg.z_dim } else { w };
             let vb = vb.pp(format!("mapping.fc{i}"));
-            EqualLinear::with_gains(vb.get((w, fan_in), "weight")?, vb.get(w, "bias")?, lr / (fan_in as f64).sqrt(), lr, true)
+            EqualLinear::with_gains(
+                vb.get((w, fan_in), "weight")?,
+                vb.get(w, "bias")?,
+                lr / (fan_in as f64).sqrt(),
+                lr,
+                true,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     // An affine layer: FullyConnectedLayer(w_dim, in_channels), gains
@@ -387,8 +395,15 @@ pub fn build(cfg: &AdaConfig, vb: VarBuilder) -> Result<Generator> {
         EqualLinear::with_gains(vb.get((out, w), "weight")?, vb.get(out, "bias")?, 1.0 / (w as f64).sqrt(), 1.0, false)
     };
     let layer = |vb: VarBuilder, o: usize, i: usize, up: bool, res: usize| -> Result<(StyledConv, Tensor)> {
-        let conv = ModulatedConv2d::from_weight(vb.get((o, i, 3, 3), "weight")?, affine(vb.pp("affine"), i)?, true, up, &FILTER)?;
-        let epilogue = Epilogue::new(vb.get(o, "bias")?, vb.get((), "noise_strength")?.reshape(1)?)?.with_clamp(cfg.conv_clamp);
+        let conv = ModulatedConv2d::from_weight(
+            vb.get((o, i, 3, 3), "weight")?,
+            affine(vb.pp("affine"), i)?,
+            true,
+            up,
+            &FILTER,
+        )?;
+        let epilogue =
+            Epilogue::new(vb.get(o, "bias")?, vb.get((), "noise_strength")?.reshape(1)?)?.with_clamp(cfg.conv_clamp);
         let noise = vb.get((res, res), "noise_const")?.reshape((1, 1, res, res))?;
         Ok((StyledConv::from_parts(conv, epilogue), noise))
     };
@@ -495,7 +510,8 @@ pub struct ConvertSummary {
 pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
     let (net, tensors) = crate::torch::load_network(input, NETWORK)?;
     let config = AdaConfig::from_network(&net, &tensors).map_err(|e| in_file(input, e))?;
-    build(&config, VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu)).map_err(|e| in_file(input, e))?;
+    build(&config, VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu))
+        .map_err(|e| in_file(input, e))?;
     let order: HashMap<String, usize> =
         config.state_dict_shapes().into_iter().enumerate().map(|(i, (name, _))| (name, i)).collect();
     let mut named: Vec<(String, Tensor)> =
@@ -581,7 +597,9 @@ mod tests {
         let zero = Tensor::zeros(1, DType::F32, &Device::Cpu)?;
         let tensors = listed
             .iter()
-            .map(|(name, shape)| Ok((name.clone(), zero.reshape(vec![1; shape.len()])?.broadcast_as(shape.as_slice())?)))
+            .map(|(name, shape)| {
+                Ok((name.clone(), zero.reshape(vec![1; shape.len()])?.broadcast_as(shape.as_slice())?))
+            })
             .collect::<Result<HashMap<_, _>>>()?;
         let gen = build(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))?;
         assert_eq!(gen.config().n_latent(), 18);

@@ -37,8 +37,8 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     let mut report = FixtureReport::new("stylegan2-ada");
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io("reading", &config_path, e))?;
-    let config: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Fixture { path: config_path.clone(), reason: e.to_string() })?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Fixture { path: config_path.clone(), reason: e.to_string() })?;
     let stated = |key: &str| config["f32_vs_f64_max_abs"][key].as_f64().filter(|v| v.is_finite() && *v >= 0.0);
     let (Some(image_err), Some(grad_err)) = (stated("synthesis.const.image"), stated("grad.dloss_dws")) else {
         return Err(Error::Fixture {
@@ -71,10 +71,7 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
         let converted = scratch_file(file);
         let runs: [(String, Result<PathBuf>); 2] = [
             (format!("{file}:"), Ok(path.clone())),
-            (
-                format!("converted:{file}:"),
-                ada::convert(&path, &converted).map(|_| converted.clone()),
-            ),
+            (format!("converted:{file}:"), ada::convert(&path, &converted).map(|_| converted.clone())),
         ];
         for (prefix, source) in runs {
             let loaded = source.and_then(|p| Generator::load(&p, device));

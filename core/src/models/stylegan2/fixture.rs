@@ -24,14 +24,12 @@ pub fn check_fixture(dir: &Path, device: &Device) -> Result<FixtureReport> {
     let mut report = FixtureReport::new("stylegan2");
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io("reading", &config_path, e))?;
-    let config: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Fixture { path: config_path.clone(), reason: e.to_string() })?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Fixture { path: config_path.clone(), reason: e.to_string() })?;
     let atols: HashMap<String, f64> = config["cases"]["tensors"]
         .as_array()
         .map(|ts| {
-            ts.iter()
-                .filter_map(|t| Some((t["name"].as_str()?.to_string(), t["recommended_atol"].as_f64()?)))
-                .collect()
+            ts.iter().filter_map(|t| Some((t["name"].as_str()?.to_string(), t["recommended_atol"].as_f64()?))).collect()
         })
         .unwrap_or_default();
     let inject_index = config["cases"]["mixing_inject_index"].as_u64().map(|v| v as usize);
@@ -174,8 +172,7 @@ impl Run<'_> {
         let out = self.gen.synthesis_traced(&latent, Noise::Stored, false, &mut trace)?;
         self.check("wplus.image", &out.image)?;
         let traced: HashMap<String, Tensor> = trace.into_entries().into_iter().collect();
-        let mut names: Vec<&String> =
-            self.ctx.cases.keys().filter(|k| k.starts_with("wplus.trace.")).collect();
+        let mut names: Vec<&String> = self.ctx.cases.keys().filter(|k| k.starts_with("wplus.trace.")).collect();
         names.sort();
         for name in names {
             match traced.get(&name["wplus.trace.".len()..]) {

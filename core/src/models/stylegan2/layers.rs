@@ -62,13 +62,7 @@ pub struct EqualLinear {
 
 impl EqualLinear {
     /// Loads `weight` `[out, in]` and `bias` `[out]` under `vb`.
-    pub fn new(
-        in_dim: usize,
-        out_dim: usize,
-        lr_mul: f64,
-        activate: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(in_dim: usize, out_dim: usize, lr_mul: f64, activate: bool, vb: VarBuilder) -> Result<Self> {
         let scale = lr_mul / (in_dim as f64).sqrt();
         Self::with_gains(vb.get((out_dim, in_dim), "weight")?, vb.get(out_dim, "bias")?, scale, lr_mul, activate)
     }
@@ -152,8 +146,7 @@ impl ModulatedConv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let scale = 1.0 / ((in_ch * kernel_size * kernel_size) as f64).sqrt();
-        let weight = (vb.get((1, out_ch, in_ch, kernel_size, kernel_size), "weight")? * scale)?
-            .squeeze(0)?;
+        let weight = (vb.get((1, out_ch, in_ch, kernel_size, kernel_size), "weight")? * scale)?.squeeze(0)?;
         let modulation = EqualLinear::new(style_dim, in_ch, 1.0, false, vb.pp("modulation"))?;
         Self::from_weight(weight, modulation, demodulate, upsample, blur_kernel)
     }
@@ -252,8 +245,7 @@ impl StyledConv {
         blur_kernel: &[f64],
         vb: VarBuilder,
     ) -> Result<Self> {
-        let conv =
-            ModulatedConv2d::new(in_ch, out_ch, 3, style_dim, true, upsample, blur_kernel, vb.pp("conv"))?;
+        let conv = ModulatedConv2d::new(in_ch, out_ch, 3, style_dim, true, upsample, blur_kernel, vb.pp("conv"))?;
         let epilogue = Epilogue::new(vb.get(out_ch, "activate.bias")?, vb.get(1, "noise.weight")?)?;
         Ok(Self::from_parts(conv, epilogue))
     }
@@ -300,13 +292,7 @@ pub struct ToRgb {
 
 impl ToRgb {
     /// Loads `conv.*` and `bias`; `upsample` for the blocks with a skip input.
-    pub fn new(
-        in_ch: usize,
-        style_dim: usize,
-        upsample: bool,
-        blur_kernel: &[f64],
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(in_ch: usize, style_dim: usize, upsample: bool, blur_kernel: &[f64], vb: VarBuilder) -> Result<Self> {
         let conv = ModulatedConv2d::new(in_ch, 3, 1, style_dim, false, false, blur_kernel, vb.pp("conv"))?;
         let bias = vb.get((1, 3, 1, 1), "bias")?;
         Self::from_parts(conv, bias, upsample, blur_kernel, None)

@@ -32,7 +32,9 @@ pub(crate) fn view<'a>(s: &'a CudaStorage, layout: &Layout) -> R<CudaView<'a, f3
 /// Runs `f` with the device data of the constant `t` (a weight, a bias).
 pub(crate) fn with_view<T>(t: &Tensor, f: impl FnOnce(CudaView<'_, f32>) -> R<T>) -> R<T> {
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else { bail!("lsd ops: a constant of shape {:?} is not on the CUDA device", t.dims()) };
+    let Storage::Cuda(s) = &*storage else {
+        bail!("lsd ops: a constant of shape {:?} is not on the CUDA device", t.dims())
+    };
     f(view(s, layout)?)
 }
 

@@ -40,10 +40,6 @@ fn main() -> lsd_core::Result<()> {
     let report = discovery::check(&arg)?;
     print_info(&report.listed.info);
     println!("built with: {}", report.listed.fingerprint);
-    println!(
-        "smoke test: loss {:.6}, gradients for {}",
-        report.smoke_value,
-        report.smoke_gradients.join(", ")
-    );
+    println!("smoke test: loss {:.6}, gradients for {}", report.smoke_value, report.smoke_gradients.join(", "));
     Ok(())
 }

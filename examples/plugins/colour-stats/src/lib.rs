@@ -73,19 +73,9 @@ impl Plugin for ColourStats {
 
     fn params() -> Vec<ParamInfo> {
         vec![
-            ParamInfo::new(
-                "mean_weight",
-                "f64 ≥ 0",
-                "1.0",
-                "weight of the channel-mean difference",
-            ),
+            ParamInfo::new("mean_weight", "f64 ≥ 0", "1.0", "weight of the channel-mean difference"),
             ParamInfo::new("std_weight", "f64 ≥ 0", "1.0", "weight of the channel-std difference"),
-            ParamInfo::new(
-                "epsilon",
-                "f64 > 0",
-                "1e-6",
-                "added to the variance before the square root",
-            ),
+            ParamInfo::new("epsilon", "f64 > 0", "1e-6", "added to the variance before the square root"),
         ]
     }
 
@@ -99,9 +89,7 @@ impl Plugin for ColourStats {
         ];
         for (field, value, in_range, want) in checks {
             if !in_range {
-                return Err(Error::Config(format!(
-                    "colour-stats: '{field}' is {value}, it must be {want}"
-                )));
+                return Err(Error::Config(format!("colour-stats: '{field}' is {value}, it must be {want}")));
             }
         }
         Ok(Self { params })

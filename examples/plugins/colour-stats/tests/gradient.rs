@@ -18,13 +18,7 @@ fn loaded_gradients_match_in_process_and_finite_differences() -> lsd_core::Resul
     let path = library();
     for params in ["", "mean_weight: 0.5\nstd_weight: 3.0"] {
         let term = ColourStats::from_yaml(params, &InitContext::default())?;
-        let report = check_plugin_gradients(
-            &path,
-            params,
-            &term,
-            &tiny_batch(7, false)?,
-            &GradCheck::default(),
-        )?;
+        let report = check_plugin_gradients(&path, params, &term, &tiny_batch(7, false)?, &GradCheck::default())?;
         assert!(report.passed(), "params {params:?}\n{}", report.table());
     }
     Ok(())

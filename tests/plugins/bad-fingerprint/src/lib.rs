@@ -6,9 +6,7 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lsd_plugin_api::abi::{
-    FfiBatch, PluginDeclaration, RStr, Sink, Status, VTable, STATUS_ERROR,
-};
+use lsd_plugin_api::abi::{FfiBatch, PluginDeclaration, RStr, Sink, Status, VTable, STATUS_ERROR};
 use lsd_plugin_testing::ProbeTerm;
 
 /// How many times the host called one of this plugin's functions.
@@ -41,8 +39,7 @@ unsafe extern "C" fn drop_term(_: *mut c_void) {
 }
 
 static DECLARATION: PluginDeclaration = {
-    let mut d =
-        PluginDeclaration::new::<ProbeTerm>(env!("CARGO_PKG_NAME"), env!("CARGO_MANIFEST_DIR"));
+    let mut d = PluginDeclaration::new::<ProbeTerm>(env!("CARGO_PKG_NAME"), env!("CARGO_MANIFEST_DIR"));
     d.fingerprint.rustc = RStr::new("rustc 0.0.0 (wrong 1970-01-01)");
     d.fingerprint.candle = RStr::new("0.0.0-wrong");
     d.vtable = VTable { describe, init, needs, evaluate, drop_term };
