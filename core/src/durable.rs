@@ -11,8 +11,8 @@
 //! lose the new name on ext4/xfs after a power cut; without the file's, the
 //! new name can point to empty data.)
 //!
-//! - [`write`]: bytes.
-//! - [`write_with`]: anything that writes a file at a path it is given (a
+//! - [`write`] writes bytes.
+//! - [`write_with`] takes anything that writes a file at a path it is given (a
 //!   PNG encoder, a safetensors serialiser).
 //! - [`rename`]: moves a finished file into place durably (a download).
 

@@ -807,10 +807,10 @@ impl Engine {
             }
             stats.steps_per_sec = rate.unwrap_or(1.0 / dt);
             self.send(TrainEvent::Step(stats));
-            if every_ckpt > 0 && self.step % every_ckpt == 0 && self.step < total_steps {
+            if every_ckpt > 0 && self.step.is_multiple_of(every_ckpt) && self.step < total_steps {
                 self.checkpoint_or_warn();
             }
-            if every_preview > 0 && self.step % every_preview == 0 && self.step < total_steps {
+            if every_preview > 0 && self.step.is_multiple_of(every_preview) && self.step < total_steps {
                 self.preview()?;
             }
             if self.setup.stop_after.is_some_and(|s| self.step >= s) && self.step < total_steps {

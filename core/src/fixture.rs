@@ -200,6 +200,7 @@ pub fn compare(name: &str, actual: &Tensor, expected: &Tensor, atol: f64, rtol: 
     for (a, e) in a.iter().zip(&e) {
         let d = (a - e).abs();
         // NaN compares false: a NaN anywhere fails the case.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(d <= atol + rtol * e.abs()) {
             passed = false;
         }

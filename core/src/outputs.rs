@@ -10,7 +10,7 @@
 //!   `direction.safetensors`, the trained direction(s) with the facts needed
 //!   to reuse them (`lsd-tui apply`): recipe hash, prompt, terms and weights,
 //!   generator weights and their checksum (or `demo`).
-//! - [`csv`]: `losses.csv`.
+//! - [`csv`] writes `losses.csv`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -176,7 +176,11 @@ mod tests {
         let prefix = tempfile::tempdir().expect("tempdir");
         let (bin, lib) = (prefix.path().join("bin"), prefix.path().join(discovery::INSTALLED_PLUGIN_DIR));
         std::fs::create_dir_all(&bin).expect("bin");
-        assert_eq!(discovery::search_dirs_from(None, Some(bin.clone())), [bin.clone()], "no lib folder, nothing added");
+        assert_eq!(
+            discovery::search_dirs_from(None, Some(bin.clone())),
+            std::slice::from_ref(&bin),
+            "no lib folder, nothing added"
+        );
         std::fs::create_dir_all(&lib).expect("lib");
         assert_eq!(discovery::search_dirs_from(None, Some(bin.clone())), [bin, lib]);
     }

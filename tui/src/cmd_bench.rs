@@ -264,7 +264,7 @@ impl LossTerm for SegTerm {
             let m = bisenet::soft_mask(&probs, &hair)?.unsqueeze(1)?;
             Ok(lsd_core::imageops::resample(&m, lsd_core::imageops::Filter::AdaptiveAvg, (h, w))?)
         };
-        let s = self.mask_x.get_or_compute(b, &mask)?.maximum(&mask(&b.x_edit)?)?.detach();
+        let s = self.mask_x.get_or_compute(b, mask)?.maximum(&mask(&b.x_edit)?)?.detach();
         let d2 = (&b.x_edit - &b.x)?.sqr()?;
         let outside = d2.broadcast_mul(&(1.0 - s)?)?.sum_all()?;
         Ok((outside / (d2.sum_all()? + 1e-6)?)?)

@@ -267,15 +267,13 @@ pub fn show_inline(path: &std::path::Path, graphics: Option<&Graphics>) {
     }
     // viuer asks the terminal once (and remembers): ask with echo off, or
     // the answer lands on the screen before viuer reads it.
-    if conf.use_sixel || conf.use_kitty {
-        if crossterm::terminal::enable_raw_mode().is_ok() {
-            if conf.use_sixel {
-                viuer::is_sixel_supported();
-            } else {
-                viuer::get_kitty_support();
-            }
-            let _ = crossterm::terminal::disable_raw_mode();
+    if (conf.use_sixel || conf.use_kitty) && crossterm::terminal::enable_raw_mode().is_ok() {
+        if conf.use_sixel {
+            viuer::is_sixel_supported();
+        } else {
+            viuer::get_kitty_support();
         }
+        let _ = crossterm::terminal::disable_raw_mode();
     }
     let shown = image::open(path)
         .map_err(|e| e.to_string())

@@ -182,7 +182,7 @@ fn a_stylegan2_ada_network_pickle_trains_and_applies() {
     assert!(o.status.success(), "{}", text(&o));
     let d = direction(&out_dir);
     assert!(
-        !d.is_empty() && d.len() % 128 == 0 && d.len() <= 10 * 128,
+        !d.is_empty() && d.len().is_multiple_of(128) && d.len() <= 10 * 128,
         "a direction in the snapshot's 10 x 128 W+: {}",
         d.len()
     );

@@ -340,7 +340,7 @@ pub(crate) fn read_head(mem: &dyn Memory, addr: usize) -> std::result::Result<De
         return Err(format!("`{DECLARATION_SYMBOL}` returned a null pointer"));
     }
     let align = align_of::<PluginDeclaration>();
-    if addr % align != 0 {
+    if !addr.is_multiple_of(align) {
         return Err(format!(
             "`{DECLARATION_SYMBOL}` returned {addr:#x}, which is not aligned to {align} bytes: \
              not an lsd-tui plugin declaration"

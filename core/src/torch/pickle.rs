@@ -612,7 +612,7 @@ impl<R: Read> Machine<'_, R> {
     }
 
     fn set_items(&mut self, target: &Value, items: Vec<Value>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("odd number of items for SETITEMS".into());
         }
         self.bump(items.len())?;

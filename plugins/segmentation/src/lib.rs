@@ -284,7 +284,7 @@ impl Params {
 #[derive(Debug, Clone)]
 pub enum MaskSource {
     /// BiSeNet parses `x` and `x_edit` on every call.
-    Network(BiSeNet),
+    Network(Box<BiSeNet>),
     /// Given masks `[N, 1, h, w]` in `[0, 1]` of `x` and `x_edit`.
     Fixed {
         /// The mask of the originals.
@@ -398,7 +398,7 @@ impl SegmentationTerm {
     pub fn with_network(params: Params, net: BiSeNet) -> Result<Self> {
         params.validate()?;
         let classes = params.classes.iter().map(|c| c.0).collect();
-        Ok(Self { params, classes, source: MaskSource::Network(net), mask_x: OriginalCache::default() })
+        Ok(Self { params, classes, source: MaskSource::Network(Box::new(net)), mask_x: OriginalCache::default() })
     }
 
     /// The term with given masks `[N, 1, h, w]` of `x` and `x_edit` instead

@@ -46,7 +46,7 @@ impl LossHistory {
             self.window.pop_front();
         }
         self.window.push_back(point.clone());
-        if self.seen % self.stride == 0 {
+        if self.seen.is_multiple_of(self.stride) {
             self.whole.push(point);
             if self.whole.len() >= WHOLE_RUN_MAX {
                 // Keep every other point and double the stride from now on.
@@ -82,12 +82,6 @@ impl LossHistory {
     #[cfg(test)]
     pub fn window_len(&self) -> usize {
         self.window.len()
-    }
-
-    /// Number of points in the whole-run series.
-    #[cfg(test)]
-    pub fn whole_run_len(&self) -> usize {
-        self.whole_run().count()
     }
 }
 

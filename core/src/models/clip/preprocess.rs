@@ -54,7 +54,7 @@ pub enum Resize {
 /// The `[224, size]` matrix of StyleCLIP's resize along one axis: output
 /// row `i` averages source rows `floor((k·i + j) / 7)`, `j < k`, `k = size / 32`.
 pub fn styleclip_matrix(size: usize) -> Result<Vec<f64>> {
-    if size == 0 || size % 32 != 0 {
+    if size == 0 || !size.is_multiple_of(32) {
         return Err(Error::Config(format!(
             "StyleCLIP's resize needs a side that is a multiple of 32, got {size}; use Resize::Bilinear"
         )));

@@ -73,7 +73,7 @@ struct Attention {
 
 impl Attention {
     fn new(dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::Config(format!(
                 "hidden size {dim} is not divisible by {heads} attention heads; fix num_attention_heads"
             )));
@@ -322,7 +322,7 @@ impl ClipVisionTransformer {
     /// Loads the tower from `vb` (the `vision_model` prefix).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let (d, p) = (cfg.hidden_size, cfg.patch_size);
-        if p == 0 || cfg.image_size % p != 0 {
+        if p == 0 || !cfg.image_size.is_multiple_of(p) {
             return Err(Error::Config(format!(
                 "image size {} is not a multiple of the patch size {p}",
                 cfg.image_size

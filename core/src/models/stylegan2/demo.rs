@@ -61,9 +61,7 @@ pub fn demo_weights(cfg: &Config, seed: u64) -> Result<SeededWeights> {
             w.normal(&name, &shape, 1.0, 0.2)?;
         } else if name.starts_with("to_rgb") && name.ends_with("conv.weight") {
             w.normal(&name, &shape, 0.0, 0.2)?;
-        } else if name.starts_with("to_rgb") && last == "bias" {
-            w.normal(&name, &shape, 0.0, 0.05)?;
-        } else if name.ends_with("noise.weight") {
+        } else if (name.starts_with("to_rgb") && last == "bias") || name.ends_with("noise.weight") {
             w.normal(&name, &shape, 0.0, 0.05)?;
         } else if name.ends_with("activate.bias") {
             w.normal(&name, &shape, 0.0, 0.1)?;

@@ -313,7 +313,7 @@ impl ToRgb {
         let upsample = if upsample {
             // model.py Upsample: p = len(k) - 2, pad0 = (p + 1) // 2 + 1, pad1 = p // 2.
             let p = blur_kernel.len().saturating_sub(2);
-            Some(Fir::new(blur_kernel, 4.0, 2, ((p + 1) / 2 + 1, p / 2), bias.device())?)
+            Some(Fir::new(blur_kernel, 4.0, 2, (p.div_ceil(2) + 1, p / 2), bias.device())?)
         } else {
             None
         };
