@@ -75,9 +75,8 @@ struct StepArgs {
     /// Latents per step.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::args::DeviceArg,
     /// Load the terms as plugin libraries instead of in-process.
     #[arg(long)]
     plugins: bool,
@@ -114,9 +113,8 @@ struct GenArgs {
     /// Latents per pass.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::args::DeviceArg,
     /// Timed passes.
     #[arg(long, default_value_t = 5)]
     iters: usize,
@@ -272,7 +270,7 @@ impl LossTerm for SegTerm {
 }
 
 fn step(a: StepArgs) -> Result<()> {
-    let device = plugin::parse_device(&a.device)?;
+    let device = a.device.open()?;
     let cfg = gen_config(a.size)?;
     let dir = tempfile::tempdir()?;
     let t_setup = Instant::now();
@@ -477,7 +475,7 @@ fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 }
 
 fn generator(a: GenArgs) -> Result<()> {
-    let device = plugin::parse_device(&a.device)?;
+    let device = a.device.open()?;
     let precision = precision(a.precision, &device);
     lsd_core::ops::set_precision(precision);
     let cfg = gen_config(a.size)?;

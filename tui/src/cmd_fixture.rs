@@ -66,9 +66,8 @@ pub struct CheckFixtureArgs {
     /// The fixture directory; for `all`, the folder of the models' fixture
     /// directories (default `tests/fixtures`).
     pub dir: Option<PathBuf>,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::args::DeviceArg,
     /// `tf32` or `fp32` products on a GPU (default: `tf32` on CUDA, `fp32`
     /// on the CPU, where it changes nothing).
     #[arg(long)]
@@ -122,8 +121,7 @@ impl Tolerance {
 /// Runs every case of the directory (or of every directory, for `all`);
 /// exits non-zero when any case fails or an expected input is missing.
 pub fn run(args: CheckFixtureArgs) -> Result<()> {
-    let device =
-        lsd_core::plugin::parse_device(&args.device).wrap_err_with(|| format!("opening device '{}'", args.device))?;
+    let device = args.device.open()?;
     let precision = args.precision.unwrap_or_else(|| Precision::default_for(&device));
     lsd_core::ops::set_precision(precision);
     let tolerance = Tolerance::for_run(&device, precision);
@@ -145,7 +143,7 @@ pub fn run(args: CheckFixtureArgs) -> Result<()> {
         print!("{}", report.table());
         report.passed()
     };
-    println!("device: {}, precision: {precision}, tolerance: {}", args.device, tolerance.describe());
+    println!("device: {}, precision: {precision}, tolerance: {}", args.device.name(), tolerance.describe());
     if !passed {
         std::process::exit(1);
     }

@@ -139,31 +139,33 @@ pub fn load_plugin_terms(
     device: &Device,
 ) -> std::result::Result<Vec<EngineTerm>, RecipeError> {
     let ctx = weights.context(device);
-    let recipe_dir: Option<PathBuf> =
-        recipe.file().parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
     let names = term_names(recipe.terms());
     let mut out = Vec::new();
     for (i, (term, name)) in recipe.terms().iter().zip(names).enumerate() {
-        let names_a_file =
-            term.plugin.contains(std::path::is_separator) || term.plugin.ends_with(std::env::consts::DLL_SUFFIX);
-        let plugin_ref = if names_a_file && Path::new(&term.plugin).is_relative() {
-            recipe_dir
-                .as_ref()
-                .map(|d| d.join(&term.plugin).display().to_string())
-                .unwrap_or_else(|| term.plugin.clone())
-        } else {
-            term.plugin.clone()
-        };
-        let lib = discovery::resolve(&plugin_ref, &[]).map_err(|e| {
-            recipe.error_at(
-                &format!("{}.plugin", recipe.term_key(i)),
-                format!("{}; run `lsd-tui plugins` to list the plugins found", error_text(&e)),
-            )
-        })?;
+        let lib = term_library(recipe, i)?;
         let loaded = lib.instantiate(&term.params, &ctx).map_err(|e| params_error(recipe, i, term, &e))?;
         out.push(EngineTerm { name, weight: term.weight as f64, imp: TermImpl::Plugin(loaded) });
     }
     Ok(out)
+}
+
+/// The plugin library of term `i`: found by name in the plugin folders,
+/// or the file it names (relative to the recipe's folder).
+pub fn term_library(recipe: &Recipe, i: usize) -> std::result::Result<crate::plugin::PluginLibrary, RecipeError> {
+    let term = &recipe.terms()[i];
+    let names_a_file =
+        term.plugin.contains(std::path::is_separator) || term.plugin.ends_with(std::env::consts::DLL_SUFFIX);
+    let recipe_dir = recipe.file().parent().filter(|d| !d.as_os_str().is_empty());
+    let plugin_ref = match recipe_dir {
+        Some(d) if names_a_file && Path::new(&term.plugin).is_relative() => d.join(&term.plugin).display().to_string(),
+        _ => term.plugin.clone(),
+    };
+    discovery::resolve(&plugin_ref, &[]).map_err(|e| {
+        recipe.error_at(
+            &format!("{}.plugin", recipe.term_key(i)),
+            format!("{}; run `lsd-tui plugins` to list the plugins found", error_text(&e)),
+        )
+    })
 }
 
 fn error_text(e: &Error) -> String {

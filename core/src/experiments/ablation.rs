@@ -29,7 +29,7 @@ use super::table::{csv_line, csv_number, text_table, write_atomic};
 use super::train::{load_direction, Trainer};
 use super::Progress;
 use crate::demo::DEMO_MODEL_SEED;
-use crate::engine::terms::term_names;
+use crate::engine::terms::{term_library, term_names};
 use crate::engine::Weights;
 use crate::models::arcface::{self, Backbone, IdLoss};
 use crate::models::bisenet::{self, BiSeNet};
@@ -140,10 +140,10 @@ pub struct Ablation {
 }
 
 /// The segmentation term's parameters that the inside share uses.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct SegParams {
-    classes: Option<Vec<String>>,
-    size: Option<usize>,
+    classes: Vec<String>,
+    size: usize,
 }
 
 /// ArcFace and BiSeNet for the metrics.
@@ -163,19 +163,41 @@ fn judges(weights: &Weights, device: &Device, params: &SegParams) -> Result<(Jud
         None => bisenet::demo(DEMO_MODEL_SEED, device)?,
         Some(p) => BiSeNet::load(p, device)?,
     };
-    let names = params.classes.clone().unwrap_or_else(|| vec!["hair".into()]);
+    let names = params.classes.clone();
     let classes = names.iter().map(|n| bisenet::class_index_or_err(n)).collect::<Result<Vec<_>>>()?;
-    let size = params.size.unwrap_or(512);
-    Ok((Judges { id: IdLoss::new(backbone), parser, classes, size }, names))
+    Ok((Judges { id: IdLoss::new(backbone), parser, classes, size: params.size }, names))
 }
 
 /// The judges of `recipe`'s metrics: the inside share uses its
 /// segmentation term's classes and size.
 pub(super) fn judges_for(recipe: &Recipe, weights: &Weights, device: &Device) -> Result<(Judges, Vec<String>)> {
-    let seg_index = term_names(recipe.terms()).iter().position(|n| n == "segmentation");
-    let params: SegParams =
-        seg_index.and_then(|i| yaml_serde::from_str(&recipe.terms()[i].params).ok()).unwrap_or_default();
-    judges(weights, device, &params)
+    let Some(seg) = term_names(recipe.terms()).iter().position(|n| n == "segmentation") else {
+        return Err(Error::Config(format!(
+            "recipe '{}' has no 'segmentation' term, whose face parts the inside share measures",
+            recipe.file().display()
+        )));
+    };
+    let described = term_library(recipe, seg).map_err(|e| Error::Config(e.to_string()))?.info().params.clone();
+    judges(weights, device, &seg_params(&described, &recipe.terms()[seg].params)?)
+}
+
+/// The segmentation parameters the inside share uses: the recipe's values
+/// over the defaults the plugin describes (so they are never repeated here).
+fn seg_params(described: &[crate::plugin::ParamInfo], params: &str) -> Result<SegParams> {
+    use yaml_serde::{Mapping, Value};
+    let bad = |why: String| Error::Config(format!("the segmentation term's parameters: {why}"));
+    let mut merged = Mapping::new();
+    for p in described {
+        let v: Value =
+            yaml_serde::from_str(&p.default).map_err(|e| bad(format!("the plugin's default of '{}': {e}", p.name)))?;
+        merged.insert(Value::String(p.name.clone()), v);
+    }
+    if !params.trim().is_empty() {
+        let given: Mapping = yaml_serde::from_str(params).map_err(|e| bad(e.to_string()))?;
+        merged.extend(given);
+    }
+    yaml_serde::from_value(Value::Mapping(merged))
+        .map_err(|e| bad(format!("{e} (the plugin must describe 'classes' and 'size', or the recipe give them)")))
 }
 
 impl Judges {
@@ -400,7 +422,7 @@ terms:
     #[test]
     fn judges_measure_identity_and_inside_share() {
         let dev = Device::Cpu;
-        let (j, names) = judges(&Weights::demo(), &dev, &SegParams { classes: None, size: Some(64) }).unwrap();
+        let (j, names) = judges(&Weights::demo(), &dev, &SegParams { classes: vec!["hair".into()], size: 64 }).unwrap();
         assert_eq!(names, vec!["hair"]);
         let x = Tensor::randn(0f32, 0.5, (1, 3, 64, 64), &dev).unwrap();
         let edits = Tensor::cat(&[&(&x + 0.3).unwrap(), &x.affine(-1.0, 0.0).unwrap()], 0).unwrap();
@@ -413,5 +435,23 @@ terms:
         // The original against itself: identity 1.
         let same = j.judge(&x, &x).unwrap();
         assert!((same[0].0 - 1.0).abs() < 1e-4, "{}", same[0].0);
+    }
+
+    #[test]
+    fn segmentation_parameters_are_the_plugins_defaults_under_the_recipes_values() {
+        use crate::plugin::ParamInfo;
+        let described = [
+            ParamInfo::new("classes", "list", "[hair, hat]", ""),
+            ParamInfo::new("size", "integer", "128", ""),
+            ParamInfo::new("mask", "soft | hard", "soft", ""),
+        ];
+        let p = seg_params(&described, "").unwrap();
+        assert_eq!((p.classes, p.size), (vec!["hair".to_string(), "hat".to_string()], 128));
+        let p = seg_params(&described, "size: 64\nmask: hard\n").unwrap();
+        assert_eq!((p.classes, p.size), (vec!["hair".to_string(), "hat".to_string()], 64));
+        let p = seg_params(&described[1..], "classes: [skin]").unwrap();
+        assert_eq!((p.classes, p.size), (vec!["skin".to_string()], 128));
+        let e = seg_params(&described[1..], "").unwrap_err().to_string();
+        assert!(e.contains("classes"), "{e}");
     }
 }
