@@ -134,11 +134,13 @@ impl Plan {
         match self.algo {
             Algo::Forward(a) => {
                 let op = ConvForward { conv: &self.conv, x: &self.x, w: &self.w, y: &self.y };
-                op.launch(a, workspace, scale, src, weight, out)
+                // SAFETY: the caller guarantees the buffers match the descriptors.
+                unsafe { op.launch(a, workspace, scale, src, weight, out) }
             }
             Algo::BackwardData(a) => {
                 let op = ConvBackwardData { conv: &self.conv, dx: &self.x, w: &self.w, dy: &self.y };
-                op.launch(a, workspace, scale, out, weight, src)
+                // SAFETY: the caller guarantees the buffers match the descriptors.
+                unsafe { op.launch(a, workspace, scale, out, weight, src) }
             }
         }
         .map_err(err)
