@@ -243,8 +243,12 @@ fn issue_14_detached_tmux_run_survives_attach_detach_and_a_real_hang_up() {
         v.contains("Messages") && v.contains("Loss") && step(v).is_some_and(|n| n > before)
     });
     eprintln!("attached client:\n{v}");
-    let w = inner.wait_for("the pane at the client's size", Duration::from_secs(30), |s| s.lines().count() >= 35);
-    assert!(w.lines().next().is_some_and(|l| l.chars().count() > 100), "the UI did not follow the new width:\n{w}");
+    // tmux grows the pane before the UI redraws into it: wait for the
+    // redraw (its header spans the new width), not only for the new height.
+    let wide = |s: &str| s.lines().next().is_some_and(|l| l.chars().count() > 100);
+    let w =
+        inner.wait_for("the UI at the client's size", Duration::from_secs(30), |s| s.lines().count() >= 35 && wide(s));
+    assert!(wide(&w), "the UI did not follow the new width:\n{w}");
 
     // Detach: the run goes on.
     assert!(inner.cmd(&["detach-client", "-s", "run"]).status.success(), "detach-client");
