@@ -100,20 +100,37 @@ pub fn external_meta(
     }
 }
 
+/// A direction file's directions `[K, L, D]` and metadata; a `mode:
+/// latent` run's file is refused.
+fn read_directions(path: &Path, device: &Device) -> Result<crate::outputs::Direction> {
+    let d = read_direction(path, device)?;
+    if d.meta.mode == "latent" {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: "holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file"
+                .into(),
+        });
+    }
+    Ok(d)
+}
+
+/// Refuses direction `index` of a file of `k`.
+fn check_index(path: &Path, k: usize, index: usize) -> Result<()> {
+    if index >= k {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!("has {k} direction(s) (0..{}); direction {index} does not exist", k - 1),
+        });
+    }
+    Ok(())
+}
+
 /// Direction `index` of a direction file, `[1, L, D]`, and the file's
 /// metadata with its name (`name@K` in a file of several directions).
 pub fn read_one(path: &Path, index: usize, device: &Device) -> Result<(Tensor, DirectionMeta)> {
-    let d = read_direction(path, device)?;
-    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
-    if d.meta.mode == "latent" {
-        return Err(bad(
-            "holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into(),
-        ));
-    }
+    let d = read_directions(path, device)?;
     let k = d.direction.dim(0)?;
-    if index >= k {
-        return Err(bad(format!("has {k} direction(s) (0..{}); direction {index} does not exist", k - 1)));
-    }
+    check_index(path, k, index)?;
     let mut meta = d.meta;
     if k > 1 {
         meta.name = format!("{}@{index}", meta.name);
@@ -135,7 +152,10 @@ pub struct GivenDirection {
 /// Splits `FILE@K` into the file and `K`; a plain `FILE` gives `None`.
 pub fn parse_ref(text: &str) -> (PathBuf, Option<usize>) {
     match text.rsplit_once('@') {
-        Some((file, k)) if !file.is_empty() && k.parse::<usize>().is_ok() => (PathBuf::from(file), k.parse().ok()),
+        Some((file, k)) if !file.is_empty() => match k.parse() {
+            Ok(k) => (PathBuf::from(file), Some(k)),
+            Err(_) => (PathBuf::from(text), None),
+        },
         _ => (PathBuf::from(text), None),
     }
 }
@@ -147,24 +167,21 @@ pub fn load_given(refs: &[String], n_latent: usize, style_dim: usize, device: &D
     let mut out = Vec::new();
     for r in refs {
         let (path, index) = parse_ref(r);
-        let d = read_direction(&path, device)?;
-        let bad = |reason: String| Error::Checkpoint { path: path.clone(), reason };
-        if d.meta.mode == "latent" {
-            return Err(bad(
-                "holds per-image latents of a 'mode: latent' run, not a direction; give a direction run's file".into(),
-            ));
-        }
+        let d = read_directions(&path, device)?;
         let (k, l, dim) = d.direction.dims3()?;
         if (l, dim) != (n_latent, style_dim) {
-            return Err(bad(format!(
-                "its directions are W+ [{l}, {dim}], but the generator's W+ is [{n_latent}, {style_dim}]; give a direction made for this generator"
-            )));
+            return Err(Error::Checkpoint {
+                path: path.clone(),
+                reason: format!(
+                    "its directions are W+ [{l}, {dim}], but the generator's W+ is [{n_latent}, {style_dim}]; give a direction made for this generator"
+                ),
+            });
         }
         let picked: Vec<usize> = match index {
-            Some(i) if i >= k => {
-                return Err(bad(format!("has {k} direction(s) (0..{}); direction {i} does not exist", k - 1)))
+            Some(i) => {
+                check_index(&path, k, i)?;
+                vec![i]
             }
-            Some(i) => vec![i],
             None => (0..k).collect(),
         };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| r.clone());

@@ -366,16 +366,6 @@ fn report_outcome(outcome: Outcome, show: impl FnOnce(&Path)) -> i32 {
     }
 }
 
-/// One direction of a direction file, `[1, L, D]`, and the file's metadata
-/// with its name (`name@K` in a file of several directions).
-fn load_one_direction(
-    path: &Path,
-    index: usize,
-    device: &candle_core::Device,
-) -> Result<(candle_core::Tensor, outputs::DirectionMeta)> {
-    Ok(lsd_core::direction_io::read_one(path, index, device)?)
-}
-
 /// Parses `--edit FILE=α` / `FILE@K=α`.
 fn parse_edit(text: &str) -> Result<(PathBuf, usize, f32)> {
     let bad = || {
@@ -401,14 +391,15 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
     };
     let alphas = args.alphas.0.clone();
     let device = args.device.open()?;
-    let main = args.direction.as_deref().map(|p| load_one_direction(p, args.index, &device)).transpose()?;
+    let main =
+        args.direction.as_deref().map(|p| lsd_core::direction_io::read_one(p, args.index, &device)).transpose()?;
     let mut edits = Vec::new();
     for text in &args.edits {
         let (path, k, a) = parse_edit(text)?;
-        let (u, meta) = load_one_direction(&path, k, &device)?;
+        let (u, meta) = lsd_core::direction_io::read_one(&path, k, &device)?;
         edits.push((u, meta, a));
     }
-    let second = args.grid_with.as_deref().map(|p| load_one_direction(p, 0, &device)).transpose()?;
+    let second = args.grid_with.as_deref().map(|p| lsd_core::direction_io::read_one(p, 0, &device)).transpose()?;
     let metas: Vec<&outputs::DirectionMeta> = main
         .iter()
         .map(|(_, m)| m)
