@@ -41,6 +41,9 @@
 //! is all `--resume` needs to end with the same direction as an
 //! uninterrupted run, bit for bit on the CPU.
 
+// A step reads the device once, through `readback` (see clippy.toml).
+#![deny(clippy::disallowed_methods)]
+
 pub mod events;
 mod report;
 pub mod terms;
@@ -59,6 +62,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::models::stylegan2::{Generator, LoadedGenerator, Noise, Source};
 use crate::optim::{self, Optimizer};
 use crate::plugin::{self, EditBatch, FeatureMaps, TermOutput};
+use crate::readback;
 use crate::recipe::{Alpha, AlphaPer, DirectionDraw, DiversityKind, LatentSpace, Mode, Norm, Recipe};
 use crate::{Error, Result};
 use events::{Control, Level, RunInfo, StepStats, TrainEvent};
@@ -228,14 +232,83 @@ pub const WARM_UP_KERNELS: &str = "kernel compilation";
 
 /// A step's forward and backward pass, before the update.
 struct Pass {
-    /// Each term's value (and the diversity or latent-L2 value).
+    /// The gradient with respect to the trained parameters.
+    grad: Tensor,
+    /// The scalars the step reads back, still on the device, in the order
+    /// their checks run.
+    watch: Vec<(Watched, Tensor)>,
+    /// The gradients of the feature maps of `x_edit`, by term: not read on
+    /// the way (they can be large), only probed to name the culprit when
+    /// the gradient norm turns out non-finite.
+    feature_grads: Vec<(String, String, Tensor)>,
+}
+
+/// What one scalar of a step's read-back is, and how it is checked.
+#[derive(Debug, Clone)]
+enum Watched {
+    /// A history column — a term's value, or the diversity or latent-L2
+    /// value — and its weight in the total.
+    Value { term: String, weight: f64 },
+    /// The [`readback::finiteness`] probe of a gradient a term returned.
+    Gradient { term: String, of: String },
+    /// The squared norm of the gradient with respect to the trained tensor.
+    GradNormSq,
+    /// The [`readback::finiteness`] probe of the trained tensor after the
+    /// update.
+    Update,
+}
+
+/// What a step's one read gives.
+struct Readings {
+    /// The history columns, in order.
     values: Vec<f64>,
     /// The weighted total.
     total: f64,
-    /// The gradient with respect to the trained parameters.
-    grad: Tensor,
-    /// Its norm.
+    /// The norm of the gradient with respect to the trained tensor.
     grad_norm: f64,
+}
+
+impl Pass {
+    /// Reads every watched scalar in one transfer ([`readback::scalars`]),
+    /// then runs the checks in order: the first non-finite one stops the
+    /// step, naming its term (step `human`, 1-based).
+    fn read(&self, human: usize) -> Result<Readings> {
+        let got = readback::scalars(&self.watch.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>())?;
+        let mut r = Readings { values: Vec::new(), total: 0.0, grad_norm: 0.0 };
+        for ((what, _), v) in self.watch.iter().zip(got) {
+            let ok = v.is_finite();
+            match what {
+                Watched::Value { term, .. } if !ok => return Err(non_finite(term, human, "value", v)),
+                Watched::Value { weight, .. } => {
+                    r.values.push(v);
+                    r.total += weight * v;
+                }
+                Watched::Gradient { term, of } if !ok => {
+                    return Err(non_finite(term, human, &format!("gradient with respect to {of}"), v))
+                }
+                Watched::GradNormSq if !ok => return Err(self.culprit(human, v.sqrt())),
+                Watched::GradNormSq => r.grad_norm = v.sqrt(),
+                Watched::Update if !ok => return Err(non_finite("direction", human, "update", v)),
+                Watched::Gradient { .. } | Watched::Update => {}
+            }
+        }
+        Ok(r)
+    }
+
+    /// The error for a non-finite gradient norm: names the term whose
+    /// feature-map gradient is not finite when there is one (a second read,
+    /// on this failure path only), the total otherwise.
+    fn culprit(&self, human: usize, norm: f64) -> Error {
+        let probes = self.feature_grads.iter().map(|(_, _, g)| readback::finiteness(g)).collect::<Result<Vec<_>>>();
+        let found = probes
+            .and_then(|p| readback::scalars(&p))
+            .ok()
+            .and_then(|got| got.iter().position(|v| !v.is_finite()).map(|i| (&self.feature_grads[i], got[i])));
+        match found {
+            Some(((term, of, _), v)) => non_finite(term, human, &format!("gradient with respect to {of}"), v),
+            None => non_finite("total", human, "gradient norm", norm),
+        }
+    }
 }
 
 /// Columns of the loss history after `step, total` and the terms.
@@ -544,23 +617,31 @@ impl Engine {
 
     /// One optimisation step (0-based `step`): returns the stats, or an
     /// error naming the term that went non-finite.
+    ///
+    /// The update is applied before anything is read, and the step's
+    /// scalars — values, finiteness probes, gradient norm, the check of the
+    /// update — are read together at the end ([`Pass::read`]): one host
+    /// synchronisation per step on a GPU. When the read finds a non-finite
+    /// scalar, the trained tensor and the optimiser state go back to what
+    /// they were before the step.
     fn train_step(&mut self, step: usize) -> Result<StepStats> {
         let mut clock = PhaseClock::start();
-        let Pass { values, total, grad, grad_norm } = self.pass(step, &mut clock)?;
-        let raw = self.recipe.raw();
+        let mut pass = self.pass(step, &mut clock)?;
         let human = step + 1;
-        let lr = optim::learning_rate(&raw.optimizer, step, raw.steps);
-        let before = self.param.as_tensor().copy()?;
-        self.opt.step(&self.param, &grad, lr)?;
-        if raw.mode == Mode::Direction && raw.norm != Norm::None {
-            let next = self.constrain(self.param.as_tensor(), raw.norm)?;
-            self.param.set(&next)?;
-        }
-        let check = self.param.as_tensor().sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !check.is_finite() {
-            self.param.set(&before)?;
-            return Err(non_finite("direction", human, "update", check));
-        }
+        let lr = optim::learning_rate(&self.recipe.raw().optimizer, step, self.recipe.raw().steps);
+        let saved = (self.param.as_tensor().copy()?, self.opt.clone());
+        let read = self.update(&pass.grad, lr).and_then(|probe| {
+            pass.watch.push((Watched::Update, probe));
+            pass.read(human)
+        });
+        let Readings { values, total, grad_norm } = match read {
+            Ok(r) => r,
+            Err(e) => {
+                self.param.set(&saved.0)?;
+                self.opt = saved.1;
+                return Err(e);
+            }
+        };
         let mut row = vec![human as f64, total];
         row.extend(&values);
         row.extend([grad_norm, lr]);
@@ -568,6 +649,18 @@ impl Engine {
         self.step = human;
         clock.lap("update");
         Ok(StepStats { step: human, terms: values, total, grad_norm, steps_per_sec: 0.0, timings: clock.laps })
+    }
+
+    /// The optimiser step and the norm constraint; returns the
+    /// [`readback::finiteness`] probe of the updated tensor, unread.
+    fn update(&mut self, grad: &Tensor, lr: f64) -> Result<Tensor> {
+        self.opt.step(&self.param, grad, lr)?;
+        let raw = self.recipe.raw();
+        if raw.mode == Mode::Direction && raw.norm != Norm::None {
+            let next = self.constrain(self.param.as_tensor(), raw.norm)?;
+            self.param.set(&next)?;
+        }
+        readback::finiteness(self.param.as_tensor())
     }
 
     /// The forward and backward pass of step `step` (0-based): the batch,
@@ -642,29 +735,30 @@ impl Engine {
 
         let human = step + 1;
         let mut outputs: Vec<TermOutput> = Vec::new();
-        let mut values = Vec::new();
+        let mut watch = Vec::new();
+        let mut feature_grads = Vec::new();
         for term in &self.setup.terms {
             let o = term
                 .evaluate(&batch)
                 .map_err(|e| Error::Config(format!("loss term '{}' at step {human}: {e}", term.name)))?;
-            if !o.value.is_finite() {
-                return Err(non_finite(&term.name, human, "value", o.value));
-            }
-            for (what, g) in [("x_edit", &o.grad_x_edit), ("w", &o.grad_w), ("u", &o.grad_u)] {
+            watch.push((Watched::Value { term: term.name.clone(), weight: term.weight }, o.value.clone()));
+            for (of, g) in [("x_edit", &o.grad_x_edit), ("w", &o.grad_w), ("u", &o.grad_u)] {
                 if let Some(g) = g {
-                    let s = g.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                    if !s.is_finite() {
-                        return Err(non_finite(&term.name, human, &format!("gradient with respect to {what}"), s));
-                    }
+                    let of = of.to_string();
+                    watch.push((Watched::Gradient { term: term.name.clone(), of }, readback::finiteness(g)?));
                 }
             }
-            values.push(o.value);
+            for (j, g) in o.grad_features_edit.iter().enumerate() {
+                if let Some(g) = g {
+                    feature_grads.push((term.name.clone(), format!("features.x_edit[{j}]"), g.clone()));
+                }
+            }
             outputs.push(o);
             clock.lap(&format!("term {}", term.name));
         }
         let weights: Vec<f64> = self.setup.terms.iter().map(|t| t.weight).collect();
-        let mut total: f64 = values.iter().zip(&weights).map(|(v, w)| v * w).sum();
         let mut objective = plugin::surrogate(&outputs, &weights, &batch)?;
+        drop(outputs);
         if raw.mode == Mode::Direction && raw.directions > 1 && raw.diversity > 0.0 {
             let div = match raw.diversity_kind {
                 DiversityKind::SquaredCosine => diversity(&u)?,
@@ -684,33 +778,25 @@ impl Engine {
                     correlation_diversity(&trained)?
                 }
             };
-            let v = div.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !v.is_finite() {
-                return Err(non_finite("diversity", human, "value", v));
-            }
-            values.push(v);
-            total += raw.diversity as f64 * v;
-            objective = (objective + (div * raw.diversity as f64)?)?;
+            let weight = raw.diversity as f64;
+            watch.push((Watched::Value { term: "diversity".into(), weight }, div.detach()));
+            objective = (objective + (div * weight)?)?;
         }
         if raw.mode == Mode::Latent && raw.latent_l2 > 0.0 {
             // StyleCLIP: ‖w − w₀‖², summed over W+, averaged over the images.
             let l2 = (u.sqr()?.sum_all()? / n as f64)?;
-            let v = l2.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            values.push(v);
-            total += raw.latent_l2 as f64 * v;
-            objective = (objective + (l2 * raw.latent_l2 as f64)?)?;
+            let weight = raw.latent_l2 as f64;
+            watch.push((Watched::Value { term: "latent_l2".into(), weight }, l2.detach()));
+            objective = (objective + (l2 * weight)?)?;
         }
         let grads = objective.backward()?;
         let grad = match grads.get(self.param.as_tensor()) {
             Some(g) => g.clone(),
             None => self.param.as_tensor().zeros_like()?,
         };
-        let grad_norm = grad.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
-        if !grad_norm.is_finite() {
-            return Err(non_finite("total", human, "gradient norm", grad_norm));
-        }
+        watch.push((Watched::GradNormSq, grad.sqr()?.sum_all()?));
         clock.lap("generator backward");
-        Ok(Pass { values, total, grad, grad_norm })
+        Ok(Pass { grad, watch, feature_grads })
     }
 
     /// The next step's forward and backward pass, untimed and discarded:
@@ -719,7 +805,9 @@ impl Engine {
     /// the caches it fills hold what the step would compute.
     fn warm_up(&mut self) -> Result<()> {
         let mut clock = PhaseClock::start();
-        self.pass(self.step, &mut clock).map(|_| ())
+        // The read waits for the device, so the warm-up's work is done
+        // before step 1's clock starts.
+        self.pass(self.step, &mut clock)?.read(self.step + 1).map(|_| ())
     }
 
     fn info(&self, start_step: usize) -> RunInfo {
@@ -1000,4 +1088,5 @@ pub fn checkpoint_path(output: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests;

@@ -26,6 +26,7 @@ pub mod ops;
 pub mod optim;
 pub mod outputs;
 pub mod plugin;
+pub mod readback;
 pub mod recipe;
 pub mod render;
 pub mod sefa;

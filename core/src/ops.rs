@@ -16,6 +16,10 @@
 //! (`*_stock` methods). Linear layers stay the stock composition on CUDA: it
 //! is one cuBLAS product with the constant weight.
 
+// Code on a training step's path: no host reads but the step's one
+// (`readback`, clippy.toml).
+#![deny(clippy::disallowed_methods)]
+
 pub mod conv;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
@@ -27,6 +31,7 @@ pub mod precision;
 pub mod probe;
 pub mod profile;
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod testing;
 mod winograd;
 

@@ -63,8 +63,9 @@ pub fn halvings_before(step: usize, total: usize, count: usize) -> usize {
     (step + 1) / d
 }
 
-/// One optimiser over one trained tensor.
-#[derive(Debug)]
+/// One optimiser over one trained tensor. Cloning it is cheap (the
+/// moments are shared, immutable tensors) and gives a state to go back to.
+#[derive(Debug, Clone)]
 pub struct Optimizer {
     settings: Settings,
     /// Steps taken (Adam's `t`).

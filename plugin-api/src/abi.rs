@@ -36,9 +36,14 @@ pub const MAGIC_V1: [u8; 8] = *b"LSDPLUG\0";
 ///
 /// Version 3: a tensor view ([`FfiTensor`]) says where its data lives (host
 /// memory, or a CUDA device pointer with its ordinal and stream) and its
-/// element type; the load context carries the process-wide precision; a
-/// plugin built for version 2 is refused.
-pub const API_VERSION: u32 = 3;
+/// element type; the load context carries the process-wide precision.
+///
+/// Version 4: the loss value comes back as a one-element tensor view in
+/// [`SLOT_VALUE`], on the device when the gradients are, instead of an
+/// `f64` through a callback of its own (which made the plugin wait for its
+/// device); [`Sink`] has no `value` callback. Plugins built for an older
+/// version are refused.
+pub const API_VERSION: u32 = 4;
 
 /// `rustc --version` of the compiler that built this copy of lsd-plugin-api.
 pub const RUSTC_VERSION: &str = env!("LSD_RUSTC_VERSION");
@@ -134,7 +139,7 @@ pub const STATUS_ERROR: Status = 1;
 /// The plugin panicked; the panic message was sent through [`Sink::text`].
 pub const STATUS_PANIC: Status = 2;
 
-/// Which gradient a [`Sink::tensor`] call carries.
+/// What a [`Sink::tensor`] call carries: the loss value or a gradient.
 pub type Slot = u32;
 /// Gradient with respect to `x_edit`.
 pub const SLOT_X_EDIT: Slot = 0;
@@ -144,6 +149,8 @@ pub const SLOT_W: Slot = 1;
 pub const SLOT_U: Slot = 2;
 /// Gradient with respect to the `index`-th feature map of `x_edit`.
 pub const SLOT_FEATURE_EDIT: Slot = 3;
+/// The loss value, a tensor of one element (any rank), `index` 0.
+pub const SLOT_VALUE: Slot = 4;
 
 /// What an [`FfiTensor`]'s `data` is.
 pub type ViewKind = u32;
@@ -289,9 +296,8 @@ pub struct Sink {
     pub ctx: *mut c_void,
     /// A text: a JSON answer, or the message of an error or panic.
     pub text: unsafe extern "C" fn(ctx: *mut c_void, text: RStr),
-    /// The loss value.
-    pub value: unsafe extern "C" fn(ctx: *mut c_void, value: f64),
-    /// A gradient, in `slot` (a `SLOT_*` constant) at `index`.
+    /// The loss value ([`SLOT_VALUE`]) or a gradient, in `slot` (a
+    /// `SLOT_*` constant) at `index`.
     pub tensor: unsafe extern "C" fn(ctx: *mut c_void, slot: Slot, index: u32, t: FfiTensor),
 }
 
@@ -474,7 +480,6 @@ pub const LAYOUT_HASH: u64 = layout_hash! {
     Sink {
         ctx: *mut c_void,
         text: unsafe extern "C" fn(ctx: *mut c_void, text: RStr),
-        value: unsafe extern "C" fn(ctx: *mut c_void, value: f64),
         tensor: unsafe extern "C" fn(ctx: *mut c_void, slot: Slot, index: u32, t: FfiTensor),
     }
     VTable {

@@ -23,8 +23,8 @@ use std::sync::Once;
 use candle_core::{Device, Tensor};
 
 use super::abi::{
-    slice, FfiBatch, FfiTensor, RStr, Sink, Status, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT, STATUS_ERROR,
-    STATUS_OK, STATUS_PANIC, VIEW_DEVICE,
+    slice, FfiBatch, FfiTensor, RStr, Sink, Status, SLOT_FEATURE_EDIT, SLOT_U, SLOT_VALUE, SLOT_W, SLOT_X_EDIT,
+    STATUS_ERROR, STATUS_OK, STATUS_PANIC, VIEW_DEVICE,
 };
 use super::api::{EditBatch, FeatureMaps, InitContext, Plugin};
 use super::grad::differentiate;
@@ -255,20 +255,22 @@ pub(crate) unsafe extern "C" fn evaluate<T: Plugin>(
                 cuda: host.kind == VIEW_DEVICE,
             };
             let how = crossing(Side::this(&hosted.device), host);
-            let send = |slot, index, g: &Option<Tensor>| -> Result<()> {
+            let send = |slot, index, g: Option<&Tensor>| -> Result<()> {
                 if let Some(g) = g {
                     let staged = Staged::new(g, how)?;
                     (s.tensor)(s.ctx, slot, index, staged.view());
                 }
                 Ok(())
             };
-            send(SLOT_X_EDIT, 0, &out.grad_x_edit)?;
-            send(SLOT_W, 0, &out.grad_w)?;
-            send(SLOT_U, 0, &out.grad_u)?;
+            // The value crosses like a gradient, so on a GPU nothing here
+            // waits for the device.
+            send(SLOT_VALUE, 0, Some(&out.value))?;
+            send(SLOT_X_EDIT, 0, out.grad_x_edit.as_ref())?;
+            send(SLOT_W, 0, out.grad_w.as_ref())?;
+            send(SLOT_U, 0, out.grad_u.as_ref())?;
             for (j, g) in out.grad_features_edit.iter().enumerate() {
-                send(SLOT_FEATURE_EDIT, j as u32, g)?;
+                send(SLOT_FEATURE_EDIT, j as u32, g.as_ref())?;
             }
-            (s.value)(s.ctx, out.value);
             Ok(())
         });
         if status == STATUS_PANIC {

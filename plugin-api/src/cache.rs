@@ -86,6 +86,7 @@ fn assemble<'a>(keys: &[u64], get: impl Fn(u64) -> Option<&'a Tensor>) -> Result
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::cell::Cell;
 

@@ -17,6 +17,10 @@
 //! with the `g`s held constant, so one backward pass of `Σ_i λ_i s_i`
 //! through the host's graph gives `Σ_i λ_i ∂ℓ_i/∂θ`. The surrogate's value
 //! means nothing; the loss values come from [`TermOutput::value`].
+//!
+//! Nothing here reads a tensor back to the host: the value stays a tensor
+//! on the term's device, so that a host on a GPU can read every value of a
+//! step together with its checks, in one transfer.
 
 use candle_core::{DType, Tensor, Var};
 
@@ -30,8 +34,10 @@ use crate::{Error, Result};
 /// input's shape.
 #[derive(Debug, Clone)]
 pub struct TermOutput {
-    /// The loss value.
-    pub value: f64,
+    /// The loss value: a scalar tensor (no dimensions) on the device the
+    /// term computed on, never read back here. [`TermOutput::value_f64`]
+    /// reads it.
+    pub value: Tensor,
     /// `∂ℓ/∂x_edit`.
     pub grad_x_edit: Option<Tensor>,
     /// `∂ℓ/∂w`.
@@ -40,6 +46,16 @@ pub struct TermOutput {
     pub grad_u: Option<Tensor>,
     /// `∂ℓ/∂f_edit_j` for each feature map of `x_edit` that was given.
     pub grad_features_edit: Vec<Option<Tensor>>,
+}
+
+impl TermOutput {
+    /// Reads the value to the host as an `f64`. On a GPU this waits for
+    /// every queued kernel: a training step never calls it, it reads all
+    /// of its scalars at once (lsd-core's `readback`).
+    pub fn value_f64(&self) -> Result<f64> {
+        #[allow(clippy::disallowed_methods, reason = "the one explicit read of a value, for callers outside a step")]
+        Ok(self.value.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0])
+    }
 }
 
 /// Evaluates `term` on `batch` in a graph of its own: the differentiable
@@ -83,11 +99,10 @@ pub fn differentiate(term: &dyn LossTerm, batch: &EditBatch) -> Result<TermOutpu
         });
     }
     let loss = loss.flatten_all()?.squeeze(0)?;
-    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let grads = loss.backward()?;
     let get = |v: &Var| grads.get(v.as_tensor()).cloned();
     Ok(TermOutput {
-        value,
+        value: loss.detach(),
         grad_x_edit: get(&x_edit),
         grad_w: get(&w),
         grad_u: get(&u),

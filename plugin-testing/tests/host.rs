@@ -150,7 +150,7 @@ fn term_outlives_its_library_handle() -> Result<()> {
         lib.instantiate("", &InitContext::default())?
     };
     let out = term.evaluate(&tiny_batch(2, false)?)?;
-    assert!(out.value.is_finite() && out.grad_x_edit.is_some());
+    assert!(out.value_f64()?.is_finite() && out.grad_x_edit.is_some());
     Ok(())
 }
 
@@ -168,7 +168,7 @@ fn a_panic_in_loss_is_an_error_and_the_host_survives() -> Result<()> {
     assert!(again.contains("panicked in an earlier call"), "{again}");
     // Other terms of the same library still work.
     let healthy = lib.instantiate("", &InitContext::default())?;
-    assert!(healthy.evaluate(&batch)?.value.is_finite());
+    assert!(healthy.evaluate(&batch)?.value_f64()?.is_finite());
 
     let err = lib.instantiate("mode: error", &InitContext::default())?.evaluate(&batch).unwrap_err();
     let msg = err.to_string();

@@ -731,3 +731,120 @@ fn a_forced_warm_up_is_reported_before_step_1_and_changes_nothing() {
     );
     assert_eq!(warmed_csv, plain_csv);
 }
+
+/// Finite gradients, and from the `at`-th call on a NaN value: the update
+/// of that step is computed from finite numbers, so only the read at the
+/// end of the step can stop it.
+struct NanValueAfter {
+    at: usize,
+    calls: Arc<AtomicUsize>,
+}
+
+impl LossTerm for NanValueAfter {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let l = b.x_edit.mean_all()?;
+        let offset = if n >= self.at { f32::NAN } else { 0.0 };
+        Ok(l.broadcast_add(&Tensor::new(offset, b.x_edit.device())?)?)
+    }
+}
+
+/// A finite value whose gradient with respect to the first feature map of
+/// `x_edit` is infinite: `Σ √(f − f̄)` with `f̄` a constant copy of `f`.
+struct InfiniteFeatureGradient;
+
+impl LossTerm for InfiniteFeatureGradient {
+    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
+        let f = &b.features.as_ref().ok_or_else(|| Error::Config("no feature maps".into()))?.x_edit[0];
+        Ok((b.x_edit.mean_all()? + (f - f.detach())?.sqrt()?.sum_all()?)?)
+    }
+
+    fn needs(&self) -> Needs {
+        Needs { features: true }
+    }
+}
+
+/// An engine on the calling thread, so that [`readback::count`] (per
+/// thread) sees its reads.
+fn engine_here(text: &str, out: &Path, terms: Vec<EngineTerm>) -> Engine {
+    let (tx, _rx) = mpsc::channel();
+    Engine::new(recipe(text, out), quiet(terms), tx).expect("the engine builds")
+}
+
+/// The trained tensor and the optimiser state, bit for bit.
+fn state_bits(e: &Engine) -> (Vec<u32>, Vec<(String, Vec<u32>)>, u64) {
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32").iter().map(|v| v.to_bits()).collect()
+    };
+    let (tensors, t) = e.opt.state();
+    let mut opt: Vec<(String, Vec<u32>)> = tensors.iter().map(|(k, v)| (k.clone(), bits(v))).collect();
+    opt.sort();
+    (bits(e.param.as_tensor()), opt, t)
+}
+
+#[test]
+fn a_step_reads_the_device_once() {
+    let dir = tempdir();
+    let cases = [
+        ("two terms, one on feature maps", RECIPE.to_string()),
+        (
+            "two directions with diversity on some layers",
+            RECIPE.replace("seed: 11\n", "seed: 11\ndirections: 2\ndiversity: 1.0\nlayers: [0, 3, 4]\nnorm: total\n"),
+        ),
+        (
+            "latent mode with the L2 term",
+            RECIPE
+                .replace("seed: 11\n", "seed: 11\nmode: latent\nlatent_l2: 0.01\n")
+                .replace("alpha: {min: -3, max: 3, min_abs: 1}\n", "")
+                .replace("  alphas: [-2, 2]\n", ""),
+        ),
+    ];
+    for (i, (what, text)) in cases.iter().enumerate() {
+        let mut e = engine_here(text, &dir.path().join(format!("case{i}")), terms());
+        for step in 0..3 {
+            let before = readback::count();
+            let stats = e.train_step(step).expect("the step runs");
+            assert_eq!(readback::count() - before, 1, "{what}, step {}", step + 1);
+            assert!(stats.total.is_finite() && stats.grad_norm > 0.0, "{what}: {stats:?}");
+            assert_eq!(stats.terms.len(), e.term_names.len(), "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_value_undoes_the_update_and_the_optimiser_step() {
+    let dir = tempdir();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let terms = vec![
+        EngineTerm::in_process("towards", 1.0, Towards(0.8)),
+        EngineTerm::in_process("fragile", 1.0, NanValueAfter { at: 4, calls: calls.clone() }),
+    ];
+    let text = RECIPE.replace("  - plugin: stay\n    weight: 0.5\n", "  - plugin: fragile\n");
+    let mut e = engine_here(&text, &dir.path().join("undo"), terms);
+    for step in 0..3 {
+        e.train_step(step).expect("steps 1 to 3 are finite");
+    }
+    let before = state_bits(&e);
+    let reads = readback::count();
+    let err = e.train_step(3).expect_err("step 4's value is NaN").to_string();
+    assert!(err.contains("'fragile'") && err.contains("non-finite value") && err.contains("step 4"), "{err}");
+    // The update was applied before the read found the NaN, and undone.
+    assert_eq!(readback::count() - reads, 1);
+    assert_eq!(state_bits(&e), before);
+    assert_eq!((e.step, e.history.len()), (3, 3));
+}
+
+#[test]
+fn an_infinite_feature_map_gradient_is_named_after_its_term() {
+    let dir = tempdir();
+    let terms = vec![
+        EngineTerm::in_process("towards", 1.0, Towards(0.8)),
+        EngineTerm::in_process("spiky", 0.5, InfiniteFeatureGradient),
+    ];
+    let text = RECIPE.replace("  - plugin: stay\n", "  - plugin: spiky\n");
+    let mut e = engine_here(&text, &dir.path().join("spiky"), terms);
+    let before = state_bits(&e);
+    let err = e.train_step(0).expect_err("the feature gradient is infinite").to_string();
+    assert!(err.contains("'spiky'") && err.contains("features.x_edit[0]") && err.contains("step 1"), "{err}");
+    assert_eq!(state_bits(&e), before);
+}

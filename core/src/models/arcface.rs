@@ -556,6 +556,7 @@ pub fn demo(seed: u64, device: &Device) -> Result<Backbone> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use candle_core::Var;

@@ -627,6 +627,7 @@ pub fn demo(seed: u64, device: &Device) -> Result<BiSeNet> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use candle_core::Var;

@@ -501,6 +501,7 @@ fn demo_weights(seed: u64) -> Result<(Config, SeededWeights)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use candle_core::{DType, Var};

@@ -578,6 +578,7 @@ pub fn z_from_seed(seed: u64, style_dim: usize, device: &Device) -> Result<Tenso
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

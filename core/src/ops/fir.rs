@@ -376,6 +376,7 @@ impl CustomOp1 for FirOp {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use candle_core::Var;
 

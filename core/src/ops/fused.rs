@@ -298,6 +298,7 @@ pub struct Epilogue {
 
 impl Epilogue {
     /// The epilogue with the constants `bias` `[C]` and `noise_weight` `[1]`.
+    #[allow(clippy::disallowed_methods, reason = "reads the constants once, when the network is loaded")]
     pub fn new(bias: Tensor, noise_weight: Tensor) -> Result<Self> {
         let c = bias.dims1()?;
         let bias_host: Arc<[f64]> = bias.to_dtype(DType::F64)?.to_vec1::<f64>()?.into();
@@ -685,6 +686,7 @@ impl CustomOp3 for EpilogueBwd {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use candle_core::{Device, Var};
 

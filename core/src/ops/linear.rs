@@ -193,6 +193,7 @@ impl Linear {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use candle_core::{DType, Var};
 

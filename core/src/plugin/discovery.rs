@@ -275,8 +275,9 @@ pub fn check_on(path: &Path, device: &str) -> Result<CheckReport> {
     };
     let fail =
         |reason: String| Error::PluginCall { plugin: lib.info().name.clone(), call: "loss", reason, panicked: false };
-    if !out.value.is_finite() {
-        return Err(fail(format!("smoke test: the loss is {}", out.value)));
+    let value = out.value_f64()?;
+    if !value.is_finite() {
+        return Err(fail(format!("smoke test: the loss is {value}")));
     }
     let mut names = Vec::new();
     let mut grads: Vec<(&str, &Option<Tensor>)> =
@@ -295,7 +296,7 @@ pub fn check_on(path: &Path, device: &str) -> Result<CheckReport> {
     }
     Ok(CheckReport {
         listed: Listed { info: lib.info().clone(), fingerprint: lib.fingerprint().clone() },
-        smoke_value: out.value,
+        smoke_value: value,
         smoke_gradients: names,
         parity,
     })
@@ -324,7 +325,8 @@ fn parity(device: &str, cpu: &TermOutput, other: &TermOutput) -> Result<DevicePa
             _ => grad_diff = f64::INFINITY,
         }
     }
-    Ok(DeviceParity { device: device.to_string(), value_diff: (cpu.value - other.value).abs(), grad_diff, grad_scale })
+    let value_diff = (cpu.value_f64()? - other.value_f64()?).abs();
+    Ok(DeviceParity { device: device.to_string(), value_diff, grad_diff, grad_scale })
 }
 
 /// A tiny deterministic batch: 2 samples of 3×16×16, W+ of 4×8, one

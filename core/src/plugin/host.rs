@@ -1,6 +1,10 @@
 //! The host side of the boundary: opening a plugin library, checking its
 //! fingerprint, building terms and evaluating them.
 
+// Code on a training step's path: no host reads but the step's one
+// (`readback`, clippy.toml).
+#![deny(clippy::disallowed_methods)]
+
 use std::ffi::c_void;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use libloading::Library;
 use super::abi::{
     FfiBatch, FfiFingerprint, FfiTensor, PluginDeclaration, RStr, Sink, Slot, Status, VTable, API_VERSION,
     CANDLE_VERSION, DECLARATION_SYMBOL, FEATURES, FROZEN_PREFIX_SIZE, LAYOUT_HASH, MAGIC, MAGIC_V1, RUSTC_VERSION,
-    SDK_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_W, SLOT_X_EDIT, STATUS_OK, STATUS_PANIC,
+    SDK_VERSION, SLOT_FEATURE_EDIT, SLOT_U, SLOT_VALUE, SLOT_W, SLOT_X_EDIT, STATUS_OK, STATUS_PANIC,
 };
 use crate::{Error, Result};
 use lsd_plugin_api::view::{crossing, receive, Side, Site, Staged};
@@ -615,7 +619,6 @@ impl PluginLibrary {
 /// Everything a plugin sent back during one call.
 struct Collected {
     text: String,
-    value: Option<f64>,
     /// The device the host's copies of the tensors go to.
     device: Device,
     tensors: Vec<(Slot, u32, Tensor)>,
@@ -636,16 +639,6 @@ unsafe extern "C" fn sink_text(ctx: *mut c_void, text: RStr) {
     });
 }
 
-unsafe extern "C" fn sink_value(ctx: *mut c_void, value: f64) {
-    let _ = std::panic::catch_unwind(|| {
-        // SAFETY: as in `sink_text`.
-        let c = unsafe { &*ctx.cast::<Mutex<Collected>>() };
-        if let Ok(mut c) = c.lock() {
-            c.value = Some(value);
-        }
-    });
-}
-
 unsafe extern "C" fn sink_tensor(ctx: *mut c_void, slot: Slot, index: u32, t: FfiTensor) {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: as in `sink_text`.
@@ -655,7 +648,7 @@ unsafe extern "C" fn sink_tensor(ctx: *mut c_void, slot: Slot, index: u32, t: Ff
             // memory, or device to device) before it returns.
             match unsafe { receive(&t, &c.device) } {
                 Ok(tensor) => c.tensors.push((slot, index, tensor)),
-                Err(e) => c.bad_tensor = Some(format!("sent an unusable gradient {slot}/{index}: {e}")),
+                Err(e) => c.bad_tensor = Some(format!("sent an unusable tensor {slot}/{index}: {e}")),
             }
         }
     });
@@ -668,19 +661,10 @@ fn call_plugin(
     device: &Device,
     f: impl FnOnce(*const Sink) -> Status,
 ) -> Result<Collected> {
-    let collected = Mutex::new(Collected {
-        text: String::new(),
-        value: None,
-        device: device.clone(),
-        tensors: Vec::new(),
-        bad_tensor: None,
-    });
-    let sink = Sink {
-        ctx: (&collected as *const Mutex<Collected>).cast_mut().cast(),
-        text: sink_text,
-        value: sink_value,
-        tensor: sink_tensor,
-    };
+    let collected =
+        Mutex::new(Collected { text: String::new(), device: device.clone(), tensors: Vec::new(), bad_tensor: None });
+    let sink =
+        Sink { ctx: (&collected as *const Mutex<Collected>).cast_mut().cast(), text: sink_text, tensor: sink_tensor };
     let status = f(&sink);
     let collected = collected.into_inner().unwrap_or_else(|p| p.into_inner());
     if status == STATUS_OK {
@@ -795,51 +779,52 @@ impl LoadedTerm {
         // SAFETY: every buffer `ffi` points to lives until the end of this
         // function; the handle is live; the sink is valid for the call.
         let got = call_plugin(&self.name, "loss", device, |sink| unsafe { evaluate(handle, &ffi, sink) })?;
-        self.output(batch, got)
-    }
-
-    /// Checks what the plugin sent and rebuilds it as host tensors.
-    fn output(&self, batch: &EditBatch, got: Collected) -> Result<TermOutput> {
-        let bad =
-            |reason: String| Error::PluginCall { plugin: self.name.clone(), call: "loss", reason, panicked: false };
-        if let Some(reason) = got.bad_tensor {
-            return Err(bad(reason));
-        }
-        let value = got.value.ok_or_else(|| bad("returned no loss value".into()))?;
-        let n_features = if self.needs.features { batch.features.as_ref().map_or(0, |f| f.x_edit.len()) } else { 0 };
-        let mut out = TermOutput {
-            value,
-            grad_x_edit: None,
-            grad_w: None,
-            grad_u: None,
-            grad_features_edit: vec![None; n_features],
-        };
-        for (slot, index, t) in got.tensors {
-            let (target, input, name) = match slot {
-                SLOT_X_EDIT => (&mut out.grad_x_edit, &batch.x_edit, "x_edit".to_string()),
-                SLOT_W => (&mut out.grad_w, &batch.w, "w".to_string()),
-                SLOT_U => (&mut out.grad_u, &batch.u, "u".to_string()),
-                SLOT_FEATURE_EDIT if (index as usize) < n_features => {
-                    let maps = &batch.features.as_ref().expect("n_features > 0 implies features").x_edit;
-                    let j = index as usize;
-                    (&mut out.grad_features_edit[j], &maps[j], format!("features.x_edit[{j}]"))
-                }
-                _ => return Err(bad(format!("sent a gradient for unknown input {slot}/{index}"))),
-            };
-            if t.dims() != input.dims() {
-                return Err(bad(format!(
-                    "gradient of {name} has shape {:?}, the input has {:?}",
-                    t.dims(),
-                    input.dims()
-                )));
-            }
-            *target = Some(t.to_dtype(input.dtype())?);
-        }
-        Ok(out)
+        term_output(&self.name, self.needs, batch, got)
     }
 }
 
+/// Checks what plugin `name` (which asked for `needs`) sent back from one
+/// `loss` call on `batch`, and assembles it: the value, a one-element tensor
+/// left where it arrived (unread), and each gradient in its input's dtype.
+fn term_output(name: &str, needs: Needs, batch: &EditBatch, got: Collected) -> Result<TermOutput> {
+    let bad = |reason: String| Error::PluginCall { plugin: name.to_string(), call: "loss", reason, panicked: false };
+    if let Some(reason) = got.bad_tensor {
+        return Err(bad(reason));
+    }
+    let n_features = if needs.features { batch.features.as_ref().map_or(0, |f| f.x_edit.len()) } else { 0 };
+    let mut value = None;
+    let (mut grad_x_edit, mut grad_w, mut grad_u) = (None, None, None);
+    let mut grad_features_edit = vec![None; n_features];
+    for (slot, index, t) in got.tensors {
+        let (target, input, name) = match slot {
+            SLOT_VALUE if index == 0 && t.elem_count() == 1 => {
+                value = Some(t.reshape(())?);
+                continue;
+            }
+            SLOT_VALUE => {
+                return Err(bad(format!("sent a loss value {index} of shape {:?}, expected one element", t.dims())))
+            }
+            SLOT_X_EDIT => (&mut grad_x_edit, &batch.x_edit, "x_edit".to_string()),
+            SLOT_W => (&mut grad_w, &batch.w, "w".to_string()),
+            SLOT_U => (&mut grad_u, &batch.u, "u".to_string()),
+            SLOT_FEATURE_EDIT if (index as usize) < n_features => {
+                let maps = &batch.features.as_ref().expect("n_features > 0 implies features").x_edit;
+                let j = index as usize;
+                (&mut grad_features_edit[j], &maps[j], format!("features.x_edit[{j}]"))
+            }
+            _ => return Err(bad(format!("sent a gradient for unknown input {slot}/{index}"))),
+        };
+        if t.dims() != input.dims() {
+            return Err(bad(format!("gradient of {name} has shape {:?}, the input has {:?}", t.dims(), input.dims())));
+        }
+        *target = Some(t.to_dtype(input.dtype())?);
+    }
+    let value = value.ok_or_else(|| bad("returned no loss value".into()))?;
+    Ok(TermOutput { value, grad_x_edit, grad_w, grad_u, grad_features_edit })
+}
+
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::cell::Cell;
     use std::mem::{offset_of, size_of};
@@ -945,26 +930,26 @@ mod tests {
         assert!(rows.iter().any(|(f, h, p)| *f == "layout" && h != p), "{rows:?}");
     }
 
-    /// A plugin built for API version 2 (host-memory views only, no
-    /// precision in its context) is refused before any call, with both
+    /// A plugin built for API version 3 (its loss value sent as an `f64`
+    /// through a callback of its own) is refused before any call, with both
     /// fingerprints and the rebuild command.
     #[test]
-    fn an_api_2_plugin_is_refused_with_a_rebuild_command() {
+    fn an_api_3_plugin_is_refused_with_a_rebuild_command() {
         let host = Fingerprint::host();
-        assert_eq!(host.api_version, 3);
-        // What an API-2 build of this lsd-plugin-api declared: same prefix,
-        // older version, and the layout hash of the older view type.
-        let old = Fingerprint { api_version: 2, layout_hash: host.layout_hash ^ 0x5a5a, ..host.clone() };
+        assert_eq!(host.api_version, 4);
+        // What an API-3 build of this lsd-plugin-api declared: same prefix,
+        // older version, and the layout hash of the older sink.
+        let old = Fingerprint { api_version: 3, layout_hash: host.layout_hash ^ 0x5a5a, ..host.clone() };
         let img = declaration_image(BASE, &old, size_of::<PluginDeclaration>() as u64);
         let (h, _) = head(&img, BASE);
-        let h = h.expect("the frozen prefix of an API-2 declaration reads");
-        assert_eq!(h.fingerprint.api_version, 2);
+        let h = h.expect("the frozen prefix of an API-3 declaration reads");
+        assert_eq!(h.fingerprint.api_version, 3);
         let err = check_fingerprint(Path::new("/p/liblsd_plugin_old.so"), &h).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::PluginMismatch { .. }), "{msg}");
         assert!(msg.contains("liblsd_plugin_old.so") && msg.contains("not loaded"), "{msg}");
         let api_row = msg.lines().find(|l| l.contains(" api ")).expect("an api row");
-        assert!(api_row.contains('≠') && api_row.contains('3') && api_row.contains('2'), "{api_row}");
+        assert!(api_row.contains('≠') && api_row.contains('4') && api_row.contains('3'), "{api_row}");
         assert!(msg.contains("rebuild it with") && msg.contains("cargo"), "{msg}");
         assert!(check_fingerprint(Path::new("/p/x.so"), &DeclHead { fingerprint: host, ..h }).is_ok());
     }
@@ -981,5 +966,39 @@ mod tests {
         let h = h.expect("reads");
         assert_eq!((h.fingerprint.api_version, h.fingerprint.layout_hash), (1, 0));
         assert!(!Fingerprint::host().accepts(&h.fingerprint));
+    }
+
+    /// The value arrives as a one-element tensor and stays a tensor; a
+    /// missing value, or one of several elements, is refused by name.
+    #[test]
+    fn the_loss_value_arrives_as_a_tensor_and_is_checked() -> Result<()> {
+        let dev = Device::Cpu;
+        let z = |dims: &[usize]| Tensor::zeros(dims, candle_core::DType::F32, &dev);
+        let batch =
+            EditBatch::new(z(&[1, 3, 2, 2])?, z(&[1, 3, 2, 2])?, z(&[1, 2, 4])?, z(&[1, 2, 4])?, vec![1.0], "")?;
+        let got = |tensors: Vec<(Slot, u32, Tensor)>| Collected {
+            text: String::new(),
+            device: dev.clone(),
+            tensors,
+            bad_tensor: None,
+        };
+        let gx = (z(&[1, 3, 2, 2])? + 0.5)?;
+        let out = term_output(
+            "p",
+            Needs::default(),
+            &batch,
+            got(vec![(SLOT_VALUE, 0, Tensor::new(&[0.25f32], &dev)?), (SLOT_X_EDIT, 0, gx)]),
+        )?;
+        assert_eq!(out.value.dims(), &[] as &[usize]);
+        assert_eq!(out.value_f64()?, 0.25);
+        assert!(out.grad_x_edit.is_some() && out.grad_w.is_none());
+
+        let two = term_output("p", Needs::default(), &batch, got(vec![(SLOT_VALUE, 0, z(&[2])?)]));
+        let msg = two.unwrap_err().to_string();
+        assert!(msg.contains("'p'") && msg.contains("loss value 0 of shape [2]"), "{msg}");
+        let none = term_output("p", Needs::default(), &batch, got(vec![(SLOT_X_EDIT, 0, z(&[1, 3, 2, 2])?)]));
+        let msg = none.unwrap_err().to_string();
+        assert!(msg.contains("returned no loss value"), "{msg}");
+        Ok(())
     }
 }

@@ -30,6 +30,9 @@
 //!
 //! See README.md for the commands and the parameter table.
 
+// The term runs inside a training step: no host reads, so the step
+// reads the device once, in the host (lsd-core's `readback`, clippy.toml).
+#![deny(clippy::disallowed_methods)]
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};

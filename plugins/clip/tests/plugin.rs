@@ -34,7 +34,7 @@ fn image_batch(seed: u64, side: usize) -> Result<EditBatch> {
 
 fn loaded_vs_in_process(params: &str, batch: &EditBatch) -> Result<(GradReport, f64)> {
     let both = lsd_plugin_testing::loaded_vs_in_process::<ClipTerm>(&library(), params, batch)?;
-    Ok((both.report, both.loaded.value))
+    Ok((both.report, both.loaded.value_f64()?))
 }
 
 #[test]

@@ -34,7 +34,7 @@ fn check(params: &str, batch: &EditBatch) -> Result<(GradReport, f64)> {
         SegmentationTerm::with_masks(term.params().clone(), term.parse_mask(&b32.x)?, term.parse_mask(&b32.x_edit)?)?;
     let numeric = finite_differences(&frozen, &batch_to(batch, DType::F64, &Device::Cpu)?, 1e-6)?;
     compare_outputs(&out, &numeric, &b32, "fin. diff. (frozen)", 1e-4, 1e-6, &mut rows)?;
-    Ok((GradReport { rows }, out.value))
+    Ok((GradReport { rows }, out.value_f64()?))
 }
 
 #[test]

@@ -130,6 +130,7 @@ impl IdLoss {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use candle_core::Device;

@@ -248,6 +248,7 @@ impl ClipTextTransformer {
     /// `eos_token_id`. A row without that token falls back to `argmax`, which
     /// for CLIP's vocabulary (end-of-text is the largest id) is the same row.
     /// Both take the first maximum, so padding with end-of-text is safe.
+    #[allow(clippy::disallowed_methods, reason = "token ids, read once per prompt when it is encoded")]
     pub fn eos_index(&self, input_ids: &Tensor) -> Result<Vec<usize>> {
         let ids = input_ids.to_dtype(DType::I64)?.to_vec2::<i64>()?;
         let argmax = |row: &[i64]| {

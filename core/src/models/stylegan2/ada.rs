@@ -231,6 +231,7 @@ impl AdaConfig {
         let standard = crate::ops::Fir::kernel_2d(&FILTER, 1.0);
         for (name, t) in tensors {
             if name.ends_with("resample_filter") {
+                #[allow(clippy::disallowed_methods, reason = "checks the snapshot once, when it is loaded")]
                 let got = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
                 if got.len() != standard.len() || got.iter().zip(&standard).any(|(a, b)| (a - b).abs() > 1e-6) {
                     return Err(bad(format!("{name} is not the [1, 3, 3, 1] filter")));
@@ -524,6 +525,7 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::models::stylegan2::Noise;
