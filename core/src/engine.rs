@@ -19,13 +19,18 @@
 //!    the step's one relaxed one-hot mixture `Σ c_k u_k` and `N = batch`),
 //!    with the generator's feature maps when a term asked for them.
 //! 4. Each term's value and input gradients ([`plugin::differentiate`] for
-//!    in-process terms, the plugin's own backward for plugins); a
-//!    non-finite value or gradient stops the run naming the term and step.
+//!    in-process terms, the plugin's own backward for plugins), left on the
+//!    device.
 //! 5. One backward pass through the generator of the vector–Jacobian
 //!    surrogate [`plugin::surrogate`] (plus the diversity term and the
 //!    latent L2 term, which live in the host graph).
 //! 6. The optimiser step ([`crate::optim`]), then the norm constraint (see
 //!    [`crate::recipe`] for what α means under each [`Norm`]).
+//! 7. The step's one read of the device ([`readback::scalars`]): the
+//!    values, a finiteness probe of each gradient a term returned, the
+//!    gradient norm and a probe of the updated tensor. A non-finite one
+//!    puts the trained tensor and the optimiser state back as they were
+//!    before the step and stops the run, naming the term and the step.
 //!
 //! In `mode: latent` the trained tensor is a per-seed offset `δ` `[N, L,
 //! D]` (StyleCLIP's latent optimisation, `w = w₀ + δ`); terms see it as
@@ -209,18 +214,33 @@ struct Engine {
 }
 
 /// Wall time per phase of a step.
+///
+/// On a GPU the kernels run asynchronously, so a phase's wall time is only
+/// the time to queue it, and the step's one read at the end waits for the
+/// rest. Under `bench --profile` ([`crate::ops::profile::enabled`]) each
+/// lap first waits for the device instead, so the phases are device time,
+/// at the price of one wait per phase.
 struct PhaseClock {
     last: Instant,
     laps: Vec<(String, f64)>,
+    /// The device to wait for at each lap, when profiling off the CPU.
+    wait_for: Option<Device>,
 }
 
 impl PhaseClock {
-    fn start() -> Self {
-        Self { last: Instant::now(), laps: Vec::new() }
+    fn start(device: &Device) -> Self {
+        let wait_for = (crate::ops::profile::enabled() && !device.is_cpu()).then(|| device.clone());
+        Self { last: Instant::now(), laps: Vec::new(), wait_for }
     }
 
     /// Records the time since the previous lap (or since the start).
     fn lap(&mut self, name: &str) {
+        if let Some(device) = &self.wait_for {
+            // A failed wait shows up in the step's read; the lap is then
+            // only the time to queue the phase.
+            #[allow(clippy::disallowed_methods, reason = "profiling only: phases measured as device time")]
+            let _ = device.synchronize();
+        }
         let now = Instant::now();
         self.laps.push((name.to_string(), (now - self.last).as_secs_f64()));
         self.last = now;
@@ -625,7 +645,7 @@ impl Engine {
     /// scalar, the trained tensor and the optimiser state go back to what
     /// they were before the step.
     fn train_step(&mut self, step: usize) -> Result<StepStats> {
-        let mut clock = PhaseClock::start();
+        let mut clock = PhaseClock::start(self.device());
         let mut pass = self.pass(step, &mut clock)?;
         let human = step + 1;
         let lr = optim::learning_rate(&self.recipe.raw().optimizer, step, self.recipe.raw().steps);
@@ -804,7 +824,7 @@ impl Engine {
     /// the run computes: the step's draw depends on its number only, and
     /// the caches it fills hold what the step would compute.
     fn warm_up(&mut self) -> Result<()> {
-        let mut clock = PhaseClock::start();
+        let mut clock = PhaseClock::start(self.device());
         // The read waits for the device, so the warm-up's work is done
         // before step 1's clock starts.
         self.pass(self.step, &mut clock)?.read(self.step + 1).map(|_| ())

@@ -52,6 +52,11 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// Whether profiling is on (`lsd-tui bench --profile`).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Zeroes every counter.
 pub fn reset() {
     for (n, c) in NANOS.iter().zip(&CALLS) {
