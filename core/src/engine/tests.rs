@@ -799,8 +799,19 @@ fn a_step_reads_the_device_once() {
                 .replace("  alphas: [-2, 2]\n", ""),
         ),
     ];
-    for (i, (what, text)) in cases.iter().enumerate() {
-        let mut e = engine_here(text, &dir.path().join(format!("case{i}")), terms());
+    // And a term in a plugin library, whose value crosses the ABI as a tensor.
+    let plugins = lsd_plugin_testing::workspace_test_plugins().expect("the test plugins build");
+    let probe = || {
+        let lib = crate::plugin::PluginLibrary::open(&plugins["lsd-plugin-test-probe"]).expect("the probe opens");
+        let term = lib.instantiate("", &crate::plugin::InitContext::default()).expect("the probe loads");
+        vec![EngineTerm { name: "probe".into(), weight: 1.0, imp: TermImpl::Plugin(term) }]
+    };
+    let plugin_recipe =
+        RECIPE.replace("  - plugin: towards\n  - plugin: stay\n    weight: 0.5\n", "  - plugin: probe\n");
+    let cases =
+        cases.into_iter().map(|(what, text)| (what, text, terms())).chain([("a plugin term", plugin_recipe, probe())]);
+    for (i, (what, text, terms)) in cases.enumerate() {
+        let mut e = engine_here(&text, &dir.path().join(format!("case{i}")), terms);
         for step in 0..3 {
             let before = readback::count();
             let stats = e.train_step(step).expect("the step runs");
