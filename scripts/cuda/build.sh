@@ -30,9 +30,15 @@ profile=${CARGO_PROFILE:-dist}
 
 # The binary and the plugins must be built with the same features: the plugin
 # fingerprint includes them, and the host refuses a CPU plugin in a CUDA build.
+# Each plugin is built as a cdylib alone: a package that also emits its rlib
+# (for its own tests) is not link-time optimised as a whole, and then keeps
+# every kernel Candle has (33 MB of GGUF/MoE device code per plugin, and a
+# dependency on libcudart and libstdc++).
 start=$(date +%s)
-cargo build --locked --profile "$profile" --features cuda \
-    -p lsd-tui -p lsd-plugin-clip -p lsd-plugin-identity -p lsd-plugin-segmentation
+cargo build --locked --profile "$profile" --features cuda -p lsd-tui
+for plugin in clip identity segmentation; do
+    cargo rustc --locked --profile "$profile" --features cuda -p "lsd-plugin-$plugin" --lib --crate-type cdylib
+done
 echo "cargo build: $(($(date +%s) - start)) s"
 
 out=dist/cuda
