@@ -264,7 +264,7 @@ struct Pass {
 }
 
 /// What one scalar of a step's read-back is, and how it is checked.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Watched {
     /// A history column — a term's value, or the diversity or latent-L2
     /// value — and its weight in the total.
@@ -648,7 +648,8 @@ impl Engine {
         let mut clock = PhaseClock::start(self.device());
         let mut pass = self.pass(step, &mut clock)?;
         let human = step + 1;
-        let lr = optim::learning_rate(&self.recipe.raw().optimizer, step, self.recipe.raw().steps);
+        let raw = self.recipe.raw();
+        let lr = optim::learning_rate(&raw.optimizer, step, raw.steps);
         let saved = (self.param.as_tensor().copy()?, self.opt.clone());
         let read = self.update(&pass.grad, lr).and_then(|probe| {
             pass.watch.push((Watched::Update, probe));

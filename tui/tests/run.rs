@@ -390,30 +390,21 @@ fn sefa_import_export_and_apply_with_latents_layers_edits_grids_and_gifs() {
         assert!(tmp.path().join("r").join(f).is_file(), "missing {f}");
     }
     assert!(std::fs::read_to_string(tmp.path().join("r/recipe.yaml")).expect("recipe.yaml").contains("me.npy"));
-    ok(&[
-        "apply",
-        &p("sefa.safetensors"),
-        "--latent",
-        &p("me.npy"),
-        "--alphas",
-        "-2,2",
-        "--layers",
-        "fine",
-        "--out",
-        &p("fine.png"),
-    ]);
-    ok(&[
-        "apply",
-        &p("sefa.safetensors"),
-        "--latent",
-        &p("me.npy"),
-        "--alphas",
-        "-2,2",
-        "--layers",
-        "coarse",
-        "--out",
-        &p("coarse.png"),
-    ]);
+    for layers in ["fine", "coarse"] {
+        let out = p(&format!("{layers}.png"));
+        ok(&[
+            "apply",
+            &p("sefa.safetensors"),
+            "--latent",
+            &p("me.npy"),
+            "--alphas",
+            "-2,2",
+            "--layers",
+            layers,
+            "--out",
+            &out,
+        ]);
+    }
     let (fine, coarse) = (png(&tmp.path().join("fine.png")), png(&tmp.path().join("coarse.png")));
     assert_eq!(fine.dimensions(), coarse.dimensions());
     assert!(one_row.height() > fine.height() + 2 * 64, "4 rows vs 1: {} vs {}", one_row.height(), fine.height());

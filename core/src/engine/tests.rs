@@ -37,17 +37,25 @@ impl LossTerm for Stay {
     }
 }
 
-/// NaN from the `at`-th call on.
+/// NaN from the `at`-th call on: the value and its gradients, or, with
+/// `finite_gradients`, the value alone (a constant NaN added), so that the
+/// update of that step is computed from finite numbers and only the read
+/// at the end of the step can stop it.
 struct NanAfter {
     at: usize,
     calls: Arc<AtomicUsize>,
+    finite_gradients: bool,
 }
 
 impl LossTerm for NanAfter {
     fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let l = b.x_edit.mean_all()?;
-        Ok(if n >= self.at { (l * f64::NAN)? } else { l })
+        Ok(match (n >= self.at, self.finite_gradients) {
+            (false, _) => l,
+            (true, false) => (l * f64::NAN)?,
+            (true, true) => l.broadcast_add(&Tensor::new(f32::NAN, b.x_edit.device())?)?,
+        })
     }
 }
 
@@ -201,7 +209,7 @@ fn a_nan_stops_the_run_naming_term_and_step_and_keeps_the_last_direction() {
     let calls = Arc::new(AtomicUsize::new(0));
     let terms = vec![
         EngineTerm::in_process("towards", 1.0, Towards(0.8)),
-        EngineTerm::in_process("fragile", 1.0, NanAfter { at: 4, calls: calls.clone() }),
+        EngineTerm::in_process("fragile", 1.0, NanAfter { at: 4, calls: calls.clone(), finite_gradients: false }),
     ];
     let text = RECIPE.replace("  - plugin: stay\n    weight: 0.5\n", "  - plugin: fragile\n");
     let (events, res) = run_sync(recipe(&text, &out), quiet(terms));
@@ -732,23 +740,6 @@ fn a_forced_warm_up_is_reported_before_step_1_and_changes_nothing() {
     assert_eq!(warmed_csv, plain_csv);
 }
 
-/// Finite gradients, and from the `at`-th call on a NaN value: the update
-/// of that step is computed from finite numbers, so only the read at the
-/// end of the step can stop it.
-struct NanValueAfter {
-    at: usize,
-    calls: Arc<AtomicUsize>,
-}
-
-impl LossTerm for NanValueAfter {
-    fn loss(&self, b: &EditBatch) -> plugin::sdk::Result<Tensor> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let l = b.x_edit.mean_all()?;
-        let offset = if n >= self.at { f32::NAN } else { 0.0 };
-        Ok(l.broadcast_add(&Tensor::new(offset, b.x_edit.device())?)?)
-    }
-}
-
 /// A finite value whose gradient with respect to the first feature map of
 /// `x_edit` is infinite: `Σ √(f − f̄)` with `f̄` a constant copy of `f`.
 struct InfiniteFeatureGradient;
@@ -828,7 +819,7 @@ fn a_non_finite_value_undoes_the_update_and_the_optimiser_step() {
     let calls = Arc::new(AtomicUsize::new(0));
     let terms = vec![
         EngineTerm::in_process("towards", 1.0, Towards(0.8)),
-        EngineTerm::in_process("fragile", 1.0, NanValueAfter { at: 4, calls: calls.clone() }),
+        EngineTerm::in_process("fragile", 1.0, NanAfter { at: 4, calls: calls.clone(), finite_gradients: true }),
     ];
     let text = RECIPE.replace("  - plugin: stay\n    weight: 0.5\n", "  - plugin: fragile\n");
     let mut e = engine_here(&text, &dir.path().join("undo"), terms);
