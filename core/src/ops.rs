@@ -27,6 +27,7 @@ mod cuda;
 pub mod fir;
 pub mod fused;
 pub mod linear;
+pub mod memory;
 pub mod precision;
 pub mod probe;
 pub mod profile;

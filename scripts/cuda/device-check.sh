@@ -12,7 +12,9 @@
 #      the warm-up times are in the JSON beside the timed ones). The step
 #      times come from runs without --profile (a step then waits for the
 #      GPU once); one more batch-1 run with --profile, which waits at the
-#      end of each phase, gives the breakdown by phase.
+#      end of each phase, gives the breakdown by phase. Each JSON also has
+#      gpu_memory: the memory pool's peak in use (PyTorch's
+#      max_memory_allocated) and peak reserved.
 # Every step has its own time limit. Output: device-check.log and one JSON
 # file per benchmark, in $OUT when set (the device machine's return
 # folder), else dist/cuda/results/. Exit status: 0 when every step passed.

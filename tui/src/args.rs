@@ -26,7 +26,7 @@ impl DeviceArg {
 
     /// Opens the device named, or the CPU.
     pub fn open(&self) -> color_eyre::Result<candle_core::Device> {
-        lsd_core::plugin::parse_device(self.name()).map_err(|e| {
+        lsd_core::ops::memory::open_device(self.name()).map_err(|e| {
             color_eyre::eyre::eyre!("--device {}: {e}; use cpu, or cuda:N on a build with --features cuda", self.name())
         })
     }

@@ -13,17 +13,20 @@
 //!   backward to W+, of the config-f generator.
 //!
 //! Both report the median after warm-up and the peak resident memory
-//! (`VmHWM` of /proc/self/status; GPU memory is not counted), as one JSON
-//! line at the end (also written to `--json FILE`). The warm-up iterations
+//! (`VmHWM` of /proc/self/status), and on a GPU the device memory
+//! (`gpu_memory`, [`lsd_core::ops::memory`]: the pool's peak in use, to
+//! compare with PyTorch's `max_memory_allocated`, its peak reserved, and the
+//! device's use at the end), as one JSON line at the end (also written to
+//! `--json FILE`). The warm-up iterations
 //! are reported beside it (`warmup_ms`, …): on a GPU the first use of each
 //! kernel pays for the driver's JIT compilation, cuDNN's plan and the ops'
 //! parity probes, which the timed iterations then exclude. `--precision`
 //! chooses `tf32` or `fp32` products on a GPU (default: `tf32` on CUDA).
 //! On a GPU `--profile`'s op families count host time only (kernels run
 //! asynchronously); the engine phases of `bench step` end in a read-back,
-//! so they are device time. For `step` the peak covers the steps only (the peak is
+//! so they are device time. For `step` the peaks cover the steps only (they are
 //! restarted after the set-up, whose random weight draws a real run does
-//! not make); the set-up's own peak and the resident size after it are
+//! not make; the GPU's includes the networks' weights, as PyTorch's does); the set-up's own peak and the resident size after it are
 //! reported beside it. With `--profile` they add a `breakdown`: milliseconds
 //! per step (or pass) in each op family of [`lsd_core::ops::profile`]
 //! (conv, transposed conv, FIR, element-wise, linear; counted in this
@@ -47,7 +50,7 @@ use lsd_core::demo::SeededWeights;
 use lsd_core::engine::events::TrainEvent;
 use lsd_core::engine::{self, EngineTerm, Setup, Weights};
 use lsd_core::models::{arcface, bisenet, clip, stylegan2};
-use lsd_core::ops::{profile, Precision};
+use lsd_core::ops::{memory, profile, Precision};
 use lsd_core::plugin::{self, discovery, EditBatch, LossTerm, OriginalCache};
 use lsd_core::recipe::Recipe;
 
@@ -155,6 +158,11 @@ fn proc_status_mib(key: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// The GPU's memory figures (null on the CPU).
+fn gpu_memory(device: &Device) -> Result<serde_json::Value> {
+    Ok(memory::read(device)?.map_or(serde_json::Value::Null, |m| m.to_json()))
 }
 
 /// Restarts the peak (`VmHWM`) from the current resident size, so that a
@@ -338,6 +346,7 @@ fn step(a: StepArgs) -> Result<()> {
     lsd_core::ops::release_free_memory();
     let setup_rss = rss_mib();
     let steps_peak_measured = reset_peak_rss();
+    memory::reset_peak(&device)?;
     let total = a.warmup + a.steps;
     let precision = precision(a.precision, &device);
     let text = format!(
@@ -402,6 +411,7 @@ fn step(a: StepArgs) -> Result<()> {
         "setup_peak_rss_mib": setup_peak,
         "rss_after_setup_mib": setup_rss,
         "peak_rss_mib": if steps_peak_measured { peak_rss_mib() } else { None },
+        "gpu_memory": gpu_memory(&device)?,
         "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
     });
     if a.profile {
@@ -534,6 +544,7 @@ fn generator(a: GenArgs) -> Result<()> {
         "precision": precision.name(),
         "iters": a.iters,
         "peak_rss_mib": peak_rss_mib(),
+        "gpu_memory": gpu_memory(&device)?,
         "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
     });
     if a.profile {

@@ -365,7 +365,7 @@ fn load(recipe: &Path, common: &TrainingOptions) -> Result<Loaded> {
         bisenet: resolve("BiSeNet", &m.bisenet)?,
     };
     let device_name = common.device.device.clone().unwrap_or_else(|| recipe.raw().device.clone());
-    let device = lsd_core::plugin::parse_device(&device_name)?;
+    let device = lsd_core::ops::memory::open_device(&device_name)?;
     let src = |p: &Option<PathBuf>| p.clone().map_or(Source::Demo, Source::File);
     let mut gen = LoadedGenerator::load(&src(&weights.generator), &device).wrap_err("loading the generator")?;
     // Measure the same faces the recipe trains on.

@@ -22,8 +22,9 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use lsd_core::engine::{self, Setup, Weights};
 use lsd_core::layers::LayerSpec;
 use lsd_core::models::stylegan2::{LoadedGenerator, Source};
+use lsd_core::ops::memory;
 use lsd_core::recipe::{Models, NoiseMode, Recipe, RecipeError, SeedRng, WeightsRef};
-use lsd_core::{latents, outputs, plugin, render};
+use lsd_core::{latents, outputs, render};
 
 use crate::args::{Alphas, DeviceArg, ModelsArg, Seeds};
 use crate::exit::{self, Signals};
@@ -255,7 +256,7 @@ fn resolve_weight(recipe: &Recipe, network: &str, w: &WeightsRef) -> std::result
 
 fn start(mut recipe: Recipe, opts: &Options) -> Result<i32> {
     let device_name = opts.device.clone().unwrap_or_else(|| recipe.raw().device.clone());
-    let device = plugin::parse_device(&device_name)
+    let device = memory::open_device(&device_name)
         .map_err(|e| eyre!("device '{device_name}': {e}; use cpu, or cuda:N on a build with --features cuda"))?;
     recipe
         .edit(|raw| {

@@ -79,4 +79,6 @@ fn bench_writes_its_result_line_to_the_json_file() {
     assert_eq!(line["precision"], "fp32");
     assert_eq!(line["warmup"].as_array().map(Vec::len), Some(1), "{line}");
     assert!(line["forward_ms"].as_f64().is_some_and(|v| v > 0.0), "{line}");
+    // The GPU's memory figures are there, and empty on the CPU.
+    assert!(line.get("gpu_memory").is_some_and(serde_json::Value::is_null), "{line}");
 }

@@ -5,6 +5,7 @@
 //! same name in the parent modules; the shapes were checked there.
 
 pub(crate) mod cudnn;
+pub(crate) mod memory;
 
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaDevice, CudaStorage, WrapErr};
