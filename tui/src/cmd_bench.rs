@@ -162,7 +162,18 @@ fn proc_status_mib(key: &str) -> Option<f64> {
 
 /// The GPU's memory figures (null on the CPU).
 fn gpu_memory(device: &Device) -> Result<serde_json::Value> {
-    Ok(memory::read(device)?.map_or(serde_json::Value::Null, |m| m.to_json()))
+    Ok(memory::read(device)?.map_or(serde_json::Value::Null, |m| memory_json(&m)))
+}
+
+/// `m` in MiB, to one decimal.
+fn memory_json(m: &memory::DeviceMemory) -> serde_json::Value {
+    let mib = |bytes: u64| round(bytes as f64 / (1u64 << 20) as f64);
+    serde_json::json!({
+        "peak_used_mib": mib(m.peak_used),
+        "peak_reserved_mib": mib(m.peak_reserved),
+        "device_used_mib": mib(m.device_used),
+        "device_total_mib": mib(m.device_total),
+    })
 }
 
 /// Restarts the peak (`VmHWM`) from the current resident size, so that a
@@ -474,8 +485,9 @@ fn precision(flag: Option<Precision>, device: &Device) -> Precision {
     flag.unwrap_or_else(|| Precision::default_for(device))
 }
 
-fn round(ms: f64) -> f64 {
-    (ms * 10.0).round() / 10.0
+/// `x` to one decimal.
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
@@ -554,4 +566,24 @@ fn generator(a: GenArgs) -> Result<()> {
         });
     }
     report(&line, a.json.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_memory_figures_are_reported_in_mib() {
+        let m = memory::DeviceMemory {
+            peak_used: 3 << 30,
+            peak_reserved: (3 << 30) + (512 << 10),
+            device_used: 5 << 20,
+            device_total: 80 << 30,
+        };
+        let j = memory_json(&m);
+        assert_eq!(j["peak_used_mib"], 3072.0);
+        assert_eq!(j["peak_reserved_mib"], 3072.5);
+        assert_eq!(j["device_used_mib"], 5.0);
+        assert_eq!(j["device_total_mib"], 81920.0);
+    }
 }

@@ -29,19 +29,6 @@ pub struct DeviceMemory {
     pub device_total: u64,
 }
 
-impl DeviceMemory {
-    /// The figures in MiB, as `bench` reports them.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
-        serde_json::json!({
-            "peak_used_mib": mib(self.peak_used),
-            "peak_reserved_mib": mib(self.peak_reserved),
-            "device_used_mib": mib(self.device_used),
-            "device_total_mib": mib(self.device_total),
-        })
-    }
-}
-
 /// Opens a device by name (`cpu`, `cuda:N`, as
 /// [`crate::plugin::parse_device`]) and, on CUDA, lets its memory pool keep
 /// what is freed ([`keep_freed_memory`]). Every command opens its device
@@ -98,20 +85,5 @@ mod tests {
         assert!(matches!(open_device("cpu").unwrap(), Device::Cpu));
         assert!(open_device("gpu:0").is_err());
         assert_eq!(read(&Device::Cpu).unwrap(), None);
-    }
-
-    #[test]
-    fn figures_are_reported_in_mib() {
-        let m = DeviceMemory {
-            peak_used: 3 << 30,
-            peak_reserved: (3 << 30) + (512 << 10),
-            device_used: 5 << 20,
-            device_total: 80 << 30,
-        };
-        let j = m.to_json();
-        assert_eq!(j["peak_used_mib"], 3072.0);
-        assert_eq!(j["peak_reserved_mib"], 3072.5);
-        assert_eq!(j["device_used_mib"], 5.0);
-        assert_eq!(j["device_total_mib"], 81920.0);
     }
 }
